@@ -1,0 +1,62 @@
+"""Typed errors. The CLI maps each to an exit code and a one-line message.
+
+Exit codes: 0 ok, 1 verification or gate failed, 2 bad input or usage.
+"""
+from __future__ import annotations
+
+
+class GraphcError(Exception):
+    """Base of every error graphc raises on purpose. ``exit_code`` is what the CLI returns."""
+
+    exit_code = 2
+
+
+class InputError(GraphcError):
+    """The input file is missing, unreadable, or not an ONNX model."""
+
+
+class ModelError(GraphcError):
+    """The model is ONNX but structurally invalid (cycle, dangling input, ...)."""
+
+
+class UnsafeModelError(ModelError):
+    """The model asks for something graphc refuses (external data outside its folder)."""
+
+
+class OutputError(GraphcError):
+    """The output cannot be written where asked, or would overwrite the input."""
+
+
+class PipelineError(GraphcError):
+    """The pipeline text does not parse, or names an unknown pass."""
+
+
+class OptionError(PipelineError):
+    """A pass option is unknown, mistyped or out of range."""
+
+
+class DataError(GraphcError):
+    """Calibration or evaluation data is missing, unreadable, or does not match the model."""
+
+
+class PassError(GraphcError):
+    """A pass failed on a node; the message names the pass and the node."""
+
+    def __init__(self, message: str, *, pass_name: str | None = None, node: str | None = None):
+        self.pass_name = pass_name
+        self.node = node
+        super().__init__(message)
+
+
+class StructureError(PassError):
+    """A pass left the graph structurally invalid (caught by the post-pass check)."""
+
+
+class VerificationError(GraphcError):
+    """Numeric verification failed: the candidate's outputs are outside tolerance."""
+
+    exit_code = 1
+
+
+class GateError(VerificationError):
+    """A build-step gate (min SQNR, min speedup, ...) was not met."""

@@ -1,0 +1,42 @@
+"""Evaluate a single node on constant inputs with ONNX's numpy reference implementation.
+
+Used by constant folding; lives in ir/ because it builds a one-node ModelProto.
+"""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+from onnx.reference import ReferenceEvaluator
+
+#: ops whose result is not a function of their inputs, or that need a runtime.
+NOT_FOLDABLE = frozenset({
+    "RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial",
+    "Bernoulli", "If", "Loop", "Scan", "SequenceConstruct", "Optional",
+})
+
+
+def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
+    """Outputs of ``node`` for the given input values (None for an omitted optional input)."""
+    names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
+    out_names = [f"out{i}" for i in range(len(node.outputs))]
+    attrs = {k: _attr_value(v) for k, v in node.attrs.items()}
+    proto_node = onnx.helper.make_node(node.op, names, out_names, domain=node.domain or "", **attrs)
+    graph_inputs = [
+        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
+        for n, v in zip(names, inputs) if v is not None
+    ]
+    graph_outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in out_names]
+    graph = onnx.helper.make_graph([proto_node], "fold", graph_inputs, graph_outputs)
+    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
+    feeds = {n: v for n, v in zip(names, inputs) if v is not None}
+    results = ReferenceEvaluator(model).run(None, feeds)
+    return [np.asarray(r) for r in results]
+
+
+def _attr_value(value):
+    if isinstance(value, gs.Constant):
+        return onnx.numpy_helper.from_array(np.asarray(value.values))
+    if isinstance(value, gs.Tensor):
+        raise ValueError("tensor-valued attribute without a value")
+    return value

@@ -1,0 +1,100 @@
+"""Model statistics: parameters, bytes, op histogram, and multiply-accumulates per node.
+
+MACs (batch as given by the shapes; use ``input_shapes`` with batch 1 for per-sample numbers):
+- Conv:          N * Cout * prod(out_spatial) * (Cin / group) * prod(kernel)
+- ConvTranspose: N * Cin * prod(in_spatial) * (Cout / group) * prod(kernel)
+- Gemm:          M * N * K                      (from A's and B's shapes and transA/transB)
+- MatMul:        prod(output shape) * K         (K = last dim of A)
+Nodes whose shapes are unknown contribute None and are listed as such.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from math import prod
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphc.ir.model import Model
+from graphc.ir.shapes import TensorInfo, infer_shapes
+
+
+@dataclass
+class NodeMacs:
+    name: str
+    op: str
+    macs: int | None
+
+
+@dataclass
+class ModelStats:
+    params: int
+    weight_bytes: int
+    op_histogram: dict[str, int]
+    macs: int
+    per_node: list[NodeMacs] = field(default_factory=list)
+
+    @property
+    def unknown_macs(self) -> list[str]:
+        return [n.name for n in self.per_node if n.macs is None]
+
+
+def count_params(graph: gs.Graph) -> tuple[int, int]:
+    """(element count, bytes) of all floating-point and integer weights; scalars and shape
+    constants (1-D int64) are counted too, they are negligible."""
+    params = nbytes = 0
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant):
+            size = int(prod(tensor.shape)) if tensor.shape else 1
+            params += size
+            nbytes += size * np.dtype(tensor.dtype).itemsize
+    return params, nbytes
+
+
+def node_macs(node: gs.Node, shapes: dict[str, TensorInfo]) -> int | None:
+    """MACs of one node from static shapes, or None if they are unknown or the op has none."""
+    def shape(i: int, outputs: bool = False):
+        tensors = node.outputs if outputs else node.inputs
+        if i >= len(tensors):
+            return None
+        info = shapes.get(tensors[i].name)
+        return info.shape if info is not None and info.static else None
+
+    if node.op == "Conv":
+        out, w = shape(0, outputs=True), shape(1)
+        if out is None or w is None:
+            return None
+        return int(prod(out) * prod(w[1:]))
+    if node.op == "ConvTranspose":
+        x, w = shape(0), shape(1)
+        if x is None or w is None:
+            return None
+        return int(prod(x) * w[1] * prod(w[2:]))  # w is (Cin, Cout/group, k...)
+    if node.op == "Gemm":
+        a, b = shape(0), shape(1)
+        if a is None or b is None:
+            return None
+        m = a[1] if node.attrs.get("transA", 0) else a[0]
+        k = a[0] if node.attrs.get("transA", 0) else a[1]
+        n = b[0] if node.attrs.get("transB", 0) else b[1]
+        return int(m * n * k)
+    if node.op == "MatMul":
+        a, out = shape(0), shape(0, outputs=True)
+        if a is None or out is None:
+            return None
+        return int(prod(out) * a[-1])
+    return None
+
+
+MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
+def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> ModelStats:
+    graph = model.graph
+    params, nbytes = count_params(graph)
+    histogram = Counter(node.op for node in graph.nodes)
+    shapes = infer_shapes(model, input_shapes)
+    per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in graph.nodes if n.op in MAC_OPS]
+    total = sum(n.macs for n in per_node if n.macs)
+    return ModelStats(params, nbytes, dict(histogram.most_common()), total, per_node)

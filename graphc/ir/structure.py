@@ -1,0 +1,97 @@
+"""Structural invariants of a graph, checked on load and after every pass.
+
+A graph is well formed when: every tensor is produced at most once; every node input is a graph
+input, a constant, the output of a node, or empty (optional input); the node graph is acyclic;
+and every graph output is produced. Nested subgraphs (If/Loop/Scan bodies) may read outer tensors,
+so names visible in the enclosing scopes count as produced there.
+"""
+from __future__ import annotations
+
+import heapq
+
+import onnx_graphsurgeon as gs
+
+from graphc.errors import ModelError
+
+
+def node_label(node: gs.Node) -> str:
+    """How errors and logs name a node: ``Conv 'stem.conv'``."""
+    return f"{node.op} '{node.name}'" if node.name else f"{node.op} (unnamed, output '{_first_output(node)}')"
+
+
+def _first_output(node: gs.Node) -> str:
+    return node.outputs[0].name if node.outputs else "?"
+
+
+def check_structure(graph: gs.Graph, outer_names: frozenset[str] = frozenset()) -> None:
+    """Raise :class:`ModelError` naming the first violation found."""
+    produced: dict[str, gs.Node] = {}
+    available = set(outer_names)
+    for tensor in graph.inputs:
+        available.add(tensor.name)
+    for node in graph.nodes:
+        for out in node.outputs:
+            if out.name in produced:
+                raise ModelError(
+                    f"tensor '{out.name}' is produced twice: by {node_label(produced[out.name])} "
+                    f"and {node_label(node)}"
+                )
+            if out.name in available and out.name not in outer_names:
+                raise ModelError(f"tensor '{out.name}' is both a graph input and the output of {node_label(node)}")
+            produced[out.name] = node
+    available.update(produced)
+    for node in graph.nodes:
+        for inp in node.inputs:
+            if inp.name == "" or isinstance(inp, gs.Constant) or inp.name in available:
+                continue
+            raise ModelError(f"{node_label(node)} reads '{inp.name}', which nothing produces")
+        for sub in _subgraphs(node):
+            check_structure(sub, frozenset(available))
+    for out in graph.outputs:
+        if not (isinstance(out, gs.Constant) or out.name in available):
+            raise ModelError(f"graph output '{out.name}' is not produced by any node")
+    find_cycle_free_order(graph)
+
+
+def _subgraphs(node: gs.Node):
+    for value in node.attrs.values():
+        if isinstance(value, gs.Graph):
+            yield value
+        elif isinstance(value, (list, tuple)):
+            yield from (v for v in value if isinstance(v, gs.Graph))
+
+
+def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
+    """Topological order of the nodes (Kahn); raises :class:`ModelError` on a cycle."""
+    index = {id(n): i for i, n in enumerate(graph.nodes)}
+    indegree = [0] * len(graph.nodes)
+    users: list[list[int]] = [[] for _ in graph.nodes]
+    for i, node in enumerate(graph.nodes):
+        deps = set()
+        for inp in node.inputs:
+            for producer in inp.inputs:
+                j = index.get(id(producer))
+                if j is not None and j not in deps:
+                    deps.add(j)
+                    users[j].append(i)
+        indegree[i] = len(deps)
+    # A heap on the original position keeps an already sorted graph in its order.
+    ready = [i for i, d in enumerate(indegree) if d == 0]
+    heapq.heapify(ready)
+    order = []
+    while ready:
+        i = heapq.heappop(ready)
+        order.append(graph.nodes[i])
+        for j in users[i]:
+            indegree[j] -= 1
+            if indegree[j] == 0:
+                heapq.heappush(ready, j)
+    if len(order) != len(graph.nodes):
+        stuck = next(graph.nodes[i] for i, d in enumerate(indegree) if d > 0)
+        raise ModelError(f"the graph has a cycle through {node_label(stuck)}")
+    return order
+
+
+def toposort(graph: gs.Graph) -> None:
+    """Sort nodes topologically in place (stable for already sorted graphs)."""
+    graph.nodes = find_cycle_free_order(graph)

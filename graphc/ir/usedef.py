@@ -1,0 +1,132 @@
+"""Use-def helpers over onnx-graphsurgeon objects.
+
+graphsurgeon links tensors to their producers (``tensor.inputs``) and consumers
+(``tensor.outputs``); these helpers give those links names and add the rewiring operations passes
+need, so that passes rewire by object and never by string lookups over the whole graph.
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterable
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+
+STANDARD_DOMAINS = (None, "", "ai.onnx")
+
+
+def is_standard_op(node: gs.Node, *ops: str) -> bool:
+    """True if ``node`` is in the default ONNX domain (and, if given, one of ``ops``)."""
+    return node.domain in STANDARD_DOMAINS and (not ops or node.op in ops)
+
+
+def producer(tensor: gs.Tensor) -> gs.Node | None:
+    """The node that computes ``tensor``, or None for inputs and constants."""
+    return tensor.inputs[0] if tensor.inputs else None
+
+
+def consumers(tensor: gs.Tensor) -> list[gs.Node]:
+    """Nodes that read ``tensor`` (a node reading it twice appears once)."""
+    seen: dict[int, gs.Node] = {}
+    for node in tensor.outputs:
+        seen.setdefault(id(node), node)
+    return list(seen.values())
+
+
+def is_graph_output(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.outputs)
+
+
+def is_graph_input(graph: gs.Graph, tensor: gs.Tensor) -> bool:
+    return any(t is tensor for t in graph.inputs)
+
+
+def only_consumer(graph: gs.Graph, tensor: gs.Tensor) -> gs.Node | None:
+    """The single consumer of ``tensor`` if it has exactly one and is not a graph output."""
+    users = consumers(tensor)
+    if len(users) != 1 or is_graph_output(graph, tensor):
+        return None
+    return users[0]
+
+
+def constant_value(tensor: gs.Tensor) -> np.ndarray | None:
+    """The value of a constant tensor, or None if the tensor is computed at run time."""
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    return None
+
+
+def is_constant(tensor: gs.Tensor) -> bool:
+    return isinstance(tensor, gs.Constant)
+
+
+def scalar_value(tensor: gs.Tensor) -> float | None:
+    """A constant holding a single element, as a Python float; otherwise None."""
+    value = constant_value(tensor)
+    if value is None or value.size != 1:
+        return None
+    return float(value.reshape(()))
+
+
+class NameFactory:
+    """Unique tensor and node names for one graph (collects existing names once)."""
+
+    def __init__(self, graph: gs.Graph):
+        self._used = {t for t in graph.tensors().keys()} | {n.name for n in graph.nodes if n.name}
+        self._counter = itertools.count()
+
+    def __call__(self, base: str) -> str:
+        name = base
+        while name in self._used or not name:
+            name = f"{base}_{next(self._counter)}"
+        self._used.add(name)
+        return name
+
+
+def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
+    """Every reader of ``old`` reads ``new`` instead. Graph outputs are handled by
+    :func:`bypass`, which keeps the output name stable."""
+    for node in consumers(old):
+        for i, inp in enumerate(node.inputs):
+            if inp is old:
+                node.inputs[i] = new
+    graph.outputs = [new if t is old else t for t in graph.outputs]
+
+
+def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor | None = None) -> bool:
+    """Remove a node whose single output equals ``keep`` (default: its first input).
+
+    When the output is a graph output, the output name is preserved by renaming: the producer
+    of ``keep`` writes the graph output directly. Returns False when that is impossible (``keep``
+    is itself a graph input/output or a constant), leaving the graph unchanged.
+    """
+    keep = node.inputs[0] if keep is None else keep
+    out = node.outputs[0]
+    if is_graph_output(graph, out):
+        src = producer(keep)
+        if src is None or is_graph_output(graph, keep) or len(consumers(keep)) != 1:
+            return False
+        # keep's producer now writes ``out`` directly; ``node`` is dropped.
+        idx = next(i for i, t in enumerate(src.outputs) if t is keep)
+        node.inputs.clear()
+        node.outputs.clear()
+        src.outputs[idx] = out
+        graph.nodes.remove(node)
+        return True
+    replace_uses(graph, out, keep)
+    node.inputs.clear()
+    node.outputs.clear()
+    graph.nodes.remove(node)
+    return True
+
+
+def remove_nodes(graph: gs.Graph, nodes: Iterable[gs.Node]) -> None:
+    """Drop nodes from the graph and disconnect them (their tensors stay with other users)."""
+    ids = {id(n) for n in nodes}
+    for node in graph.nodes:
+        if id(node) in ids:
+            node.inputs.clear()
+            node.outputs.clear()
+    graph.nodes = [n for n in graph.nodes if id(n) not in ids]
+

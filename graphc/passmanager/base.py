@@ -1,0 +1,53 @@
+"""The pass contract: a named class with typed Options and ``run(graph, ctx) -> PassResult``.
+
+Passes hold no state between runs: everything a run needs comes from its options, the graph and
+the context (calibration data, cached analyses, model-level fields).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import onnx_graphsurgeon as gs
+
+from graphc.passmanager.options import NoOptions
+
+
+@dataclass
+class PassResult:
+    """What a pass did. ``stats`` are counters shown in reports (``folded: 35``); ``skipped``
+    maps a reason to how often it applied (``"bias is not constant": 2``); ``preserved`` names the
+    analyses still valid although the graph changed; ``details`` holds per-layer records."""
+
+    modified: bool
+    stats: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    preserved: frozenset[str] = frozenset()
+    details: list[dict[str, Any]] = field(default_factory=list)
+
+    def skip(self, reason: str) -> None:
+        self.skipped[reason] = self.skipped.get(reason, 0) + 1
+
+    def count(self, key: str, n: int = 1) -> None:
+        self.stats[key] = self.stats.get(key, 0) + n
+
+
+class Pass:
+    """Base class. Subclasses set ``name``, ``summary``, optionally ``Options`` and ``exact``."""
+
+    name: ClassVar[str] = ""
+    summary: ClassVar[str] = ""
+    Options: ClassVar[type] = NoOptions
+    #: exact passes must preserve outputs (checked by --verify-each at rtol 1e-5 / atol 1e-6).
+    exact: ClassVar[bool] = True
+    #: True if the pass reads calibration data (ctx.data) and fails without it.
+    needs_data: ClassVar[bool] = False
+
+    def __init__(self, options: Any = None):
+        self.options = options if options is not None else self.Options()
+
+    def run(self, graph: gs.Graph, ctx: "Context") -> PassResult:  # noqa: F821
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.options!r})"

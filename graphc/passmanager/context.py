@@ -1,0 +1,87 @@
+"""The context a pass runs in: the model, calibration data, and cached analyses.
+
+Analyses (shapes, channel dependencies, MACs...) are computed on first use and cached under their
+name. After a pass reports ``modified=True`` the pass manager drops every cached analysis the pass
+did not list in ``PassResult.preserved``.
+
+An analysis is any class with a ``name`` and a ``compute(ctx)`` classmethod::
+
+    class ChannelDependencies:
+        name = "channel-deps"
+        @classmethod
+        def compute(cls, ctx): ...
+"""
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import onnx_graphsurgeon as gs
+
+from graphc.ir.model import Model
+from graphc.ir.opset import upgrade_opset
+from graphc.ir.shapes import TensorInfo, infer_shapes
+
+log = logging.getLogger(__name__)
+
+
+class Analysis(Protocol):
+    name: str
+
+    @classmethod
+    def compute(cls, ctx: "Context") -> Any: ...
+
+
+class ShapeAnalysis:
+    """Inferred dtype and shape of every tensor (see :mod:`graphc.ir.shapes`)."""
+
+    name = "shapes"
+
+    @classmethod
+    def compute(cls, ctx: "Context") -> dict[str, TensorInfo]:
+        return infer_shapes(ctx.model, ctx.input_shapes)
+
+
+class Context:
+    """Per-run state shared by passes. ``data`` is a re-iterable calibration source
+    (:class:`graphc.calib.data.DataSource`) or None."""
+
+    def __init__(self, model: Model, *, data: Any = None,
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0):
+        self.model = model
+        self.data = data
+        self.input_shapes = dict(input_shapes or {})
+        self.seed = seed
+        self._cache: dict[str, Any] = {}
+        self.original: Model | None = None  # set by the pass manager: the model before the pipeline
+
+    @property
+    def graph(self) -> gs.Graph:
+        return self.model.graph
+
+    @property
+    def opset(self) -> int:
+        return self.model.opset
+
+    def analysis(self, cls: type[Analysis]) -> Any:
+        if cls.name not in self._cache:
+            log.debug("computing analysis %s", cls.name)
+            self._cache[cls.name] = cls.compute(self)
+        return self._cache[cls.name]
+
+    def cached(self, name: str) -> bool:
+        return name in self._cache
+
+    def shapes(self) -> dict[str, TensorInfo]:
+        return self.analysis(ShapeAnalysis)
+
+    def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
+        for key in [k for k in self._cache if k not in preserved]:
+            del self._cache[key]
+
+    def require_opset(self, version: int) -> bool:
+        """Upgrade the model's opset to at least ``version`` (drops every cached analysis)."""
+        changed = upgrade_opset(self.model, version)
+        if changed:
+            self.invalidate()
+        return changed

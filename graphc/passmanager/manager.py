@@ -1,0 +1,164 @@
+"""PassManager: runs a pipeline over a model with checks and instrumentation.
+
+After every pass: the graph is topologically sorted and structurally checked (a pass that breaks
+it raises :class:`StructureError` naming the pass and the ones before it); cached analyses are
+invalidated unless preserved; wall time and the process's peak RSS during the pass are recorded.
+With ``verify_each`` the model before and after each pass is run in onnxruntime on the same inputs;
+an exact pass outside tolerance raises :class:`VerificationError`, a lossy one records its error.
+The canonical pipeline text is written into the model's metadata (``graphc.pipeline``).
+"""
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+from graphc import __version__
+from graphc.errors import DataError, GraphcError, PassError, StructureError, VerificationError
+from graphc.ir.model import Model
+from graphc.ir.structure import check_structure, toposort
+from graphc.passmanager.base import Pass, PassResult
+from graphc.passmanager.context import Context
+from graphc.passmanager.memory import PeakRss
+from graphc.passmanager.pipeline import Pipeline, parse_pipeline, pipeline_from_passes
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PassRecord:
+    """What one pass did, as reports show it."""
+
+    name: str
+    text: str
+    modified: bool
+    wall_s: float
+    peak_rss_bytes: int | None
+    nodes_before: int
+    nodes_after: int
+    stats: dict[str, Any] = field(default_factory=dict)
+    skipped: dict[str, int] = field(default_factory=dict)
+    details: list[dict[str, Any]] = field(default_factory=list)
+    verify: Any = None  # graphc.verify report when verify_each is on
+
+
+@dataclass
+class RunReport:
+    pipeline: str
+    records: list[PassRecord]
+
+    @property
+    def modified(self) -> bool:
+        return any(r.modified for r in self.records)
+
+    @property
+    def wall_s(self) -> float:
+        return sum(r.wall_s for r in self.records)
+
+
+class Instrument:
+    """Hooks around each pass; subclass and pass instances to :class:`PassManager`."""
+
+    def before_pass(self, step: Pass, ctx: Context) -> None:
+        pass
+
+    def after_pass(self, step: Pass, ctx: Context, record: PassRecord) -> None:
+        pass
+
+
+class PassManager:
+    """``PassManager("fold-bn,cleanup").run(model)`` - the same behaviour as ``graphc opt``."""
+
+    def __init__(
+        self,
+        pipeline: str | Pipeline | Iterable[Pass],
+        *,
+        data: Any = None,
+        input_shapes: dict[str, tuple[int, ...]] | None = None,
+        verify_each: bool = False,
+        tolerances: Any = None,
+        instruments: Iterable[Instrument] = (),
+        seed: int = 0,
+    ):
+        if isinstance(pipeline, str):
+            pipeline = parse_pipeline(pipeline)
+        elif not isinstance(pipeline, Pipeline):
+            pipeline = pipeline_from_passes(list(pipeline))
+        self.pipeline = pipeline
+        self.data = data
+        self.input_shapes = input_shapes
+        self.verify_each = verify_each
+        self.tolerances = tolerances
+        self.instruments = list(instruments)
+        self.seed = seed
+
+    def run(self, model: Model) -> RunReport:
+        """Run every pass on ``model`` in place; returns the per-pass records."""
+        needing = [s.name for s in self.pipeline.steps if s.cls.needs_data]
+        if needing and self.data is None:
+            raise DataError(f"pass '{needing[0]}' needs calibration data (--data)")
+        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
+        ctx.original = model.copy() if self.verify_each or any(s.cls.needs_data for s in self.pipeline.steps) else None
+        records = []
+        done: list[str] = []
+        for spec in self.pipeline.steps:
+            step = spec.instantiate()
+            records.append(self._run_one(step, spec.text(), ctx, done))
+            done.append(spec.name)
+        model.metadata["graphc.pipeline"] = self.pipeline.text()
+        model.metadata["graphc.version"] = __version__
+        return RunReport(self.pipeline.text(), records)
+
+    def _run_one(self, step: Pass, text: str, ctx: Context, done: list[str]) -> PassRecord:
+        graph = ctx.graph
+        before = ctx.model.copy() if self.verify_each else None
+        nodes_before = len(graph.nodes)
+        for inst in self.instruments:
+            inst.before_pass(step, ctx)
+        after = f" (after {', '.join(done)})" if done else ""
+        with PeakRss() as rss:
+            start = time.perf_counter()
+            try:
+                result = step.run(graph, ctx)
+            except GraphcError as exc:
+                if isinstance(exc, PassError) and exc.pass_name is None:
+                    exc.pass_name = step.name
+                raise
+            except Exception as exc:
+                raise PassError(f"pass '{step.name}' failed{after}: {type(exc).__name__}: {exc}",
+                                pass_name=step.name) from exc
+            wall = time.perf_counter() - start
+        if not isinstance(result, PassResult):
+            raise PassError(f"pass '{step.name}' returned {type(result).__name__}, not PassResult")
+        if result.modified:
+            ctx.invalidate(result.preserved)
+        self._check(step, ctx, after)
+        record = PassRecord(step.name, text, result.modified, wall, rss.peak, nodes_before,
+                            len(ctx.graph.nodes), result.stats, result.skipped, result.details)
+        if before is not None and result.modified:
+            record.verify = self._verify(step, before, ctx)
+        log.info("%s: %s in %.3fs, nodes %d -> %d %s", step.name,
+                 "modified" if result.modified else "unchanged", wall, nodes_before,
+                 record.nodes_after, result.stats)
+        for inst in self.instruments:
+            inst.after_pass(step, ctx, record)
+        return record
+
+    def _check(self, step: Pass, ctx: Context, after: str) -> None:
+        try:
+            toposort(ctx.graph)
+            check_structure(ctx.graph)
+        except GraphcError as exc:
+            raise StructureError(f"pass '{step.name}' left an invalid graph{after}: {exc}",
+                                 pass_name=step.name) from None
+
+    def _verify(self, step: Pass, before: Model, ctx: Context):
+        from graphc.verify import Tolerances, compare_models
+
+        tolerances = self.tolerances or Tolerances()
+        report = compare_models(before, ctx.model, data=ctx.data, tolerances=tolerances,
+                                input_shapes=ctx.input_shapes, seed=self.seed)
+        if step.exact and not report.passed:
+            raise VerificationError(f"pass '{step.name}' changed the outputs: {report.summary()}")
+        return report

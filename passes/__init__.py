@@ -1,0 +1,1 @@
+"""Built-in passes, one module per pass (installed as ``graphc.passes``)."""

@@ -1,0 +1,173 @@
+"""cleanup: remove what does not change the result.
+
+Rewrites (each exact, so the outputs are bit-identical):
+- ``Identity`` and inference-mode ``Dropout`` (mask unused) are bypassed;
+- ``Reshape`` whose target equals the input's static shape, ``Transpose`` with the identity
+  permutation, ``Cast`` to the input's own dtype, are bypassed;
+- duplicate constants (same dtype, shape and bytes) are merged into one;
+- duplicate nodes (same op, attributes and inputs; common subexpressions) are merged;
+- nodes whose outputs nobody reads, unused initializers and (unless ``keep-inputs``) unused
+  graph inputs are removed.
+A node whose output is a graph output is bypassed only when its input's producer can take over
+the output name; otherwise it is kept and counted under ``skipped``.
+Nodes carrying subgraphs (If/Loop/Scan) and nodes of unknown domains are never merged.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from onnx.helper import tensor_dtype_to_np_dtype
+
+from graphc.ir import bypass, constant_value, consumers, is_standard_op, node_label, replace_uses
+from graphc.ir.evaluate import NOT_FOLDABLE
+from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+
+log = logging.getLogger(__name__)
+
+
+@register_pass
+class Cleanup(Pass):
+    name = "cleanup"
+    summary = "remove dead nodes, no-op Identity/Reshape/Transpose/Cast, duplicate constants and nodes"
+
+    @dataclass(frozen=True)
+    class Options:
+        keep_inputs: bool = option(False, "keep graph inputs that nothing reads")
+        dedupe: bool = option(True, "merge duplicate constants and duplicate nodes")
+
+    def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        result = PassResult(modified=False)
+        self._bypass_noops(graph, ctx, result)
+        if self.options.dedupe:
+            self._merge_constants(graph, result)
+            self._merge_nodes(graph, result)
+        nodes_before = len(graph.nodes)
+        tensors_before = len(graph.tensors())
+        inputs_before = len(graph.inputs)
+        graph.cleanup(remove_unused_graph_inputs=not self.options.keep_inputs)
+        removed_nodes = nodes_before - len(graph.nodes)
+        if removed_nodes:
+            result.count("dead_nodes", removed_nodes)
+        if len(graph.inputs) != inputs_before:
+            result.count("unused_inputs", inputs_before - len(graph.inputs))
+        if len(graph.tensors()) != tensors_before:
+            result.count("removed_tensors", tensors_before - len(graph.tensors()))
+        result.modified = bool(result.stats)
+        return result
+
+    # -- no-op nodes -----------------------------------------------------------------------
+
+    def _bypass_noops(self, graph: gs.Graph, ctx: Context, result: PassResult) -> None:
+        shapes = None
+        for node in list(graph.nodes):
+            if not is_standard_op(node) or not node.inputs or not node.outputs:
+                continue
+            reason = None
+            if node.op == "Identity":
+                reason = "identity"
+            elif node.op == "Dropout" and _dropout_is_noop(node):
+                reason = "dropout"
+            elif node.op in ("Reshape", "Transpose", "Cast"):
+                shapes = shapes if shapes is not None else ctx.shapes()
+                reason = _noop_reason(node, shapes)
+            if reason is None:
+                continue
+            if node.op == "Dropout":
+                del node.outputs[1:]
+            if bypass(graph, node):
+                result.count(f"{reason}_removed")
+            else:
+                result.skip(f"{node.op} writes a graph output that its input cannot take over")
+                log.info("%s kept: it writes a graph output", node_label(node))
+
+    # -- duplicates ------------------------------------------------------------------------
+
+    def _merge_constants(self, graph: gs.Graph, result: PassResult) -> None:
+        first: dict[tuple, gs.Constant] = {}
+        outputs = {id(t) for t in graph.outputs}
+        for tensor in list(graph.tensors().values()):
+            if not isinstance(tensor, gs.Constant) or id(tensor) in outputs:
+                continue
+            key = _constant_key(tensor)
+            kept = first.setdefault(key, tensor)
+            if kept is not tensor:
+                replace_uses(graph, tensor, kept)
+                result.count("duplicate_constants")
+
+    def _merge_nodes(self, graph: gs.Graph, result: PassResult) -> None:
+        seen: dict[tuple, gs.Node] = {}
+        for node in list(graph.nodes):
+            key = _node_key(node)
+            if key is None:
+                continue
+            kept = seen.setdefault(key, node)
+            if kept is node or len(kept.outputs) != len(node.outputs):
+                continue
+            if any(any(t is o for t in graph.outputs) for o in node.outputs):
+                continue
+            for old, new in zip(node.outputs, kept.outputs):
+                replace_uses(graph, old, new)
+            result.count("duplicate_nodes")
+
+
+def _dropout_is_noop(node: gs.Node) -> bool:
+    mask_used = len(node.outputs) > 1 and (consumers(node.outputs[1]))
+    training = len(node.inputs) > 2 and node.inputs[2].name
+    if training:
+        value = constant_value(node.inputs[2])
+        if value is None or bool(value):
+            return False
+    return not mask_used
+
+
+def _noop_reason(node: gs.Node, shapes) -> str | None:
+    src = shapes.get(node.inputs[0].name)
+    if node.op == "Transpose":
+        perm = node.attrs.get("perm")
+        if perm is not None and list(perm) == list(range(len(perm))):
+            return "noop_transpose"
+        return None
+    if node.op == "Cast":
+        to = node.attrs.get("to")
+        if src is not None and src.dtype is not None and to is not None:
+            if np.dtype(tensor_dtype_to_np_dtype(to)) == src.dtype:
+                return "noop_cast"
+        return None
+    target = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if src is None or not src.static or target is None:
+        return None
+    target = [int(d) for d in target.reshape(-1)]
+    allowzero = int(node.attrs.get("allowzero", 0))
+    if len(target) != len(src.shape):
+        return None
+    resolved = [src.shape[i] if (d == 0 and not allowzero) else d for i, d in enumerate(target)]
+    if -1 in resolved and resolved.count(-1) == 1:
+        known = int(np.prod([d for d in resolved if d != -1]))
+        total = int(np.prod(src.shape))
+        if known and total % known == 0:
+            resolved[resolved.index(-1)] = total // known
+    return "noop_reshape" if tuple(resolved) == tuple(src.shape) else None
+
+
+def _constant_key(tensor: gs.Constant) -> tuple:
+    values = np.ascontiguousarray(tensor.values)
+    digest = hashlib.blake2b(values.tobytes(), digest_size=16).hexdigest()
+    return (str(values.dtype), values.shape, digest)
+
+
+def _node_key(node: gs.Node) -> tuple | None:
+    if not is_standard_op(node) or node.op == "Constant" or not node.outputs:
+        return None
+    if node.op in NOT_FOLDABLE:
+        return None
+    attrs = []
+    for k, v in sorted(node.attrs.items()):
+        if isinstance(v, (gs.Graph, gs.Tensor)):
+            return None
+        attrs.append((k, repr(v)))
+    return (node.op, node.domain, tuple(attrs), tuple(id(t) for t in node.inputs))

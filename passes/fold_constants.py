@@ -1,0 +1,145 @@
+"""fold-constants: compute at compile time what does not depend on the model's inputs.
+
+A node whose inputs are all constants is evaluated once with ONNX's numpy reference
+implementation and replaced by its result. ``Shape``/``Size`` of a tensor whose shape is static
+(from shape inference, or partly static for the dims a following ``Gather``/``Slice`` selects)
+become constants too, which unlocks the Shape -> Gather -> Concat -> Reshape chains exporters
+emit. Folding is exact: the values are the ones the runtime would compute.
+
+Not folded (counted with the reason): random ops, nodes with subgraphs, ops of other domains,
+results larger than ``max-elements`` (folding them would bloat the file, e.g. ConstantOfShape),
+graph outputs, and ops the reference implementation cannot evaluate.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphc.ir import constant_value, consumers, is_graph_output, is_standard_op, node_label
+from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
+from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+
+log = logging.getLogger(__name__)
+
+
+@register_pass
+class FoldConstants(Pass):
+    name = "fold-constants"
+    summary = "evaluate constant subgraphs and static shape arithmetic at compile time"
+
+    @dataclass(frozen=True)
+    class Options:
+        max_elements: int = option(1 << 20, "largest folded result, in elements", min=1)
+        shapes: bool = option(True, "fold Shape/Size of statically shaped tensors")
+
+    def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        result = PassResult(modified=False)
+        shapes = ctx.shapes() if self.options.shapes else {}
+        changed = True
+        while changed:
+            changed = False
+            for node in list(graph.nodes):
+                if self._fold_shape_reader(graph, node, shapes, result) or self._fold(graph, node, ctx, result):
+                    changed = True
+        graph.cleanup()
+        result.modified = bool(result.stats)
+        result.preserved = frozenset({"shapes"})  # values, not shapes, changed
+        return result
+
+    def _fold(self, graph: gs.Graph, node: gs.Node, ctx: Context, result: PassResult) -> bool:
+        if not is_standard_op(node) or node.op in NOT_FOLDABLE or not node.outputs:
+            return False
+        if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
+            return False
+        values = [constant_value(t) if t.name else None for t in node.inputs]
+        if any(v is None for t, v in zip(node.inputs, values) if t.name):
+            return False
+        if any(is_graph_output(graph, out) for out in node.outputs):
+            result.skip("result is a graph output")
+            return False
+        try:
+            outputs = evaluate_node(node, values, ctx.opset)
+        except Exception as exc:  # the reference implementation raises many types
+            result.skip(f"{node.op}: reference implementation cannot evaluate it")
+            log.info("%s not folded: %s", node_label(node), exc)
+            return False
+        if any(o.size > self.options.max_elements for o in outputs):
+            result.skip("result larger than max-elements")
+            return False
+        self._replace(graph, node, outputs)
+        result.count("folded_nodes")
+        return True
+
+    def _fold_shape_reader(self, graph, node: gs.Node, shapes, result: PassResult) -> bool:
+        """Shape/Size of a static tensor, or Shape -> Gather/Slice picking only static dims."""
+        if not is_standard_op(node, "Shape", "Size") or not shapes:
+            return False
+        info = shapes.get(node.inputs[0].name)
+        if info is None or info.shape is None or any(is_graph_output(graph, o) for o in node.outputs):
+            return False
+        dims = list(info.shape)
+        if node.op == "Size":
+            if not info.static:
+                return False
+            self._replace(graph, node, [np.array(int(np.prod(dims)), dtype=np.int64)])
+            result.count("folded_shapes")
+            return True
+        start = node.attrs.get("start", 0)
+        end = node.attrs.get("end", len(dims))
+        dims = dims[slice(start, end)]
+        if all(isinstance(d, int) and d >= 0 for d in dims):
+            self._replace(graph, node, [np.array(dims, dtype=np.int64)])
+            result.count("folded_shapes")
+            return True
+        return self._fold_partial_shape(graph, node, dims, result)
+
+    def _fold_partial_shape(self, graph, node: gs.Node, dims: list, result: PassResult) -> bool:
+        folded = False
+        for user in consumers(node.outputs[0]):
+            picked = _picked_dims(user, dims)
+            if picked is None or is_graph_output(graph, user.outputs[0]):
+                continue
+            self._replace(graph, user, [np.array(picked, dtype=np.int64)])
+            result.count("folded_shapes")
+            folded = True
+        return folded
+
+    @staticmethod
+    def _replace(graph: gs.Graph, node: gs.Node, outputs: list[np.ndarray]) -> None:
+        for out, value in zip(node.outputs, outputs):
+            dtype = np.dtype(out.dtype) if out.dtype is not None else value.dtype
+            out.to_constant(np.ascontiguousarray(value.astype(dtype, copy=False)))
+        node.inputs.clear()
+        node.outputs.clear()
+        graph.nodes.remove(node)
+
+
+def _picked_dims(user: gs.Node, dims: list) -> list[int] | None:
+    """Dims selected by a Gather/Slice on a Shape output, if all of them are static."""
+    def static(ds):
+        return all(isinstance(d, int) and d >= 0 for d in ds)
+
+    if user.op == "Gather" and len(user.inputs) == 2 and user.inputs[0] is not None:
+        idx = constant_value(user.inputs[1])
+        if idx is None or user.attrs.get("axis", 0) != 0:
+            return None
+        picked = np.asarray(dims, dtype=object)[idx.astype(np.int64)]
+        flat = list(np.asarray(picked).reshape(-1))
+        if not static(flat):
+            return None
+        return np.asarray(flat, dtype=np.int64).reshape(np.shape(idx)).tolist()
+    if user.op == "Slice" and len(user.inputs) >= 3:
+        bounds = [constant_value(t) for t in user.inputs[1:]]
+        if any(b is None for b in bounds):
+            return None
+        starts, ends = int(bounds[0][0]), int(bounds[1][0])
+        axes = bounds[2] if len(bounds) > 2 else np.array([0])
+        steps = bounds[3] if len(bounds) > 3 else np.array([1])
+        if len(bounds[0]) != 1 or int(axes[0]) != 0:
+            return None
+        picked = dims[slice(starts, ends, int(steps[0]))]
+        return picked if static(picked) else None
+    return None
