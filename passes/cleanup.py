@@ -78,7 +78,8 @@ class Cleanup(Pass):
             if reason is None:
                 continue
             if node.op == "Dropout":
-                del node.outputs[1:]
+                while len(node.outputs) > 1:
+                    node.outputs.pop()
             if bypass(graph, node):
                 result.count(f"{reason}_removed")
             else:

@@ -273,7 +273,7 @@ def save(
         _write_proto(proto, tmp_model, data_name if external_data else None)
         if check:
             _full_check(tmp_model)
-        if external_data:
+        if external_data and (Path(tmp) / data_name).exists():
             os.replace(Path(tmp) / data_name, out.parent / data_name)
         os.replace(tmp_model, out)
     return out
@@ -308,7 +308,7 @@ def _write_proto(proto: onnx.ModelProto, path: Path, data_name: str | None) -> N
                 save_as_external_data=True,
                 all_tensors_to_one_file=True,
                 location=data_name,
-                size_threshold=1024,
+                size_threshold=0,
             )
     except ValueError as exc:  # protobuf refuses > 2 GiB
         raise OutputError(f"cannot serialize model: {exc}") from None

@@ -1,0 +1,191 @@
+"""Loading and saving: sources, Constant nodes, metadata, atomic writes, external data."""
+import hashlib
+import os
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+import graphc
+from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
+from support import assert_same_outputs, make_model, ppocr_model, random_feeds
+
+
+def _conv_model_with_constant_node() -> onnx.ModelProto:
+    w = numpy_helper.from_array(np.random.default_rng(0).standard_normal((4, 3, 3, 3)).astype(np.float32), "w")
+    nodes = [
+        helper.make_node("Constant", [], ["w_c"], value=w, name="wconst"),
+        helper.make_node("Conv", ["x", "w_c"], ["y"], pads=[1, 1, 1, 1], name="conv"),
+        helper.make_node("Relu", ["y"], ["z"], name="relu"),
+    ]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [helper.make_tensor_value_info("z", TensorProto.FLOAT, [1, 4, 8, 8])])
+    model = make_model(graph)
+    model.producer_name = "unit-test"
+    model.producer_version = "9.9"
+    model.metadata_props.append(onnx.StringStringEntryProto(key="author", value="me"))
+    return model
+
+
+def test_load_from_path_bytes_and_proto(tmp_path):
+    proto = _conv_model_with_constant_node()
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    for source in (path, str(path), path.read_bytes(), proto):
+        model = graphc.load(source)
+        assert [n.op for n in model.graph.nodes] == ["Conv", "Relu"]  # Constant node became a constant
+        assert isinstance(model.graph.nodes[0].inputs[1], gs.Constant)
+
+
+def test_roundtrip_keeps_model_fields_and_outputs(tmp_path):
+    proto = _conv_model_with_constant_node()
+    model = graphc.load(proto)
+    out = graphc.save(model, tmp_path / "out.onnx")
+    saved = onnx.load(out)
+    onnx.checker.check_model(saved, full_check=True)
+    assert saved.producer_name == "unit-test" and saved.producer_version == "9.9"
+    assert {p.key: p.value for p in saved.metadata_props} == {"author": "me"}
+    assert saved.opset_import[0].version == 13
+    feeds = random_feeds(proto)
+    assert_same_outputs(proto, saved, feeds, rtol=0, atol=0)
+
+
+def test_save_is_atomic_and_leaves_no_temp_files(tmp_path):
+    model = graphc.load(_conv_model_with_constant_node())
+    graphc.save(model, tmp_path / "a.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.onnx"]
+
+
+def test_failed_save_leaves_nothing(tmp_path):
+    model = graphc.load(_conv_model_with_constant_node())
+    model.graph.nodes[0].op = "NoSuchOp"  # fails the full checker
+    with pytest.raises(ModelError):
+        graphc.save(model, tmp_path / "bad.onnx")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_refuses_missing_folder_and_input_path(tmp_path):
+    path = tmp_path / "m.onnx"
+    onnx.save(_conv_model_with_constant_node(), path)
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    model = graphc.load(path)
+    with pytest.raises(OutputError, match="does not exist"):
+        graphc.save(model, tmp_path / "nope" / "x.onnx")
+    with pytest.raises(OutputError, match="overwrite the input"):
+        graphc.save(model, path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == digest
+
+
+@pytest.mark.parametrize("content,match", [
+    (b"", "empty file"),
+    (b"hello, this is not a model", "not an ONNX model"),
+    (b"\x08\x07\x12\x00", "not an ONNX model"),
+])
+def test_load_rejects_non_models(tmp_path, content, match):
+    path = tmp_path / "x.onnx"
+    path.write_bytes(content)
+    with pytest.raises(InputError, match=match):
+        graphc.load(path)
+
+
+def test_load_rejects_truncated_real_model(tmp_path):
+    src = ppocr_model("cls")
+    if src is None:
+        pytest.skip("rapidocr-onnxruntime not installed")
+    data = src.read_bytes()
+    path = tmp_path / "half.onnx"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises((InputError, ModelError)):
+        graphc.load(path)
+
+
+def test_load_rejects_missing_and_folder(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        graphc.load(tmp_path / "missing.onnx")
+    with pytest.raises(InputError, match="not a file"):
+        graphc.load(tmp_path)
+
+
+def _two_node_graph(first_inputs, second_inputs):
+    nodes = [helper.make_node("Relu", first_inputs, ["a"], name="r1"),
+             helper.make_node("Relu", second_inputs, ["b"], name="r2")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    return make_model(graph)
+
+
+def test_structure_errors_name_the_node():
+    with pytest.raises(ModelError, match="Relu 'r1' reads 'ghost'"):
+        graphc.load(_two_node_graph(["ghost"], ["a"]))
+    cyc = _two_node_graph(["b"], ["a"])
+    with pytest.raises(ModelError, match="cycle"):
+        graphc.load(cyc)
+    empty = make_model(helper.make_graph([], "g", [], []))
+    with pytest.raises(ModelError, match="empty graph"):
+        graphc.load(empty)
+
+
+def test_unsorted_graph_is_accepted_and_sorted():
+    nodes = [helper.make_node("Relu", ["a"], ["b"], name="second"),
+             helper.make_node("Relu", ["x"], ["a"], name="first")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("b", TensorProto.FLOAT, [2])])
+    model = graphc.load(make_model(graph))
+    report = graphc.PassManager("cleanup").run(model)
+    assert [n.name for n in model.graph.nodes] == ["first", "second"]
+    assert report.records[0].name == "cleanup"
+
+
+def _external_model(tmp_path, location: str):
+    proto = _conv_model_with_constant_node()
+    model = graphc.load(proto)
+    path = graphc.save(model, tmp_path / "ext.onnx", external_data=True)
+    saved = onnx.load(path, load_external_data=False)
+    for init in saved.graph.initializer:
+        for entry in init.external_data:
+            if entry.key == "location":
+                entry.value = location
+    onnx.save(saved, path)
+    return path
+
+
+def test_external_data_roundtrip(tmp_path):
+    proto = _conv_model_with_constant_node()
+    model = graphc.load(proto)
+    path = graphc.save(model, tmp_path / "ext.onnx", external_data=True)
+    assert (tmp_path / "ext.onnx.data").is_file()
+    reloaded = graphc.load(path)
+    out = graphc.save(reloaded, tmp_path / "again.onnx")
+    assert_same_outputs(proto, out, random_feeds(proto), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("location", ["/etc/passwd", "../outside.bin", "sub/../../x.bin"])
+def test_external_data_outside_folder_is_refused(tmp_path, location):
+    path = _external_model(tmp_path, location)
+    with pytest.raises(UnsafeModelError, match="refused"):
+        graphc.load(path)
+
+
+def test_missing_external_data_file(tmp_path):
+    path = _external_model(tmp_path, "gone.bin")
+    with pytest.raises(InputError, match="missing"):
+        graphc.load(path)
+
+
+def test_constant_node_feeding_graph_output_stays_a_node(tmp_path):
+    const = helper.make_node("Constant", [], ["c"], value=numpy_helper.from_array(np.ones(2, np.float32)))
+    graph = helper.make_graph([const], "g", [], [helper.make_tensor_value_info("c", TensorProto.FLOAT, [2])])
+    model = graphc.load(make_model(graph))
+    assert [n.op for n in model.graph.nodes] == ["Constant"]
+    graphc.save(model, tmp_path / "c.onnx")
+
+
+def test_model_copy_is_independent():
+    model = graphc.load(_conv_model_with_constant_node())
+    clone = model.copy()
+    clone.graph.nodes[0].inputs[1].values[...] = 0
+    assert np.any(model.graph.nodes[0].inputs[1].values != 0)
+    assert os.fspath(clone.source or "") == os.fspath(model.source or "")
