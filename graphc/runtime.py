@@ -1,18 +1,31 @@
 """The one place onnxruntime sessions are created, so session options are set consistently.
 
-Used by verify/, calib/ and bench/ only; passes never run models.
+Used by verify/, calib/ and bench/ only; passes never run models. onnxruntime's own exceptions
+are turned into graphc errors here: a model onnxruntime cannot load (unknown op, unsupported
+opset, bad graph) is a :class:`ModelError`; a run that rejects its feeds is a :class:`DataError`.
 """
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Union
+from typing import Mapping, Sequence, Union
 
+import numpy as np
 import onnxruntime as ort
+from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
+from graphc.errors import DataError, ModelError
 from graphc.ir.model import Model, model_bytes
 
 SessionSource = Union[Model, bytes, str, os.PathLike]
+
+#: exceptions onnxruntime raises from session creation and runs (pybind11, not RuntimeError).
+ORT_ERRORS: tuple[type[BaseException], ...] = tuple(
+    cls for cls in (getattr(ort_state, name, None) for name in (
+        "Fail", "InvalidArgument", "NoSuchFile", "NoModel", "EngineError", "RuntimeException",
+        "InvalidProtobuf", "ModelLoaded", "NotImplemented", "InvalidGraph", "EPFail"))
+    if isinstance(cls, type)
+) + (RuntimeError,)
 
 
 def create_session(
@@ -21,8 +34,12 @@ def create_session(
     threads: int | None = None,
     optimize: bool = True,
     optimized_model_path: str | os.PathLike | None = None,
+    label: str = "model",
 ) -> ort.InferenceSession:
-    """A CPU session. ``threads=None`` lets onnxruntime decide; benchmarks pin it."""
+    """A CPU session. ``threads=None`` lets onnxruntime decide; benchmarks pin it.
+
+    ``label`` names the model in error messages ("reference", "candidate").
+    """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     if threads is not None:
@@ -39,4 +56,78 @@ def create_session(
         payload = bytes(source)
     else:
         payload = str(Path(source))
-    return ort.InferenceSession(payload, sess_options=opts, providers=["CPUExecutionProvider"])
+    try:
+        return ort.InferenceSession(payload, sess_options=opts, providers=["CPUExecutionProvider"])
+    except ORT_ERRORS as exc:
+        raise ModelError(f"onnxruntime cannot load the {label}: {_first_line(exc)}") from None
+
+
+def run_session(
+    session: ort.InferenceSession,
+    feeds: Mapping[str, np.ndarray],
+    output_names: Sequence[str] | None = None,
+    *,
+    label: str = "model",
+) -> list[np.ndarray]:
+    """Run ``session`` on the feeds it declares (extra feeds are ignored, so one feed dict can
+    serve two models whose unused inputs differ). A missing input is a :class:`DataError`."""
+    wanted = [i.name for i in session.get_inputs()]
+    missing = [name for name in wanted if name not in feeds]
+    if missing:
+        raise DataError(f"the {label} needs input(s) {', '.join(missing)} that the data does not provide")
+    try:
+        return session.run(list(output_names) if output_names is not None else None,
+                           {name: feeds[name] for name in wanted})
+    except ORT_ERRORS as exc:
+        raise DataError(f"onnxruntime failed to run the {label}: {_first_line(exc)}") from None
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def measure_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of ``names`` observed by running the model once on zeros of ``input_shapes``.
+
+    The fallback when static shape inference stops at data-dependent shape arithmetic.
+    """
+    from graphc.ir.outputs import with_outputs
+
+    session = create_session(with_outputs(model, names), optimize=False)
+    feeds = {}
+    for inp in session.get_inputs():
+        if inp.name not in input_shapes:
+            return {}
+        dtype = np.float32 if inp.type == "tensor(float)" else np.int64
+        feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=dtype)
+    wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
+    values = run_session(session, feeds, wanted)
+    return {name: tuple(int(d) for d in v.shape) for name, v in zip(wanted, values)}
+
+
+def measure_shapes(
+    model: Model,
+    input_shapes: Mapping[str, Sequence[int]],
+    names: Sequence[str],
+) -> dict[str, tuple[int, ...]]:
+    """Shapes of the tensors ``names`` measured by one run on zeros of ``input_shapes``.
+
+    For what static shape inference cannot see (Reshape targets computed at run time). Every graph
+    input needs a concrete shape in ``input_shapes``; a missing one is a :class:`DataError`.
+    """
+    from graphc.ir.outputs import with_outputs
+
+    feeds = {}
+    for tensor in model.graph.inputs:
+        if tensor.name not in input_shapes:
+            raise DataError(f"input '{tensor.name}' needs a concrete shape to measure shapes")
+        dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
+        feeds[tensor.name] = np.zeros(tuple(int(d) for d in input_shapes[tensor.name]), dtype=dtype)
+    exposed = with_outputs(model, names)
+    session = create_session(exposed, optimize=False, label="model (shape measurement)")
+    output_names = [o.name for o in session.get_outputs()]
+    values = run_session(session, feeds, label="model (shape measurement)")
+    wanted = set(names)
+    return {name: tuple(int(d) for d in np.shape(value))
+            for name, value in zip(output_names, values) if name in wanted}
