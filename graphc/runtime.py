@@ -35,13 +35,19 @@ def create_session(
     optimize: bool = True,
     optimized_model_path: str | os.PathLike | None = None,
     label: str = "model",
+    spin: bool = True,
 ) -> ort.InferenceSession:
     """A CPU session. ``threads=None`` lets onnxruntime decide; benchmarks pin it.
 
-    ``label`` names the model in error messages ("reference", "candidate").
+    ``label`` names the model in error messages ("reference", "candidate"). ``spin=False`` stops
+    idle worker threads from busy-waiting between runs (verification and calibration do numpy
+    work between runs; benchmarks keep the default).
     """
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
+    if not spin:
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
     if threads is not None:
         opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
@@ -85,25 +91,6 @@ def run_session(
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
-
-
-def measure_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]], names: list[str]) -> dict[str, tuple[int, ...]]:
-    """Shapes of ``names`` observed by running the model once on zeros of ``input_shapes``.
-
-    The fallback when static shape inference stops at data-dependent shape arithmetic.
-    """
-    from graphc.ir.outputs import with_outputs
-
-    session = create_session(with_outputs(model, names), optimize=False)
-    feeds = {}
-    for inp in session.get_inputs():
-        if inp.name not in input_shapes:
-            return {}
-        dtype = np.float32 if inp.type == "tensor(float)" else np.int64
-        feeds[inp.name] = np.zeros(input_shapes[inp.name], dtype=dtype)
-    wanted = [o.name for o in session.get_outputs() if o.name in set(names)]
-    values = run_session(session, feeds, wanted)
-    return {name: tuple(int(d) for d in v.shape) for name, v in zip(wanted, values)}
 
 
 def measure_shapes(
