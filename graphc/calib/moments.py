@@ -1,0 +1,145 @@
+"""Second moments of activations over calibration data, for data-aware rewrites.
+
+``input_second_moments(model, data, tensors)`` runs the model over the data in ONE onnxruntime
+session, with the requested intermediate tensors exposed as extra outputs, and returns
+``S = E[x x^T]`` (float64, uncentred) per tensor. How samples ``x`` are read from a tensor is its
+:class:`Layout`:
+
+- ``Layout()`` (default): features on the last axis, every other axis indexes samples
+  (the input of MatMul, or of Gemm without transA);
+- ``Layout.channels()``: features on axis 1, batch and spatial positions are samples
+  (im2col-free; the exact moment of the input of a 1x1, stride-1, unpadded Conv);
+- ``Layout.conv(kernel, strides, pads, dilations)``: samples are a Conv's receptive fields (im2col),
+  zero padding included, flattened channel-major ``(c, k1, k2, ...)`` as ``W.reshape(Cout, -1)``
+  reads them, so ``tr(W S W^T)`` is the Conv's mean squared output. A 1x1 kernel is read by
+  strided slicing, without im2col.
+
+``second_moments`` is the general form (several layouts of one tensor under keys of your choice).
+Accumulation is in float64, one feed at a time and in row chunks: memory holds the moment
+matrices plus one chunk, whatever the amount of data. Uses of least-squares reconstruction
+(pruning) and whitening (factorization) divide out the sample count, so moments are means.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from math import prod
+from typing import Hashable, Iterable, Iterator, Mapping
+
+import numpy as np
+
+from graphc.errors import DataError
+from graphc.ir.model import Model
+from graphc.ir.outputs import with_outputs
+
+log = logging.getLogger(__name__)
+
+#: rows (samples) converted to float64 at a time.
+CHUNK_ROWS = 8192
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Which axis holds features, and for Conv inputs the receptive-field geometry."""
+
+    axis: int = -1
+    kernel: tuple[int, ...] | None = None
+    strides: tuple[int, ...] = ()
+    pads: tuple[int, ...] = ()  # ONNX order: all begins, then all ends
+    dilations: tuple[int, ...] = ()
+
+    @classmethod
+    def channels(cls) -> "Layout":
+        return cls(axis=1)
+
+    @classmethod
+    def conv(cls, kernel, strides=None, pads=None, dilations=None) -> "Layout":
+        nd = len(kernel)
+        return cls(
+            axis=1,
+            kernel=tuple(int(k) for k in kernel),
+            strides=tuple(int(s) for s in strides) if strides else (1,) * nd,
+            pads=tuple(int(p) for p in pads) if pads else (0,) * (2 * nd),
+            dilations=tuple(int(d) for d in dilations) if dilations else (1,) * nd,
+        )
+
+    def features(self, shape: tuple[int, ...]) -> int:
+        """Length of one sample vector for a tensor of ``shape``."""
+        channels = shape[self.axis]
+        return channels * prod(self.kernel) if self.kernel else channels
+
+    def rows(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        """Samples of ``x`` as float64 blocks (n, features), at most about CHUNK_ROWS rows each."""
+        if self.kernel is not None:
+            yield from self._patches(x)
+            return
+        flat = np.moveaxis(x, self.axis, -1).reshape(-1, x.shape[self.axis])
+        for start in range(0, flat.shape[0], CHUNK_ROWS):
+            yield flat[start:start + CHUNK_ROWS].astype(np.float64)
+
+    def _patches(self, x: np.ndarray) -> Iterator[np.ndarray]:
+        nd = len(self.kernel)
+        if x.ndim != nd + 2:
+            raise DataError(f"conv layout with a {nd}-d kernel cannot read a tensor of shape {x.shape}")
+        widths = [(0, 0), (0, 0)] + list(zip(self.pads[:nd], self.pads[nd:]))
+        padded = np.pad(x, widths) if any(self.pads) else x
+        span = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
+        out = [(padded.shape[2 + i] - span[i]) // self.strides[i] + 1 for i in range(nd)]
+        if min(out) <= 0:
+            raise DataError(f"conv layout {self} leaves no output positions on shape {x.shape}")
+        if all(k == 1 for k in self.kernel):  # 1x1: strided positions, no im2col
+            picked = padded[(slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(out, self.strides))]
+            yield from Layout.channels().rows(picked)
+            return
+        channels = x.shape[1]
+        per_row = prod(out[1:]) if nd > 1 else 1
+        step = max(1, CHUNK_ROWS // per_row)
+        for n in range(padded.shape[0]):
+            windows = np.lib.stride_tricks.sliding_window_view(padded[n], span, axis=tuple(range(1, nd + 1)))
+            index = (slice(None),) + tuple(slice(0, o * s, s) for o, s in zip(out, self.strides)) \
+                + tuple(slice(None, None, d) for d in self.dilations)
+            windows = windows[index]  # (C, o1, ..., ond, k1, ..., knd)
+            order = tuple(range(1, nd + 1)) + (0,) + tuple(range(nd + 1, 2 * nd + 1))
+            windows = windows.transpose(order)  # (o1, ..., ond, C, k1, ..., knd)
+            for start in range(0, out[0], step):
+                block = windows[start:start + step]
+                yield block.reshape(-1, channels * prod(self.kernel)).astype(np.float64)
+
+
+def input_second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
+                         tensors: Mapping[str, Layout] | Iterable[str]) -> dict[str, np.ndarray]:
+    """``{tensor name: E[x x^T]}`` over ``data`` (feed dicts); names alone mean ``Layout()``."""
+    if not isinstance(tensors, Mapping):
+        tensors = {name: Layout() for name in tensors}
+    return second_moments(model, data, {name: (name, layout) for name, layout in tensors.items()})
+
+
+def second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
+                   requests: Mapping[Hashable, tuple[str, Layout]]) -> dict[Hashable, np.ndarray]:
+    """``{key: E[x x^T]}`` for ``requests = {key: (tensor name, layout)}``, in one session."""
+    if not requests:
+        return {}
+    from graphc.runtime import create_session, run_session
+
+    names = list(dict.fromkeys(name for name, _ in requests.values()))
+    inputs = {t.name for t in model.graph.inputs}
+    fetched = [n for n in names if n not in inputs]
+    session = create_session(with_outputs(model, fetched), label="model (second moments)")
+    sums: dict[Hashable, np.ndarray] = {}
+    counts = dict.fromkeys(requests, 0)
+    samples = 0
+    for feed in data:
+        values = {n: feed[n] for n in names if n in inputs}
+        if fetched:
+            values.update(zip(fetched, run_session(session, feed, fetched, label="model (second moments)")))
+        for key, (name, layout) in requests.items():
+            acc = sums.get(key)
+            for block in layout.rows(np.asarray(values[name])):
+                acc = block.T @ block if acc is None else acc + block.T @ block
+                counts[key] += block.shape[0]
+            sums[key] = acc
+        samples += 1
+    if samples == 0:
+        raise DataError("no calibration samples: the data source is empty")
+    log.info("second moments of %d tensor(s) over %d feed(s)", len(names), samples)
+    return {key: sums[key] / max(counts[key], 1) for key in requests}
