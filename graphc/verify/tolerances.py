@@ -1,0 +1,71 @@
+"""How close is close enough: the pass/fail rule of a comparison.
+
+Two modes, chosen by what the user asks for:
+
+- **exact** (the default, and whenever no ``min_*`` threshold is given): every element must satisfy
+  ``|got - ref| <= atol + rtol * |ref|`` (``numpy.isclose``; NaN only matches NaN), and any
+  ``min_*`` threshold given as well must hold. This is the check for rewrites that must not change
+  the result (fold-bn, cleanup, fold-constants) up to float rounding.
+- **lossy** (when at least one of ``min_sqnr`` / ``min_cosine`` / ``min_top1`` is given and
+  ``exact`` is not forced): only those thresholds decide; rtol/atol are still measured and reported
+  (how many elements fall outside them) but do not fail the comparison. This is the check for
+  quantization, pruning and factorization, whose outputs are expected to move.
+
+``exact=True`` forces both checks; ``exact=False`` forces the lossy rule (with no threshold given
+the comparison then always passes and is only a measurement).
+
+Thresholds apply per output: SQNR in dB and cosine over all samples of that output, top-1 to
+outputs that have it (float, rank >= 2, last dim >= 2). For intermediate tensors (localization)
+top-1 means nothing, so :meth:`Tolerances.for_intermediates` keeps only the element-wise rule
+(exact mode) or the SQNR / cosine thresholds (lossy mode).
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Tolerances:
+    rtol: float = 1e-5
+    atol: float = 1e-6
+    min_sqnr: float | None = None
+    min_cosine: float | None = None
+    min_top1: float | None = None
+    #: None: exact unless a ``min_*`` threshold is given; True/False force the mode.
+    exact: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.rtol < 0 or self.atol < 0:
+            raise ValueError("rtol and atol must be >= 0")
+        for name in ("min_cosine", "min_top1"):
+            value = getattr(self, name)
+            if value is not None and not -1.0 <= value <= 1.0:
+                raise ValueError(f"{name} must be within [-1, 1] (a fraction), got {value}")
+
+    @property
+    def thresholds(self) -> dict[str, float]:
+        """The ``min_*`` thresholds that were given."""
+        names = ("min_sqnr", "min_cosine", "min_top1")
+        return {n: getattr(self, n) for n in names if getattr(self, n) is not None}
+
+    @property
+    def elementwise(self) -> bool:
+        """True when rtol/atol decide (exact mode)."""
+        return self.exact if self.exact is not None else not self.thresholds
+
+    def for_intermediates(self) -> "Tolerances":
+        """The budget for intermediate tensors (no top-1; see the module docstring)."""
+        return dataclasses.replace(self, min_top1=None, exact=self.elementwise)
+
+    def describe(self) -> str:
+        parts = [f"rtol={self.rtol:g} atol={self.atol:g}"] if self.elementwise else []
+        labels = {"min_sqnr": "SQNR >= {:g} dB", "min_cosine": "cosine >= {:g}", "min_top1": "top-1 >= {:g}"}
+        parts += [labels[k].format(v) for k, v in self.thresholds.items()]
+        return ", ".join(parts) if parts else "no thresholds (measurement only)"
+
+    def to_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        data["mode"] = "exact" if self.elementwise else "lossy"
+        return data
