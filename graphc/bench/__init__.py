@@ -1,1 +1,24 @@
-"""graphc.bench"""
+"""Latency measurement in onnxruntime: medians of many runs, and A/B comparisons as ratios.
+
+    from graphc.bench import compare_latency
+    result = compare_latency("model.onnx", "model.opt.onnx", feeds, threads=2, rounds=30)
+    result.ratio        # median A / median B: > 1 means B is faster
+
+Method. Each model gets one session (CPU, ``threads`` intra-op threads, graph optimizations on,
+see :func:`graphc.runtime.create_session`) fed the same inputs. After ``warmup`` untimed runs of
+each, :func:`compare_latency` times A and B alternately in one process - A, B, A, B, ... - so that
+slow drifts of the machine (frequency scaling, other processes) hit both equally, and reports
+medians and the 10th / 90th percentiles, which a few outliers do not move. Compare ratios, not
+absolute times: absolute times depend on the machine and on what else it is doing.
+"""
+from graphc.bench.latency import (
+    LatencyComparison,
+    LatencyStats,
+    alternate,
+    compare_latency,
+    measure_latency,
+    bench_feeds,
+)
+
+__all__ = ["LatencyComparison", "LatencyStats", "alternate", "compare_latency", "measure_latency",
+           "bench_feeds"]
