@@ -1,0 +1,88 @@
+"""Markdown renderings of report data: the ``--report R.md`` of ``graphc opt`` and the pass
+catalog (``graphc passes --markdown``)."""
+from __future__ import annotations
+
+from typing import Any
+
+from graphc.report.passes import option_range
+from graphc.report.text import model_notes
+from graphc.report.units import change, human_bytes, human_count, metric
+
+
+def _table(header: list[str], rows: list[list[str]]) -> list[str]:
+    def cell(text: str) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(cell(c) for c in row) + " |" for row in rows]
+    return lines
+
+
+def _passes(passes: list[dict[str, Any]]) -> list[str]:
+    rows = []
+    for p in passes:
+        stats = ", ".join(f"{k}={v}" for k, v in p["stats"].items()) if p["modified"] else "unchanged"
+        skipped = "; ".join(f"{r} (x{n})" for r, n in p["skipped"].items())
+        verify = ("PASS" if p["verify"]["passed"] else "FAIL") if p.get("verify") else ""
+        rows.append([f"`{p['text']}`", f"{p['wall_s']:.3f} s", f"{p['nodes_before']} → {p['nodes_after']}",
+                     stats, skipped, verify])
+    return _table(["pass", "time", "nodes", "changes", "skipped", "verify"], rows)
+
+
+def _models(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
+    after = after or {}
+    rows = []
+    for key, label, fmt in (("nodes", "nodes", str), ("params", "parameters", human_count),
+                            ("file_bytes", "file size", human_bytes), ("macs", "MACs", human_count)):
+        a, b = before.get(key), after.get(key)
+        rows.append([label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "-", change(a, b)])
+    return _table(["", "before", "after", "change"], rows)
+
+
+def _verification(verify: dict[str, Any]) -> list[str]:
+    tol = verify["tolerances"]
+    labels = {"rtol": "rtol", "atol": "atol", "min_sqnr": "min SQNR (dB)", "min_cosine": "min cosine",
+              "min_top1": "min top-1"}
+    given = ", ".join(f"{label} {tol[key]}" for key, label in labels.items() if tol.get(key) is not None)
+    lines = [f"**{'PASS' if verify['passed'] else 'FAIL'}** on {verify['samples']} sample(s) of {verify['data']}; "
+             f"{tol['mode']} mode ({given}).", ""]
+    rows = [[f"`{o['name']}`", metric(o["max_abs"]), metric(o["max_rel"]), metric(o["sqnr_db"], ".1f", " dB"),
+             metric(o["cosine"], ".6f"), metric(o["top1"], ".2%"), f"{o['mismatched']}/{o['elements']}",
+             "yes" if o["passed"] else "**no**"] for o in verify["outputs"]]
+    lines += _table(["output", "max abs", "max rel", "SQNR", "cosine", "top-1", "outside tol", "pass"], rows)
+    lines += [""] + [f"- {f}" for f in verify["failures"]]
+    loc = verify.get("localization")
+    if loc and loc["tensor"]:
+        lines.append(f"- first divergence at tensor `{loc['tensor']}`, computed by {loc['candidate_node']} "
+                     f"(reference: {loc['reference_node']})")
+    elif loc:
+        lines.append(f"- not localized: {loc['note']}")
+    return lines
+
+
+def render_markdown(report: dict[str, Any]) -> str:
+    """The Markdown body of an ``opt`` report."""
+    lines = [f"# graphc opt report", "",
+             f"- input: `{report['input']}`",
+             f"- output: `{report['output']}`" + ("" if report["output_written"] else " (not written)"),
+             f"- pipeline: `{report['pipeline']}`",
+             f"- graphc {report['graphc_version']}, {report['created']}, schema `{report['schema']}`", "",
+             "## Passes", ""]
+    lines += _passes(report["passes"])
+    lines += ["", "## Model", ""] + _models(report["before"], report["after"])
+    notes = model_notes(report["after"] or report["before"])
+    lines += ([""] + [f"- {n}" for n in notes]) if notes else []
+    if report["verification"] is not None:
+        lines += ["", "## Verification", ""] + _verification(report["verification"])
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def passes_markdown(catalog: list[dict[str, Any]]) -> str:
+    lines = ["# graphc passes", ""]
+    for p in catalog:
+        kind = ("exact" if p["exact"] else "lossy") + (", needs calibration data" if p["needs_data"] else "")
+        lines += [f"## `{p['name']}`", "", f"{p['summary']} ({kind})", ""]
+        if p["options"]:
+            rows = [[f"`{o['key']}`", o["type"], f"`{o['default']}`", option_range(o), o["doc"]] for o in p["options"]]
+            lines += _table(["option", "type", "default", "range", "doc"], rows) + [""]
+    return "\n".join(lines).rstrip() + "\n"

@@ -1,0 +1,264 @@
+"""The graphc command: every subcommand in-process through graphc.cli.main, plus the installed
+console script in a subprocess, plus the Foundation "done when" on the PP-OCR models."""
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import graphc
+from graphc.cli import main
+from graphc.passmanager import Pass, PassResult, all_passes, register_pass
+from graphc.passmanager import registry
+from support import PPOCR_SHAPES, ppocr_model
+from tiny_nets import conv_net, scaled
+
+#: MACs of tiny_nets.conv_net at batch 1: c1, c2, fc.
+CONV_NET_MACS = 4 * 64 * 3 * 9 + 6 * 64 * 4 * 9 + 6 * 5
+
+
+def cli(capsys, *args: str) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+@pytest.fixture
+def net(tmp_path) -> Path:
+    path = tmp_path / "net.onnx"
+    path.write_bytes(conv_net().SerializeToString())
+    return path
+
+
+@pytest.fixture
+def dynamic_net(tmp_path) -> Path:
+    path = tmp_path / "dyn.onnx"
+    path.write_bytes(conv_net(batch="N", spatial="S").SerializeToString())
+    return path
+
+
+@pytest.fixture
+def scaling_pass():
+    """A lossy test pass that scales the first Conv's weight by 1.5 (verification must fail)."""
+
+    @register_pass
+    class ScaleFirstConv(Pass):
+        name = "test-scale-first-conv"
+        summary = "test only"
+        exact = False
+
+        def run(self, graph, ctx):
+            conv = next(n for n in graph.nodes if n.op == "Conv")
+            conv.inputs[1].values = conv.inputs[1].values * np.float32(1.5)
+            return PassResult(modified=True, stats={"scaled": 1})
+
+    yield ScaleFirstConv.name
+    registry._REGISTRY.pop(ScaleFirstConv.name, None)
+
+
+# -- passes / inspect ------------------------------------------------------------------------------
+
+def test_passes_lists_every_registered_pass(capsys):
+    code, out, _ = cli(capsys, "passes")
+    assert code == 0
+    for cls in all_passes():
+        assert f"{cls.name}  (" in out
+    assert "keep-inputs: bool = false" in out and "max-elements: int = 1048576  [>= 1]" in out
+    code, md, _ = cli(capsys, "passes", "--markdown")
+    assert code == 0 and "## `cleanup`" in md and "| `keep-inputs` | bool | `false` |" in md
+    code, js, _ = cli(capsys, "passes", "--json")
+    catalog = json.loads(js)
+    assert [p["name"] for p in catalog] == [c.name for c in all_passes()]
+    fold = next(p for p in catalog if p["name"] == "fold-constants")
+    assert fold["exact"] and fold["options"][0] == {
+        "key": "max-elements", "type": "int", "default": "1048576", "min": 1, "max": None, "choices": None,
+        "doc": "largest folded result, in elements"}
+
+
+def test_inspect_static_model(capsys, net):
+    code, out, err = cli(capsys, "inspect", net)
+    assert code == 0 and err == ""
+    assert "input  x: float32[1x3x8x8]" in out and "output probs: float32[1x5]" in out
+    assert "opsets: ai.onnx 13" in out and "Conv 2" in out
+    code, js, _ = cli(capsys, "inspect", net, "--json")
+    summary = json.loads(js)
+    assert summary["macs"] == CONV_NET_MACS and summary["macs_unknown"] == []
+    assert summary["top_macs"][0]["name"] == "c2" and summary["nodes"] == 8
+    assert summary["file_bytes"] == net.stat().st_size and summary["op_histogram"]["Relu"] == 2
+
+
+def test_inspect_dynamic_model_says_macs_unknown(capsys, dynamic_net):
+    code, out, _ = cli(capsys, "inspect", dynamic_net)
+    assert code == 0
+    assert "MACs unknown for 3 of 3 node(s)" in out and "--input-shape" in out
+    code, js, _ = cli(capsys, "inspect", dynamic_net, "--input-shape", "x:1x3x8x8", "--json")
+    assert code == 0 and json.loads(js)["macs"] == CONV_NET_MACS
+
+
+# -- opt ---------------------------------------------------------------------------------------------
+
+def test_opt_writes_a_valid_model_and_reports(capsys, tmp_path):
+    src = tmp_path / "ids.onnx"
+    src.write_bytes(conv_net(identities=True).SerializeToString())
+    before = digest(src)
+    out, report = tmp_path / "ids.opt.onnx", tmp_path / "report.json"
+    code, text, err = cli(capsys, "opt", src, "-p", "cleanup,fold-constants", "-o", out, "--verify",
+                          "--report", report)
+    assert code == 0 and err == ""
+    assert digest(src) == before
+    onnx.checker.check_model(str(out), full_check=True)
+    assert sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "Identity") == 0
+    assert "identity_removed=2" in text and "verify: PASS" in text and f"wrote {out}" in text
+    data = json.loads(report.read_text())
+    assert data["schema"] == "graphc.report/1" and data["pipeline"] == "cleanup,fold-constants"
+    assert [p["name"] for p in data["passes"]] == ["cleanup", "fold-constants"]
+    assert data["before"]["nodes"] == 10 and data["after"]["nodes"] == 8 and data["passed"] is True
+    assert data["verification"]["outputs"][0]["sqnr_db"] == "inf" and data["output_written"]
+    md = tmp_path / "report.md"
+    assert cli(capsys, "opt", src, "-p", "cleanup", "-o", out, "--report", md)[0] == 0
+    assert "# graphc opt report" in md.read_text() and "| `cleanup` |" in md.read_text()
+
+
+def test_opt_failed_verification_leaves_no_output(capsys, tmp_path, net, scaling_pass):
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    code, text, err = cli(capsys, "opt", net, "-p", scaling_pass, "-o", outdir / "x.onnx", "--verify",
+                          "--localize")
+    assert code == 1 and err == ""
+    assert list(outdir.iterdir()) == []
+    assert "verify: FAIL" in text and "candidate node: Conv 'c1'" in text and "not written" in text
+    code, _, _ = cli(capsys, "opt", net, "-p", scaling_pass, "-o", outdir / "x.onnx", "--verify", "--keep-failed")
+    assert code == 1 and (outdir / "x.onnx").is_file()
+
+
+def test_opt_lossy_thresholds_accept_a_small_change(capsys, tmp_path, net, scaling_pass):
+    code, text, _ = cli(capsys, "opt", net, "-p", scaling_pass, "-o", tmp_path / "x.onnx", "--verify",
+                        "--min-cosine", "0.5", "--samples", "2")
+    assert code == 0 and "mode: lossy" in text
+
+
+def test_opt_verify_each_on_a_dynamic_model(capsys, tmp_path, dynamic_net):
+    report = tmp_path / "r.json"
+    code, _, err = cli(capsys, "opt", dynamic_net, "-p", "cleanup,fold-constants", "-o", tmp_path / "o.onnx",
+                       "--verify-each", "--input-shape", "x:2x3x6x6", "--report", report, "--samples", "2")
+    assert code == 0, err
+    data = json.loads(report.read_text())
+    assert data["settings"]["input_shapes"] == {"x": [2, 3, 6, 6]}
+    assert data["after"]["macs"] == 2 * (4 * 36 * 27 + 6 * 36 * 36 + 30)
+    # the model is not specialized to the shape used for checking
+    assert graphc.load(tmp_path / "o.onnx").graph.inputs[0].shape == ["N", 3, "S", "S"]
+
+
+def test_opt_keyboard_interrupt_exits_130_without_output(capsys, monkeypatch, tmp_path, net):
+    def interrupted(self, model):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graphc.PassManager, "run", interrupted)
+    outdir = tmp_path / "out"
+    outdir.mkdir()
+    code, out, err = cli(capsys, "opt", net, "-p", "cleanup", "-o", outdir / "x.onnx")
+    assert code == 130 and out == "" and err.strip() == "graphc: interrupted"
+    assert list(outdir.iterdir()) == []
+
+
+def test_internal_error_is_one_line_unless_debug(capsys, monkeypatch, net):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr("graphc.report.model_summary", broken)
+    code, _, err = cli(capsys, "inspect", net)
+    assert code == 2
+    assert err.splitlines() == ["graphc: error: internal error: RuntimeError: boom (rerun with --debug for the traceback)"]
+    code, _, err = cli(capsys, "inspect", net, "--debug")
+    assert code == 2 and "Traceback" in err and err.splitlines()[-1].startswith("graphc: error: internal error")
+
+
+# -- verify / bench ----------------------------------------------------------------------------------
+
+def test_verify_exit_codes_and_json(capsys, tmp_path, net):
+    bad = tmp_path / "bad.onnx"
+    bad.write_bytes(scaled(conv_net(), "wfc", 1.5).SerializeToString())
+    code, out, _ = cli(capsys, "verify", net, net)
+    assert code == 0 and out.startswith("verify: PASS")
+    code, out, _ = cli(capsys, "verify", net, bad, "--localize", "--json")
+    data = json.loads(out)
+    assert code == 1 and not data["passed"] and data["localization"]["candidate_node"] == "Gemm 'fc'"
+    code, out, _ = cli(capsys, "verify", net, bad, "--atol", "10", "--rtol", "0")
+    assert code == 0
+
+
+def test_bench_one_and_two_models(capsys, net, tmp_path):
+    code, out, _ = cli(capsys, "bench", net, net, "--rounds", "3", "--warmup", "0", "--threads", "1")
+    assert code == 0 and "ratio A/B" in out and "3 alternated runs each" in out
+    code, out, _ = cli(capsys, "bench", net, "--rounds", "2", "--warmup", "0", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["runs"] == 2 and data["median_ms"] > 0
+
+
+def test_quiet_and_verbose(capsys, tmp_path, net):
+    code, out, err = cli(capsys, "opt", net, "-p", "cleanup", "-o", tmp_path / "q.onnx", "-q")
+    assert code == 0 and out == "" and err == ""
+    code, out, err = cli(capsys, "opt", net, "-p", "cleanup", "-o", tmp_path / "v.onnx", "-v")
+    assert code == 0 and "graphc: INFO:" in err and "cleanup" in out
+
+
+def test_help_and_missing_command(capsys):
+    code, out, _ = cli(capsys, "opt", "--help")
+    assert code == 0 and "--keep-failed" in out
+    code, _, err = cli(capsys)
+    assert code == 2 and "usage: graphc" in err
+
+
+def test_installed_console_script(tmp_path, net):
+    script = Path(sys.executable).with_name("graphc")
+    ok = subprocess.run([str(script), "inspect", str(net)], capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "probs" in ok.stdout
+    bad = subprocess.run([str(script), "inspect", str(tmp_path / "missing.onnx")], capture_output=True,
+                         text=True, timeout=120)
+    assert bad.returncode == 2 and bad.stdout == ""
+    assert bad.stderr.splitlines() == [f"graphc: error: {tmp_path / 'missing.onnx'}: no such file"]
+
+
+# -- PP-OCR ------------------------------------------------------------------------------------------
+
+@pytest.mark.real
+def test_foundation_done_when_ppocr(capsys, tmp_path, ppocr):
+    """`graphc opt -p cleanup,fold-constants` writes a valid model that `graphc verify` accepts."""
+    kind, path = ppocr
+    out = tmp_path / f"{kind}.opt.onnx"
+    shape = "x:" + "x".join(map(str, PPOCR_SHAPES[kind]))
+    before = digest(path)
+    code, text, err = cli(capsys, "opt", path, "-p", "cleanup,fold-constants", "-o", out)
+    assert code == 0, err
+    assert digest(path) == before and f"wrote {out}" in text
+    onnx.checker.check_model(str(out), full_check=True)
+    code, text, err = cli(capsys, "verify", path, out, "--input-shape", shape, "--rtol", "1e-5",
+                          "--samples", "2")
+    assert code == 0, text + err
+    assert text.startswith("verify: PASS")
+
+
+@pytest.mark.real
+def test_verify_localize_names_corrupted_conv_in_ppocr_cls(capsys, tmp_path):
+    path = ppocr_model("cls")
+    if path is None:
+        pytest.skip("rapidocr-onnxruntime is not installed")
+    model = graphc.load(path)
+    convs = [n for n in model.graph.nodes if n.op == "Conv"]
+    target = convs[len(convs) // 2]
+    target.inputs[1].values = target.inputs[1].values * np.float32(1.5)
+    bad = graphc.save(model, tmp_path / "cls.bad.onnx")
+    code, out, _ = cli(capsys, "verify", path, bad, "--localize", "--input-shape", "x:1x3x48x192",
+                       "--samples", "2")
+    assert code == 1
+    assert f"candidate node: Conv '{target.name}'" in out and f"reference node: Conv '{target.name}'" in out
