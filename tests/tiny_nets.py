@@ -41,7 +41,8 @@ def conv_net(*, batch: int | str = 1, spatial: int | str = 8, identities: bool =
         nodes += [helper.make_node("QuantizeLinear", ["x", "x_scale", "x_zp"], ["x_q"], name="x.quant"),
                   helper.make_node("DequantizeLinear", ["x_q", "x_scale", "x_zp"], ["x_dq"], name="x.dequant"),
                   helper.make_node("QuantizeLinear", ["w1", "w1_scale", "w1_zp"], ["w1_q"], name="w1.quant"),
-                  helper.make_node("DequantizeLinear", ["w1_q", "w1_scale", "w1_zp"], ["w1_dq"], name="w1.dequant")]
+                  helper.make_node("DequantizeLinear", ["w1_q", "w1_scale", "w1_zp"], ["w1_dq"],
+                                   name="w1.dequant")]
         conv1_in, w1 = "x_dq", "w1_dq"
     c1_out = "c1.raw" if identities else "c1"
     nodes.append(helper.make_node("Conv", [conv1_in, w1, "b1"], [c1_out], name="c1", pads=[1, 1, 1, 1]))

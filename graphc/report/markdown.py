@@ -83,6 +83,7 @@ def passes_markdown(catalog: list[dict[str, Any]]) -> str:
         kind = ("exact" if p["exact"] else "lossy") + (", needs calibration data" if p["needs_data"] else "")
         lines += [f"## `{p['name']}`", "", f"{p['summary']} ({kind})", ""]
         if p["options"]:
-            rows = [[f"`{o['key']}`", o["type"], f"`{o['default']}`", option_range(o), o["doc"]] for o in p["options"]]
+            rows = [[f"`{o['key']}`", o["type"], f"`{o['default']}`", option_range(o), o["doc"]]
+                    for o in p["options"]]
             lines += _table(["option", "type", "default", "range", "doc"], rows) + [""]
     return "\n".join(lines).rstrip() + "\n"

@@ -48,6 +48,13 @@ def comparison_table(before: dict[str, Any], after: dict[str, Any] | None) -> li
     return _table(rows)
 
 
+def macs_text(summary: dict[str, Any]) -> str:
+    """``1.23M``, ``1.23M + unknown`` or ``unknown`` (when dynamic shapes hide some nodes)."""
+    if not summary.get("macs_unknown"):
+        return human_count(summary["macs"])
+    return f"{human_count(summary['macs'])} + unknown" if summary["macs"] else "unknown"
+
+
 def model_notes(summary: dict[str, Any]) -> list[str]:
     notes = []
     unknown = summary.get("macs_unknown") or []
@@ -89,7 +96,8 @@ def localization_lines(loc: dict[str, Any] | None) -> list[str]:
     if not loc:
         return []
     if not loc["tensor"]:
-        return [f"  localize: not found ({loc['note']}); {loc['compared']} of {loc['shared']} shared tensors compared"]
+        return [f"  localize: not found ({loc['note']}); "
+                f"{loc['compared']} of {loc['shared']} shared tensors compared"]
     reason = loc["metrics"]["failures"][0] if loc["metrics"] and loc["metrics"]["failures"] else ""
     return [f"  localize: first divergence at tensor '{loc['tensor']}'",
             f"    candidate node: {loc['candidate_node']}",
@@ -112,7 +120,7 @@ def opt_text(report: dict[str, Any]) -> str:
 
 
 def _signature(t: dict[str, Any]) -> str:
-    shape = "?" if t["shape"] is None else "x".join("?" if d is None else str(d) for d in t["shape"])
+    shape = "?" if t["shape"] is None else ", ".join("?" if d is None else str(d) for d in t["shape"])
     return f"{t['name']}: {t['dtype'] or '?'}[{shape}]"
 
 
@@ -127,7 +135,7 @@ def inspect_text(summary: dict[str, Any]) -> str:
             f"{k}={'x'.join(map(str, v))}" for k, v in summary["input_shapes"].items()))
     size = human_bytes(summary["file_bytes"]) if summary["file_bytes"] is not None else "?"
     lines.append(f"  nodes {summary['nodes']}, params {human_count(summary['params'])} "
-                 f"({human_bytes(summary['weight_bytes'])}), file {size}, MACs {human_count(summary['macs'])}")
+                 f"({human_bytes(summary['weight_bytes'])}), file {size}, MACs {macs_text(summary)}")
     lines.append("  ops: " + ", ".join(f"{op} {n}" for op, n in summary["op_histogram"].items()))
     if summary["top_macs"]:
         lines.append("  top MAC nodes:")

@@ -95,7 +95,8 @@ def test_folder_as_model(capsys, tmp_path, outdir):
     folder = tmp_path / "model.onnx"
     folder.mkdir()
     assert "not a file" in assert_rejected(capsys, ["inspect", folder], outdir)
-    assert "not a file" in assert_rejected(capsys, ["opt", folder, "-p", "cleanup", "-o", outdir / "x.onnx"], outdir)
+    opt = ["opt", folder, "-p", "cleanup", "-o", outdir / "x.onnx"]
+    assert "not a file" in assert_rejected(capsys, opt, outdir)
 
 
 @pytest.mark.parametrize("pipeline,message", [
@@ -171,4 +172,4 @@ def test_model_without_static_shapes_is_inspected(capsys, tmp_path):
     code = main(["inspect", str(src)])
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
-    assert "MACs 0" in out and "MACs unknown for 3 of 3 node(s)" in out
+    assert "MACs unknown\n" in out and "MACs unknown for 3 of 3 node(s)" in out

@@ -88,7 +88,7 @@ def test_passes_lists_every_registered_pass(capsys):
 def test_inspect_static_model(capsys, net):
     code, out, err = cli(capsys, "inspect", net)
     assert code == 0 and err == ""
-    assert "input  x: float32[1x3x8x8]" in out and "output probs: float32[1x5]" in out
+    assert "input  x: float32[1, 3, 8, 8]" in out and "output probs: float32[1, 5]" in out
     assert "opsets: ai.onnx 13" in out and "Conv 2" in out
     code, js, _ = cli(capsys, "inspect", net, "--json")
     summary = json.loads(js)
@@ -178,7 +178,8 @@ def test_internal_error_is_one_line_unless_debug(capsys, monkeypatch, net):
     monkeypatch.setattr("graphc.report.model_summary", broken)
     code, _, err = cli(capsys, "inspect", net)
     assert code == 2
-    assert err.splitlines() == ["graphc: error: internal error: RuntimeError: boom (rerun with --debug for the traceback)"]
+    assert err.splitlines() == [
+        "graphc: error: internal error: RuntimeError: boom (rerun with --debug for the traceback)"]
     code, _, err = cli(capsys, "inspect", net, "--debug")
     assert code == 2 and "Traceback" in err and err.splitlines()[-1].startswith("graphc: error: internal error")
 
