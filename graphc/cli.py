@@ -164,17 +164,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 # -- commands -------------------------------------------------------------------------------------
 
-def _tolerances(args: argparse.Namespace):
+def _tolerances(args: argparse.Namespace) -> Any:
     from graphc.verify import Tolerances
 
-    explicit = args.rtol is not None or args.atol is not None
-    thresholds = any(v is not None for v in (args.min_sqnr, args.min_cosine, args.min_top1))
-    return Tolerances(
-        rtol=args.rtol if args.rtol is not None else 1e-5,
-        atol=args.atol if args.atol is not None else 1e-6,
-        min_sqnr=args.min_sqnr, min_cosine=args.min_cosine, min_top1=args.min_top1,
-        exact=True if explicit and thresholds else None,
-    )
+    return Tolerances.from_options(rtol=args.rtol, atol=args.atol, min_sqnr=args.min_sqnr,
+                                   min_cosine=args.min_cosine, min_top1=args.min_top1)
 
 
 def _check_paths(args: argparse.Namespace) -> Path:
@@ -188,9 +182,12 @@ def _check_paths(args: argparse.Namespace) -> Path:
     if args.report is not None:
         from graphc.report import report_format
 
-        report_format(args.report)
-        if not Path(args.report).parent.is_dir():
-            raise OutputError(f"{args.report}: folder '{Path(args.report).parent}' does not exist")
+        report = Path(args.report)
+        report_format(report)
+        if report.resolve() in (src.resolve(), out.resolve()):
+            raise OutputError(f"{report}: the report would overwrite a model")
+        if not report.parent.is_dir():
+            raise OutputError(f"{report}: folder '{report.parent}' does not exist")
     return out
 
 
@@ -204,6 +201,8 @@ def cmd_opt(args: argparse.Namespace) -> int:
     from graphc.verify import compare_models, evaluation_data
 
     pipeline = graphc.parse_pipeline(args.pipeline)  # fail before any work
+    if args.localize and not args.verify:
+        raise UsageError("--localize needs --verify")
     tolerances, shapes = _tolerances(args), _shapes(args.input_shape)
     out = _check_paths(args)
     model = graphc.load(args.input)

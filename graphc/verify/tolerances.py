@@ -36,6 +36,18 @@ class Tolerances:
     #: None: exact unless a ``min_*`` threshold is given; True/False force the mode.
     exact: bool | None = None
 
+    @classmethod
+    def from_options(cls, *, rtol: float | None = None, atol: float | None = None,
+                     min_sqnr: float | None = None, min_cosine: float | None = None,
+                     min_top1: float | None = None) -> "Tolerances":
+        """Tolerances from optional user settings (the CLI flags): defaults fill what is not
+        given, and rtol/atol given explicitly together with a threshold make both apply."""
+        explicit = rtol is not None or atol is not None
+        thresholds = any(v is not None for v in (min_sqnr, min_cosine, min_top1))
+        return cls(rtol=cls.rtol if rtol is None else rtol, atol=cls.atol if atol is None else atol,
+                   min_sqnr=min_sqnr, min_cosine=min_cosine, min_top1=min_top1,
+                   exact=True if explicit and thresholds else None)
+
     def __post_init__(self) -> None:
         if self.rtol < 0 or self.atol < 0:
             raise ValueError("rtol and atol must be >= 0")

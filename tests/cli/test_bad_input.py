@@ -132,6 +132,7 @@ def test_pipeline_errors_fail_before_loading(capsys, tmp_path, outdir, pipeline,
     (["-o", "{out}/x.onnx", "--samples", "0"], "must be at least 1"),
     (["-o", "{out}/x.onnx", "--data", "{out}/nothing.npz"], "no such file or folder"),
     ([], "required: -o/--output"),
+    (["-o", "{out}/x.onnx", "--localize"], "--localize needs --verify"),
 ])
 def test_usage_errors(capsys, good, outdir, extra, message):
     args = ["opt", good, "-p", "cleanup"] + [a.format(out=outdir, **{"in": good}) for a in extra]

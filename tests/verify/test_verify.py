@@ -84,6 +84,10 @@ def test_tolerance_modes():
     inter = Tolerances(min_sqnr=30.0, min_top1=0.9).for_intermediates()
     assert inter.min_top1 is None and inter.min_sqnr == 30.0 and not inter.elementwise
     assert Tolerances().to_dict()["mode"] == "exact"
+    assert Tolerances.from_options() == Tolerances()
+    assert Tolerances.from_options(min_sqnr=30.0) == Tolerances(min_sqnr=30.0)
+    assert Tolerances.from_options(rtol=1e-3, min_sqnr=30.0).elementwise
+    assert Tolerances.from_options(atol=0.5).atol == 0.5
     with pytest.raises(ValueError):
         Tolerances(rtol=-1.0)
     with pytest.raises(ValueError):
