@@ -212,7 +212,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
     if args.verify_each and data is None:
         verify_data = evaluation_data(model, None, input_shapes=shapes, samples=args.samples, seed=args.seed)
     run = graphc.PassManager(pipeline, data=data, verify_each=args.verify_each, tolerances=tolerances,
-                             seed=args.seed, verify_data=verify_data).run(model)
+                             input_shapes=shapes, seed=args.seed, verify_data=verify_data).run(model)
     verification = None
     if args.verify:
         verification = compare_models(args.input, model, data=args.data, tolerances=tolerances,

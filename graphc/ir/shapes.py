@@ -53,7 +53,8 @@ def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None =
         if isinstance(tensor, gs.Constant):
             info[name] = TensorInfo(np.dtype(tensor.dtype), tuple(int(d) for d in tensor.shape))
         elif name not in info and tensor.shape is not None:
-            info[name] = TensorInfo(_np_dtype(tensor.dtype), tuple(tensor.shape))
+            dims = tuple(d if not isinstance(d, int) or d >= 0 else None for d in tensor.shape)
+            info[name] = TensorInfo(_np_dtype(tensor.dtype), dims)
     return info
 
 
@@ -76,7 +77,7 @@ def _value_info(vi: onnx.ValueInfoProto) -> TensorInfo:
         return TensorInfo(dtype, None)
     dims = []
     for d in ttype.shape.dim:
-        if d.HasField("dim_value"):
+        if d.HasField("dim_value") and d.dim_value >= 0:
             dims.append(int(d.dim_value))
         elif d.HasField("dim_param"):
             dims.append(d.dim_param)

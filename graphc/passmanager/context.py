@@ -33,9 +33,24 @@ class Analysis(Protocol):
 
 
 class ShapeAnalysis:
-    """Inferred dtype and shape of every tensor (see :mod:`graphc.ir.shapes`)."""
+    """Inferred dtype and shape of every tensor from the model's declared input shapes.
+
+    These shapes hold for every input the model accepts, so rewrites may rely on them.
+    """
 
     name = "shapes"
+
+    @classmethod
+    def compute(cls, ctx: "Context") -> dict[str, TensorInfo]:
+        return infer_shapes(ctx.model)
+
+
+class CostShapeAnalysis:
+    """Shapes for the user's ``input_shapes`` (``--input-shape``): for cost estimates only
+    (MACs, budgets). A rewrite must never depend on them - the saved model keeps its dynamic
+    inputs and must stay correct for every shape."""
+
+    name = "shapes-for-cost"
 
     @classmethod
     def compute(cls, ctx: "Context") -> dict[str, TensorInfo]:
@@ -73,7 +88,12 @@ class Context:
         return name in self._cache
 
     def shapes(self) -> dict[str, TensorInfo]:
+        """Shapes valid for every input (declared dims); safe to base rewrites on."""
         return self.analysis(ShapeAnalysis)
+
+    def cost_shapes(self) -> dict[str, TensorInfo]:
+        """Shapes at the user's ``input_shapes``; for MAC/budget estimates, never for rewrites."""
+        return self.analysis(CostShapeAnalysis)
 
     def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
         for key in [k for k in self._cache if k not in preserved]:

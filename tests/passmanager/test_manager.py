@@ -150,3 +150,30 @@ def test_context_require_opset_upgrades_and_invalidates():
     assert ctx.require_opset(14) is True
     assert model.opset == 14 and not ctx.cached("counter")
     assert ctx.require_opset(13) is False
+
+
+def test_input_shapes_never_specialize_rewrites(tmp_path):
+    """--input-shape is for cost estimates: folding must not bake it into a dynamic model."""
+    import onnx
+
+    from support import assert_same_outputs
+
+    idx = onnx.numpy_helper.from_array(np.array([0], np.int64), "idx")
+    minus1 = onnx.numpy_helper.from_array(np.array([-1], np.int64), "minus1")
+    nodes = [helper.make_node("Shape", ["x"], ["s"]),
+             helper.make_node("Gather", ["s", "idx"], ["n"], axis=0),
+             helper.make_node("Concat", ["n", "minus1"], ["shape"], axis=0),
+             helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 4, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 12])], [idx, minus1])
+    proto = make_model(graph)
+    model = graphc.load(proto)
+    manager = PassManager("fold-constants,cleanup", input_shapes={"x": (1, 4, 3)})
+    manager.run(model)
+    assert any(n.op == "Shape" for n in model.graph.nodes)  # batch dim stays computed
+    out = graphc.save(model, tmp_path / "m.onnx")
+    feeds = {"x": np.ones((5, 4, 3), np.float32)}
+    assert_same_outputs(proto, out, feeds, rtol=0, atol=0)
+    ctx = Context(model, input_shapes={"x": (2, 4, 3)})
+    assert ctx.cost_shapes()["x"].shape == (2, 4, 3)
+    assert ctx.shapes()["x"].shape == ("N", 4, 3)
