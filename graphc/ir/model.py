@@ -11,6 +11,13 @@ Guarantees:
 - ``save`` writes to a temporary file in the destination folder, checks it with
   ``onnx.checker.check_model(full_check=True)``, then renames it into place: a failed save leaves
   no file behind, and the destination is either the old file or the complete new one.
+
+Memory: large top-level weights move between the file and numpy arrays without protobuf copies
+(:mod:`graphc.ir.weight_io`), so a loaded model costs about its weights once, and saving adds no
+copy of them. The saved file is checked through a twin: the written file's own bytes, re-read at
+wire level, with the large weights' data referenced in place as external data (the checker
+validates structure, types and shapes; it never needed the weights' values, and parsing them
+again would hold a second copy of the model).
 """
 from __future__ import annotations
 
@@ -29,6 +36,7 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
+from graphc.ir import weight_io
 from graphc.ir.structure import check_structure
 
 log = logging.getLogger(__name__)
@@ -82,12 +90,45 @@ def load(src: ModelSource, *, check: bool = True) -> Model:
     if not path.is_file():
         raise InputError(f"{path}: not a file")
     try:
-        data = path.read_bytes()
+        proto, weights = _read_model(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    proto = _parse_bytes(data, str(path))
     _load_external_data(proto, path.parent)
-    return from_proto(proto, source=path, check=check)
+    return from_proto(proto, source=path, check=check, weights=weights)
+
+
+def _read_model(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
+    """The model at ``path``: a proto, and the values of large top-level initializers read
+    straight from the file into arrays (left out of the proto). Files that do not split at wire
+    level are parsed whole by protobuf, which reports what is wrong with them."""
+    try:
+        light, raw = weight_io.split_model_file(path)
+        proto = _parse_bytes(light, str(path))
+    except (weight_io.WireError, InputError):
+        return _parse_bytes(path.read_bytes(), str(path)), {}
+    outside = _weights_kept_outside(proto, raw)
+    weights = {}
+    with open(path, "rb") as fh:
+        for tensor in raw:
+            values = weight_io.read_raw(fh, tensor)
+            if tensor.name in outside:
+                weights[tensor.name] = values
+            else:
+                proto.graph.initializer.append(weight_io.raw_tensor_proto(tensor, values))
+    return proto, weights
+
+
+def _weights_kept_outside(proto: onnx.ModelProto, raw: list) -> set[str]:
+    """Names of split-off initializers that may stay out of the proto: not graph inputs, not
+    duplicated, and no subgraphs that could read them from an inner scope. The others go back
+    into the proto, so validation and graphsurgeon see them exactly as in the file."""
+    names = [t.name for t in raw]
+    inline = {t.name for t in proto.graph.initializer}
+    subgraphs = any(a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+                    for n in proto.graph.node for a in n.attribute)
+    if subgraphs or len(set(names)) != len(names) or inline.intersection(names):
+        return set()
+    return set(names) - {i.name for i in proto.graph.input}
 
 
 def _parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
@@ -141,14 +182,18 @@ def _load_external_data(proto: onnx.ModelProto, base: Path) -> None:
         raise InputError(f"cannot read external data: {exc}") from None
 
 
-def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: bool = True) -> Model:
-    """Build the IR from a ModelProto (external data already loaded)."""
+def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: bool = True,
+               weights: dict[str, np.ndarray] | None = None) -> Model:
+    """Build the IR from a ModelProto (external data already loaded). ``weights`` are values of
+    top-level initializers that ``proto`` leaves out (see ``load``)."""
     if len(proto.graph.node) == 0:
         raise ModelError("the graph has no nodes (empty graph)")
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # graphsurgeon raises bare exceptions on malformed protos
         raise ModelError(f"cannot import graph: {type(exc).__name__}: {exc}") from None
+    if weights:
+        _attach_weights(graph, weights)
     opsets = {imp.domain or "": int(imp.version) for imp in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets.pop("ai.onnx")
@@ -168,6 +213,17 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
     if check:
         check_structure(graph)
     return model
+
+
+def _attach_weights(graph: gs.Graph, weights: dict[str, np.ndarray]) -> None:
+    """graphsurgeon imported the nodes reading each weight with a producer-less Variable of its
+    name; that Variable becomes the Constant. Weights nothing reads are dropped, as graphsurgeon
+    drops unused initializers."""
+    tensors = graph.tensors()
+    for name, values in weights.items():
+        tensor = tensors.get(name)
+        if isinstance(tensor, gs.Variable) and not tensor.inputs:
+            tensor.to_constant(values)
 
 
 def constant_nodes_to_constants(graph: gs.Graph) -> int:
@@ -264,13 +320,17 @@ def save(
     """
     out = Path(path)
     _check_destination(model, out)
-    proto = to_proto(model)
+    proto, weights = _to_proto_and_weights(model)
+    nbytes = _weights_nbytes(proto) + sum(values.nbytes for _, values in weights)
     if external_data is None:
-        external_data = _weights_nbytes(proto) > EXTERNAL_DATA_THRESHOLD
+        external_data = nbytes > EXTERNAL_DATA_THRESHOLD
+    elif not external_data and nbytes > EXTERNAL_DATA_THRESHOLD:
+        raise OutputError("model is larger than 2 GiB; save it with external data instead")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp_model = Path(tmp) / out.name
         data_name = f"{out.name}.data"
-        _write_proto(proto, tmp_model, data_name if external_data else None)
+        _write_proto(proto, weights, tmp_model, data_name if external_data else None)
+        del proto
         if check:
             _full_check(tmp_model)
         if external_data and (Path(tmp) / data_name).exists():
@@ -294,22 +354,51 @@ def _weights_nbytes(proto: onnx.ModelProto) -> int:
     return sum(len(t.raw_data) for t in onnx.external_data_helper._get_all_tensors(proto))
 
 
-def _write_proto(proto: onnx.ModelProto, path: Path, data_name: str | None) -> None:
+def _to_proto_and_weights(model: Model) -> tuple[onnx.ModelProto, list[tuple[str, np.ndarray]]]:
+    """``to_proto`` without the large top-level weights, and those weights' arrays.
+
+    They are exported as 1-element stand-ins that are then dropped, so no TensorProto copy of
+    them is ever made; ``weight_io`` writes them from the arrays."""
+    graph = model.graph
+    io = {id(t) for t in graph.inputs + graph.outputs}
+    large = [t for t in graph.tensors().values()
+             if isinstance(t, gs.Constant) and id(t) not in io and isinstance(t._values, np.ndarray)
+             and t.data_location in (None, onnx.TensorProto.DEFAULT)
+             and getattr(t, "_export_dtype", None) in (None, t.dtype)
+             and weight_io.streamable(t._values)]
+    saved = [(t, t._values) for t in large]
+    try:
+        for t in large:
+            t.values = np.zeros((1,), dtype=t.dtype)
+        proto = to_proto(model)
+    finally:
+        for t, values in saved:
+            t.values = values
+    names = {t.name for t in large}
+    kept = [init for init in proto.graph.initializer if init.name not in names]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(kept)
+    return proto, [(t.name, values) for t, values in saved]
+
+
+def _write_proto(proto: onnx.ModelProto, weights: list[tuple[str, np.ndarray]], path: Path,
+                 data_name: str | None) -> None:
+    """Write the model file (and the external data file): weights straight from their arrays."""
     try:
         if data_name is None:
-            with open(path, "wb") as fh:
-                fh.write(proto.SerializeToString())
-                fh.flush()
-                os.fsync(fh.fileno())
-        else:
-            onnx.save_model(
-                proto,
-                str(path),
-                save_as_external_data=True,
-                all_tensors_to_one_file=True,
-                location=data_name,
-                size_threshold=0,
-            )
+            weight_io.write_model_file(proto, weights, path)
+            return
+        data_path = path.with_name(data_name)
+        weight_io.write_external_data(proto, weights, data_path)
+        # initializers protobuf still holds (small or unusual ones) go to the same file
+        for tensor in onnx.external_data_helper._get_initializer_tensors(proto):
+            if tensor.HasField("raw_data"):
+                onnx.external_data_helper.set_external_data(tensor, data_name)
+        onnx.external_data_helper.write_external_data_tensors(proto, str(path.parent))
+        with open(path, "wb") as fh:
+            fh.write(proto.SerializeToString())
+            fh.flush()
+            os.fsync(fh.fileno())
     except ValueError as exc:  # protobuf refuses > 2 GiB
         raise OutputError(f"cannot serialize model: {exc}") from None
     except OSError as exc:
@@ -317,11 +406,30 @@ def _write_proto(proto: onnx.ModelProto, path: Path, data_name: str | None) -> N
 
 
 def _full_check(path: Path) -> None:
+    """``onnx.checker.check_model(full_check=True)`` on the written file, through its twin.
+
+    The twin is the file's bytes re-read at wire level (which also proves the hand-written
+    framing parses) with each large weight replaced by an external-data reference to where its
+    bytes lie in the file: the checker sees the written structure, types and shapes without
+    parsing the weights a second time."""
+    target = path
     try:
-        onnx.checker.check_model(str(path), full_check=True)
+        light, raw = weight_io.split_model_file(path)
+    except weight_io.WireError as exc:
+        raise ModelError(f"result does not read back: {exc}") from None
+    if raw:
+        twin = onnx.ModelProto.FromString(light)
+        twin.graph.initializer.extend(weight_io.external_stub(t, path.name) for t in raw)
+        target = path.with_name(f"{path.name}.twin")
+        target.write_bytes(twin.SerializeToString())
+    try:
+        onnx.checker.check_model(str(target), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"result fails onnx.checker (full_check): {first}") from None
+    finally:
+        if target != path:
+            target.unlink()
 
 
 def model_bytes(model: Model) -> bytes:
@@ -336,7 +444,10 @@ def file_size(path: str | os.PathLike) -> int:
     """Size on disk of a model including its external data files."""
     path = Path(path)
     total = path.stat().st_size
-    proto = onnx.load(str(path), load_external_data=False)
+    try:  # only the structure is parsed: inline weights are skipped, not read
+        proto = onnx.ModelProto.FromString(weight_io.split_model_file(path)[0])
+    except (weight_io.WireError, DecodeError):
+        proto = onnx.load(str(path), load_external_data=False)
     seen = set()
     for tensor in _external_tensors(proto):
         loc = {e.key: e.value for e in tensor.external_data}.get("location")

@@ -251,7 +251,7 @@ def test_bn_whose_running_statistics_are_read_is_not_folded():
     g = G()
     g.node("Conv", ["x", g.weight("w", (3, 3, 1, 1))], "c")
     g.bn("c", "y", 3)
-    g.nodes[-1].output.extend(["running_mean"])
+    g.nodes[-1].output.extend(["running_mean", "running_var", "saved_mean", "saved_var"])
     g.nodes.append(helper.make_node("Identity", ["running_mean"], ["m"]))
     proto = g.model({"x": [1, 3, 4, 4]}, ["y", "m"], opset=9)
     model, record = fold(proto)
@@ -553,6 +553,11 @@ def test_float16_conv_bn_folds(tmp_path):
 
 @pytest.mark.real
 def test_real_ppocr_models_fold_every_bn_exactly(ppocr, tmp_path):
+    """cls: 35 BN -> 0; det: 3 -> 0 (one behind ConvTranspose + Add); rec: 6 -> 0. Exact at
+    rtol 1e-5 / atol 1e-6 in onnxruntime (graph optimizations off, so the reference really runs
+    its BatchNormalization nodes) at the PP-OCR test shapes, on image-like inputs."""
+    from graphc.verify import Tolerances, compare_models
+
     kind, path = ppocr
     proto = onnx.load(str(path))
     model = graphc.load(path)
@@ -560,19 +565,15 @@ def test_real_ppocr_models_fold_every_bn_exactly(ppocr, tmp_path):
     record = PassManager("fold-bn").run(model).records[0]
     assert before == {"cls": 35, "det": 3, "rec": 6}[kind]
     assert op_count(model, "BatchNormalization") == 0
-    assert record.stats.get("standalone_bn", 0) == 0
+    assert "standalone_bn" not in record.stats
     out = assert_valid(model, tmp_path)
     shapes = {proto.graph.input[0].name: PPOCR_SHAPES[kind]}
     for seed in (0, 1):
         feeds = random_feeds(proto, shapes, seed=seed)
         feeds = {k: (v * 0.5 + 0.5).astype(v.dtype) for k, v in feeds.items()}  # image-like values
         assert_same_outputs(proto, out, feeds, rtol=RTOL, atol=ATOL)
-    try:
-        from graphc.verify import compare_models
-    except ImportError:
-        compare_models = None
-    if compare_models is not None:
-        report = compare_models(graphc.load(path), graphc.load(out), input_shapes=shapes)
-        assert report.passed, report.summary()
+    report = compare_models(path, out, input_shapes=shapes, tolerances=Tolerances(rtol=RTOL, atol=ATOL),
+                            optimize=False)
+    assert report.passed, report.summary()
     again = PassManager("fold-bn").run(model).records[0]
     assert not again.modified
