@@ -188,6 +188,7 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
     top-level initializers that ``proto`` leaves out (see ``load``)."""
     if len(proto.graph.node) == 0:
         raise ModelError("the graph has no nodes (empty graph)")
+    __import__("graphc.ir.validate").ir.validate.validate_proto(proto, weights or ()) if check else None
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # graphsurgeon raises bare exceptions on malformed protos
