@@ -88,6 +88,31 @@ def smallest_within(count: int, error_at: Callable[[int], float], budget: float)
     return lo
 
 
+def weight_spectra(w: np.ndarray, method: str) -> tuple[np.ndarray, ...]:
+    """Squared singular values of the weights alone, what ``energy=`` reads (data-free, so the
+    same ranks are chosen with or without data). svd: of A (out x in); tucker: of the input-
+    and output-channel unfoldings of W (Cout, Cin, kf); dw: of each ``W[:, c]``, summed over c."""
+    if method == "svd":
+        return (_gram_spectrum(w),)
+    cout, cin, kf = w.shape
+    if method == "tucker":
+        return _gram_spectrum(w.transpose(1, 0, 2).reshape(cin, -1)), _gram_spectrum(w.reshape(cout, -1))
+    return (np.sum(np.linalg.svd(w.transpose(1, 0, 2), compute_uv=False) ** 2, axis=0),)
+
+
+def _gram_spectrum(a: np.ndarray) -> np.ndarray:
+    """Squared singular values of ``a``, descending, as eigenvalues of its smaller Gram matrix
+    (cheaper than an SVD of a wide matrix; squared values are all the energy rule needs)."""
+    gram = a @ a.T if a.shape[0] <= a.shape[1] else a.T @ a
+    return np.clip(np.linalg.eigvalsh(gram)[::-1], 0.0, None)
+
+
+def _top_eigh(gram: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Eigenvalues (descending, clipped at 0) and eigenvectors of a symmetric PSD matrix."""
+    vals, vecs = np.linalg.eigh(0.5 * (gram + gram.T))
+    return np.clip(vals[::-1], 0.0, None), vecs[:, ::-1]
+
+
 # -- svd: a linear map -> two ------------------------------------------------------------
 
 
@@ -130,7 +155,7 @@ def decompose_linear(a: np.ndarray, moment: np.ndarray | None, *, whiten: bool,
     if moment is None:
         output_energy = sigma ** 2
     else:
-        output_energy = sigma ** 2 * np.einsum("ki,ij,kj->k", right, moment, right)
+        output_energy = sigma ** 2 * np.einsum("ki,ij,kj->k", right, moment, right, optimize=True)
     return LowRankLinear(left, sigma, right, output_energy)
 
 
@@ -143,7 +168,8 @@ class TuckerBases:
 
     Input mode: ``W_k ~ W_k @ in_basis[:, :r1] @ in_proj[:r1]`` for every kernel position k
     (an oblique projection when whitened). Output mode: ``W ~ U U^T W`` with ``U =
-    out_basis[:, :r2]`` orthonormal. The energies are the spectra the ``energy=`` rule reads.
+    out_basis[:, :r2]`` orthonormal. The energies (squared singular values, whitened when the
+    bases are) order the ``max-error`` search path.
     """
 
     in_basis: np.ndarray   # (Cin, k1)
@@ -172,28 +198,27 @@ def tucker_bases(w: np.ndarray, patch_moment: np.ndarray | None, *, whiten: bool
         blocks = patch_moment.reshape(cin, kf, cin, kf)
         channel_moment = np.einsum("akbk->ab", blocks) / kf
         x, xinv = whitener(channel_moment, damping)
-        _, s_in, bt = np.linalg.svd(stacked @ x, full_matrices=False)
-        in_basis, in_proj = x @ bt.T, bt @ xinv
+        stacked = stacked @ x
         out_moment = wm @ patch_moment @ wm.T
     else:
-        _, s_in, bt = np.linalg.svd(stacked, full_matrices=False)
-        in_basis, in_proj = bt.T, bt
+        x = xinv = np.eye(cin)
         out_moment = wm @ wm.T
-    vals, vecs = np.linalg.eigh(0.5 * (out_moment + out_moment.T))
-    k2 = min(cout, cin * kf)
-    out_energy = np.clip(vals[::-1][:k2], 0.0, None)
-    return TuckerBases(in_basis, in_proj, s_in ** 2, vecs[:, ::-1][:, :k2], out_energy)
+    # right singular vectors of the stacked slices = eigenvectors of their Gram matrix
+    in_energy, b = _top_eigh(stacked.T @ stacked)
+    out_energy, u = _top_eigh(out_moment)
+    k1, k2 = min(cin, cout * kf), min(cout, cin * kf)
+    return TuckerBases(x @ b[:, :k1], b[:, :k1].T @ xinv, in_energy[:k1], u[:, :k2], out_energy[:k2])
 
 
 def tucker_factors(w: np.ndarray, bases: TuckerBases, r1: int, r2: int):
     """``(first (r1, Cin), core (r2, r1, kf), last (Cout, r2))`` of the rank-(r1, r2) kernel."""
     q, u = bases.in_basis[:, :r1], bases.out_basis[:, :r2]
-    core = np.einsum("oa,ock,cb->abk", u, w, q)
+    core = np.einsum("oa,ock,cb->abk", u, w, q, optimize=True)
     return bases.in_proj[:r1], core, u
 
 
 def tucker_reconstruct(first: np.ndarray, core: np.ndarray, last: np.ndarray) -> np.ndarray:
-    return np.einsum("oa,abk,bc->ock", last, core, first)
+    return np.einsum("oa,abk,bc->ock", last, core, first, optimize=True)
 
 
 def tucker_path(bases: TuckerBases) -> list[tuple[int, int]]:
@@ -232,11 +257,6 @@ class DecoupledKernel:
     def full_rank(self) -> int:
         return self.sigma.shape[1]
 
-    @property
-    def energy(self) -> np.ndarray:
-        """Squared singular values summed over channels, per filter index t."""
-        return np.sum(self.sigma ** 2, axis=0)
-
     def factors(self, t: int) -> tuple[np.ndarray, np.ndarray]:
         """``(depthwise (Cin*t, kf), pointwise (Cout, Cin*t))``; filter c*t + j belongs to
         input channel c (the output order of a grouped Conv with group = Cin)."""
@@ -247,7 +267,8 @@ class DecoupledKernel:
         return depthwise, pointwise
 
     def reconstruct(self, t: int) -> np.ndarray:
-        return np.einsum("cot,ct,ctk->ock", self.left[:, :, :t], self.sigma[:, :t], self.right[:, :t])
+        left = self.left[:, :, :t] * self.sigma[:, None, :t]
+        return np.einsum("cot,ctk->ock", left, self.right[:, :t], optimize=True)
 
 
 def decouple(w: np.ndarray, patch_moment: np.ndarray | None, *, whiten: bool,

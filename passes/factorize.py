@@ -13,8 +13,9 @@
   ``W[:, c]`` (Cout x K^2). Exact at T = min(K^2, Cout).
 
 Ranks come from one rule per run: ``rank`` (fraction of each layer's full rank, rounded up),
-``energy`` (kept fraction of squared singular values; per channel mode for tucker, summed over
-channels for dw; 0.99 when no rule is given), or ``max-error`` (largest relative output error
+``energy`` (kept fraction of the weights' squared singular values; per channel mode for tucker,
+summed over channels for dw; 0.99 when no rule is given; read from the weights alone, so data
+changes the decomposition at these ranks, not the ranks), or ``max-error`` (largest relative output error
 ``||A x - A_r x|| / ||A x||`` per layer on the calibration data; needs data). A layer is
 rewritten only when its MACs drop by at least ``min-saving`` of what they were (never to as
 many or more); ``force`` lifts that for tests and inspection, so ``rank=1.0 force=true`` is
@@ -38,15 +39,17 @@ from __future__ import annotations
 import fnmatch
 import logging
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from math import prod
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.calib.moments import Layout, second_moments
 from graphc.errors import DataError
-from graphc.ir import NameFactory, constant_value, is_standard_op, node_label, remove_nodes
+from graphc.ir import NameFactory, constant_value, is_standard_op, node_label
 from graphc.passes import _factorize_math as fm
+from graphc.passes import _factorize_rewrite as rw
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -67,7 +70,7 @@ class _Layer:
     rows: int                   # output positions per batch item (rows of x for linear layers)
     in_rows: int = 0            # conv: input spatial positions (the first tucker 1x1 runs there)
     kernel: tuple[int, ...] = ()
-    layout: object = None       # graphc.calib.moments.Layout of the input, for data
+    layout: Layout | None = None  # how the input's samples are read, for data
     moment: np.ndarray | None = None
     label: str = ""
 
@@ -85,7 +88,6 @@ class _Plan:
     params_before: int
     params_after: int
     error: float
-    notes: dict = field(default_factory=dict)
 
 
 @register_pass
@@ -99,8 +101,8 @@ class Factorize(Pass):
         method: str = option("svd", "svd: Gemm/MatMul -> 2 MatMuls; tucker: KxK Conv -> 1x1, KxK, 1x1; "
                              "dw: KxK Conv -> depthwise KxK + 1x1", choices=("svd", "tucker", "dw"))
         rank: float | None = option(None, "kept fraction of each layer's full rank (rounded up)", min=0.0, max=1.0)
-        energy: float | None = option(None, f"kept fraction of squared singular values ({DEFAULT_ENERGY} if "
-                                      "no rule is given)", min=0.0, max=1.0)
+        energy: float | None = option(None, "kept fraction of the weights' squared singular values "
+                                      f"({DEFAULT_ENERGY} if no rule is given)", min=0.0, max=1.0)
         max_error: float | None = option(None, "largest relative output error per layer on the calibration "
                                          "data (needs --data)", min=0.0)
         min_saving: float = option(0.1, "factor a layer only if its MACs drop by at least this fraction",
@@ -132,7 +134,7 @@ class Factorize(Pass):
         plan_fn, rewrite_fn = _METHODS[opts.method]
         for layer in layers:
             plan = plan_fn(layer, opts)
-            reason = plan if isinstance(plan, str) else self._refuse(plan)
+            reason = self._refuse(plan)
             if reason:
                 result.skip(reason)
                 log.info("%s not factored: %s", node_label(layer.node), reason)
@@ -184,7 +186,6 @@ class Factorize(Pass):
             "est_error": plan.error,
             "error_basis": "calibration data" if layer.moment is not None else "weights",
             "data_aware": layer.moment is not None and opts.whiten,
-            **plan.notes,
         }
 
 
@@ -217,8 +218,6 @@ def _float_weight(tensor: gs.Tensor) -> np.ndarray | str:
 
 
 def _match_linear(node: gs.Node, shapes) -> _Layer | str:
-    from graphc.calib.moments import Layout
-
     if len(node.inputs) < 2 or not node.outputs:
         return "malformed node"
     if constant_value(node.inputs[0]) is not None:
@@ -243,8 +242,6 @@ def _match_linear(node: gs.Node, shapes) -> _Layer | str:
 
 
 def _match_conv(node: gs.Node, shapes) -> _Layer | str:
-    from graphc.calib.moments import Layout
-
     if len(node.inputs) < 2 or not node.outputs:
         return "malformed node"
     weight = _float_weight(node.inputs[1])
@@ -287,8 +284,6 @@ def _explicit_pads(node: gs.Node, in_spatial, kernel) -> list[int]:
 
 
 def _attach_moments(ctx: Context, layers: list[_Layer]) -> None:
-    from graphc.calib.moments import second_moments
-
     requests = {i: (layer.node.inputs[0].name, layer.layout) for i, layer in enumerate(layers)}
     moments = second_moments(ctx.model, ctx.data, requests)
     for i, layer in enumerate(layers):
@@ -298,18 +293,19 @@ def _attach_moments(ctx: Context, layers: list[_Layer]) -> None:
 # -- planning: ranks, costs, errors ----------------------------------------------------------
 
 
-def _choose(opts, full: int, energy: np.ndarray, error_at) -> int:
+def _choose(opts, layer: _Layer, full: int, error_at) -> int:
     kind, value = _rule(opts)
     if kind == "rank":
         return fm.rank_for_fraction(value, full)
     if kind == "energy":
-        return fm.rank_for_energy(energy, value)
+        (energy,) = fm.weight_spectra(layer.weight, opts.method)
+        return min(full, fm.rank_for_energy(energy, value))
     return fm.smallest_within(full, lambda i: error_at(i + 1), value) + 1
 
 
 def _plan_svd(layer: _Layer, opts) -> _Plan:
     dec = fm.decompose_linear(layer.weight, layer.moment, whiten=opts.whiten, damping=opts.damping)
-    r = _choose(opts, dec.full_rank, dec.sigma ** 2, dec.error)
+    r = _choose(opts, layer, dec.full_rank, dec.error)
     g, f = dec.factors(r)
     m, n = layer.weight.shape
     return _Plan((r,), (dec.full_rank,), (g, f), layer.rows * m * n, layer.rows * r * (m + n),
@@ -324,7 +320,8 @@ def _plan_tucker(layer: _Layer, opts) -> _Plan:
     if kind == "rank":
         r1, r2 = fm.rank_for_fraction(value, full[0]), fm.rank_for_fraction(value, full[1])
     elif kind == "energy":
-        r1, r2 = fm.rank_for_energy(bases.in_energy, value), fm.rank_for_energy(bases.out_energy, value)
+        spectra = fm.weight_spectra(w, "tucker")
+        r1, r2 = (min(f, fm.rank_for_energy(e, value)) for f, e in zip(full, spectra))
     else:
         path = fm.tucker_path(bases)
         r1, r2 = path[fm.smallest_within(len(path), lambda i: _tucker_error(w, bases, *path[i], moment), value)]
@@ -349,86 +346,16 @@ def _plan_dw(layer: _Layer, opts) -> _Plan:
     def error(t: int) -> float:
         return fm.relative_error(flat - dec.reconstruct(t).reshape(cout, -1), flat, moment)
 
-    t = _choose(opts, dec.full_rank, dec.energy, error)
+    t = _choose(opts, layer, dec.full_rank, error)
     return _Plan((t,), (dec.full_rank,), dec.factors(t), layer.rows * cout * cin * kf,
                  layer.rows * cin * t * (kf + cout), cout * cin * kf, cin * t * (kf + cout), error(t))
 
 
-# -- rewriting -------------------------------------------------------------------------------
-
-
-def _detach(graph: gs.Graph, node: gs.Node) -> tuple[list[gs.Tensor], gs.Tensor, str]:
-    inputs, out = list(node.inputs), node.outputs[0]
-    base = node.name or out.name
-    remove_nodes(graph, [node])
-    return inputs, out, base
-
-
-def _new_node(graph, names, op, name, inputs, out=None, dtype=None, **attrs) -> gs.Tensor:
-    if out is None:
-        out = gs.Variable(names(f"{name}.out"), dtype=dtype)
-    graph.nodes.append(gs.Node(op=op, name=names(name), inputs=inputs, outputs=[out], attrs=attrs))
-    return out
-
-
-def _rewrite_svd(graph: gs.Graph, layer: _Layer, plan: _Plan, names: NameFactory) -> None:
-    node, dtype = layer.node, layer.dtype
-    is_gemm, beta = node.op == "Gemm", float(node.attrs.get("beta", 1.0))
-    g, f = plan.weights
-    inputs, out, base = _detach(graph, node)
-    wname = inputs[1].name
-    v = gs.Constant(names(f"{wname}.svd.v"), np.ascontiguousarray(f.T.astype(dtype)))
-    u = gs.Constant(names(f"{wname}.svd.u"), np.ascontiguousarray(g.T.astype(dtype)))
-    h = _new_node(graph, names, "MatMul", f"{base}.svd.v", [inputs[0], v], dtype=dtype)
-    bias = inputs[2] if is_gemm and len(inputs) > 2 and inputs[2].name else None
-    if bias is not None:
-        _new_node(graph, names, "Gemm", f"{base}.svd.u", [h, u, bias], out, beta=beta)
-    else:
-        _new_node(graph, names, "MatMul", f"{base}.svd.u", [h, u], out)
-
-
-def _conv_attrs(node: gs.Node, kernel, group: int) -> dict:
-    attrs = {k: v for k, v in node.attrs.items() if k in ("strides", "pads", "dilations", "auto_pad")}
-    return {**attrs, "kernel_shape": list(kernel), "group": group}
-
-
-def _rewrite_tucker(graph: gs.Graph, layer: _Layer, plan: _Plan, names: NameFactory) -> None:
-    first, core, last = plan.weights
-    dtype, kernel, ones = layer.dtype, layer.kernel, (1,) * len(layer.kernel)
-    attrs = _conv_attrs(layer.node, kernel, 1)
-    inputs, out, base = _detach(graph, layer.node)
-    wname = inputs[1].name
-
-    def const(suffix, values, shape):
-        return gs.Constant(names(f"{wname}.{suffix}"), np.ascontiguousarray(values.reshape(shape).astype(dtype)))
-
-    r1, r2 = plan.ranks
-    h1 = _new_node(graph, names, "Conv", f"{base}.tucker.in",
-                   [inputs[0], const("tucker.in", first, (r1, -1) + ones)], dtype=dtype, kernel_shape=list(ones))
-    h2 = _new_node(graph, names, "Conv", f"{base}.tucker.core",
-                   [h1, const("tucker.core", core, (r2, r1) + kernel)], dtype=dtype, **attrs)
-    _new_node(graph, names, "Conv", f"{base}.tucker.out",
-              [h2, const("tucker.out", last, (-1, r2) + ones)] + inputs[2:3], out, kernel_shape=list(ones))
-
-
-def _rewrite_dw(graph: gs.Graph, layer: _Layer, plan: _Plan, names: NameFactory) -> None:
-    depthwise, pointwise = plan.weights
-    dtype, kernel, ones = layer.dtype, layer.kernel, (1,) * len(layer.kernel)
-    cin = layer.weight.shape[1]
-    attrs = _conv_attrs(layer.node, kernel, cin)
-    inputs, out, base = _detach(graph, layer.node)
-    wname = inputs[1].name
-    wd = gs.Constant(names(f"{wname}.dw.depthwise"),
-                     np.ascontiguousarray(depthwise.reshape((-1, 1) + kernel).astype(dtype)))
-    wp = gs.Constant(names(f"{wname}.dw.pointwise"),
-                     np.ascontiguousarray(pointwise.reshape(pointwise.shape + ones).astype(dtype)))
-    h = _new_node(graph, names, "Conv", f"{base}.dw.depthwise", [inputs[0], wd], dtype=dtype, **attrs)
-    _new_node(graph, names, "Conv", f"{base}.dw.pointwise", [h, wp] + inputs[2:3], out,
-              kernel_shape=list(ones))
-
-
 _METHODS = {
-    "svd": (_plan_svd, _rewrite_svd),
-    "tucker": (_plan_tucker, _rewrite_tucker),
-    "dw": (_plan_dw, _rewrite_dw),
+    "svd": (_plan_svd, lambda graph, layer, plan, names:
+            rw.rewrite_linear(graph, layer.node, *plan.weights, layer.dtype, names)),
+    "tucker": (_plan_tucker, lambda graph, layer, plan, names:
+               rw.rewrite_tucker(graph, layer.node, *plan.weights, layer.dtype, layer.kernel, names)),
+    "dw": (_plan_dw, lambda graph, layer, plan, names:
+           rw.rewrite_dw(graph, layer.node, *plan.weights, layer.dtype, layer.kernel, names)),
 }

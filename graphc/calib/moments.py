@@ -116,30 +116,34 @@ def input_second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
 
 def second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
                    requests: Mapping[Hashable, tuple[str, Layout]]) -> dict[Hashable, np.ndarray]:
-    """``{key: E[x x^T]}`` for ``requests = {key: (tensor name, layout)}``, in one session."""
+    """``{key: E[x x^T]}`` for ``requests = {key: (tensor name, layout)}``, in one session.
+    Keys with equal requests are accumulated once and share one (read-only by convention) array."""
     if not requests:
         return {}
     from graphc.runtime import create_session, run_session
 
-    names = list(dict.fromkeys(name for name, _ in requests.values()))
+    unique = list(dict.fromkeys(requests.values()))  # equal requests are accumulated once
+    names = list(dict.fromkeys(name for name, _ in unique))
     inputs = {t.name for t in model.graph.inputs}
     fetched = [n for n in names if n not in inputs]
     session = create_session(with_outputs(model, fetched), label="model (second moments)")
-    sums: dict[Hashable, np.ndarray] = {}
-    counts = dict.fromkeys(requests, 0)
+    sums: dict[tuple[str, Layout], np.ndarray] = {}
+    counts = dict.fromkeys(unique, 0)
     samples = 0
     for feed in data:
         values = {n: feed[n] for n in names if n in inputs}
         if fetched:
             values.update(zip(fetched, run_session(session, feed, fetched, label="model (second moments)")))
-        for key, (name, layout) in requests.items():
-            acc = sums.get(key)
+        for request in unique:
+            name, layout = request
+            acc = sums.get(request)
             for block in layout.rows(np.asarray(values[name])):
                 acc = block.T @ block if acc is None else acc + block.T @ block
-                counts[key] += block.shape[0]
-            sums[key] = acc
+                counts[request] += block.shape[0]
+            sums[request] = acc
         samples += 1
     if samples == 0:
         raise DataError("no calibration samples: the data source is empty")
     log.info("second moments of %d tensor(s) over %d feed(s)", len(names), samples)
-    return {key: sums[key] / max(counts[key], 1) for key in requests}
+    means = {request: sums[request] / max(counts[request], 1) for request in unique}
+    return {key: means[request] for key, request in requests.items()}
