@@ -12,6 +12,7 @@ of the model's file size.
 """
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import statistics
@@ -88,40 +89,48 @@ def _onnxslim_command(src: Path, dst: Path) -> list[str]:
     return [sys.executable, "-m", "onnxslim", str(src), str(dst)]
 
 
-def measure(command: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS in bytes of one fresh child process.
-
-    The peak is the larger of the child's final ``ru_maxrss`` (``os.wait4``) and its VmHWM polled
-    from /proc every 2 ms: graphc's pass manager resets the kernel's high-water mark at each pass
-    (to attribute memory to passes), which also resets what ``ru_maxrss`` reports at exit, so the
-    load peak would otherwise go unseen."""
-    start = time.perf_counter()
-    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    status_file = Path(f"/proc/{proc.pid}/status")
-    polled = 0
-    while True:
-        pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-        if pid:
-            break
-        polled = max(polled, _status_bytes(status_file, "VmHWM"), _status_bytes(status_file, "VmRSS"))
-        time.sleep(0.002)
-    wall = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    err = proc.stderr.read().decode(errors="replace")
-    proc.stderr.close()
-    if proc.returncode != 0:
-        raise RuntimeError(f"{command[0]} failed ({proc.returncode}): {err.strip()[-2000:]}")
-    return wall, max(polled, usage.ru_maxrss * 1024)  # Linux reports kilobytes
-
-
-def _status_bytes(path: Path, field: str) -> int:
+#: runs in a tiny ``python -S`` process between the benchmark and the tool (see ``measure``).
+_LAUNCHER = r"""
+import json, os, subprocess, sys, time
+def hwm(path):
     try:
-        for line in path.read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    return 0
+        with open(path) as fh:
+            for line in fh:
+                if line.startswith(("VmHWM:", "VmRSS:")):
+                    yield int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return
+start = time.perf_counter()
+proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
+status_path, polled = "/proc/%d/status" % proc.pid, 0
+while True:
+    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+    if pid:
+        break
+    polled = max([polled, *hwm(status_path)])
+    time.sleep(0.002)
+print(json.dumps({"wall": time.perf_counter() - start, "code": os.waitstatus_to_exitcode(status),
+                  "peak": max(polled, usage.ru_maxrss * 1024)}))
+"""
+
+
+def measure(command: list[str]) -> tuple[float, int]:
+    """Wall seconds and peak RSS in bytes of one run of ``command`` in a fresh process.
+
+    Two traps make the obvious ``os.wait4`` on our own child wrong: (1) at exec the kernel
+    folds the *pre-exec* memory of the child into its ``ru_maxrss``, and a child forked from
+    this benchmark process (which has generated a 700 MB model) starts with this process's
+    memory; (2) graphc's pass manager resets the kernel's high-water mark at each pass (to
+    attribute memory to passes), which also resets what ``ru_maxrss`` reports at exit, so the
+    load peak would go unseen. So a tiny launcher starts the tool, polls its VmHWM from /proc
+    every 2 ms, and reports the larger of that and the tool's ``ru_maxrss``."""
+    out = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *command], capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"launcher failed: {out.stderr.strip()[-2000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    if result["code"] != 0:
+        raise RuntimeError(f"{command[0]} failed ({result['code']}): {out.stderr.strip()[-2000:]}")
+    return result["wall"], result["peak"]
 
 
 def _count(path: Path, op: str) -> int:
@@ -146,7 +155,8 @@ def _max_abs_error(reference: Path, candidate: Path, channels: int = CHANNELS) -
 def run() -> str:
     tmp = Path(tempfile.mkdtemp(prefix="bench_fold_bn."))
     try:
-        src = generate(tmp / "chain.onnx")
+        src = tmp / "chain.onnx"
+        subprocess.run([sys.executable, __file__, "generate", str(src)], check=True)
         size = src.stat().st_size
         tools = {"graphc": (_graphc_command, tmp / "graphc.onnx"),
                  "onnxslim": (_onnxslim_command, tmp / "onnxslim.onnx")}
@@ -179,3 +189,7 @@ def _table(src, size, tools, results) -> str:
     runs = "; ".join(f"{n}: " + ", ".join(f"{w:.1f} s / {m / 1e6:.0f} MB" for w, m in r) for n, r in results.items())
     lines += ["", f"Individual runs: {runs}."]
     return "\n".join(lines)
+
+
+if __name__ == "__main__" and sys.argv[1:2] == ["generate"]:
+    generate(Path(sys.argv[2]))

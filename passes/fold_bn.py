@@ -103,6 +103,7 @@ class FoldBatchNorm(Pass):
                 changed |= folded
                 if why and not folded:
                     reasons[id(node)] = (node, why)
+            folder.drop_removed()
         for node, why in reasons.values():
             for reason in why:
                 result.skip(reason)
@@ -111,6 +112,7 @@ class FoldBatchNorm(Pass):
             for node, _ in list(reasons.values()):
                 if node.op == "BatchNormalization":
                     folder.standalone_to_mul_add(node)
+            folder.drop_removed()
         result.modified = bool(result.stats)
         return result
 
@@ -133,10 +135,22 @@ class _Folder:
         self.graph = graph
         self.result = result
         self.names = NameFactory(graph)
+        self._removed: dict[int, gs.Node] = {}  # holds the nodes, so their ids stay unique
         # Ranks are read before any rewrite (inference wants a sorted graph); the pass never
         # changes the rank of an existing tensor, so they stay valid through the run.
         wanted = any(is_standard_op(n, "BatchNormalization", "MatMul") for n in graph.nodes)
         self._shapes = ctx.shapes() if wanted else {}
+
+    def remove(self, node: gs.Node) -> None:
+        """Disconnect ``node``; it leaves ``graph.nodes`` at the next :meth:`drop_removed`."""
+        node.inputs.clear()
+        node.outputs.clear()
+        self._removed[id(node)] = node
+
+    def drop_removed(self) -> None:
+        if self._removed:
+            self.graph.nodes = [n for n in self.graph.nodes if id(n) not in self._removed]
+            self._removed.clear()
 
     # -- rules ---------------------------------------------------------------------------------
 
@@ -149,7 +163,7 @@ class _Folder:
         x, out = bn.inputs[0], bn.outputs[0]
         src = producer(x)
         if src is not None and is_standard_op(src, *LINEAR_OPS):
-            site = self._linear(src, x, bn)
+            site = self._linear(src, x)
             pattern = f"{src.op}+BatchNormalization"
             if isinstance(site, str):
                 why.append(f"{pattern}: {site}")
@@ -183,7 +197,7 @@ class _Folder:
         ops = LINEAR_OPS if node.op == "Mul" else LINEAR_OPS[:3]
         if src is None or not is_standard_op(src, *ops):
             return False
-        site = self._linear(src, y, node)
+        site = self._linear(src, y)
         if isinstance(site, str):
             why.append(f"{src.op}+{node.op}: {site}")
             return False
@@ -214,15 +228,15 @@ class _Folder:
         mul = gs.Node("Mul", name=self.names(f"{base}.mul"), outputs=[mid], inputs=[
             x, gs.Constant(self.names(f"{base}.scale"), scale.reshape(shape).astype(dtype))])
         add_inputs = [mid, gs.Constant(self.names(f"{base}.shift"), shift.reshape(shape).astype(dtype))]
-        _remove(self.graph, bn)
+        self.remove(bn)
         add = gs.Node("Add", name=self.names(f"{base}.add"), inputs=add_inputs, outputs=[out])
         self.graph.nodes.extend([mul, add])
         self._record("standalone_bn", bn, None)
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _linear(self, node: gs.Node, y: gs.Tensor, reader: gs.Node) -> _Linear | str:
-        """Describe ``node`` (whose output ``y`` is read by ``reader``) or say why it cannot fold."""
+    def _linear(self, node: gs.Node, y: gs.Tensor) -> _Linear | str:
+        """Describe ``node``, whose output ``y`` is to absorb an affine map, or say why it cannot."""
         if is_graph_output(self.graph, y):
             return f"{node.op} output is a graph output"
         if len(consumers(y)) != 1:
@@ -289,7 +303,7 @@ class _Folder:
         base = node.name or out.name
         weight = _scaled_weight(site, scale)
         self._set_constant(node, 0 if site.weight_left else 1, weight, f"{base}.weight_folded")
-        _remove(self.graph, folded)
+        self.remove(folded)
         if node.op == "MatMul":
             if not np.any(shift):
                 node.outputs[0] = out
@@ -320,7 +334,7 @@ class _Folder:
         new_bias = delta + (bias.astype(np.float64) if bias is not None else 0.0)
         base = conv.name or conv.outputs[0].name
         x = bn.inputs[0]
-        _remove(self.graph, bn)
+        self.remove(bn)
         conv.inputs[0] = x
         self._set_constant(conv, 1, new_weight, f"{base}.weight_folded")
         if bias is not None or np.any(delta):
@@ -498,13 +512,6 @@ def _set_input(node: gs.Node, index: int, tensor: gs.Tensor) -> None:
         node.inputs[index] = tensor
     else:
         node.inputs.append(tensor)
-
-
-def _remove(graph: gs.Graph, node: gs.Node) -> None:
-    index = next(i for i, n in enumerate(graph.nodes) if n is node)  # by identity, not Node.__eq__
-    node.inputs.clear()
-    node.outputs.clear()
-    del graph.nodes[index]
 
 
 def _dtype(tensor: gs.Tensor) -> np.dtype | None:
