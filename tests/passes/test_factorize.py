@@ -402,6 +402,35 @@ def test_dw_energy_and_max_error(tmp_path):
     assert record.details[0]["ranks"] == [2] and record.details[0]["est_error"] < 1e-6
 
 
+@pytest.mark.parametrize("method", ["tucker", "dw"])
+@pytest.mark.parametrize("rule", ["rank=1.0", "rank=0.6", "rank=0.3", "energy=0.95", "energy=0.5"])
+def test_conv_never_made_more_expensive(method, rule):
+    proto = _conv(_weights(16, 12, 3, 3), (1, 12, 8, 8), pads=[1, 1, 1, 1])
+    _, record = _run(proto, f"factorize{{method={method} {rule} min-saving=0.25}}")
+    for detail in record.details:
+        assert detail["macs_after"] <= 0.75 * detail["macs_before"]
+    if not record.modified:
+        assert sum(record.skipped.values()) == 1 and "MAC" in next(iter(record.skipped))
+
+
+@pytest.mark.parametrize("pipeline,proto", [
+    ("factorize{rank=0.25}", _matmul(_weights(64, 48), (3, 5, 64))),
+    ("factorize{rank=0.5 force=true}", _gemm(_weights(10, 6), (4, 10), np.zeros(6, np.float32))),
+    ("factorize{method=tucker rank=0.5}", _conv(_weights(16, 12, 3, 3), (1, 12, 9, 9), strides=[2, 2])),
+    ("factorize{method=dw rank=0.2}", _conv(_weights(32, 8, 3, 3), (1, 8, 8, 8), pads=[1, 1, 1, 1])),
+])
+def test_recorded_costs_match_model_stats(pipeline, proto):
+    from graphc.ir import model_stats
+
+    model, record = _run(proto, pipeline)
+    (detail,) = record.details
+    before, after = model_stats(graphc.load(proto)), model_stats(model)
+    assert (detail["macs_before"], detail["macs_after"]) == (before.macs, after.macs)
+    bias = sum(i.dims[0] if len(i.dims) == 1 else int(np.prod(i.dims)) for i in proto.graph.initializer
+               if i.name in ("B", "C"))
+    assert (detail["params_before"], detail["params_after"]) == (before.params - bias, after.params - bias)
+
+
 # -- the zoo: data-aware svd against plain svd ---------------------------------------------------
 
 
