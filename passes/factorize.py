@@ -12,14 +12,16 @@
   (group = Cin) and a 1x1 Conv (network decoupling): the SVD of each input channel's
   ``W[:, c]`` (Cout x K^2). Exact at T = min(K^2, Cout).
 
-Ranks come from one rule per run: ``rank`` (fraction of each layer's full rank, rounded up),
-``energy`` (kept fraction of the weights' squared singular values; per channel mode for tucker,
-summed over channels for dw; 0.99 when no rule is given; read from the weights alone, so data
-changes the decomposition at these ranks, not the ranks), or ``max-error`` (largest relative output error
-``||A x - A_r x|| / ||A x||`` per layer on the calibration data; needs data). A layer is
-rewritten only when its MACs drop by at least ``min-saving`` of what they were (never to as
-many or more); ``force`` lifts that for tests and inspection, so ``rank=1.0 force=true`` is
-an exact (and slower) rewrite of every candidate.
+Ranks come from one rule per run:
+- ``rank``: a fraction of each layer's full rank, rounded up;
+- ``energy``: the kept fraction of the weights' squared singular values (per channel mode for
+  tucker, summed over input channels for dw; 0.99 when no rule is given). It reads the weights
+  alone, so data changes the decomposition at these ranks, not the ranks;
+- ``max-error``: the largest relative output error ``||A x - A_r x|| / ||A x||`` per layer on the
+  calibration data (needs data; tucker grows both ranks along a common energy level).
+A layer is rewritten only when its MACs drop by at least ``min-saving`` of what they were
+(never to as many or more); ``force`` lifts that for tests and inspection, so
+``rank=1.0 force=true`` is an exact (and slower) rewrite of every candidate.
 
 With calibration data, the input second moment ``S = E[x x^T]`` of every candidate is measured
 once before any rewrite (:mod:`graphc.calib.moments`; im2col receptive fields for Conv), and
@@ -100,7 +102,8 @@ class Factorize(Pass):
     class Options:
         method: str = option("svd", "svd: Gemm/MatMul -> 2 MatMuls; tucker: KxK Conv -> 1x1, KxK, 1x1; "
                              "dw: KxK Conv -> depthwise KxK + 1x1", choices=("svd", "tucker", "dw"))
-        rank: float | None = option(None, "kept fraction of each layer's full rank (rounded up)", min=0.0, max=1.0)
+        rank: float | None = option(None, "kept fraction of each layer's full rank (rounded up)",
+                                    min=0.0, max=1.0)
         energy: float | None = option(None, "kept fraction of the weights' squared singular values "
                                       f"({DEFAULT_ENERGY} if no rule is given)", min=0.0, max=1.0)
         max_error: float | None = option(None, "largest relative output error per layer on the calibration "
@@ -324,7 +327,8 @@ def _plan_tucker(layer: _Layer, opts) -> _Plan:
         r1, r2 = (min(f, fm.rank_for_energy(e, value)) for f, e in zip(full, spectra))
     else:
         path = fm.tucker_path(bases)
-        r1, r2 = path[fm.smallest_within(len(path), lambda i: _tucker_error(w, bases, *path[i], moment), value)]
+        best = fm.smallest_within(len(path), lambda i: _tucker_error(w, bases, *path[i], moment), value)
+        r1, r2 = path[best]
     factors = fm.tucker_factors(w, bases, r1, r2)
     cout, cin, kf = w.shape
     macs_after = layer.in_rows * cin * r1 + layer.rows * (r2 * r1 * kf + cout * r2)

@@ -88,7 +88,8 @@ class Layout:
         if min(out) <= 0:
             raise DataError(f"conv layout {self} leaves no output positions on shape {x.shape}")
         if all(k == 1 for k in self.kernel):  # 1x1: strided positions, no im2col
-            picked = padded[(slice(None), slice(None)) + tuple(slice(0, o * s, s) for o, s in zip(out, self.strides))]
+            steps = tuple(slice(0, o * s, s) for o, s in zip(out, self.strides))
+            picked = padded[(slice(None), slice(None)) + steps]
             yield from Layout.channels().rows(picked)
             return
         channels = x.shape[1]
