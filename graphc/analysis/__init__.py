@@ -1,1 +1,18 @@
-"""graphc.analysis"""
+"""Analyses over the IR: channel-dependency groups (which channels must be pruned together) and
+their removal.
+
+    from graphc.analysis import ChannelGroups, format_groups, remove_channels
+    analysis = ctx.analysis(ChannelGroups)          # cached in the Context
+    for group in analysis.prunable: ...
+    remove_channels(ctx.graph, {group: [0, 3]})     # then the analysis is stale
+"""
+from graphc.analysis.channels import (ChannelAnalysis, ChannelGroup, ChannelGroups,
+                                      ChannelGroupsByHeadDim, Member, analyze_channels)
+from graphc.analysis.group_report import dependency_graph, format_groups, to_dot
+from graphc.analysis.removal import RemovalResult, mask_channels, remove_channels
+
+__all__ = [
+    "ChannelAnalysis", "ChannelGroup", "ChannelGroups", "ChannelGroupsByHeadDim", "Member",
+    "analyze_channels", "dependency_graph", "format_groups", "to_dot", "RemovalResult",
+    "mask_channels", "remove_channels",
+]
