@@ -50,10 +50,13 @@ SQRT_HALF = 1.0 / math.sqrt(2.0)
 SQRT_2_OVER_PI = math.sqrt(2.0 / math.pi)
 
 
-def _native(rw: Rewriter, version: int, op: str, what: str) -> Outcome:
-    """None if ``op`` is available; otherwise the outcome that reports why not."""
+def _native(rw: Rewriter, version: int, op: str, what: str, keep: tuple[gs.Node, ...] = ()) -> Outcome:
+    """None if ``op`` is available; otherwise the outcome that reports why not. The ``keep``
+    nodes of a chain left alone are protected from the other rules for the round: runtimes fuse
+    the exporter's spelling (onnxruntime's LayerNorm and Gelu fusions), not a rearranged one."""
     if rw.opset >= version:
         return None
+    rw.protect(keep)
     if rw.can_upgrade_to(version):
         return NeedsOpset(version, f"{op} needs opset {version}")
     return Skip(f"{what}: {op} needs opset {version} (model has {rw.opset}); left as is")
@@ -119,7 +122,7 @@ def hardsigmoid(rw: Rewriter, node: gs.Node) -> Outcome:
     bounds = clip_bounds(node)
     if bounds is None or bounds[0] != 0.0 or bounds[1] is None or bounds[1] <= 0:
         return None
-    lo, hi = bounds
+    hi = bounds[1]
     inner = rw.produced_by(node.inputs[0], "Add")
     if inner is None or rw.sole_reader(inner.outputs[0]) is not node:
         return None
@@ -182,7 +185,7 @@ def gelu(rw: Rewriter, node: gs.Node) -> Outcome:
     tail = _half_x_times(rw, one.outputs[0], x)
     if tail is None or not rw.is_float(x):
         return None
-    blocked = _native(rw, 20, "Gelu", "GELU chain")
+    blocked = _native(rw, 20, "Gelu", "GELU chain", (*chain, node, one, *tail))
     if blocked is not None:
         return blocked
     out = tail[-1].outputs[0]
@@ -351,10 +354,10 @@ def layernorm(rw: Rewriter, node: gs.Node) -> Outcome:
     if found is None:
         return None
     x, chain, axis, eps = found
-    blocked = _native(rw, 17, "LayerNormalization", "LayerNormalization chain")
+    gamma, beta, tail = _layernorm_affine(rw, chain[-1].outputs[0])
+    blocked = _native(rw, 17, "LayerNormalization", "LayerNormalization chain", (*chain, *tail))
     if blocked is not None:
         return blocked
-    gamma, beta, tail = _layernorm_affine(rw, chain[-1].outputs[0])
     normalized = _normalized_dims(rw, x, axis, gamma)
     if normalized is None:
         return Skip("LayerNormalization chain: normalized dims are not static")

@@ -46,10 +46,20 @@ def fold_into_producer(rw: Rewriter, node: gs.Node) -> Outcome:
     if step is None or rw.produced_by(step[0], *LINEAR_OPS) is None:
         return None
     why: list[str] = []
-    if not _Folder(rw.graph, rw.ctx, PassResult(modified=False)).fold_affine(node, why):
+    if not _fold_bn(rw).fold_affine(node, why):
         return Skip(why[0]) if why else None
-    rw.refresh_names()
     return Fired("fold_into_producer")
+
+
+def _fold_bn(rw: Rewriter) -> _Folder:
+    """fold-bn's folder for this round, sharing the rewriter's name factory (no name clashes,
+    and no rescan of the graph's names per fold)."""
+    folder = rw.memo.get("fold-bn")
+    if folder is None:
+        folder = _Folder(rw.graph, rw.ctx, PassResult(modified=False))
+        folder.names = rw.names
+        rw.memo["fold-bn"] = folder
+    return folder
 
 
 # -- consumer side ------------------------------------------------------------------------------------
@@ -87,6 +97,8 @@ def fold_into_consumer(rw: Rewriter, node: gs.Node) -> Outcome:
     same_shape = rw.broadcast_keeps_shape(x, scale) and rw.broadcast_keeps_shape(x, shift)
     if len(linear) < len(users) and not same_shape:
         return None  # Shape readers can move to x only if the affine keeps x's shape
+    if not all(_x_has_the_channels(rw, x, r, scale, shift) for r in readers):
+        return None  # the affine itself broadcasts x up: the reader would see another shape
     vectors = []
     for r in readers:
         dtype = r.weight.dtype
@@ -151,6 +163,20 @@ def _reader(rw: Rewriter, user: gs.Node, y: gs.Tensor) -> _Reader | str:
     if rank is None or rank < 1:
         return "feeds a MatMul with an input of unknown rank"
     return _Reader(user, weight, None, _Linear(user, weight, None, rank, rank - 1, weight.shape[0]), None)
+
+
+def _x_has_the_channels(rw: Rewriter, x: gs.Tensor, r: _Reader, scale: np.ndarray, shift: np.ndarray) -> bool:
+    """True if ``x`` already has the reader's rank and channel count, so that the reader can
+    read ``x`` in place of ``x*S + B`` (a per-channel constant could broadcast a single channel
+    of x up to the reader's channels)."""
+    shape = rw.shape(x)
+    rank = len(shape) if shape is not None else rw.rank(x)
+    if rank != r.site.rank:
+        return False
+    dim = shape[r.site.axis] if shape is not None else None
+    if dim == r.site.channels:
+        return True
+    return scale.size == 1 and shift.size == 1  # a scalar affine cannot change any dim
 
 
 def _fold(rw: Rewriter, r: _Reader, s: np.ndarray, b: np.ndarray) -> None:

@@ -214,6 +214,8 @@ def affine_chain_from(rw: Rewriter, node: gs.Node) -> list[tuple[gs.Node, str, n
     chain = [(node, step[1], step[2])]
     while True:
         nxt = rw.sole_reader(chain[-1][0].outputs[0], "Mul", "Add")
+        if nxt is not None and id(nxt) in rw.protected:
+            return chain
         step = affine_step(rw, nxt, chain[-1][0].outputs[0]) if nxt is not None else None
         if step is None:
             return chain

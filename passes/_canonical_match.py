@@ -65,10 +65,12 @@ class Rewriter:
         self.ctx = ctx
         self.names = NameFactory(graph)
         self._ranks: dict[int, int] | None = None
+        self.protected: set[int] = set()
+        self.memo: dict[str, object] = {}  # per-round helpers rules share
 
-    def refresh_names(self) -> None:
-        """Re-collect used names after code outside the rewriter added tensors."""
-        self.names = NameFactory(self.graph)
+    def protect(self, nodes) -> None:
+        """Keep the other rules off ``nodes`` for this round."""
+        self.protected.update(id(n) for n in nodes)
 
     def can_upgrade_to(self, version: int) -> bool:
         """True if the pass may raise the model's opset to ``version`` (upgrade-opset)."""
@@ -165,12 +167,15 @@ class Rewriter:
         return node
 
     def remove(self, *nodes: gs.Node) -> None:
-        """Disconnect ``nodes`` and drop them from the graph (by identity)."""
-        ids = {id(n) for n in nodes}
+        """Disconnect ``nodes``; :meth:`flush` drops them from the node list (one pass for
+        all removals of a sweep instead of one list rebuild per node)."""
         for node in nodes:
             node.inputs.clear()
             node.outputs.clear()
-        self.graph.nodes = [n for n in self.graph.nodes if id(n) not in ids]
+
+    def flush(self) -> None:
+        """Drop disconnected nodes from the graph's node list."""
+        self.graph.nodes = [n for n in self.graph.nodes if n.outputs]
 
     def bypass(self, node: gs.Node, keep: gs.Tensor) -> bool:
         """Readers of ``node``'s output read ``keep`` instead; False if a graph output forbids it."""

@@ -143,8 +143,8 @@ class Canonicalize(Pass):
         changed, needed = False, 0
         for rule in rules:
             for node in list(graph.nodes):
-                if not node.outputs or not is_standard_op(node, *rule.ops):
-                    continue  # removed earlier in this sweep, or not an anchor of the rule
+                if not node.outputs or not is_standard_op(node, *rule.ops) or id(node) in rw.protected:
+                    continue  # removed earlier in this sweep, not an anchor, or a chain left alone
                 outcome = rule.apply(rw, node)
                 if isinstance(outcome, Fired):
                     result.count(outcome.key)
@@ -153,6 +153,7 @@ class Canonicalize(Pass):
                     skipped[(rule.name, id(node))] = (node, outcome.reason)
                 elif isinstance(outcome, NeedsOpset):
                     needed = max(needed, outcome.version)
+            rw.flush()
             if needed:
                 break  # upgrade first: later rules would rewrite the pattern's pieces
         graph.cleanup()

@@ -242,6 +242,16 @@ def test_gelu_below_opset_20_left_alone_and_wrong_constant_not_matched():
     assert op_count(model, "Gelu") == 0 and op_count(model, "Erf") == 1
 
 
+def test_gelu_chain_below_opset_20_is_kept_as_the_exporter_spelled_it(tmp_path):
+    """onnxruntime fuses the exporter's erf spelling itself; merging its 0.5 with a following
+    scale or turning its Div into a Mul would hide it from that fusion."""
+    body = GELU_ERF["div_last_half"].replace("y = Mul(m, half)", "g = Mul(m, half)\n y = Mul(g, three)")
+    proto = _model(body, opset=17, consts=GELU_CONSTS + ", float three = {3.0}")
+    model, record = _run(proto)
+    assert _ops(model) == ["Add", "Div", "Erf", "Mul", "Mul", "Mul"] and not record.modified
+    assert any("Gelu needs opset 20" in r for r in record.skipped)
+
+
 @pytest.mark.parametrize("body", [
     "s = Softplus(x)\n t = Tanh(s)\n y = Mul(x, t)",
     "e = Exp(x)\n a = Add(e, one)\n l = Log(a)\n t = Tanh(l)\n y = Mul(t, x)",
@@ -326,6 +336,18 @@ def test_layernorm_must_not_match_leading_axes_or_low_opset(tmp_path):
     low = _model(_layernorm_body(), opset=13, consts=consts, gamma=gamma, beta=beta, **LN_IO)
     model, record = _run(low)
     assert op_count(model, "ReduceMean") == 2
+    assert any("LayerNormalization needs opset 17" in r for r in record.skipped)
+
+
+def test_layernorm_below_opset_17_keeps_gamma_beta_for_the_runtime_fusion(tmp_path):
+    """Below opset 17 the chain stays; its gamma/beta are not folded into the next MatMul, which
+    would stop onnxruntime from fusing the chain into its LayerNormalization kernel."""
+    rng = np.random.default_rng(6)
+    proto = _model(_layernorm_body() + "\n o = MatMul(y, w)", opset=13, consts="float two = {2.0}, float eps = {1e-5}",
+                   gamma=rng.uniform(0.5, 1.5, 8).astype(np.float32), beta=rng.normal(size=8).astype(np.float32),
+                   w=rng.normal(size=(8, 3)).astype(np.float32), inputs="float[2,5,8] x", outputs="float[2,5,3] o")
+    model, record = _run(proto)
+    assert op_count(model, "ReduceMean") == 2 and op_count(model, "MatMul") == 1 and not record.modified
     assert any("LayerNormalization needs opset 17" in r for r in record.skipped)
 
 
@@ -559,6 +581,14 @@ def test_affine_before_convtranspose_folds_the_scale(tmp_path):
                    consts="float[1] s = {0.5}, float[1] b = {1.0}")
     model, record = _run(proto)
     assert _ops(model) == ["Add", "ConvTranspose"] and record.stats == {"fold_scale_into_consumer": 1}
+    _check(proto, model, tmp_path)
+
+
+def test_affine_that_broadcasts_x_up_to_the_channels_is_not_folded(tmp_path):
+    proto = _model("r = Relu(x)\n m = Mul(r, s)\n y = Conv(m, w, bias)", inputs="float[1,1,5,5] x",
+                   s=np.array([0.5, 2.0, -1.0, 3.0], np.float32).reshape(1, 4, 1, 1), **_conv_weights())
+    model, record = _run(proto)
+    assert _ops(model) == ["Conv", "Mul", "Relu"] and not record.modified
     _check(proto, model, tmp_path)
 
 
