@@ -17,9 +17,16 @@ Rules, in the order each round applies them (maths and exactness conditions in t
 After canonicalize, an affine map that could not be folded anywhere is exactly one ``Mul`` (by a
 constant) followed by one ``Add`` (by a constant), the form the quant pass looks for.
 
-Exactness: every rule computes new constants in float64 and rounds once; the rewritten model
-matches the original within rtol 1e-5 / atol 1e-5 in onnxruntime (tested per rule and on the
-PP-OCR models).
+Exactness: every rule computes new constants in float64 and rounds once. Each rule's test holds
+it to rtol 1e-5 / atol 1e-5 in onnxruntime; PP-OCR rec and cls stay within that end to end. The
+det probability map is ill-conditioned: folding its 52 scale/shift pairs moves it by up to 2.9e-5
+(640x640 text page), the same order as onnxruntime's own exact fusions do (2.1e-5), and the
+rounding of the folded float32 weights alone explains it (evaluated in float64, the rewritten
+model differs from the original by 3.8e-6). Its test allows twice that measured noise floor.
+
+Chains whose native op the opset lacks (LayerNormalization below 17, Gelu below 20) are left
+exactly as exported - the other rules do not touch them - because onnxruntime fuses that spelling
+itself; folding a LayerNorm's gamma/beta into the next MatMul, for one, stops its fusion.
 
 Opset. Native ops need: HardSwish 14, Mish 18, LayerNormalization 17, Gelu 20, Swish 24
 (HardSigmoid 6). Below 14, HardSwish is written as ``x * HardSigmoid(x, 1/6, 1/2)``: onnxruntime
@@ -32,12 +39,13 @@ by onnxruntime itself at any opset, so they too gain nothing there from an upgra
 
 Measured (``python benchmarks/run.py canonicalize``; onnxruntime 1.32, 2 threads, fp32, each
 variant alternated with the original in one run; PP-OCRv4 det at 1x3x640x640 on a rendered text
-page): canonicalize 1.62x faster than the original, ``upgrade-opset=true`` (opset 12 -> 14, native
-HardSwish) 1.56x - equal within noise, and both optimize to the same 185 onnxruntime nodes
-(original: 400). The HardSwish chains alone give 1.12x, the affine folds alone 1.37x. The version
-converter handled det (12 -> 14), rec (12 -> 17, adding LayerNormalization) and cls (11 -> 14)
-with outputs within rounding noise (max abs diff 2.9e-5, 2.0e-6, 0; onnxruntime's own fusions
-move det by 2.1e-5 on the same input).
+page; two runs on a shared 2-core machine): canonicalize 1.47x-1.63x faster than the original,
+``upgrade-opset=true`` (opset 12 -> 14, native HardSwish) 1.47x-1.56x - equal within noise in the
+same run, and both optimize to the same 185 onnxruntime nodes (original: 400). The HardSwish
+chains alone give 1.12x-1.14x, the affine folds alone 1.26x-1.37x. The version converter handled
+det (12 -> 14), rec (12 -> 17, adding LayerNormalization) and cls (11 -> 14) with outputs within
+rounding noise (max abs diff 2.9e-5, 2.0e-6, 0; onnxruntime's own fusions move det by 2.1e-5 on
+the same input).
 """
 from __future__ import annotations
 
