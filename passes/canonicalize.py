@@ -21,8 +21,8 @@ Exactness: every rule computes new constants in float64 and rounds once. Each ru
 it to rtol 1e-5 / atol 1e-5 in onnxruntime; PP-OCR rec and cls stay within that end to end. The
 det probability map is ill-conditioned: folding its 52 scale/shift pairs moves it by up to 2.9e-5
 (640x640 text page), the same order as onnxruntime's own exact fusions do (2.1e-5), and the
-rounding of the folded float32 weights alone explains it (evaluated in float64, the rewritten
-model differs from the original by 3.8e-6). Its test allows twice that measured noise floor.
+rounding of the folded float32 weights alone explains it (evaluated in float64 at 96x128, the
+rewritten model differs from the original by 3.8e-6). Its test allows twice that noise floor.
 
 Chains whose native op the opset lacks (LayerNormalization below 17, Gelu below 20) are left
 exactly as exported - the other rules do not touch them - because onnxruntime fuses that spelling
