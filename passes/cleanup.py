@@ -49,7 +49,10 @@ class Cleanup(Pass):
         nodes_before = len(graph.nodes)
         tensors_before = len(graph.tensors())
         inputs_before = len(graph.inputs)
-        graph.cleanup(remove_unused_graph_inputs=not self.options.keep_inputs)
+        # Subgraph (If/Loop/Scan body) inputs are part of the op's signature: never remove them.
+        graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
+        if not self.options.keep_inputs:
+            graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         removed_nodes = nodes_before - len(graph.nodes)
         if removed_nodes:
             result.count("dead_nodes", removed_nodes)

@@ -111,7 +111,8 @@ class FoldConstants(Pass):
     def _replace(graph: gs.Graph, node: gs.Node, outputs: list[np.ndarray]) -> None:
         for out, value in zip(node.outputs, outputs):
             dtype = np.dtype(out.dtype) if out.dtype is not None else value.dtype
-            out.to_constant(np.ascontiguousarray(value.astype(dtype, copy=False)))
+            # np.array keeps 0-d results 0-d (ascontiguousarray would make them 1-d)
+            out.to_constant(np.array(value, dtype=dtype, order="C"))
         node.inputs.clear()
         node.outputs.clear()
         graph.nodes.remove(node)

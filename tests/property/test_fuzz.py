@@ -64,8 +64,7 @@ def test_fuzz_inspect_and_opt_never_crash(record_property):
 
 
 #: seeds that fail for a known bug (strict xfail: delete the entry once it is fixed).
-SEED_BUGS = {"tests/data/bad/loop_subgraph.onnx": "passes/cleanup.py deletes the Loop body's unused "
-                                                  "iteration-count input (see tests/robustness/test_corpus.py)"}
+SEED_BUGS: dict[str, str] = {}
 
 
 @pytest.mark.parametrize("index", [

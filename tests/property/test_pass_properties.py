@@ -40,19 +40,12 @@ NOT_IDEMPOTENT: dict[str, str] = {}
 #: known bugs: pass -> (predicate on the input model that triggers it, reason). Such graphs are
 #: skipped for that pass here; tests/robustness/test_known_bugs.py holds a minimal failing case
 #: (strict xfail). Delete the entry when the bug is fixed.
-def _has_gather(proto: onnx.ModelProto) -> bool:
-    return any(n.op_type == "Gather" for n in proto.graph.node)
-
-
 def _gemm_with_2d_bias(proto: onnx.ModelProto) -> bool:
     dims = {i.name: len(i.dims) for i in proto.graph.initializer}
     return any(n.op_type == "Gemm" and len(n.input) > 2 and dims.get(n.input[2]) == 2 for n in proto.graph.node)
 
 
 KNOWN_BUGS = {
-    "fold-constants": (_has_gather, "a folded scalar (Gather with a scalar index) becomes a 1-element "
-                                    "1-D tensor (np.ascontiguousarray in FoldConstants._replace)"),
-    "canonicalize": (_has_gather, "folds constants the same way, turning folded scalars into 1-D"),
     "quant": (_gemm_with_2d_bias, "Gemm with a (1, N) bias: the int32 bias gets a per-axis "
                                   "DequantizeLinear that onnxruntime refuses"),
 }

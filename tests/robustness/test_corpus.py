@@ -33,8 +33,6 @@ _NEG_DIMS = ("graphc/ir/weight_io.py _split_tensor streams a weight whose dims a
 _IR3 = ("graphc/ir/model.py to_proto keeps ir_version 3 although graphsurgeon dropped the initializers "
         "from the graph inputs, so the saved model fails the checker ('w in initializer but not in "
         "graph input'); IR 3 models cannot be saved at all")
-_LOOP = ("passes/cleanup.py: graph.cleanup(remove_unused_graph_inputs=True) recurses into subgraphs and "
-         "deletes the Loop body's unused iteration-count input, corrupting the body")
 _ORT_LOG = ("graphc/runtime.py creates sessions with log_severity_level=3: onnxruntime prints its own "
             "ERROR line on stderr when a run fails, so the CLI's error is not the only line")
 KNOWN_BUGS: dict[tuple[str, str], str] = {
@@ -46,8 +44,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
     **{("big_negative_dims.onnx", f"cli-{c}"): _NEG_DIMS for c in ("inspect", "opt", "verify")},
     **{("opset7.onnx", p): _IR3 for p in ("cleanup", "fold-constants", "fold-bn", "canonicalize", "factorize",
                                            "quant", "cli-opt")},
-    ("loop_subgraph.onnx", "cleanup"): _LOOP,
-    ("loop_subgraph.onnx", "cli-opt"): _LOOP,
     ("shape_mismatch.onnx", "cli-verify"): _ORT_LOG,
     ("opset_latest.onnx", "quant"): ("passes/quant.py writes DequantizeLinear at the model's opset (28), "
                                      "which onnxruntime has no kernel for; the result does not load"),
