@@ -222,6 +222,16 @@ class ChannelAnalysis:
                          "reasons": [] if prunable else reasons})
         return rows
 
+    def links_by_slot(self) -> dict[SlotKey, list[Link]]:
+        if getattr(self, "_by_slot", None) is None:
+            index: dict[SlotKey, list[Link]] = defaultdict(list)
+            for link in self.links:
+                index[link.a].append(link)
+                if link.b != link.a:
+                    index[link.b].append(link)
+            self._by_slot = index
+        return self._by_slot
+
     def masked_values(self, group: ChannelGroup):
         """What group channels carry when their producers are zeroed (cached); see masked_values."""
         from graphc.analysis.masked_values import compute_masked_values

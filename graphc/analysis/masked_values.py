@@ -69,9 +69,11 @@ def compute_masked_values(a, group) -> MaskedValues:
 
 def _group_nodes(a, keys) -> list[gs.Node]:
     found: dict[int, gs.Node] = {}
-    for link in a.links:
-        if link.node is not None and (link.a in keys or link.b in keys):
-            found.setdefault(id(link.node), link.node)
+    by_slot = a.links_by_slot()
+    for key in keys:
+        for link in by_slot.get(key, ()):
+            if link.node is not None:
+                found.setdefault(id(link.node), link.node)
     return sorted(found.values(), key=lambda n: a.order.get(id(n), 0))
 
 
@@ -105,7 +107,7 @@ def _evaluate(a, node, key, keys, values, why):
             if src is None:
                 out[:] = v
             else:
-                out[dst] = v[src]
+                _scatter_agreeing(out, dst, v[src])
         if op in ZERO_PRESERVING or (op == "AveragePool" and _pads(node) and
                                      node.attrs.get("count_include_pad", 0)):
             out[out != 0] = np.nan
@@ -123,6 +125,21 @@ def _evaluate(a, node, key, keys, values, why):
     except _Unsupported:
         out = np.full(size, np.nan)
     return out, _cause(out, cause, node)
+
+
+def _scatter_agreeing(out: np.ndarray, dst: np.ndarray, vals: np.ndarray) -> None:
+    """out[dst] = vals where every value sent to a position agrees; NaN where they differ.
+
+    Several channels land on one position when a Reshape splits channels into heads x head_dim
+    and the slot follows the heads: the position stands for all the head's channels."""
+    lo = np.full(out.size, np.inf)
+    hi = np.full(out.size, -np.inf)
+    with np.errstate(invalid="ignore"):
+        np.minimum.at(lo, dst, vals)
+        np.maximum.at(hi, dst, vals)
+    hit = np.zeros(out.size, dtype=bool)
+    hit[dst] = True
+    out[hit] = np.where(lo[hit] == hi[hit], lo[hit], np.nan)
 
 
 def _cause(out, cause, node):
@@ -355,6 +372,3 @@ def _check_sink(a, group, result, why, node, slot, other) -> None:
     if np.isnan(v).any():
         result.problems.append(f"masked channels reach {node_label(node)} with values that are not "
                                f"per-channel constants (through {why.get(slot) or 'an unmodelled op'})")
-    elif (v != 0).any() and node.op == "MatMul" and not isinstance(node.inputs[1], gs.Constant):
-        result.problems.append(f"masked channels reach {node_label(node)} (weights on the left) "
-                               "with non-zero constants; folding them is not supported")

@@ -340,8 +340,18 @@ def _matmul_fold(analysis, node, pos, v) -> _Fold:
     return _Fold(node, "matmul-bias", v @ w[pos], (y.name, rank - 1), 0)
 
 
+def _matmul_left_fold(analysis, node, pos, v) -> _Fold:
+    """W @ X with constant rows of X removed: each output row m gains sum_c W[m, c] v_c."""
+    w = np.asarray(node.inputs[0].values, dtype=np.float64)
+    if w.ndim != 2:
+        raise PassError(f"{node_label(node)}: folding into a batched weight is not supported")
+    y = node.outputs[0]
+    rank = analysis.rank(y) or 2
+    return _Fold(node, "matmul-bias", (w[:, pos] @ v)[:, None], (y.name, rank - 2), 0)
+
+
 _FOLDERS = {"conv": _conv_fold, "conv-transpose": _conv_transpose_fold, "gemm": _gemm_fold,
-            "matmul": _matmul_fold}
+            "matmul": _matmul_fold, "matmul-left": _matmul_left_fold}
 
 
 def _padded(node) -> bool:
@@ -386,16 +396,16 @@ def _add_gemm_bias(node, delta, names) -> None:
 def _add_after(graph, node, delta, names) -> None:
     """Add a constant to a node's output: into its bias Add when it has an exclusive 1-D one,
     else a new Add between the node and its readers."""
+    dtype = next(np.asarray(t.values).dtype for t in node.inputs if isinstance(t, gs.Constant))
     y = node.outputs[0]
     users = list(y.outputs)
-    if len(users) == 1 and users[0].op == "Add" and len(users[0].inputs) == 2:
+    if delta.ndim == 1 and len(users) == 1 and users[0].op == "Add" and len(users[0].inputs) == 2:
         add = users[0]
         c = add.inputs[1] if add.inputs[0] is y else add.inputs[0]
         if isinstance(c, gs.Constant) and len(c.outputs) == 1 and c.values.shape[-1:] == delta.shape \
                 and c.values.size == delta.size:
             c.values = (np.asarray(c.values, np.float64) + delta.reshape(c.values.shape)).astype(c.values.dtype)
             return
-    dtype = np.asarray(node.inputs[1].values).dtype
     raw = gs.Variable(names(f"{y.name}.unfolded"), dtype=y.dtype or dtype)
     node.outputs[0] = raw
     const = gs.Constant(names(f"{node.name or y.name}.folded"), delta.astype(dtype))

@@ -489,6 +489,66 @@ def test_shape_feeding_the_same_reshape_follows_at_run_time():
     assert_groups_exact(m)
 
 
+def test_upsample_expand_tile_squeeze_unsqueeze_cast_pass_through():
+    for opset, build in (
+        (9, lambda n, h: n.node("Upsample", [h, n.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")),
+        (13, lambda n, h: n.node("Tile", [n.node("Expand", [h, n.const(np.array([2, 1, 1, 1]))]),
+                                          n.const(np.array([1, 1, 2, 1]))])),
+        (13, lambda n, h: n.node("Cast", [n.node("Cast", [n.node("Squeeze", [
+            n.node("Unsqueeze", [h, n.const(np.array([2]))]), n.const(np.array([2]))])], to=11)], to=1)),
+    ):
+        n = Net(5, opset=opset)
+        h = build(n, n.cbr(image(n), 3, 8, name="c1"))
+        m = n.model(n.conv(h, 8, 4, name="head"))
+        g = group_of(analyse(m), "c1")
+        assert g.status == "prunable" and labels(g, "consumer") == ["head"]
+        assert_groups_exact(m, trials=2)
+
+
+def test_matmul_with_weights_on_the_left():
+    n = Net(5)
+    h = n.cbr(image(n), 3, 8, name="c1")
+    f = n.node("Reshape", [h, n.const(np.array([8, 64]))])                       # (C, HW)
+    f = n.relu(n.node("MatMul", [n.weight(5, 8), f], name="left"))                # W @ X
+    m = n.model(n.node("MatMul", [n.weight(3, 5), f], name="left2"))
+    a = analyse(m)
+    assert labels(group_of(a, "c1"), "consumer") == ["left"]
+    assert labels(group_of(a, "left"), "consumer") == ["left2"]
+    assert_groups_exact(m)
+
+
+def test_channel_shuffle_couples_shuffle_groups_and_is_inexact_when_constants_differ():
+    n = Net(5)
+    h = n.cbr(image(n), 3, 8, name="c1")
+    r = n.node("Transpose", [n.node("Reshape", [h, n.const(np.array([1, 2, 4, 8, 8]))], name="split")],
+               perm=[0, 2, 1, 3, 4])
+    h = n.node("Reshape", [r, n.const(np.array([1, 8, 8, 8]))], name="merge")
+    g = group_of(analyse(n.model(n.conv(h, 8, 4, name="head"))), "c1")
+    # a position of the split axis stands for 4 channels, whose BN shifts differ
+    assert g.size == 2 and g.status == "inexact" and "Reshape 'split'" in g.inexact[0]
+
+    n = Net(5)
+    h = n.conv(image(n), 3, 8, name="c1")                  # masked channels are 0: shuffle is exact
+    r = n.node("Transpose", [n.node("Reshape", [h, n.const(np.array([1, 2, 4, 8, 8]))])], perm=[0, 2, 1, 3, 4])
+    m = n.model(n.conv(n.node("Reshape", [r, n.const(np.array([1, 8, 8, 8]))]), 8, 4, name="head"))
+    assert group_of(analyse(m), "c1").status == "prunable"
+    assert_groups_exact(m, trials=1)
+
+
+def test_tensor_read_inside_a_subgraph_blocks():
+    from onnx import TensorProto, helper
+    n = Net(1)
+    h = n.cbr(image(n), 3, 8, name="c1")
+    cond = n.input("cond", (), TensorProto.BOOL)
+    branch = [helper.make_graph([helper.make_node(op, [h], [f"{op}_out"])], op, [],
+                                [helper.make_tensor_value_info(f"{op}_out", TensorProto.FLOAT, None)])
+              for op in ("Relu", "Sigmoid")]
+    y = n.node("If", [cond], then_branch=branch[0], else_branch=branch[1], name="branch")
+    a = analyse(n.model([n.conv(y, 8, 4, name="head")]))
+    assert any("is read inside a subgraph" in r for r in group_of(a, "c1").blocked)
+    assert group_of(a, "head", "consumer").blocked == ["If 'branch': no channel rule for op 'If'"]
+
+
 # ---------------------------------------------------------------------------------------------
 # attention
 
