@@ -14,6 +14,7 @@ import numpy as np
 
 from graphc.calib.data import Feed
 from graphc.errors import DataError
+from graphc.progress import steps
 from graphc.runtime import SessionSource, create_session, run_session
 from graphc.verify.feeds import InputShapes, evaluation_data, open_model
 
@@ -82,7 +83,7 @@ def alternate(run_a: Callable[[], Any], run_b: Callable[[], Any], *, warmup: int
         run_a()
         run_b()
     times_a, times_b = [], []
-    for _ in range(rounds):
+    for _ in steps(rounds, "benchmark", unit="round"):
         times_a.append(_timed(run_a, clock))
         times_b.append(_timed(run_b, clock))
     return times_a, times_b
@@ -109,7 +110,8 @@ def measure_latency(model: SessionSource, feeds: Feed, *, threads: int = 2, warm
     run = _runner(model, feeds, threads, "model")
     for _ in range(warmup):
         run()
-    return LatencyStats.from_times([_timed(run, time.perf_counter) for _ in range(repeats)])
+    return LatencyStats.from_times([_timed(run, time.perf_counter)
+                                    for _ in steps(repeats, "benchmark", unit="run")])
 
 
 def compare_latency(a: SessionSource, b: SessionSource, feeds: Feed, *, threads: int = 2,

@@ -16,6 +16,7 @@ from typing import Any
 
 from graphc.errors import DataError, VerificationError
 from graphc.ir.model import Model
+from graphc.progress import progress
 from graphc.runtime import create_session, run_session
 from graphc.verify.feeds import InputShapes, ModelInput, evaluation_data, open_model
 from graphc.verify.localize import Localization, localize_divergence
@@ -139,7 +140,7 @@ def _run_outputs(ref_src, cand_src, pairs, source, tolerances, optimize) -> list
     cand_session = create_session(cand_src, optimize=optimize, label="candidate", spin=False)
     running = [RunningMetrics(r, c, tolerances) for r, c in pairs]
     count = 0
-    for feed in source:
+    for feed in progress(source, desc="verifying", unit="sample"):
         ref_values = run_session(ref_session, feed, [r for r, _ in pairs], label="reference")
         cand_values = run_session(cand_session, feed, [c for _, c in pairs], label="candidate")
         for metrics, ref, got in zip(running, ref_values, cand_values):
