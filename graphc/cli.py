@@ -1,14 +1,19 @@
 """The ``graphc`` command: argument parsing and printing over the Python API, nothing more.
 
-    graphc opt IN -p PIPELINE -o OUT [--data D] [--input-shape x:1x3x224x224] [--verify] ...
+    graphc opt IN -p PIPELINE -o OUT [--data D] [--verify] [--min-sqnr DB] [--report R.html] ...
+    graphc opt IN --recipe deploy.toml [flags that override the recipe]
     graphc inspect IN [--input-shape ...] [--json]
-    graphc verify REF CAND [--data D] [--rtol ...] [--localize] [--json]
+    graphc verify REF CAND [--data D] [--labels L] [--rtol ...] [--localize] [--json]
     graphc bench A [B] [--data D | --input-shape ...] [--threads 2] [--rounds 30]
     graphc passes [--markdown | --json]
 
-Exit codes: 0 ok; 1 verification failed; 2 bad input or usage; 130 interrupted. Errors are one
-line on stderr, ``graphc: error: <message>``; ``--debug`` adds the traceback. The human report
-goes to stdout (``-q`` silences it), logging to stderr (``-v`` for INFO).
+``graphc opt`` is :func:`graphc.build.build` over a :class:`graphc.recipe.Recipe` made of the
+recipe file and the flags given (``OPT_FLAGS`` maps each flag to its recipe key).
+
+Exit codes: 0 ok; 1 verification or a gate failed; 2 bad input or usage; 130 interrupted. Errors
+are one line on stderr, ``graphc: error: <message>``; ``--debug`` adds the traceback. The human
+report goes to stdout (``-q`` silences it), logging to stderr (``-v`` for INFO), progress bars to
+stderr when it is a terminal (``-q`` turns them off).
 """
 from __future__ import annotations
 
@@ -22,7 +27,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from graphc import __version__
-from graphc.errors import GraphcError, OutputError
+from graphc.errors import GraphcError
 
 log = logging.getLogger("graphc.cli")
 
@@ -44,16 +49,18 @@ class _Parser(argparse.ArgumentParser):
 
 def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """``name:1x3x224x224`` (the name may itself contain colons)."""
-    name, sep, dims = text.rpartition(":")
-    if not sep or not name or not dims:
-        raise argparse.ArgumentTypeError(f"'{text}' is not NAME:DIMS (e.g. x:1x3x224x224)")
+    from graphc.recipe import parse_input_shape
+
     try:
-        shape = tuple(int(d) for d in dims.lower().replace(",", "x").split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"'{text}': dims must be integers separated by 'x'") from None
-    if any(d < 0 for d in shape):
-        raise argparse.ArgumentTypeError(f"'{text}': dims must be >= 0")
-    return name, shape
+        return parse_input_shape(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def input_shape_text(text: str) -> str:
+    """An ``--input-shape`` kept as text (the recipe's spelling), after checking that it parses."""
+    input_shape(text)
+    return text
 
 
 def _number(low: float | None = None, high: float | None = None) -> Callable[[str], float]:
@@ -79,6 +86,23 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not an integer") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be at least 0")
+    return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(v) for v in text.replace(" ", "").split(",") if v)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a comma-separated list of numbers") from None
+
+
 def _shapes(pairs: list[tuple[str, tuple[int, ...]]] | None) -> dict[str, tuple[int, ...]] | None:
     return dict(pairs) if pairs else None
 
@@ -87,8 +111,8 @@ def _shapes(pairs: list[tuple[str, tuple[int, ...]]] | None) -> dict[str, tuple[
 
 def _common(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("output")
-    g.add_argument("-q", "--quiet", action="store_true", help="no report on stdout; log errors only")
-    g.add_argument("-v", "--verbose", action="store_true", help="log progress (INFO) to stderr")
+    g.add_argument("-q", "--quiet", action="store_true", help="no report on stdout, no progress; log errors only")
+    g.add_argument("-v", "--verbose", action="store_true", help="log what happens (INFO) to stderr")
     g.add_argument("--debug", action="store_true", help="DEBUG logging and tracebacks on errors")
 
 
@@ -102,6 +126,14 @@ def _data_options(p: argparse.ArgumentParser, samples: bool = True) -> None:
         p.add_argument("--samples", type=_positive_int, default=8, help="inputs compared (default 8)")
 
 
+def _image_options(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("image folders (data given as a folder of images)")
+    g.add_argument("--image-size", metavar="HxW", help="resize images to HxW")
+    g.add_argument("--mean", type=_floats, metavar="M,M,M", help="per-channel mean subtracted")
+    g.add_argument("--std", type=_floats, metavar="S,S,S", help="per-channel std divided by")
+    g.add_argument("--layout", choices=("nchw", "nhwc"), help="tensor layout of the model's input")
+
+
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("tolerances (exact mode: rtol/atol; any --min-* alone: lossy mode)")
     g.add_argument("--rtol", type=_number(0.0), help="relative tolerance (default 1e-5)")
@@ -112,22 +144,68 @@ def _tolerance_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--localize", action="store_true", help="on failure, name the first diverging node")
 
 
+def _opt_data(opt: argparse.ArgumentParser) -> None:
+    g = opt.add_argument_group("data")
+    g.add_argument("--data", metavar="D", help="calibration data: .npz (keys = input names), folder of "
+                                               ".npy/.npz, or images")
+    g.add_argument("--eval-data", metavar="E", help="evaluation data (default: --data, else random inputs)")
+    g.add_argument("--labels", metavar="FILE[:KEY]", help="class labels of the evaluation data for the task "
+                                                          "metric (default: key 'labels' of an .npz)")
+    g.add_argument("--input-shape", metavar="NAME:DIMS", type=input_shape_text, action="append",
+                   help="concrete shape of a dynamic input for random data and MAC counts (repeatable)")
+    g.add_argument("--seed", type=int, help="seed of random inputs (default 0)")
+    g.add_argument("--samples", type=_positive_int, help="evaluation samples compared (default 8)")
+
+
+def _opt_checks(opt: argparse.ArgumentParser) -> None:
+    # every default is None: only the flags given override the recipe (see OPT_FLAGS)
+    g = opt.add_argument_group("verification")
+    g.add_argument("--verify", action="store_true", default=None, help="compare the result with the input")
+    g.add_argument("--verify-each", action="store_true", default=None, help="compare before and after each pass")
+    g.add_argument("--rtol", type=_number(0.0), help="relative tolerance (default 1e-5)")
+    g.add_argument("--atol", type=_number(0.0), help="absolute tolerance (default 1e-6)")
+    g.add_argument("--localize", action="store_true", default=None, help="on failure, name the first diverging node")
+    g = opt.add_argument_group("gates (a failed gate exits 1 and writes no model unless --keep-failed)")
+    g.add_argument("--min-sqnr", type=_number(), metavar="DB", help="minimum SQNR in dB of every output")
+    g.add_argument("--min-cosine", type=_number(-1.0, 1.0), help="minimum cosine similarity of every output")
+    g.add_argument("--min-top1", type=_number(0.0, 1.0), help="minimum top-1 agreement (fraction)")
+    g.add_argument("--max-top1-drop", type=_number(0.0, 1.0), metavar="F",
+                   help="maximum accuracy drop with labels, else top-1 disagreement (fraction)")
+    g.add_argument("--min-speedup", type=_number(0.0), metavar="X", help="minimum latency ratio input/result")
+    g = opt.add_argument_group("benchmark")
+    g.add_argument("--bench", action="store_true", default=None, help="measure the latency of input and result")
+    g.add_argument("--bench-threads", type=_positive_int, help="intra-op threads (default 2)")
+    g.add_argument("--bench-rounds", type=_positive_int, help="alternated timed runs of each (default 30)")
+    g.add_argument("--bench-warmup", type=_non_negative_int, help="untimed runs of each first (default 5)")
+
+
+def _opt_parser(sub: Any) -> None:
+    opt = sub.add_parser("opt", help="run a pass pipeline over a model (a build step with --recipe)")
+    opt.add_argument("input", metavar="IN")
+    opt.add_argument("-p", "--pipeline", help="e.g. 'fold-bn,cleanup' (see graphc passes)")
+    opt.add_argument("-o", "--output", metavar="OUT")
+    opt.add_argument("--recipe", metavar="R.toml", help="the build step's settings; flags override them "
+                                                        "(docs/recipes.md)")
+    opt.add_argument("--write-recipe", metavar="R.toml", help="write the settings given (recipe and flags) "
+                                                              "as a recipe, then exit")
+    _opt_data(opt)
+    _image_options(opt)
+    _opt_checks(opt)
+    g = opt.add_argument_group("outputs")
+    g.add_argument("--report", metavar="R", help="write a report: R.html, R.md or R.json")
+    g.add_argument("--keep-failed", action="store_true", default=None, help="write OUT even if a check fails")
+    g.add_argument("--histogram", metavar="TENSOR", action="append",
+                   help="plot this tensor's activation histogram in the report (repeatable)")
+    g.add_argument("--no-layer-errors", dest="layer_errors", action="store_false", default=None,
+                   help="do not measure each layer's error for the report")
+    _common(opt)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="graphc", description="ONNX graph-rewriting compiler.")
     parser.add_argument("--version", action="version", version=f"graphc {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
-
-    opt = sub.add_parser("opt", help="run a pass pipeline over a model")
-    opt.add_argument("input", metavar="IN")
-    opt.add_argument("-p", "--pipeline", required=True, help="e.g. 'fold-bn,cleanup' (see graphc passes)")
-    opt.add_argument("-o", "--output", required=True, metavar="OUT")
-    _data_options(opt)
-    opt.add_argument("--verify", action="store_true", help="compare the result with the input model")
-    opt.add_argument("--verify-each", action="store_true", help="compare before and after every pass")
-    _tolerance_options(opt)
-    opt.add_argument("--keep-failed", action="store_true", help="write OUT even if verification fails")
-    opt.add_argument("--report", metavar="R", help="write a report: R.json or R.md")
-    _common(opt)
+    _opt_parser(sub)
 
     insp = sub.add_parser("inspect", help="describe a model: I/O, opsets, ops, params, size, MACs")
     insp.add_argument("input", metavar="IN")
@@ -140,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     ver.add_argument("reference", metavar="REF")
     ver.add_argument("candidate", metavar="CAND")
     _data_options(ver)
+    ver.add_argument("--labels", metavar="FILE[:KEY]", help="class labels of --data: both models' accuracy "
+                                                            "(default: key 'labels' of a --data .npz)")
+    _image_options(ver)
     _tolerance_options(ver)
     ver.add_argument("--json", action="store_true")
     _common(ver)
@@ -156,7 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     passes = sub.add_parser("passes", help="list every pass and its options")
     fmt = passes.add_mutually_exclusive_group()
-    fmt.add_argument("--markdown", action="store_true")
+    fmt.add_argument("--markdown", action="store_true", help="the pass reference, as in docs/passes.md")
     fmt.add_argument("--json", action="store_true")
     _common(passes)
     return parser
@@ -171,65 +252,52 @@ def _tolerances(args: argparse.Namespace) -> Any:
                                    min_cosine=args.min_cosine, min_top1=args.min_top1)
 
 
-def _check_paths(args: argparse.Namespace) -> Path:
-    src, out = Path(args.input), Path(args.output)
-    if out.resolve() == src.resolve() or (out.exists() and src.exists() and out.samefile(src)):
-        raise OutputError(f"{out}: refusing to overwrite the input model")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder")
-    if args.report is not None:
-        from graphc.report import report_format
+#: ``graphc opt`` flag (argparse dest) -> recipe key; a flag given overrides the recipe.
+OPT_FLAGS = {
+    "pipeline": "pipeline", "output": "outputs.model", "report": "outputs.report",
+    "keep_failed": "outputs.keep_failed", "histogram": "outputs.histograms",
+    "data": "data.calibration", "eval_data": "data.evaluation", "labels": "data.labels",
+    "input_shape": "data.input_shapes", "seed": "data.seed", "samples": "data.samples",
+    "image_size": "image.size", "mean": "image.mean", "std": "image.std", "layout": "image.layout",
+    "verify": "verify.enabled", "verify_each": "verify.each", "rtol": "verify.rtol", "atol": "verify.atol",
+    "localize": "verify.localize", "min_sqnr": "gates.min_sqnr", "min_cosine": "gates.min_cosine",
+    "min_top1": "gates.min_top1", "max_top1_drop": "gates.max_top1_drop", "min_speedup": "gates.min_speedup",
+    "bench": "bench.enabled", "bench_threads": "bench.threads", "bench_rounds": "bench.rounds",
+    "bench_warmup": "bench.warmup", "layer_errors": "outputs.layer_errors",
+}
 
-        report = Path(args.report)
-        report_format(report)
-        if report.resolve() in (src.resolve(), out.resolve()):
-            raise OutputError(f"{report}: the report would overwrite a model")
-        if not report.parent.is_dir():
-            raise OutputError(f"{report}: folder '{report.parent}' does not exist")
-    return out
+
+def opt_recipe(args: argparse.Namespace) -> Any:
+    """The recipe file (if any) with every flag given on the command line put over it."""
+    from graphc.recipe import Recipe, load_recipe
+
+    recipe = load_recipe(args.recipe) if args.recipe else Recipe()
+    given = {key: getattr(args, dest) for dest, key in OPT_FLAGS.items() if getattr(args, dest) is not None}
+    for key in ("data.input_shapes", "outputs.histograms"):
+        if key in given:
+            given[key] = tuple(given[key])
+    return recipe.updated(given)
 
 
 def cmd_opt(args: argparse.Namespace) -> int:
-    """Run the pipeline. ``--input-shape`` feeds verification and MAC counts only: the passes see
-    the model's declared shapes, so a dynamic model stays valid for every shape it declares."""
-    import graphc
-    from graphc.calib.data import open_data
-    from graphc.report import build_report, model_summary, write_report
+    """Run the build step (:func:`graphc.build.build`). ``--input-shape`` feeds verification and
+    MAC counts only: the passes see the model's declared shapes, so a dynamic model stays valid
+    for every shape it declares."""
+    from graphc.build import build
+    from graphc.recipe import save_recipe
     from graphc.report.text import opt_text
-    from graphc.verify import compare_models, evaluation_data
 
-    pipeline = graphc.parse_pipeline(args.pipeline)  # fail before any work
-    if args.localize and not args.verify:
-        raise UsageError("--localize needs --verify")
-    tolerances, shapes = _tolerances(args), _shapes(args.input_shape)
-    out = _check_paths(args)
-    model = graphc.load(args.input)
-    before = model_summary(model, path=args.input, input_shapes=shapes)
-    data = open_data(args.data, model) if args.data else None
-    verify_data = None
-    if args.verify_each and data is None:
-        verify_data = evaluation_data(model, None, input_shapes=shapes, samples=args.samples, seed=args.seed)
-    run = graphc.PassManager(pipeline, data=data, verify_each=args.verify_each, tolerances=tolerances,
-                             input_shapes=shapes, seed=args.seed, verify_data=verify_data).run(model)
-    verification = None
-    if args.verify:
-        verification = compare_models(args.input, model, data=args.data, tolerances=tolerances,
-                                      input_shapes=shapes, seed=args.seed, samples=args.samples,
-                                      localize=args.localize)
-    written = verification is None or verification.passed or args.keep_failed
-    if written:
-        graphc.save(model, out)
-    after = model_summary(model, path=out if written else None, input_shapes=shapes)
-    settings = {"data": args.data, "input_shapes": shapes, "seed": args.seed, "samples": args.samples,
-                "verify_each": args.verify_each, "tolerances": tolerances.to_dict()}
-    report = build_report(input_path=args.input, output_path=out, run=run, before=before, after=after,
-                          verification=verification, output_written=written, settings=settings)
-    if args.report:
-        write_report(report, args.report)
-    _say(args, opt_text(report))
-    return EXIT_OK if verification is None or verification.passed else EXIT_FAILED
+    recipe = opt_recipe(args)
+    if args.write_recipe:
+        path = save_recipe(recipe.rebased(Path.cwd()), args.write_recipe)
+        _say(args, f"wrote {path}")
+        return EXIT_OK
+    outcome = build(args.input, recipe)
+    text = opt_text(outcome.report)
+    if recipe.outputs.report:
+        text += f"\nreport: {recipe.outputs.report}"
+    _say(args, text)
+    return EXIT_FAILED if outcome.passed is False else EXIT_OK
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
@@ -244,18 +312,41 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from graphc.build import image_options
+    from graphc.calib.data import open_data
+    from graphc.recipe import ImageSettings
     from graphc.report.text import verify_text
-    from graphc.verify import compare_models
+    from graphc.verify import compare_models, open_model
 
-    report = compare_models(args.reference, args.candidate, data=args.data, tolerances=_tolerances(args),
+    images = image_options(ImageSettings(size=args.image_size, mean=args.mean or (), std=args.std or (),
+                                         layout=args.layout))
+    data = None
+    if args.data:
+        data = open_data(args.data, open_model(args.reference)[0], image_options=images)
+    report = compare_models(args.reference, args.candidate, data=data, tolerances=_tolerances(args),
                             input_shapes=_shapes(args.input_shape), seed=args.seed, samples=args.samples,
                             localize=args.localize)
-    data = report.to_dict()
-    _say(args, json.dumps(data, indent=2, allow_nan=False) if args.json else verify_text(data))
+    result = report.to_dict()
+    result["accuracy"] = _verify_accuracy(args, data)
+    _say(args, json.dumps(result, indent=2, allow_nan=False) if args.json else verify_text(result))
     return EXIT_OK if report.passed else EXIT_FAILED
 
 
+def _verify_accuracy(args: argparse.Namespace, data: Any) -> dict[str, Any] | None:
+    """Both models' accuracy when labels are given (or held by the --data .npz)."""
+    from graphc.report import jsonable
+    from graphc.verify.accuracy import has_labels, load_labels, task_accuracy
+
+    labels = args.labels or (args.data if args.data and has_labels(args.data) else None)
+    if labels is None:
+        return None
+    if data is None:
+        raise UsageError("--labels needs --data: the labelled samples, in the same order")
+    return jsonable(task_accuracy(args.reference, args.candidate, data, load_labels(labels)).to_dict())
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
+
     from graphc.bench import bench_feeds, compare_latency, measure_latency
     from graphc.report.text import bench_text
 
@@ -316,6 +407,8 @@ def _error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (see the module docstring)."""
+    from graphc.progress import set_progress
+
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
     try:
@@ -324,6 +417,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             build_parser().print_help(sys.stderr)
             return EXIT_USAGE
         _setup_logging(args)
+        set_progress(False if args.quiet else None)
         with warnings.catch_warnings():
             if not (args.verbose or args.debug):
                 warnings.simplefilter("ignore")  # library warnings would break the one-line contract

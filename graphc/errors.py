@@ -35,6 +35,10 @@ class OptionError(PipelineError):
     """A pass option is unknown, mistyped or out of range."""
 
 
+class RecipeError(GraphcError):
+    """A recipe file does not parse, has an unknown key, or a value of the wrong type or range."""
+
+
 class DataError(GraphcError):
     """Calibration or evaluation data is missing, unreadable, or does not match the model."""
 

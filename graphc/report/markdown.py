@@ -1,10 +1,12 @@
-"""Markdown renderings of report data: the ``--report R.md`` of ``graphc opt`` and the pass
-catalog (``graphc passes --markdown``)."""
+"""Markdown renderings of report data: the ``--report R.md`` of ``graphc opt`` (plots linked as
+PNG files) and the pass catalog (``graphc passes --markdown``, which is ``docs/passes.md``)."""
 from __future__ import annotations
 
 from typing import Any
 
 from graphc.report.passes import option_range
+from graphc.report.tables import (GATE_HEADER, LAYER_HEADER, SUMMARY_HEADER, gate_rows, layer_rows,
+                                  summary_rows, verdict)
 from graphc.report.text import model_notes
 from graphc.report.units import change, human_bytes, human_count, metric
 
@@ -60,21 +62,40 @@ def _verification(verify: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render_markdown(report: dict[str, Any]) -> str:
-    """The Markdown body of an ``opt`` report."""
-    lines = [f"# graphc opt report", "",
+def render_markdown(report: dict[str, Any], plots: list[Any] | None = None,
+                    plot_folder: str | None = None) -> str:
+    """The Markdown body of an ``opt`` report; ``plots`` are linked as ``plot_folder/<name>.png``."""
+    lines = [f"# graphc opt report: {verdict(report)}", "",
              f"- input: `{report['input']}`",
              f"- output: `{report['output']}`" + ("" if report["output_written"] else " (not written)"),
              f"- pipeline: `{report['pipeline']}`",
              f"- graphc {report['graphc_version']}, {report['created']}, schema `{report['schema']}`", "",
-             "## Passes", ""]
-    lines += _passes(report["passes"])
+             "## Summary", ""]
+    lines += _table(SUMMARY_HEADER, summary_rows(report))
+    if report.get("gates"):
+        lines += ["", "## Gates", ""] + _table(GATE_HEADER, gate_rows(report))
+    if plots and plot_folder:
+        lines += ["", "## Plots", ""]
+        lines += [f"![{p.title}]({plot_folder}/{p.name}.png)" + "\n" for p in plots]
+    lines += ["", "## Passes", ""] + _passes(report["passes"])
+    if report.get("layers"):
+        lines += ["", "## Layers", ""] + _table(LAYER_HEADER, layer_rows(report))
     lines += ["", "## Model", ""] + _models(report["before"], report["after"])
     notes = model_notes(report["after"] or report["before"])
     lines += ([""] + [f"- {n}" for n in notes]) if notes else []
     if report["verification"] is not None:
         lines += ["", "## Verification", ""] + _verification(report["verification"])
+    if report.get("latency") is not None:
+        lines += ["", "## Latency", "", latency_line(report["latency"])]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def latency_line(latency: dict[str, Any]) -> str:
+    a, b = latency["a"], latency["b"]
+    return (f"input {a['median_ms']:.3f} ms (p10 {a['p10_ms']:.3f}, p90 {a['p90_ms']:.3f}), result "
+            f"{b['median_ms']:.3f} ms (p10 {b['p10_ms']:.3f}, p90 {b['p90_ms']:.3f}): speedup "
+            f"{metric(latency['ratio'], '.3f')}x over {latency['runs']} alternated runs each, "
+            f"{latency['threads']} thread(s), {latency['warmup']} warm-up")
 
 
 def passes_markdown(catalog: list[dict[str, Any]]) -> str:

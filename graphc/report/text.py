@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from graphc.report.passes import option_range
+from graphc.report.tables import GATE_HEADER, SUMMARY_HEADER, gate_rows, summary_rows, verdict
 from graphc.report.units import change, human_bytes, human_count, metric
 
 
@@ -38,14 +39,19 @@ def passes_table(passes: list[dict[str, Any]]) -> list[str]:
     return out
 
 
-def comparison_table(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
+def comparison_rows(before: dict[str, Any], after: dict[str, Any] | None) -> list[list[str]]:
+    """Header and rows of the before/after model table (nodes, params, size, MACs)."""
     after = after or {}
     rows = [["", "before", "after", "change"]]
     for key, label, fmt in (("nodes", "nodes", str), ("params", "params", human_count),
                             ("file_bytes", "size", human_bytes), ("macs", "MACs", human_count)):
         a, b = before.get(key), after.get(key)
         rows.append([label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "-", change(a, b)])
-    return _table(rows)
+    return rows
+
+
+def comparison_table(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
+    return _table(comparison_rows(before, after))
 
 
 def macs_text(summary: dict[str, Any]) -> str:
@@ -76,20 +82,32 @@ def verify_line(verify: dict[str, Any]) -> str:
     return f"{verdict}{first}{more} [{verify['samples']} sample(s)]{where}"
 
 
-def verify_text(verify: dict[str, Any]) -> str:
-    tol = verify["tolerances"]
-    lines = [f"verify: {verify_line(verify)}",
-             f"  data: {verify['data']}; mode: {tol['mode']}; outputs matched by {verify['matched_by']}"]
+def verify_rows(verify: dict[str, Any]) -> list[list[str]]:
+    """Header and one row per output of a verification."""
     rows = [["output", "max abs", "max rel", "SQNR", "cosine", "top-1", "outside tol", "ok"]]
     for o in verify["outputs"]:
         rows.append([o["name"], metric(o["max_abs"]), metric(o["max_rel"]), metric(o["sqnr_db"], ".1f", " dB"),
                      metric(o["cosine"], ".6f"), metric(o["top1"], ".2%"), f"{o['mismatched']}/{o['elements']}",
                      "yes" if o["passed"] else "NO"])
-    lines += _table(rows, "  ")
+    return rows
+
+
+def verify_text(verify: dict[str, Any]) -> str:
+    tol = verify["tolerances"]
+    lines = [f"verify: {verify_line(verify)}",
+             f"  data: {verify['data']}; mode: {tol['mode']}; outputs matched by {verify['matched_by']}"]
+    lines += _table(verify_rows(verify), "  ")
     lines += [f"  {failure}" for failure in verify["failures"]]
     lines += [f"  note: {note}" for note in verify.get("notes", [])]
     lines += localization_lines(verify.get("localization"))
+    if verify.get("accuracy") is not None:
+        lines.append("  " + accuracy_line(verify["accuracy"]))
     return "\n".join(lines)
+
+
+def accuracy_line(task: dict[str, Any]) -> str:
+    return (f"accuracy on {task['samples']} labelled sample(s) (output '{task['output']}'): reference "
+            f"{task['reference']:.2%}, candidate {task['candidate']:.2%} (drop {task['drop'] * 100:+.2f} pt)")
 
 
 def localization_lines(loc: dict[str, Any] | None) -> list[str]:
@@ -108,15 +126,30 @@ def localization_lines(loc: dict[str, Any] | None) -> list[str]:
 def opt_text(report: dict[str, Any]) -> str:
     lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}", ""]
     lines += passes_table(report["passes"])
-    lines += [""] + comparison_table(report["before"], report["after"])
+    lines += [""] + _table([SUMMARY_HEADER] + summary_rows(report))
     lines += model_notes(report["after"] or report["before"])
+    lines += _layers_line(report.get("layers") or [])
     if report["verification"] is not None:
         lines += [""] + verify_text(report["verification"]).splitlines()
+    if report.get("accuracy") is not None:
+        lines.append(accuracy_line(report["accuracy"]))
+    if report.get("gates"):
+        lines += [""] + _table([GATE_HEADER] + gate_rows(report))
+    lines.append(f"result: {verdict(report)}")
     if report["output_written"]:
         lines.append(f"wrote {report['output']}")
     else:
-        lines.append(f"not written: {report['output']} (verification failed; --keep-failed keeps it)")
+        lines.append(f"not written: {report['output']} (verification or a gate failed; --keep-failed keeps it)")
     return "\n".join(lines)
+
+
+def _layers_line(layers: list[dict[str, Any]]) -> list[str]:
+    measured = [r for r in layers if isinstance(r.get("sqnr_db"), (int, float))]
+    if not measured:
+        return []
+    worst = min(measured, key=lambda r: r["sqnr_db"])
+    return [f"per-layer error: {len(measured)} of {len(layers)} layers measured; worst {worst['op']} "
+            f"'{worst['node']}' {worst['sqnr_db']:.1f} dB"]
 
 
 def _signature(t: dict[str, Any]) -> str:

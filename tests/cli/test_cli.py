@@ -120,7 +120,7 @@ def test_opt_writes_a_valid_model_and_reports(capsys, tmp_path):
     assert sum(1 for n in onnx.load(str(out)).graph.node if n.op_type == "Identity") == 0
     assert "identity_removed=2" in text and "verify: PASS" in text and f"wrote {out}" in text
     data = json.loads(report.read_text())
-    assert data["schema"] == "graphc.report/1" and data["pipeline"] == "cleanup,fold-constants"
+    assert data["schema"] == "graphc.report/2" and data["pipeline"] == "cleanup,fold-constants"
     assert [p["name"] for p in data["passes"]] == ["cleanup", "fold-constants"]
     assert data["before"]["nodes"] == 10 and data["after"]["nodes"] == 8 and data["passed"] is True
     assert data["verification"]["outputs"][0]["sqnr_db"] == "inf" and data["output_written"]
@@ -153,7 +153,7 @@ def test_opt_verify_each_on_a_dynamic_model(capsys, tmp_path, dynamic_net):
                        "--verify-each", "--input-shape", "x:2x3x6x6", "--report", report, "--samples", "2")
     assert code == 0, err
     data = json.loads(report.read_text())
-    assert data["settings"]["input_shapes"] == {"x": [2, 3, 6, 6]}
+    assert data["recipe"]["data"]["input_shapes"] == ["x:2x3x6x6"]
     assert data["after"]["macs"] == 2 * (4 * 36 * 27 + 6 * 36 * 36 + 30)
     # the model is not specialized to the shape used for checking
     assert graphc.load(tmp_path / "o.onnx").graph.inputs[0].shape == ["N", 3, "S", "S"]

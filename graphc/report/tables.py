@@ -1,0 +1,87 @@
+"""Report data as rows of display strings, shared by the text, Markdown and HTML writers so that
+the three show the same numbers the same way."""
+from __future__ import annotations
+
+from typing import Any
+
+from graphc.report.units import change, human_bytes, human_count, metric
+
+SUMMARY_HEADER = ["", "before", "after", "change"]
+GATE_HEADER = ["gate", "threshold", "measured", "result"]
+LAYER_HEADER = ["layer", "op", "status", "out channels", "rank", "weights / inputs", "SQNR", "notes"]
+
+
+def summary_rows(report: dict[str, Any]) -> list[list[str]]:
+    """The five numbers: parameters, file size, MACs, error / task metric, latency."""
+    s = report["summary"]
+    rows = []
+    for key, label, fmt in (("params", "parameters", human_count), ("file_bytes", "file size", human_bytes)):
+        pair = s[key]
+        rows.append([label, fmt(pair["before"]) if pair["before"] is not None else "?",
+                     fmt(pair["after"]) if pair["after"] is not None else "-", change(pair["before"], pair["after"])])
+    macs = s["macs"]
+    partial = bool(macs.get("partial"))
+    rows.append(["MACs", _macs(macs["before"], partial), _macs(macs["after"], partial),
+                 "" if partial else change(macs["before"], macs["after"])])
+    error = s.get("error")
+    if error is not None:
+        rows.append(["SQNR (worst output)", "reference", metric(error["sqnr_db"], ".1f", " dB"), ""])
+        rows.append(["cosine (worst output)", "reference", metric(error["cosine"], ".6f"), ""])
+        if error["top1"] is not None:
+            rows.append(["top-1 agreement", "reference", metric(error["top1"], ".2%"), ""])
+    task = s.get("task")
+    if task is not None:
+        rows.append([f"accuracy ({task['samples']} labelled)", f"{task['reference']:.2%}",
+                     f"{task['candidate']:.2%}", f"{0.0 - task['drop'] * 100 + 0.0:+.2f} pt"])
+    latency = s.get("latency")
+    if latency is not None:
+        rows.append([f"latency (median, {latency['threads']} threads)", f"{latency['before_ms']:.3f} ms",
+                     f"{latency['after_ms']:.3f} ms", f"{metric(latency['speedup'], '.2f')}x speed"])
+    return rows
+
+
+def _macs(value: Any, partial: bool) -> str:
+    """MACs, saying so when dynamic shapes hid some nodes (``--input-shape`` counts them)."""
+    if value is None:
+        return "-"
+    if not partial:
+        return human_count(value)
+    return f"{human_count(value)} + unknown" if value else "unknown"
+
+
+def gate_rows(report: dict[str, Any]) -> list[list[str]]:
+    return [[g["label"], _gate_number(g, g["threshold"]), _gate_number(g, g["value"]),
+             "PASS" if g["passed"] else "FAIL"] for g in report.get("gates") or []]
+
+
+def _gate_number(gate: dict[str, Any], value: Any) -> str:
+    if value is None:
+        return "not measured"
+    fmt = {"dB": (".2f", " dB"), "x": (".3f", "x"), "fraction": (".4f", "")}.get(gate.get("unit"), (".4g", ""))
+    return metric(value, *fmt)
+
+
+def layer_rows(report: dict[str, Any]) -> list[list[str]]:
+    rows = []
+    for r in report.get("layers") or []:
+        channels = "?" if r["channels"] is None else str(r["channels"])
+        if r["channels_after"] is not None and r["channels_after"] != r["channels"]:
+            channels += f" -> {r['channels_after']}"
+        rank = ""
+        if r.get("rank"):
+            rank = ",".join(map(str, r["rank"]["ranks"])) + (
+                f" of {','.join(map(str, r['rank']['full']))}" if r["rank"].get("full") else "")
+        precision = "-" if r["precision"] is None else f"{r['precision']} / {r['activations']}"
+        notes = list(r.get("notes") or [])
+        if r.get("reason") and r.get("precision", "") and str(r["precision"]).startswith("float"):
+            notes.insert(0, f"float: {r['reason']}")
+        rows.append([r["node"], r["op"], r["status"], channels, rank, precision,
+                     metric(r.get("sqnr_db"), ".1f", " dB"), "; ".join(notes)])
+    return rows
+
+
+def verdict(report: dict[str, Any]) -> str:
+    """PASS, FAIL or UNCHECKED (nothing was verified and no gate was set)."""
+    if report.get("passed") is None:
+        return "UNCHECKED"
+    return "PASS" if report["passed"] else "FAIL"

@@ -1,0 +1,143 @@
+"""The HTML and Markdown reports: valid HTML whose embedded plots decode and are not blank, Markdown
+whose linked plot files exist and decode, escaping, and (when Chromium is installed) a screenshot."""
+from __future__ import annotations
+
+import base64
+import io
+import re
+import shutil
+import subprocess
+from html.parser import HTMLParser
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from graphc.report import build_report, render
+from graphc.report.plots import report_plots
+
+VOID = {"meta", "img", "br", "hr", "link", "input", "col", "area", "base", "embed", "source", "wbr"}
+
+
+class StrictHTML(HTMLParser):
+    """Well-formedness: every non-void tag closed in order; collects images, headings and titles."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=True)
+        self.stack, self.errors, self.images, self.headings, self.counts = [], [], [], [], {}
+        self.doctype, self._heading, self.title = None, None, ""
+
+    def handle_decl(self, decl):
+        self.doctype = decl
+
+    def handle_starttag(self, tag, attrs):
+        self.counts[tag] = self.counts.get(tag, 0) + 1
+        if tag == "img":
+            self.images.append(dict(attrs))
+        if tag in ("h1", "h2", "title"):
+            self._heading = tag
+        if tag not in VOID:
+            self.stack.append(tag)
+
+    def handle_endtag(self, tag):
+        if tag in VOID:
+            self.errors.append(f"end tag for void element <{tag}>")
+        elif not self.stack or self.stack[-1] != tag:
+            self.errors.append(f"</{tag}> closes <{self.stack[-1] if self.stack else 'nothing'}>")
+        else:
+            self.stack.pop()
+        self._heading = None
+
+    def handle_data(self, data):
+        if self._heading == "title":
+            self.title += data
+        elif self._heading:
+            self.headings.append(data.strip())
+
+
+def parse(text: str) -> StrictHTML:
+    parser = StrictHTML()
+    parser.feed(text)
+    parser.close()
+    return parser
+
+
+def assert_real_picture(png: bytes) -> Image.Image:
+    """Decodes as PNG, has a sensible size, and is not blank: many colours, dark ink on light."""
+    image = Image.open(io.BytesIO(png))
+    assert image.format == "PNG"
+    image.load()
+    pixels = np.asarray(image.convert("RGB"), dtype=np.int64)
+    assert image.width >= 200 and image.height >= 150
+    colours = pixels[..., 0] * 65536 + pixels[..., 1] * 256 + pixels[..., 2]
+    assert pixels.std() > 10 and len(np.unique(colours)) > 20
+    assert (pixels.mean(axis=2) < 128).mean() > 0.005  # axes, bars and text
+    return image
+
+
+def test_html_report_is_valid_and_embeds_every_plot(html_build):
+    folder, outcome = html_build
+    text = (folder / "report.html").read_text(encoding="utf-8")
+    html = parse(text)
+    assert html.doctype == "DOCTYPE html" and html.errors == [] and html.stack == []
+    assert html.counts["html"] == html.counts["head"] == html.counts["body"] == html.counts["title"] == 1
+    assert html.title.startswith("graphc report: ")
+    assert html.headings[:1] == ["graphc opt report"]
+    for section in ("Summary", "Gates", "Plots", "Passes", "Layers", "Model", "Verification", "Latency"):
+        assert section in html.headings
+    titles = ["Per-layer error (SQNR of each layer's output)", "Output channels kept per layer",
+              "Activation histogram of 'r1' (test-calibrate)", "Activation histogram of 'r2' (test-calibrate)"]
+    assert [img["alt"] for img in html.images] == titles
+    for img in html.images:
+        prefix = "data:image/png;base64,"
+        assert img["src"].startswith(prefix)
+        assert_real_picture(base64.b64decode(img["src"][len(prefix):]))
+
+
+def test_markdown_report_links_plot_files_that_decode(markdown_build):
+    folder, outcome = markdown_build
+    text = (folder / "report.md").read_text(encoding="utf-8")
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert links == [f"report_plots/{name}.png" for name in ("layer_error", "channels", "hist_0", "hist_1")]
+    for link in links:
+        assert_real_picture((folder / link).read_bytes())
+    assert "## Layers" in text and "| c1 | Conv | pruned | 4 -> 3 |" in text
+
+
+def test_json_report_has_the_data_of_every_plot(html_build, tmp_path):
+    _, outcome = html_build
+    report = outcome.report
+    assert len(report["layers"]) == 3 and len(report["histograms"]) == 2
+    assert render(report, "json").startswith("{\n  \"schema\": \"graphc.report/2\"")
+
+
+def test_everything_from_the_data_is_escaped(html_build):
+    _, outcome = html_build
+    report = dict(outcome.report, input="<script>alert(1)</script>&", pipeline='a"b<c>')
+    text = render(report, "html", plots=[])
+    assert "<script>" not in text and "&lt;script&gt;alert(1)&lt;/script&gt;&amp;" in text
+    assert "a&quot;b&lt;c&gt;" in text and parse(text).errors == []
+
+
+def test_report_without_plots_or_checks_is_still_valid(tmp_path):
+    from graphc.passmanager import RunReport
+
+    summary = {"nodes": 1, "params": 0, "file_bytes": None, "macs": 0, "macs_unknown": [], "mac_nodes": 0}
+    report = build_report(input_path="m.onnx", output_path="o.onnx", run=RunReport("cleanup", []),
+                          before=summary, after=summary)
+    assert report_plots(report) == [] and report["passed"] is None
+    html = parse(render(report, "html"))
+    assert html.errors == [] and html.images == [] and "Plots" not in html.headings
+
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian package 'chromium') is not installed")
+def test_html_report_renders_in_headless_chromium(html_build, tmp_path):
+    folder, _ = html_build
+    shot = tmp_path / "shot.png"
+    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
+                    "--window-size=1280,2400", (folder / "report.html").as_uri()],
+                   check=True, capture_output=True, timeout=120)
+    assert_real_picture(shot.read_bytes())
