@@ -2,7 +2,7 @@
 
     graphc opt IN -p PIPELINE -o OUT [--data D] [--verify] [--min-sqnr DB] [--report R.html] ...
     graphc opt IN --recipe deploy.toml [flags that override the recipe]
-    graphc inspect IN [--input-shape ...] [--json]
+    graphc inspect IN [--input-shape ...] [--json | --groups [--dot G.dot]]
     graphc verify REF CAND [--data D] [--labels L] [--rtol ...] [--localize] [--json]
     graphc bench A [B] [--data D | --input-shape ...] [--threads 2] [--rounds 30]
     graphc passes [--markdown | --json]
@@ -211,6 +211,12 @@ def build_parser() -> argparse.ArgumentParser:
     insp.add_argument("input", metavar="IN")
     insp.add_argument("--input-shape", metavar="NAME:DIMS", type=input_shape, action="append")
     insp.add_argument("--top", type=_positive_int, default=10, help="MAC-heaviest nodes listed")
+    insp.add_argument("--groups", action="store_true", help="channel groups: what can be pruned together, "
+                                                            "and why not")
+    insp.add_argument("--attention", choices=("heads", "head-dims"), default="heads",
+                      help="with --groups: prune attention by whole heads or by head dimension")
+    insp.add_argument("--dot", metavar="FILE.dot", help="with --groups: write the channel dependency graph "
+                                                        "(Graphviz)")
     insp.add_argument("--json", action="store_true")
     _common(insp)
 
@@ -305,10 +311,29 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     from graphc.report import model_summary
     from graphc.report.text import inspect_text
 
+    if args.dot and not args.groups:
+        raise UsageError("--dot needs --groups")
+    if args.groups and args.json:
+        raise UsageError("--groups is text only; leave out --json")
     model = graphc.load(args.input)
     summary = model_summary(model, path=args.input, input_shapes=_shapes(args.input_shape), top=args.top)
-    _say(args, json.dumps(summary, indent=2, ensure_ascii=False) if args.json else inspect_text(summary))
+    text = json.dumps(summary, indent=2, ensure_ascii=False) if args.json else inspect_text(summary)
+    if args.groups:
+        text += "\n" + _groups_text(model, args)
+    _say(args, text)
     return EXIT_OK
+
+
+def _groups_text(model: Any, args: argparse.Namespace) -> str:
+    """The channel-group report of :mod:`graphc.analysis` (and its DOT graph with --dot)."""
+    from graphc.analysis import ChannelGroups, ChannelGroupsByHeadDim, format_groups, to_dot
+    from graphc.passmanager import Context
+
+    kind = ChannelGroups if args.attention == "heads" else ChannelGroupsByHeadDim
+    analysis = Context(model, input_shapes=_shapes(args.input_shape)).analysis(kind)
+    if args.dot:
+        to_dot(analysis, args.dot)
+    return format_groups(analysis) + (f"\nwrote {args.dot}" if args.dot else "")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:

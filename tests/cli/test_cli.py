@@ -105,6 +105,18 @@ def test_inspect_dynamic_model_says_macs_unknown(capsys, dynamic_net):
     assert code == 0 and json.loads(js)["macs"] == CONV_NET_MACS
 
 
+def test_inspect_groups_lists_prunable_channels_and_writes_dot(capsys, net, tmp_path):
+    dot = tmp_path / "groups.dot"
+    code, out, err = cli(capsys, "inspect", net, "--groups", "--dot", dot)
+    assert code == 0 and err == ""
+    assert "input  x: float32[1, 3, 8, 8]" in out  # the summary comes first
+    assert "Conv 'c1': output group 0, prunable" in out
+    assert "Gemm 'fc': output group 3, blocked: Softmax 'probs' normalizes over the channel axis" in out
+    assert out.rstrip().endswith(f"wrote {dot}") and dot.read_text().startswith("graph channels {")
+    code, _, err = cli(capsys, "inspect", net, "--dot", dot)
+    assert code == 2 and "--dot needs --groups" in err
+
+
 # -- opt ---------------------------------------------------------------------------------------------
 
 def test_opt_writes_a_valid_model_and_reports(capsys, tmp_path):
