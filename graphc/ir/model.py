@@ -325,7 +325,7 @@ def save(
     nbytes = _weights_nbytes(proto) + sum(values.nbytes for _, values in weights)
     if external_data is None:
         external_data = nbytes > EXTERNAL_DATA_THRESHOLD
-    elif not external_data and nbytes > EXTERNAL_DATA_THRESHOLD:
+    elif not external_data and proto.ByteSize() + sum(v.nbytes for _, v in weights) > PROTOBUF_LIMIT:
         raise OutputError("model is larger than 2 GiB; save it with external data instead")
     with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
         tmp_model = Path(tmp) / out.name
