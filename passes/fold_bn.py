@@ -85,7 +85,7 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        folder = _Folder(graph, ctx, result)
+        folder = _Folder(graph, ctx, result, batch_removals=True)
         reasons: dict[int, tuple[gs.Node, list[str]]] = {}
         changed = True
         while changed:  # a fold can expose another (ConvTranspose -> Add -> BN); run to fixpoint
@@ -131,10 +131,13 @@ class _Linear:
 
 
 class _Folder:
-    def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult):
+    def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False):
         self.graph = graph
         self.result = result
         self.names = NameFactory(graph)
+        # batch_removals: removed nodes leave graph.nodes at drop_removed() (one O(N) filter per
+        # sweep instead of one per fold); canonicalize uses this class without batching.
+        self._batch = batch_removals
         self._removed: dict[int, gs.Node] = {}  # holds the nodes, so their ids stay unique
         # Ranks are read before any rewrite (inference wants a sorted graph); the pass never
         # changes the rank of an existing tensor, so they stay valid through the run.
@@ -142,10 +145,14 @@ class _Folder:
         self._shapes = ctx.shapes() if wanted else {}
 
     def remove(self, node: gs.Node) -> None:
-        """Disconnect ``node``; it leaves ``graph.nodes`` at the next :meth:`drop_removed`."""
+        """Disconnect ``node`` and take it out of ``graph.nodes`` (when batching, at the next
+        :meth:`drop_removed`)."""
         node.inputs.clear()
         node.outputs.clear()
-        self._removed[id(node)] = node
+        if self._batch:
+            self._removed[id(node)] = node
+        else:
+            del self.graph.nodes[next(i for i, n in enumerate(self.graph.nodes) if n is node)]
 
     def drop_removed(self) -> None:
         if self._removed:
