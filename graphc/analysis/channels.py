@@ -36,12 +36,13 @@ from __future__ import annotations
 import logging
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from math import prod
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import consumers, is_graph_input, is_graph_output, node_label, producer
+from graphc.analysis.masked_values import MaskedValues, compute_masked_values
+from graphc.analysis.shape_completion import complete_shapes
+from graphc.ir import consumers, node_label, producer
 from graphc.ir.shapes import TensorInfo
 from graphc.ir.stats import node_macs
 from graphc.ir.structure import find_cycle_free_order
@@ -152,8 +153,6 @@ class ChannelAnalysis:
 
     def __init__(self, graph: gs.Graph, shapes: dict[str, TensorInfo], opset: int, attention: str,
                  cost_shapes: dict[str, TensorInfo] | None = None):
-        from graphc.analysis.shape_completion import complete_shapes
-
         self.graph = graph
         order = find_cycle_free_order(graph)
         self.order = {id(n): i for i, n in enumerate(order)}
@@ -174,7 +173,8 @@ class ChannelAnalysis:
         #: constant name -> (producer, Add): a per-channel bias added right after a weighted layer
         self.bias_constants: dict[str, tuple[gs.Node, gs.Node]] = {}
         self._tensors = graph.tensors()
-        self._values: dict[int, object] = {}
+        self._values: dict[int, MaskedValues] = {}
+        self._by_slot: dict[SlotKey, list[Link]] | None = None
 
     def tensor(self, name: str) -> gs.Tensor:
         return self._tensors[name]
@@ -223,7 +223,7 @@ class ChannelAnalysis:
         return rows
 
     def links_by_slot(self) -> dict[SlotKey, list[Link]]:
-        if getattr(self, "_by_slot", None) is None:
+        if self._by_slot is None:
             index: dict[SlotKey, list[Link]] = defaultdict(list)
             for link in self.links:
                 index[link.a].append(link)
@@ -232,15 +232,14 @@ class ChannelAnalysis:
             self._by_slot = index
         return self._by_slot
 
-    def masked_values(self, group: ChannelGroup):
+    def masked_values(self, group: ChannelGroup) -> MaskedValues:
         """What group channels carry when their producers are zeroed (cached); see masked_values."""
-        from graphc.analysis.masked_values import compute_masked_values
-
         if group.id not in self._values:
             self._values[group.id] = compute_masked_values(self, group)
         return self._values[group.id]
 
     def dependency_graph(self):
+        """networkx MultiGraph of slots and links (see :mod:`group_report`)."""
         from graphc.analysis.group_report import dependency_graph
 
         return dependency_graph(self)
@@ -307,8 +306,8 @@ class Builder:
         self.deferred: list[tuple[gs.Node, SlotKey]] = []
         self.tensor_blocks: dict[str, list[str]] = defaultdict(list)
         self.element_links: list[Link] = []
-        self._inputs = {t.name for t in self.graph.inputs}
-        self._outputs = {t.name for t in self.graph.outputs}
+        self.graph_inputs = {t.name for t in self.graph.inputs}
+        self.graph_outputs = {t.name for t in self.graph.outputs}
 
     # -- shapes ---------------------------------------------------------------------------------
 
@@ -353,9 +352,9 @@ class Builder:
         self.a.slot_size[key] = size
         self.parent[key] = key
         self.queue.append(key)
-        if tensor.name in self._inputs:
+        if tensor.name in self.graph_inputs:
             self.block(key, f"graph input '{tensor.name}'")
-        if tensor.name in self._outputs:
+        if tensor.name in self.graph_outputs:
             self.block(key, f"graph output '{tensor.name}'")
         return key
 
@@ -637,9 +636,3 @@ def _macs_per_channel(a: ChannelAnalysis, g: ChannelGroup) -> int | None:
             return None
         total += macs * g.positions[key].shape[1] / a.slot_size[key]
     return int(round(total))
-
-
-def tensor_size(dims) -> int | None:
-    if dims is None or not all(isinstance(d, int) for d in dims):
-        return None
-    return int(prod(dims))

@@ -33,7 +33,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.analysis.channels import ChannelGroup, Fixup
-from graphc.analysis.shape_sources import ConstElement, slice_params
+from graphc.analysis.shape_sources import ConstElement
 from graphc.errors import PassError
 from graphc.ir import NameFactory, node_label
 

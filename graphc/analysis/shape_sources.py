@@ -90,7 +90,7 @@ def _elements(tensor: gs.Tensor, reader: gs.Node | None, slot: int, exclusive: b
     inner = _elements(node.inputs[0], node, 0, exclusive, depth + 1, rank_of)
     if inner is None:
         return None
-    picked = _selected_indices(node, len(inner))
+    picked = selected_indices(node, len(inner))
     if picked is None:
         return _unknown_elements(tensor)
     return [inner[i] for i in picked]
@@ -112,7 +112,7 @@ def _int_cast(node: gs.Node) -> bool:
     return int(node.attrs.get("to", 0)) in (6, 7, 12, 13)
 
 
-def _selected_indices(node: gs.Node, length: int) -> list[int] | None:
+def selected_indices(node: gs.Node, length: int) -> list[int] | None:
     """Indices picked by a Slice/Gather on axis 0 with constant parameters."""
     if node.op == "Gather":
         if int(node.attrs.get("axis", 0)) != 0:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from graphc.analysis.channel_rules import factor_blocks
+from graphc.analysis.rules_reshape import factor_blocks
 from graphc.analysis.shape_completion import complete_shapes
 from graphc.analysis.shape_sources import ConstElement, DimElement, shape_elements
 from graphc.ir import infer_shapes
