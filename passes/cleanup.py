@@ -92,16 +92,22 @@ class Cleanup(Pass):
     # -- duplicates ------------------------------------------------------------------------
 
     def _merge_constants(self, graph: gs.Graph, result: PassResult) -> None:
-        first: dict[tuple, gs.Constant] = {}
+        # Bucket by (dtype, shape) first: only constants that share both are ever hashed, so a
+        # model of distinct large weights costs no hashing at all.
         outputs = {id(t) for t in graph.outputs}
-        for tensor in list(graph.tensors().values()):
-            if not isinstance(tensor, gs.Constant) or id(tensor) in outputs:
+        buckets: dict[tuple, list[gs.Constant]] = {}
+        for tensor in graph.tensors().values():
+            if isinstance(tensor, gs.Constant) and id(tensor) not in outputs:
+                buckets.setdefault((str(np.dtype(tensor.dtype)), tuple(tensor.shape)), []).append(tensor)
+        for bucket in buckets.values():
+            if len(bucket) < 2:
                 continue
-            key = _constant_key(tensor)
-            kept = first.setdefault(key, tensor)
-            if kept is not tensor:
-                replace_uses(graph, tensor, kept)
-                result.count("duplicate_constants")
+            first: dict[str, gs.Constant] = {}
+            for tensor in bucket:
+                kept = first.setdefault(_digest(tensor), tensor)
+                if kept is not tensor:
+                    replace_uses(graph, tensor, kept)
+                    result.count("duplicate_constants")
 
     def _merge_nodes(self, graph: gs.Graph, result: PassResult) -> None:
         seen: dict[tuple, gs.Node] = {}
@@ -158,10 +164,13 @@ def _noop_reason(node: gs.Node, shapes) -> str | None:
     return "noop_reshape" if tuple(resolved) == tuple(src.shape) else None
 
 
-def _constant_key(tensor: gs.Constant) -> tuple:
-    values = np.ascontiguousarray(tensor.values)
-    digest = hashlib.blake2b(values.tobytes(), digest_size=16).hexdigest()
-    return (str(values.dtype), values.shape, digest)
+def _digest(tensor: gs.Constant) -> str:
+    values = np.asarray(tensor.values)
+    try:
+        data = memoryview(np.ascontiguousarray(values)).cast("B")  # no copy for C-ordered weights
+    except (TypeError, ValueError):  # object/string tensors have no buffer
+        data = repr(values.tolist()).encode()
+    return hashlib.blake2b(data, digest_size=16).hexdigest() + str(values.shape)
 
 
 def _node_key(node: gs.Node) -> tuple | None:
