@@ -253,7 +253,7 @@ class ChannelGroups:
 
     @classmethod
     def compute(cls, ctx) -> ChannelAnalysis:
-        cost = ctx.cost_shapes() if hasattr(ctx, "cost_shapes") else None
+        cost = ctx.cost_shapes() if getattr(ctx, "input_shapes", None) else None
         return analyze_channels(ctx.graph, ctx.shapes(), ctx.opset, attention=cls.attention, cost_shapes=cost)
 
 

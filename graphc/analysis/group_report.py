@@ -35,7 +35,7 @@ def format_groups(analysis, *, limit_members: int = 6) -> str:
             members = _unique_labels(g.role(role))
             if members:
                 lines.append(f"    {title}: {_clip(members, limit_members)}")
-        fixes = _unique_labels([m for m in g.members if m.role not in dict(_ROLE_TITLES)])
+        fixes = _unique_labels([m for m in g.members if m.role not in dict(_ROLE_TITLES)], kind=True)
         if fixes:
             lines.append(f"    rewritten: {_clip(fixes, limit_members)}")
         for reason in g.blocked:
@@ -55,11 +55,17 @@ def format_groups(analysis, *, limit_members: int = 6) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _unique_labels(members) -> list[str]:
+_FIXUP_WHAT = {"conv-group": "group", "group-norm": "num_groups", "reshape": "target shape",
+               "resize": "sizes", "expand": "shape", "split": "split sizes", "slice": "bounds",
+               "gather": "indices"}
+
+
+def _unique_labels(members, kind: bool = False) -> list[str]:
     seen = []
     for m in members:
-        if m.label not in seen:
-            seen.append(m.label)
+        label = f"{m.label} ({_FIXUP_WHAT.get(m.role, m.role)})" if kind else m.label
+        if label not in seen:
+            seen.append(label)
     return seen
 
 
