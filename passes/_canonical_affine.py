@@ -31,7 +31,14 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, is_standard_op
-from graphc.passes.fold_bn import LINEAR_OPS, _conv_pads, _Folder, _input_channel_maps, _Linear, _per_channel
+from graphc.passes.fold_bn import (
+    LINEAR_OPS,
+    AffineFolder,
+    LinearSite,
+    conv_pads,
+    input_channel_maps,
+    per_channel_factor,
+)
 from graphc.passmanager import PassResult
 
 from ._canonical_arithmetic import affine_chain_from, affine_step, merged_affine
@@ -51,12 +58,12 @@ def fold_into_producer(rw: Rewriter, node: gs.Node) -> Outcome:
     return Fired("fold_into_producer")
 
 
-def _fold_bn(rw: Rewriter) -> _Folder:
+def _fold_bn(rw: Rewriter) -> AffineFolder:
     """fold-bn's folder for this round, sharing the rewriter's name factory (no name clashes,
     and no rescan of the graph's names per fold)."""
     folder = rw.memo.get("fold-bn")
     if folder is None:
-        folder = _Folder(rw.graph, rw.ctx, PassResult(modified=False))
+        folder = AffineFolder(rw.graph, rw.ctx, PassResult(modified=False))
         folder.names = rw.names
         rw.memo["fold-bn"] = folder
     return folder
@@ -71,7 +78,7 @@ class _Reader:
     node: gs.Node
     weight: np.ndarray
     bias: np.ndarray | None
-    site: _Linear              # y's layout seen from this reader: rank, channel axis, channels
+    site: LinearSite              # y's layout seen from this reader: rank, channel axis, channels
     shift_reason: str | None   # why a shift cannot fold into it (padding), None if it can
 
 
@@ -102,7 +109,7 @@ def fold_into_consumer(rw: Rewriter, node: gs.Node) -> Outcome:
     vectors = []
     for r in readers:
         dtype = r.weight.dtype
-        s, b = _per_channel(scale.astype(dtype), r.site, "Mul"), _per_channel(shift.astype(dtype), r.site, "Add")
+        s, b = per_channel_factor(scale.astype(dtype), r.site, "Mul"), per_channel_factor(shift.astype(dtype), r.site, "Add")
         if isinstance(s, str) or isinstance(b, str):
             reason = (s if isinstance(s, str) else b).replace("per output channel", "per input channel")
             return Skip(f"affine before {r.node.op}: {reason}")
@@ -145,11 +152,11 @@ def _reader(rw: Rewriter, user: gs.Node, y: gs.Tensor) -> _Reader | str:
             return f"feeds a {label} with a rank-{weight.ndim} weight"
         group = int(user.attrs.get("group", 1))
         channels = weight.shape[1] * group if user.op == "Conv" else weight.shape[0]
-        site = _Linear(user, weight, bias, weight.ndim, 1, channels)
+        site = LinearSite(user, weight, bias, weight.ndim, 1, channels)
         if user.op == "ConvTranspose":
             reason = "a shift before a ConvTranspose is not folded: it spreads unevenly over the output"
         else:
-            padded = _conv_pads(user, weight)
+            padded = conv_pads(user, weight)
             reason = "the shift would pass through the zero padding of the Conv it feeds" if padded else None
         return _Reader(user, weight, bias, site, reason)
     if weight.ndim != 2:
@@ -158,11 +165,11 @@ def _reader(rw: Rewriter, user: gs.Node, y: gs.Tensor) -> _Reader | str:
         if int(user.attrs.get("transA", 0)):
             return "feeds a Gemm with transA=1"
         channels = weight.shape[1] if int(user.attrs.get("transB", 0)) else weight.shape[0]
-        return _Reader(user, weight, bias, _Linear(user, weight, bias, 2, 1, channels), None)
+        return _Reader(user, weight, bias, LinearSite(user, weight, bias, 2, 1, channels), None)
     rank = rw.rank(y)
     if rank is None or rank < 1:
         return "feeds a MatMul with an input of unknown rank"
-    return _Reader(user, weight, None, _Linear(user, weight, None, rank, rank - 1, weight.shape[0]), None)
+    return _Reader(user, weight, None, LinearSite(user, weight, None, rank, rank - 1, weight.shape[0]), None)
 
 
 def _x_has_the_channels(rw: Rewriter, x: gs.Tensor, r: _Reader, scale: np.ndarray, shift: np.ndarray) -> bool:
@@ -185,7 +192,7 @@ def _fold(rw: Rewriter, r: _Reader, s: np.ndarray, b: np.ndarray) -> None:
     base = node.name or node.outputs[0].name
     delta = None
     if node.op == "Conv":
-        per_scale, per_shift = _input_channel_maps(r.weight, int(node.attrs.get("group", 1)), s, b)
+        per_scale, per_shift = input_channel_maps(r.weight, int(node.attrs.get("group", 1)), s, b)
         spatial = (1,) * (w.ndim - 2)
         new_w = w * per_scale.reshape(per_scale.shape + spatial)
         if np.any(b):

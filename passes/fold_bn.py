@@ -90,7 +90,7 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        folder = _Folder(graph, ctx, result, batch_removals=True)
+        folder = AffineFolder(graph, ctx, result, batch_removals=True)
         reasons: dict[int, tuple[gs.Node, list[str]]] = {}
         changed = True
         while changed:  # a fold can expose another (ConvTranspose -> Add -> BN); run to fixpoint
@@ -123,7 +123,7 @@ class FoldBatchNorm(Pass):
 
 
 @dataclass
-class _Linear:
+class LinearSite:
     """A linear op whose output channels can absorb a per-channel affine map."""
 
     node: gs.Node
@@ -135,7 +135,7 @@ class _Linear:
     weight_left: bool = False  # MatMul only: W @ X
 
 
-class _Folder:
+class AffineFolder:
     def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False):
         self.graph = graph
         self.result = result
@@ -213,7 +213,7 @@ class _Folder:
         if isinstance(site, str):
             why.append(f"{src.op}+{node.op}: {site}")
             return False
-        vector = _per_channel(const, site, node.op)
+        vector = per_channel_factor(const, site, node.op)
         if isinstance(vector, str):
             why.append(f"{src.op}+{node.op}: {vector}")
             return False
@@ -247,7 +247,7 @@ class _Folder:
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _linear(self, node: gs.Node, y: gs.Tensor) -> _Linear | str:
+    def _linear(self, node: gs.Node, y: gs.Tensor) -> LinearSite | str:
         """Describe ``node``, whose output ``y`` is to absorb an affine map, or say why it cannot."""
         if is_graph_output(self.graph, y):
             return f"{node.op} output is a graph output"
@@ -271,7 +271,7 @@ class _Folder:
             if weight.ndim != 2:
                 return "Gemm B is not 2-D"
             channels = weight.shape[0] if node.attrs.get("transB", 0) else weight.shape[1]
-            return _Linear(node, weight, bias, 2, 1, channels)
+            return LinearSite(node, weight, bias, 2, 1, channels)
         if weight.ndim < 3:
             return f"{node.op} weight has rank {weight.ndim}"
         group = int(node.attrs.get("group", 1))
@@ -280,9 +280,9 @@ class _Folder:
             return "ConvTranspose input channels are not divisible by group"
         if bias is not None and bias.shape != (channels,):
             return f"{node.op} bias has shape {bias.shape}, expected ({channels},)"
-        return _Linear(node, weight, bias, weight.ndim, 1, channels)
+        return LinearSite(node, weight, bias, weight.ndim, 1, channels)
 
-    def _matmul(self, node: gs.Node) -> _Linear | str:
+    def _matmul(self, node: gs.Node) -> LinearSite | str:
         left, right = (constant_value(t) for t in node.inputs[:2])
         weight_left = right is None
         weight = left if weight_left else right
@@ -297,8 +297,8 @@ class _Folder:
         if rank < 2:
             return "MatMul input is 1-D"
         if weight_left:
-            return _Linear(node, weight, None, rank, rank - 2, weight.shape[0], weight_left=True)
-        return _Linear(node, weight, None, rank, rank - 1, weight.shape[1])
+            return LinearSite(node, weight, None, rank, rank - 2, weight.shape[0], weight_left=True)
+        return LinearSite(node, weight, None, rank, rank - 1, weight.shape[1])
 
     def _rank(self, tensor: gs.Tensor) -> int | None:
         if tensor.shape is not None:
@@ -308,7 +308,7 @@ class _Folder:
 
     # -- rewrites --------------------------------------------------------------------------------
 
-    def _fold_into_linear(self, site: _Linear, folded: gs.Node, scale: np.ndarray, shift: np.ndarray,
+    def _fold_into_linear(self, site: LinearSite, folded: gs.Node, scale: np.ndarray, shift: np.ndarray,
                           out: gs.Tensor) -> None:
         """``site.node`` takes over ``out`` with ``y -> scale * y + shift`` folded in; drops ``folded``."""
         node, dtype = site.node, site.weight.dtype
@@ -337,7 +337,7 @@ class _Folder:
     def _fold_into_conv_input(self, conv: gs.Node, bn: gs.Node, scale: np.ndarray, shift: np.ndarray) -> None:
         weight = constant_value(conv.inputs[1])
         bias = constant_value(conv.inputs[2]) if len(conv.inputs) > 2 and conv.inputs[2].name else None
-        per_tap_scale, per_tap_shift = _input_channel_maps(weight, int(conv.attrs.get("group", 1)), scale, shift)
+        per_tap_scale, per_tap_shift = input_channel_maps(weight, int(conv.attrs.get("group", 1)), scale, shift)
         spatial = (1,) * (weight.ndim - 2)
         new_weight = _times(weight, per_tap_scale.reshape(per_tap_scale.shape + spatial))
         # sum over taps first (float64 accumulation, no float64 copy of W), then over channels
@@ -418,7 +418,7 @@ def _variable_and_constant(node: gs.Node) -> tuple[gs.Tensor, np.ndarray] | None
     return None
 
 
-def _per_channel(const: np.ndarray, site: _Linear, op: str) -> np.ndarray | str:
+def per_channel_factor(const: np.ndarray, site: LinearSite, op: str) -> np.ndarray | str:
     """``const`` as a float64 vector over the channels, if it broadcasts only along them."""
     what = f"{op} constant of shape {const.shape}"
     if const.dtype != site.weight.dtype:
@@ -436,7 +436,7 @@ def _per_channel(const: np.ndarray, site: _Linear, op: str) -> np.ndarray | str:
 # -- weights ---------------------------------------------------------------------------------------
 
 
-def _scaled_weight(site: _Linear, scale: np.ndarray) -> np.ndarray:
+def _scaled_weight(site: LinearSite, scale: np.ndarray) -> np.ndarray:
     """The weight with each output channel scaled, in the weight's dtype."""
     w = site.weight
     op = site.node.op
@@ -461,7 +461,7 @@ def _times(weight: np.ndarray, factor: np.ndarray) -> np.ndarray:
     return np.multiply(weight, factor, out=out, dtype=np.float64, casting="unsafe")
 
 
-def _shifted_bias(site: _Linear, scale: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
+def _shifted_bias(site: LinearSite, scale: np.ndarray, shift: np.ndarray) -> np.ndarray | None:
     """The new bias (Gemm: C with beta folded in), or None if the op needs none."""
     if site.node.op == "Gemm":
         if site.bias is None:
@@ -473,7 +473,7 @@ def _shifted_bias(site: _Linear, scale: np.ndarray, shift: np.ndarray) -> np.nda
     return scale * site.bias.astype(np.float64) + shift
 
 
-def _input_channel_maps(weight: np.ndarray, group: int, scale: np.ndarray,
+def input_channel_maps(weight: np.ndarray, group: int, scale: np.ndarray,
                         shift: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Per (output channel, input channel within group) values of ``scale`` and ``shift``."""
     cout, cin_group = weight.shape[:2]
@@ -497,12 +497,12 @@ def _conv_input_reason(conv: gs.Node, x: gs.Tensor, scale: np.ndarray, shift: np
     cout = weight.shape[0]
     if weight.ndim < 3 or weight.shape[1] * group != scale.size or cout % group:
         return "Conv input channels do not match BatchNormalization"
-    if _conv_pads(conv, weight) and np.any(shift):
+    if conv_pads(conv, weight) and np.any(shift):
         return "Conv after BatchNormalization pads with zeros and the BN shift is non-zero"
     return None
 
 
-def _conv_pads(conv: gs.Node, weight: np.ndarray) -> bool:
+def conv_pads(conv: gs.Node, weight: np.ndarray) -> bool:
     """True if the Conv may pad its input."""
     auto_pad = conv.attrs.get("auto_pad", "NOTSET")
     auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
