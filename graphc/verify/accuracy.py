@@ -3,7 +3,8 @@
 Labels come from the user (``--labels eval.npz:labels``, or a ``labels`` array in the evaluation
 ``.npz``), one integer class per sample, in the order the evaluation data yields them. The
 prediction of a feed is the argmax over the last axis of one output (the first output that has a
-class axis: floating point, rank >= 2, last dim >= 2, unless ``output`` names one); a feed with a
+class axis as top-1 agreement defines it: floating point, [N, C] or [N, T, C] with C >= 2, unless
+``output`` names one); a feed with a
 batch of B samples gives B predictions and consumes B labels. Both models run over the same
 feeds in one loop, so ``drop = reference - candidate`` compares like with like.
 """
@@ -94,10 +95,10 @@ def class_output(model: Any, output: str | None = None) -> str:
         return output
     for tensor in outputs:
         shape, dtype = tensor.shape, tensor.dtype
-        if dtype is not None and np.issubdtype(np.dtype(dtype), np.floating) and shape and len(shape) >= 2 \
+        if dtype is not None and np.issubdtype(np.dtype(dtype), np.floating) and shape and len(shape) in (2, 3) \
                 and not (isinstance(shape[-1], int) and shape[-1] < 2):
             return tensor.name
-    raise DataError("no output has a class axis (float, rank >= 2, last dim >= 2) to take accuracy on")
+    raise DataError("no output has a class axis (float, [N, C] or [N, T, C], C >= 2) to take accuracy on")
 
 
 def task_accuracy(reference: ModelInput, candidate: ModelInput, data: DataSource, labels: np.ndarray,

@@ -67,8 +67,9 @@ def _numeric(array: np.ndarray) -> bool:
 
 
 def has_top1(dtype: np.dtype, shape: tuple[int, ...]) -> bool:
-    """Outputs that look like class scores: float, rank >= 2, last dim >= 2."""
-    return np.issubdtype(dtype, np.floating) and len(shape) >= 2 and shape[-1] >= 2
+    """Outputs that look like class scores: float, [N, C] or per-step [N, T, C], C >= 2. Rank 4 and
+    up are feature maps (a detector's [N, 1, H, W] probability map): argmax over W means nothing."""
+    return np.issubdtype(dtype, np.floating) and len(shape) in (2, 3) and shape[-1] >= 2
 
 
 class RunningMetrics:

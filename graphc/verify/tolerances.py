@@ -15,7 +15,7 @@ Two modes, chosen by what the user asks for:
 the comparison then always passes and is only a measurement).
 
 Thresholds apply per output: SQNR in dB and cosine over all samples of that output, top-1 to
-outputs that have it (float, rank >= 2, last dim >= 2). For intermediate tensors (localization)
+outputs that have it (float, [N, C] or [N, T, C], C >= 2). For intermediate tensors (localization)
 top-1 means nothing, so :meth:`Tolerances.for_intermediates` keeps only the element-wise rule
 (exact mode) or the SQNR / cosine thresholds (lossy mode).
 """

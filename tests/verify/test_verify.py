@@ -72,6 +72,12 @@ def test_top1_only_for_class_like_outputs():
     running = RunningMetrics("y")
     running.update(np.ones((4,), np.float32), np.ones((4,), np.float32))
     assert running.result().top1 is None
+    maps = RunningMetrics("prob_map")  # a detector's [N, 1, H, W] map has no class axis
+    maps.update(np.ones((1, 1, 4, 4), np.float32), np.ones((1, 1, 4, 4), np.float32))
+    assert maps.result().top1 is None
+    steps = RunningMetrics("ctc")  # a recognizer's [N, T, C] scores have one per step
+    steps.update(np.eye(3, dtype=np.float32)[None], np.eye(3, dtype=np.float32)[None])
+    assert steps.result().top1 == 1.0
 
 
 # -- tolerances ------------------------------------------------------------------------------------
