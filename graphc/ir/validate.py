@@ -8,6 +8,8 @@ Run on the ``ModelProto`` before it becomes IR, so a broken file is refused with
 - every node of a standard domain passes ``onnx.checker.check_node`` (the op exists at the
   imported opset, required attributes are present and typed right, input/output counts are in
   range); nodes of other domains are opaque and left alone; subgraphs are checked the same way;
+- every name (tensors, nodes, ops, domains) is valid UTF-8 (protobuf hands invalid ones over as
+  bytes, which fail much later, on export);
 - initializer names are unique within a graph, and no node writes an initializer's name (single
   assignment; graphsurgeon would otherwise silently let one of the two win);
 - every tensor (initializers, subgraph initializers, tensor attributes of ``Constant`` nodes) has a
@@ -65,6 +67,9 @@ def validate_proto(proto: onnx.ModelProto, outside: Iterable[str] = ()) -> None:
     """Raise :class:`ModelError` (or :class:`UnsafeModelError`) naming the first problem found.
     ``outside`` names top-level initializers that ``load`` kept out of the proto (their values were
     read straight into arrays), so name clashes with them are caught too."""
+    _check_utf8([proto.producer_name, proto.producer_version, proto.domain, proto.doc_string,
+                 *(p.key for p in proto.metadata_props), *(p.value for p in proto.metadata_props),
+                 *(i.domain for i in proto.opset_import)], "model field")
     opsets = _check_opsets(proto)
     ctx = onnx.checker.C.CheckerContext()
     ctx.ir_version = min(max(int(proto.ir_version), 3), onnx.IR_VERSION)
@@ -90,8 +95,21 @@ def _check_opsets(proto: onnx.ModelProto) -> dict[str, int]:
     return opsets
 
 
+def _check_utf8(names, what: str) -> None:
+    for name in names:
+        if isinstance(name, bytes):  # what protobuf returns for a string that is not UTF-8
+            raise ModelError(f"{what} {name[:40]!r} is not valid UTF-8")
+
+
 def _check_graph(graph: onnx.GraphProto, ctx, opsets: dict[str, int], where: str,
                  outside: list[str] = ()) -> None:
+    _check_utf8([v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)],
+                f"{where}graph input/output")
+    _check_utf8([t.name for t in graph.initializer], f"{where}initializer")
+    _check_utf8([graph.name, graph.doc_string], f"{where}graph")
+    for node in graph.node:
+        _check_utf8([node.name, node.op_type, node.domain, *node.input, *node.output,
+                     *(a.name for a in node.attribute)], f"{where}node")
     seen: set[str] = set()
     for name in outside:
         if name in seen:
@@ -144,6 +162,8 @@ def _check_node_schema(node: onnx.NodeProto, ctx, label: str) -> None:
     except onnx.checker.ValidationError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelError(f"{label}: {first}") from None
+    except UnicodeDecodeError:  # the checker's message quotes bytes that are not UTF-8
+        raise ModelError(f"{label}: fails the ONNX checker (its message is not valid UTF-8)") from None
 
 
 def check_tensor(tensor: TensorProto, what: str) -> None:
@@ -158,8 +178,9 @@ def check_tensor(tensor: TensorProto, what: str) -> None:
     count = math.prod(tensor.dims)
     if tensor.HasField("raw_data"):
         bits = _RAW_BITS.get(tensor.data_type)
-        if bits is None:
-            return  # a packing graphc does not know; onnx/numpy will decode or refuse it
+        if bits is None:  # STRING (never raw) or a packing graphc cannot decode
+            raise ModelError(f"{what}: raw data of type {TensorProto.DataType.Name(tensor.data_type)} "
+                             "is not supported")
         expected = (count * bits + 7) // 8
         actual = len(tensor.raw_data)
         if actual != expected:

@@ -106,6 +106,9 @@ MANIFEST = [
     _entry("big_negative_dims.onnx", "reject",
            "1.7 KiB Conv weight with dims [-16, -27]: the product matches the data size",
            error="negative dimension"),
+    _entry("invalid_utf8_name.onnx", "reject", "a tensor name that is not UTF-8 (protobuf hands it over as bytes)",
+           error="not valid UTF-8"),
+    _entry("invalid_utf8_producer.onnx", "reject", "producer_name that is not UTF-8", error="not valid UTF-8"),
     _entry("opset_future.onnx", "reject", "default-domain opset 99, newer than any ONNX release",
            error="opset 99 is outside"),
     _entry("newline_in_name.onnx", "reject",
@@ -330,6 +333,13 @@ def build_all() -> dict[str, bytes]:
     del _init(m, "w").dims[:]
     _init(m, "w").dims.extend([-16, -27])
     files["big_negative_dims.onnx"] = m.SerializeToString()
+    m = conv_bn_relu()
+    m.graph.node[1].output[0] = "NNNN"
+    m.graph.node[2].input[0] = "NNNN"
+    files["invalid_utf8_name.onnx"] = m.SerializeToString().replace(b"NNNN", b"N\xa9NN")
+    m = conv_bn_relu()
+    m.producer_name = "PPPP"
+    files["invalid_utf8_producer.onnx"] = m.SerializeToString().replace(b"PPPP", b"P\xf1\xf2P")
     files["opset_future.onnx"] = conv_bn_relu(opset=99, ir=10).SerializeToString()
     ghost = "ghost\nTraceback (most recent call last):\n  File \"x\", line 1\nKeyError: 'boom'"
     files["newline_in_name.onnx"] = _relu_chain([ghost], ["a"]).SerializeToString()

@@ -338,10 +338,10 @@ def apply(data: bytes, steps: list[Step]) -> bytes:
             model.ParseFromString(data)
         except Exception:  # noqa: BLE001 - the bytes are already broken; graph edits do nothing
             continue
-        GRAPH_MUTATORS[kind](model, a, b, c)
         try:
+            GRAPH_MUTATORS[kind](model, a, b, c)
             data = model.SerializeToString()
-        except Exception:  # noqa: BLE001 - e.g. a mutated string that protobuf refuses to encode
+        except Exception:  # noqa: BLE001 - e.g. names that are not UTF-8 after a byte mutation
             continue
     return data
 
