@@ -332,7 +332,7 @@ def evaluate_gates(gates: GateSettings, m: Measurements) -> list[dict[str, Any]]
     out = []
     outputs = m.verification.outputs if m.verification is not None else []
     for name, label, unit, attr in (("min_sqnr", "min SQNR", "dB", "sqnr_db"),
-                                    ("min_cosine", "min cosine", "fraction", "cosine"),
+                                    ("min_cosine", "min cosine", "cosine", "cosine"),
                                     ("min_top1", "min top-1 agreement", "fraction", "top1")):
         threshold = getattr(gates, name)
         if threshold is not None:

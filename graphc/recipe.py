@@ -98,7 +98,7 @@ class BenchSettings:
     enabled: bool = option(False, "measure the latency of the input and the result (--bench)")
     threads: int = option(2, "intra-op threads of both sessions (--bench-threads)", min=1)
     rounds: int = option(30, "alternated timed runs of each model (--bench-rounds)", min=1)
-    warmup: int = option(5, "untimed runs of each model first", min=0)
+    warmup: int = option(5, "untimed runs of each model first (--bench-warmup)", min=0)
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ class OutputSettings:
     histograms: tuple[str, ...] = option((), "tensors whose activation histograms the report plots "
                                          "(--histogram; default: the most clipped calibrated tensors)")
     layer_errors: bool = option(True, "measure every layer's error against the input model for the "
-                                "report")
+                                "report (--no-layer-errors turns it off)")
 
 
 @dataclass(frozen=True)
@@ -292,7 +292,8 @@ def _check_range(value: Any, meta: dict, key: str, where: str) -> None:
 def _type_text(tp: Any) -> str:
     origin = typing.get_origin(tp)
     if origin is tuple:
-        return f"a list of {_type_text(typing.get_args(tp)[0])}"
+        inner = typing.get_args(tp)[0]
+        return "a list of " + {float: "numbers", int: "integers", str: "strings"}.get(inner, str(inner))
     if origin in (typing.Union, types.UnionType):
         return _type_text([a for a in typing.get_args(tp) if a is not type(None)][0])
     return {bool: "true or false", int: "an integer", float: "a number", str: "a string"}.get(tp, str(tp))
@@ -342,6 +343,21 @@ def _toml(value: Any) -> str:
     if isinstance(value, tuple):
         return "[" + ", ".join(_toml(v) for v in value) + "]"
     raise TypeError(f"cannot write {type(value).__name__} to a recipe")
+
+
+def key_reference() -> list[dict[str, str]]:
+    """Every key with its type, default and doc, for the reference in docs/recipes.md."""
+    rows = []
+    for name, cls in [("", Recipe), *SECTIONS.items()]:
+        hints = _hints(cls)
+        for f in dataclasses.fields(cls):
+            if f.name in SECTIONS:
+                continue
+            default = "-" if f.default in (None, ()) else _toml(f.default)
+            kind = _type_text(hints[f.name]).removeprefix("a ").removeprefix("an ")
+            rows.append({"key": f"{name}.{f.name}" if name else f.name, "type": kind,
+                         "default": default, "doc": f.metadata["doc"]})
+    return rows
 
 
 # -- shared with the CLI --------------------------------------------------------------------------

@@ -99,12 +99,24 @@ def latency_line(latency: dict[str, Any]) -> str:
 
 
 def passes_markdown(catalog: list[dict[str, Any]]) -> str:
-    lines = ["# graphc passes", ""]
+    """The pass reference (``docs/passes.md`` is this text)."""
+    lines = ["# graphc passes", "",
+             "Every registered pass and its options, as `graphc passes --markdown` prints them (this file is",
+             "that output; regenerate it with `graphc passes --markdown > docs/passes.md`). A pipeline is a",
+             "comma-separated list of passes with options in braces: `fold-bn,quant{calib=percentile "
+             "exclude=head.*}`.", ""]
     for p in catalog:
         kind = ("exact" if p["exact"] else "lossy") + (", needs calibration data" if p["needs_data"] else "")
         lines += [f"## `{p['name']}`", "", f"{p['summary']} ({kind})", ""]
         if p["options"]:
-            rows = [[f"`{o['key']}`", o["type"], f"`{o['default']}`", option_range(o), o["doc"]]
-                    for o in p["options"]]
+            rows = [[f"`{o['key']}`", o["type"], f"`{o['default']}`" if o["default"] else "(empty)",
+                     option_range(o), o["doc"]] for o in p["options"]]
             lines += _table(["option", "type", "default", "range", "doc"], rows) + [""]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def recipe_keys_markdown(keys: list[dict[str, str]]) -> str:
+    """The table of recipe keys in docs/recipes.md (from :func:`graphc.recipe.key_reference`)."""
+    rows = [[f"`{k['key']}`", k["type"], f"`{k['default']}`" if k["default"] != "-" else "-", k["doc"]]
+            for k in keys]
+    return "\n".join(_table(["key", "type", "default", "meaning (flag)"], rows)) + "\n"

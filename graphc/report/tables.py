@@ -57,7 +57,8 @@ def gate_rows(report: dict[str, Any]) -> list[list[str]]:
 def _gate_number(gate: dict[str, Any], value: Any) -> str:
     if value is None:
         return "not measured"
-    fmt = {"dB": (".2f", " dB"), "x": (".3f", "x"), "fraction": (".4f", "")}.get(gate.get("unit"), (".4g", ""))
+    fmt = {"dB": (".2f", " dB"), "x": (".3f", "x"), "fraction": (".4f", ""), "cosine": (".6f", "")}.get(
+        gate.get("unit"), (".4g", ""))
     return metric(value, *fmt)
 
 
