@@ -148,9 +148,8 @@ def check_outputs(source: Path, model_path: str | None, report_path: str | None)
 
 
 def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
-    from graphc.calib.data import open_data
+    from graphc.calib.data import input_specs, open_data
     from graphc.report import model_summary
-    from graphc.calib.data import input_specs
     from graphc.verify.accuracy import has_labels, load_labels
 
     if recipe.pipeline is None:
@@ -257,8 +256,8 @@ def _measure(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any, snapshot
     if recipe.outputs.report:
         m.layers = _layers(recipe, inputs, candidate, run)
         if snapshots is not None and inputs.calibration is not None:
-            from graphc.report.histograms import activation_histograms
             from graphc.report import pass_record
+            from graphc.report.histograms import activation_histograms
 
             m.histograms = activation_histograms(snapshots, [pass_record(r) for r in run.records],
                                                  inputs.calibration, chosen=recipe.outputs.histograms)

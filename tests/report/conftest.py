@@ -23,13 +23,13 @@ def build_report(folder, report_name: str):
         return build(net, recipe)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def html_build(tmp_path_factory):
     folder = tmp_path_factory.mktemp("html")
     return folder, build_report(folder, "report.html")
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def markdown_build(tmp_path_factory):
     folder = tmp_path_factory.mktemp("md")
     return folder, build_report(folder, "report.md")
