@@ -139,7 +139,7 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
 
         plots = report_plots(report)
     if fmt == "markdown" and plots:
-        folder = f"{out.stem}_plots"
+        folder = plot_folder(out).name
         for plot in plots:
             _write_atomic(out.parent / folder / f"{plot.name}.png", plot.png)
     _write_atomic(out, render(report, fmt, plots=plots, plot_folder=folder).encode("utf-8"))

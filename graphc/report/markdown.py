@@ -75,8 +75,8 @@ def render_markdown(report: dict[str, Any], plots: list[Any] | None = None,
     if report.get("gates"):
         lines += ["", "## Gates", ""] + _table(GATE_HEADER, gate_rows(report))
     if plots and plot_folder:
-        lines += ["", "## Plots", ""]
-        lines += [f"![{p.title}]({plot_folder}/{p.name}.png)" + "\n" for p in plots]
+        images = [f"![{p.title}]({plot_folder}/{p.name}.png)" for p in plots]
+        lines += ["", "## Plots", ""] + [line for image in images for line in ("", image)][1:]
     lines += ["", "## Passes", ""] + _passes(report["passes"])
     if report.get("layers"):
         lines += ["", "## Layers", ""] + _table(LAYER_HEADER, layer_rows(report))

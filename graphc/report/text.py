@@ -135,7 +135,8 @@ def opt_text(report: dict[str, Any]) -> str:
         lines.append(accuracy_line(report["accuracy"]))
     if report.get("gates"):
         lines += [""] + _table([GATE_HEADER] + gate_rows(report))
-    lines.append(f"result: {verdict(report)}")
+    result = verdict(report)
+    lines.append(f"result: {result}" + (" (no --verify and no gate: nothing was checked)" if result == "UNCHECKED" else ""))
     if report["output_written"]:
         lines.append(f"wrote {report['output']}")
     else:
