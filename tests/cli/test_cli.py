@@ -105,6 +105,19 @@ def test_inspect_dynamic_model_says_macs_unknown(capsys, dynamic_net):
     assert code == 0 and json.loads(js)["macs"] == CONV_NET_MACS
 
 
+def test_inspect_counts_macs_per_sample_when_only_the_batch_is_dynamic(capsys, tmp_path):
+    path = tmp_path / "batch.onnx"
+    path.write_bytes(conv_net(batch="N").SerializeToString())
+    code, js, _ = cli(capsys, "inspect", path, "--json")
+    summary = json.loads(js)
+    assert code == 0 and summary["macs"] == CONV_NET_MACS and summary["macs_batch_1"] is True
+    assert summary["macs_unknown"] == [] and summary["input_shapes"] == {}
+    code, out, _ = cli(capsys, "inspect", path)
+    assert "MACs are per sample (batch 1; the batch dim is dynamic)" in out
+    code, js, _ = cli(capsys, "inspect", path, "--input-shape", "x:2x3x8x8", "--json")
+    assert json.loads(js)["macs"] == 2 * CONV_NET_MACS and not json.loads(js)["macs_batch_1"]
+
+
 def test_inspect_groups_lists_prunable_channels_and_writes_dot(capsys, net, tmp_path):
     dot = tmp_path / "groups.dot"
     code, out, err = cli(capsys, "inspect", net, "--groups", "--dot", dot)
