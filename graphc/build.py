@@ -177,23 +177,11 @@ def image_options(settings: ImageSettings) -> Any:
              if getattr(settings, f.name) not in (None, ())}
     if not given:
         return None
-    try:
-        from graphc.calib.images import ImageOptions
-    except ImportError:
-        raise DataError("image options need graphc.calib.images, which this installation lacks") from None
+    from graphc.calib.images import ImageOptions
+
     if "size" in given:
-        given["size"] = _image_size(given["size"])
+        given["size"] = ImageOptions.parse_size(given["size"])
     return ImageOptions(**given)
-
-
-def _image_size(text: str) -> tuple[int, int]:
-    try:
-        height, width = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise RecipeError(f"image size '{text}' is not HxW (e.g. 224x224)") from None
-    if height < 1 or width < 1:
-        raise RecipeError(f"image size '{text}' must be positive")
-    return height, width
 
 
 def _snapshots(recipe: Recipe, inputs: _Inputs) -> Any:

@@ -129,9 +129,28 @@ def _data_options(p: argparse.ArgumentParser, samples: bool = True) -> None:
 def _image_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("image folders (data given as a folder of images)")
     g.add_argument("--image-size", metavar="HxW", help="resize images to HxW")
-    g.add_argument("--mean", type=_floats, metavar="M,M,M", help="per-channel mean subtracted")
+    g.add_argument("--image-height", type=_positive_int, metavar="H", help="or keep the aspect: resize to height H")
+    g.add_argument("--image-max-width", type=_positive_int, metavar="W", help="... capping the width at W")
+    g.add_argument("--no-image-pad", dest="image_pad", action="store_false", default=None,
+                   help="do not pad the width to --image-max-width")
+    g.add_argument("--mean", type=_floats, metavar="M,M,M", help="per-channel mean subtracted (after scaling)")
     g.add_argument("--std", type=_floats, metavar="S,S,S", help="per-channel std divided by")
-    g.add_argument("--layout", choices=("nchw", "nhwc"), help="tensor layout of the model's input")
+    g.add_argument("--image-scale", type=_number(), metavar="F", help="pixel scale first (default 1/255)")
+    g.add_argument("--layout", choices=("nchw", "nhwc"), help="tensor layout of the model's input (default nchw)")
+    g.add_argument("--channels", choices=("rgb", "bgr"), help="colour order (default rgb)")
+
+
+#: image flag (argparse dest) -> key of the recipe's [image] section.
+IMAGE_FLAGS = {"image_size": "size", "image_height": "height", "image_max_width": "max_width",
+               "image_pad": "pad", "mean": "mean", "std": "std", "image_scale": "scale", "layout": "layout",
+               "channels": "channels"}
+
+
+def _image_settings(args: argparse.Namespace) -> Any:
+    from graphc.recipe import ImageSettings
+
+    return ImageSettings(**{key: getattr(args, dest) for dest, key in IMAGE_FLAGS.items()
+                            if getattr(args, dest) is not None})
 
 
 def _tolerance_options(p: argparse.ArgumentParser) -> None:
@@ -264,7 +283,7 @@ OPT_FLAGS = {
     "keep_failed": "outputs.keep_failed", "histogram": "outputs.histograms",
     "data": "data.calibration", "eval_data": "data.evaluation", "labels": "data.labels",
     "input_shape": "data.input_shapes", "seed": "data.seed", "samples": "data.samples",
-    "image_size": "image.size", "mean": "image.mean", "std": "image.std", "layout": "image.layout",
+    **{dest: f"image.{key}" for dest, key in IMAGE_FLAGS.items()},
     "verify": "verify.enabled", "verify_each": "verify.each", "rtol": "verify.rtol", "atol": "verify.atol",
     "localize": "verify.localize", "min_sqnr": "gates.min_sqnr", "min_cosine": "gates.min_cosine",
     "min_top1": "gates.min_top1", "max_top1_drop": "gates.max_top1_drop", "min_speedup": "gates.min_speedup",
@@ -339,12 +358,10 @@ def _groups_text(model: Any, args: argparse.Namespace) -> str:
 def cmd_verify(args: argparse.Namespace) -> int:
     from graphc.build import image_options
     from graphc.calib.data import open_data
-    from graphc.recipe import ImageSettings
     from graphc.report.text import verify_text
     from graphc.verify import compare_models, open_model
 
-    images = image_options(ImageSettings(size=args.image_size, mean=args.mean or (), std=args.std or (),
-                                         layout=args.layout))
+    images = image_options(_image_settings(args))
     data = None
     if args.data:
         data = open_data(args.data, open_model(args.reference)[0], image_options=images)

@@ -63,10 +63,20 @@ class DataSettings:
 
 @dataclass(frozen=True)
 class ImageSettings:
-    size: str | None = option(None, "image folders: resize to HxW (--image-size)")
-    mean: tuple[float, ...] = option((), "image folders: per-channel mean subtracted (--mean)")
-    std: tuple[float, ...] = option((), "image folders: per-channel std divided by (--std)")
-    layout: str | None = option(None, "image folders: nchw or nhwc (--layout)", choices=LAYOUTS)
+    """How a folder of images becomes model inputs (``graphc.calib.images.ImageOptions``); keys
+    not given keep ImageOptions' defaults."""
+
+    size: str | None = option(None, "resize to HxW, e.g. 224x224 (--image-size)")
+    height: int | None = option(None, "or keep the aspect ratio: resize to this height (--image-height)",
+                                min=1)
+    max_width: int | None = option(None, "... with the width capped here (--image-max-width)", min=1)
+    pad: bool | None = option(None, "pad the width to max_width (default true; --no-image-pad)")
+    mean: tuple[float, ...] = option((), "per-channel mean subtracted after scaling (--mean; default 0)")
+    std: tuple[float, ...] = option((), "per-channel std divided by (--std; default 1)")
+    scale: float | None = option(None, "pixel scale before mean/std (--image-scale; default 1/255)")
+    layout: str | None = option(None, "nchw or nhwc (--layout; default nchw)", choices=LAYOUTS)
+    channels: str | None = option(None, "colour order rgb or bgr (--channels; default rgb)",
+                                  choices=("rgb", "bgr"))
 
 
 @dataclass(frozen=True)
