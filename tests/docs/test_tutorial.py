@@ -3,6 +3,7 @@ pass that is not registered yet is skipped with that reason (and, as the tutoria
 is copied to its output so the next steps still run); it turns on by itself when the pass lands."""
 from __future__ import annotations
 
+import importlib.util
 import shlex
 import shutil
 
@@ -26,6 +27,8 @@ def tutorial(tmp_path_factory):
         pytest.skip("rapidocr-onnxruntime (the PP-OCR models) is not installed")
     if not (ROOT / "benchmarks" / "ppocr_data.py").is_file():
         pytest.skip("benchmarks/ppocr_data.py (the page renderer) is not in this checkout")
+    if importlib.util.find_spec("graphc.calib.images") is None:
+        pytest.skip("graphc.calib.images (image folders as data) is not in this checkout")
     return {"folder": workspace(tmp_path_factory.mktemp("tutorial")), "skipped": set()}
 
 
