@@ -41,8 +41,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphc.errors import RecipeError
+from graphc.errors import PipelineError, RecipeError
 from graphc.passmanager.options import did_you_mean, option
+from graphc.passmanager.pipeline import parse_pipeline
 
 LAYOUTS = ("nchw", "nhwc")
 
@@ -222,9 +223,6 @@ def loads(text: str, *, where: str = "recipe") -> Recipe:
 
 
 def _check_pipeline(text: str, where: str) -> None:
-    from graphc.errors import PipelineError
-    from graphc.passmanager import parse_pipeline
-
     try:
         parse_pipeline(text)
     except PipelineError as exc:
