@@ -217,6 +217,7 @@ class ChannelAnalysis:
             reasons = list(self.layer_reasons.get(id(node), []))
             for gid in gids:
                 reasons.extend(r for r in self.groups[gid].blocked if r not in reasons)
+                reasons.extend(f"inexact: {r}" for r in self.groups[gid].inexact if f"inexact: {r}" not in reasons)
             prunable = any(self.groups[g].prunable for g in gids)
             rows.append({"node": node, "groups": gids, "prunable": prunable,
                          "reasons": [] if prunable else reasons})
@@ -304,6 +305,8 @@ class Builder:
         self.queue: deque[SlotKey] = deque()
         self.visited: set[tuple[int, SlotKey]] = set()
         self.deferred: list[tuple[gs.Node, SlotKey]] = []
+        #: (node, slot, reason): a merge waiting for its input's channel axis; blocked if it never comes
+        self.unresolved: list[tuple[gs.Node, SlotKey, str]] = []
         self.tensor_blocks: dict[str, list[str]] = defaultdict(list)
         self.element_links: list[Link] = []
         self.graph_inputs = {t.name for t in self.graph.inputs}
@@ -473,6 +476,9 @@ class Builder:
             deferred, self.deferred = self.deferred, []
             for node, key in deferred:
                 self.rules.apply(self, node, key, decide=True)
+        for node, key, reason in self.unresolved:
+            if not any(key in (link.a, link.b) for link in self.a.node_links.get(id(node), ())):
+                self.block(key, reason)
         for key in list(self.a.slot_size):
             for reason in self.tensor_blocks.get(key[0], ()):
                 self.block(key, reason)

@@ -45,7 +45,8 @@ def format_groups(analysis, *, limit_members: int = 6) -> str:
     lines.append("layers:")
     for row in analysis.layer_status():
         gids = ", ".join(str(i) for i in row["groups"]) or "none"
-        state = "prunable" if row["prunable"] else "blocked: " + "; ".join(row["reasons"][:2] or ["no group"])
+        reasons = "; ".join(row["reasons"][:2] or ["no group"])
+        state = "prunable" if row["prunable"] else reasons if reasons.startswith("inexact") else f"blocked: {reasons}"
         lines.append(f"    {node_label(row['node'])}: output group {gids}, {state}")
     reasons = Counter(r for g in groups for r in g.blocked[:1])
     if reasons:

@@ -15,6 +15,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.analysis.channel_rules import attr, block_at
 from graphc.analysis.shape_sources import ConstElement, DimElement, shape_elements
+from graphc.ir import node_label
 
 
 def reshape(b, node: gs.Node, entry, decide: bool = False) -> None:
@@ -30,6 +31,8 @@ def reshape(b, node: gs.Node, entry, decide: bool = False) -> None:
         out_dims = _dims_from_elements(b, elems, in_dims, out_dims)
     if in_dims is not None and out_dims is not None and elems is not None and len(elems) == len(out_dims):
         out_dims = _evidence(b, node, x, elems, in_dims, out_dims)
+    if in_dims is not None and out_dims is not None:
+        in_dims, out_dims = _one_unknown_each(in_dims, out_dims)
     _regroup(b, node, entry, in_dims, out_dims, decide, lambda out_axis, same_axis: _reshape_fix(
         b, node, entry, elems, out_axis, same_axis))
 
@@ -47,6 +50,23 @@ def _evidence(b, node, x, elems, in_dims, out_dims) -> tuple:
             if d is not None and e.axis < len(d) and d[e.axis] is not None:
                 out[j] = d[e.axis]
     return tuple(out)
+
+
+def _one_unknown_each(in_dims, out_dims) -> tuple[tuple, tuple]:
+    """With one unknown dim on each side and equal products of the known ones, the two unknown
+    dims are equal (same element count): name them alike (``-1`` for the batch, typically)."""
+    unknown_in = [i for i, d in enumerate(in_dims) if not isinstance(d, int)]
+    unknown_out = [j for j, d in enumerate(out_dims) if not isinstance(d, int)]
+    if len(unknown_in) != 1 or len(unknown_out) != 1:
+        return in_dims, out_dims
+    known_in = prod(d for d in in_dims if isinstance(d, int))
+    known_out = prod(d for d in out_dims if isinstance(d, int))
+    if known_in != known_out:
+        return in_dims, out_dims
+    token = in_dims[unknown_in[0]] if isinstance(in_dims[unknown_in[0]], str) else "?same"
+    ins, outs = list(in_dims), list(out_dims)
+    ins[unknown_in[0]] = outs[unknown_out[0]] = token
+    return tuple(ins), tuple(outs)
 
 
 def _dims_from_elements(b, elems, in_dims, inferred):
@@ -107,7 +127,9 @@ def flatten(b, node: gs.Node, entry) -> None:
     axis = int(attr(node, "axis", 1))
     axis = axis + len(in_dims) if axis < 0 else axis
     out_dims = (_prod(in_dims[:axis]), _prod(in_dims[axis:]))
-    _regroup(b, node, entry, in_dims, out_dims, True, None)
+    blocks = [(list(range(axis)), [0]), (list(range(axis, len(in_dims))), [1])]   # exactly, whatever the dims
+    _regroup(b, node, entry, in_dims, out_dims, True, None,
+             blocks=[(ins, outs) for ins, outs in blocks if ins])
 
 
 def squeeze(b, node: gs.Node, entry) -> None:
@@ -160,7 +182,7 @@ def factor_blocks(in_dims, out_dims):
     return head + middle + tail
 
 
-def _regroup(b, node, entry, in_dims, out_dims, decide, fix) -> None:
+def _regroup(b, node, entry, in_dims, out_dims, decide, fix, blocks=None) -> None:
     """Map the entry axis through a reshape-like op (Reshape, Flatten, Squeeze, Unsqueeze)."""
     if entry is None:
         return
@@ -172,7 +194,7 @@ def _regroup(b, node, entry, in_dims, out_dims, decide, fix) -> None:
     if size == 1:
         return                              # a lone channel: nothing to follow
     on_input = entry[0] == x.name
-    block = next((blk for blk in factor_blocks(in_dims, out_dims)
+    block = next((blk for blk in (blocks or factor_blocks(in_dims, out_dims))
                   if entry[1] in (blk[0] if on_input else blk[1])), None)
     if block is None:
         block_at(b, node, entry, "drops the channel axis")
@@ -208,7 +230,10 @@ def _merge(b, node, entry, in_axes, out_axis, in_dims, fix, on_input) -> None:
         if len(have) != 1:
             if len(have) > 1:
                 block_at(b, node, entry, "merges two channel axes")
-            return                          # wait until the input's channel axis is known
+            else:                           # wait until the input's channel axis is known
+                b.unresolved.append((node, entry, f"{node_label(node)} merges axes "
+                                     f"{_dims(in_dims, in_axes)} into it, none of which carries channels"))
+            return
         channel = have[0]
     dims = [in_dims[a] for a in in_axes]
     if not all(isinstance(d, int) for d in dims):

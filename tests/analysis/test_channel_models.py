@@ -10,6 +10,7 @@ consumers' outputs (where the rewrite ends) at rtol 1e-5 for every model.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +24,10 @@ from support import MODELS, PPOCR_SHAPES, ppocr_model, random_feeds
 
 pytestmark = pytest.mark.real
 
-ZOO = ["resnet_digits", "mobilenetv2_digits", "densenet_fpn", "conv_gemm_head", "transformer_digits"]
+ZOO = ["resnet_digits", "mobilenetv2_digits", "densenet_fpn", "conv_gemm_head", "transformer_digits",
+       "transformer_digits_opset13"]
+#: where the zoo models are (models/, or GRAPHC_ZOO_DIR to test another build of them).
+ZOO_DIR = Path(os.environ.get("GRAPHC_ZOO_DIR", MODELS))
 FINAL_TOL = {"rec": (1e-5, 1e-4)}
 #: groups, prunable, inexact, blocked - and the block reasons - of the PP-OCR models.
 EXPECTED = {
@@ -40,7 +44,7 @@ def _load(name: str):
         if name in ("det", "rec", "cls"):
             path, shapes = ppocr_model(name), {"x": PPOCR_SHAPES[name]}
         else:
-            path, shapes = MODELS / f"{name}.onnx", None
+            path, shapes = ZOO_DIR / f"{name}.onnx", None
         if path is None or not Path(path).exists():
             pytest.skip(f"model {name} is not available")
         model = graphc.load(path)
