@@ -14,7 +14,13 @@ session, with the requested intermediate tensors exposed as extra outputs, and r
   reads them, so ``tr(W S W^T)`` is the Conv's mean squared output. A 1x1 kernel is read by
   strided slicing, without im2col.
 
+``Layout(..., affine=True)`` appends a constant 1 to every sample, so the moment is the augmented
+``[[E x x^T, E x], [E x^T, 1]]``: first moments come with the second ones (least squares with a
+bias term, as pruning's reconstruction solves).
+
 ``second_moments`` is the general form (several layouts of one tensor under keys of your choice).
+``channel_moments`` is the cheap diagonal: per channel ``E|x|``, ``E x`` and ``E x^2`` (O(C) per
+sample instead of O(C^2)), for importance scores.
 Accumulation is in float64, one feed at a time and in row chunks: memory holds the moment
 matrices plus one chunk, whatever the amount of data. Uses of least-squares reconstruction
 (pruning) and whitening (factorization) divide out the sample count, so moments are means.
@@ -47,6 +53,7 @@ class Layout:
     strides: tuple[int, ...] = ()
     pads: tuple[int, ...] = ()  # ONNX order: all begins, then all ends
     dilations: tuple[int, ...] = ()
+    affine: bool = False  # append a constant 1 to every sample (the last feature)
 
     @classmethod
     def channels(cls) -> "Layout":
@@ -66,10 +73,17 @@ class Layout:
     def features(self, shape: tuple[int, ...]) -> int:
         """Length of one sample vector for a tensor of ``shape``."""
         channels = shape[self.axis]
-        return channels * prod(self.kernel) if self.kernel else channels
+        return (channels * prod(self.kernel) if self.kernel else channels) + int(self.affine)
 
     def rows(self, x: np.ndarray) -> Iterator[np.ndarray]:
         """Samples of ``x`` as float64 blocks (n, features), at most about CHUNK_ROWS rows each."""
+        if not self.affine:
+            yield from self._rows(x)
+            return
+        for block in self._rows(x):
+            yield np.concatenate([block, np.ones((block.shape[0], 1))], axis=1)
+
+    def _rows(self, x: np.ndarray) -> Iterator[np.ndarray]:
         if self.kernel is not None:
             yield from self._patches(x)
             return
@@ -148,3 +162,50 @@ def second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
     log.info("second moments of %d tensor(s) over %d feed(s)", len(names), samples)
     means = {request: sums[request] / max(counts[request], 1) for request in unique}
     return {key: means[request] for key, request in requests.items()}
+
+
+@dataclass
+class ChannelMoments:
+    """Per-channel first and second moments of one tensor (means over samples and positions)."""
+
+    mean_abs: np.ndarray
+    mean: np.ndarray
+    mean_square: np.ndarray
+    count: int
+
+    @property
+    def variance(self) -> np.ndarray:
+        return np.clip(self.mean_square - self.mean ** 2, 0.0, None)
+
+
+def channel_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
+                    tensors: Mapping[str, int]) -> dict[str, ChannelMoments]:
+    """``{tensor name: ChannelMoments}`` for ``tensors = {name: channel axis}``, in one session."""
+    if not tensors:
+        return {}
+    from graphc.runtime import create_session, run_session
+
+    inputs = {t.name for t in model.graph.inputs}
+    fetched = [n for n in tensors if n not in inputs]
+    session = create_session(with_outputs(model, fetched), label="model (channel moments)")
+    sums: dict[str, list[np.ndarray]] = {}
+    counts = dict.fromkeys(tensors, 0)
+    samples = 0
+    for feed in data:
+        values = {n: feed[n] for n in tensors if n in inputs}
+        if fetched:
+            values.update(zip(fetched, run_session(session, feed, fetched, label="model (channel moments)")))
+        for name, axis in tensors.items():
+            x = np.asarray(values[name])
+            other = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
+            x64 = x.astype(np.float64)
+            parts = [np.abs(x64).sum(axis=other), x64.sum(axis=other), np.square(x64).sum(axis=other)]
+            acc = sums.get(name)
+            sums[name] = parts if acc is None else [a + b for a, b in zip(acc, parts)]
+            counts[name] += x.size // max(x.shape[axis], 1)
+        samples += 1
+    if samples == 0:
+        raise DataError("no calibration samples: the data source is empty")
+    log.info("channel moments of %d tensor(s) over %d feed(s)", len(tensors), samples)
+    return {name: ChannelMoments(*(part / max(counts[name], 1) for part in sums[name]), counts[name])
+            for name in tensors}
