@@ -253,6 +253,8 @@ class _Fold:
         delta = self.delta
         if self.out_slot in deleted:
             delta = np.delete(delta, deleted[self.out_slot], axis=self.out_axis)
+        if not np.any(delta):  # the consumer reads the removed channels with zero weights
+            return
         if self.kind == "conv-border" and not exact_borders:
             self.kind, delta = "bias", delta.reshape(delta.shape[0], -1).sum(axis=1)
         if self.kind == "bias":
