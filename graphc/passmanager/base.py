@@ -49,5 +49,10 @@ class Pass:
     def run(self, graph: gs.Graph, ctx: "Context") -> PassResult:  # noqa: F821
         raise NotImplementedError
 
+    def wants_original(self) -> bool:
+        """True if this run reads ``ctx.original`` (the model before the pipeline), so the pass
+        manager keeps a copy even without ``needs_data`` or ``verify_each``."""
+        return False
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.options!r})"

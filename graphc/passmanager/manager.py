@@ -103,7 +103,9 @@ class PassManager:
         if needing and self.data is None:
             raise DataError(f"pass '{needing[0]}' needs calibration data (--data)")
         ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
-        ctx.original = model.copy() if self.verify_each or any(s.cls.needs_data for s in self.pipeline.steps) else None
+        keep = self.verify_each or any(s.cls.needs_data or s.instantiate().wants_original()
+                                       for s in self.pipeline.steps)
+        ctx.original = model.copy() if keep else None
         records = []
         done: list[str] = []
         for spec in self.pipeline.steps:
