@@ -33,6 +33,7 @@ from graphc.ir.model import Model
 from graphc.ir.outputs import computed_tensors, with_outputs
 from graphc.ir.shapes import infer_shapes
 from graphc.ir.structure import node_label
+from graphc.progress import progress
 from graphc.runtime import create_session, run_session
 from graphc.verify.running import RunningMetrics, TensorMetrics
 from graphc.verify.tolerances import Tolerances
@@ -140,7 +141,7 @@ def localize_divergence(
     if not shared:
         return Localization(None, None, None, None, 0, 0, "the models share no intermediate tensor names")
     compared = 0
-    for chunk in chunks(shared, max(1, chunk_size), max_bytes):
+    for chunk in progress(chunks(shared, max(1, chunk_size), max_bytes), desc="localizing", unit="chunk"):
         results = _compare_chunk(reference, candidate, chunk, data, budget, optimize)
         for tensor, metrics in zip(chunk, results):
             if metrics is None:
