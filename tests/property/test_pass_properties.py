@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from typing import Callable
 
 import numpy as np
 import onnx
@@ -41,15 +42,7 @@ NOT_IDEMPOTENT: dict[str, str] = {}
 #: known bugs: pass -> (predicate on the input model that triggers it, reason). Such graphs are
 #: skipped for that pass here; tests/robustness/test_known_bugs.py holds a minimal failing case
 #: (strict xfail). Delete the entry when the bug is fixed.
-def _gemm_with_2d_bias(proto: onnx.ModelProto) -> bool:
-    dims = {i.name: len(i.dims) for i in proto.graph.initializer}
-    return any(n.op_type == "Gemm" and len(n.input) > 2 and dims.get(n.input[2]) == 2 for n in proto.graph.node)
-
-
-KNOWN_BUGS = {
-    "quant": (_gemm_with_2d_bias, "Gemm with a (1, N) bias: the int32 bias gets a per-axis "
-                                  "DequantizeLinear that onnxruntime refuses"),
-}
+KNOWN_BUGS: dict[str, tuple[Callable[[onnx.ModelProto], bool], str]] = {}
 
 EXAMPLES = int(os.environ.get("GRAPHC_PROPERTY_EXAMPLES", "100"))
 RTOL, ATOL = 1e-5, 1e-6

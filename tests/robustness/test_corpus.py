@@ -16,14 +16,11 @@ import graphc
 from corpus import ACCEPT, BAD, MANIFEST, REJECT, entry_id, folder_digest, make_bad
 from graphc.calib.data import RandomSource, input_specs
 from graphc.errors import GraphcError
-from graphc.ir import to_proto
 from graphc.passmanager import PassManager, all_passes
 from support import random_feeds, run, session
 
 EXACT_PASSES = {"cleanup", "fold-constants", "fold-bn", "canonicalize"}
 
-#: (file, check) -> reason, for failures found by this suite that are not fixed yet. The test runs
-#: as a strict xfail: once the bug is fixed it XPASSes, fails, and the entry must be deleted.
 _BAD_OFFSET = ("graphc/ir/model.py _load_external_data: int(info['offset']) raises ValueError on a "
                "non-numeric offset/length, which escapes load as a traceback")
 _NUL = ("graphc/ir/model.py _load_external_data: Path.resolve() raises ValueError on a location with "
@@ -35,6 +32,8 @@ _IR3 = ("graphc/ir/model.py to_proto keeps ir_version 3 although graphsurgeon dr
         "graph input'); IR 3 models cannot be saved at all")
 _ORT_LOG = ("graphc/runtime.py creates sessions with log_severity_level=3: onnxruntime prints its own "
             "ERROR line on stderr when a run fails, so the CLI's error is not the only line")
+#: (file, check) -> reason, for failures found by this suite that are not fixed yet. The test runs
+#: as a strict xfail: once the bug is fixed it XPASSes, fails, and the entry must be deleted.
 KNOWN_BUGS: dict[tuple[str, str], str] = {
     ("ext_bad_offset.onnx", "load"): _BAD_OFFSET,
     ("ext_nul_location.onnx", "load"): _NUL,
@@ -45,10 +44,6 @@ KNOWN_BUGS: dict[tuple[str, str], str] = {
     **{("opset7.onnx", p): _IR3 for p in ("cleanup", "fold-constants", "fold-bn", "canonicalize", "factorize",
                                            "quant", "cli-opt")},
     ("shape_mismatch.onnx", "cli-verify"): _ORT_LOG,
-    ("opset_latest.onnx", "quant"): ("passes/quant.py writes DequantizeLinear at the model's opset (28), "
-                                     "which onnxruntime has no kernel for; the result does not load"),
-    ("if_subgraph.onnx", "quant"): ("passes/quant.py leaves the nodes of the If branches out of "
-                                    "topological order ('outer_dequantized'); the result fails the checker"),
 }
 
 

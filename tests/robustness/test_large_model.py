@@ -13,7 +13,6 @@ machine lacks the disk or memory to run it safely.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
