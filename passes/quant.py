@@ -128,6 +128,14 @@ class Quantize(Pass):
                          max_samples=self.options.samples)
 
 
+def calibration_tensors(model, data, options=None) -> list[str]:
+    """Names of the activations the pass would calibrate on ``model`` with ``data`` (benchmarks
+    and reports use it; nothing is modified)."""
+    ctx = Context(model, data=data)
+    plan = Quantize(options)._plan(model.graph, ctx, PassResult(modified=False))
+    return [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
+
+
 def _cost_shapes(ctx: Context) -> dict:
     """Concrete shapes for the speed model: the user's input shapes, else the first sample's."""
     if ctx.input_shapes:

@@ -8,6 +8,7 @@ observed range.
 from __future__ import annotations
 
 import logging
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Collection, Iterable, Sequence
 
@@ -48,8 +49,14 @@ def calibrate(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequence[st
                           max_samples=max_samples, memory_limit=memory_limit, progress=progress,
                           threads=threads)
     sym = set(tensors) if symmetric is True else set(symmetric or ())
-    return {name: solve_range(s, method, symmetric=name in sym, bits=bits, percentile=percentile)
-            for name, s in stats.items()}
+
+    def solve(item):
+        name, s = item
+        return name, solve_range(s, method, symmetric=name in sym, bits=bits, percentile=percentile)
+
+    # the solvers are numpy on (candidates x levels) arrays, which releases the GIL: two threads
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="graphc-solve") as pool:
+        return dict(pool.map(solve, stats.items()))
 
 
 def solve_range(stats: TensorStats, method: str, *, symmetric: bool, bits: int = 8,
