@@ -260,6 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--json", action="store_true")
     _common(bench)
 
+    sens = sub.add_parser("sensitivity", help="output error (SQNR) when each channel group alone is pruned")
+    sens.add_argument("input", metavar="IN")
+    sens.add_argument("--data", metavar="D", required=True,
+                      help=".npz (keys = input names), folder of .npy/.npz or images")
+    sens.add_argument("--ratios", type=_floats, default=(0.25, 0.5, 0.75), metavar="R,R,...",
+                      help="fractions of each group pruned, in (0, 1) (default 0.25,0.5,0.75)")
+    sens.add_argument("--criterion", default="l1", metavar="NAME",
+                      help="channel importance, as prune's criterion= (default l1)")
+    sens.add_argument("--samples", type=_positive_int, default=16, help="calibration feeds used (default 16)")
+    _image_options(sens)
+    sens.add_argument("--json", action="store_true")
+    _common(sens)
+
     passes = sub.add_parser("passes", help="list every pass and its options")
     fmt = passes.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="the pass reference, as in docs/passes.md")
@@ -417,8 +430,22 @@ def cmd_passes(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import graphc
+    from graphc.analysis.sensitivity import format_sensitivity, measure_sensitivity
+    from graphc.build import image_options
+    from graphc.calib.data import open_data
+
+    model = graphc.load(args.input)
+    data = open_data(args.data, model, image_options=image_options(_image_settings(args)))
+    report = measure_sensitivity(model, data, ratios=args.ratios, criterion=args.criterion, samples=args.samples)
+    _say(args, json.dumps(report.to_dict(), indent=2) if args.json else format_sensitivity(report))
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "opt": cmd_opt, "inspect": cmd_inspect, "verify": cmd_verify, "bench": cmd_bench, "passes": cmd_passes,
+    "sensitivity": cmd_sensitivity,
 }
 
 
