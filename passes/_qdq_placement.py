@@ -288,7 +288,10 @@ class Planner:
             self._activation(node.inputs[0])
             bias_index = 2
             if len(node.inputs) > bias_index and isinstance(node.inputs[bias_index], gs.Constant):
-                self.plan.biases.append(BiasQuant(node, bias_index, node.inputs[0], weight))
+                if _per_column_bias(node):
+                    self.plan.biases.append(BiasQuant(node, bias_index, node.inputs[0], weight))
+                else:
+                    self.plan.skip(f"{node.op} bias does not have one value per output channel (kept float)")
         self.plan.quantized.append(node)
         out = node.outputs[0]
         if node.op in ("Conv", "ConvTranspose"):
@@ -317,6 +320,8 @@ class Planner:
                 return f"{node.op} weight is not constant"
             if np.dtype(node.inputs[1].dtype) != FLOAT:
                 return f"{node.op} weight is not float32"
+            if not np.all(np.isfinite(node.inputs[1].values)):
+                return f"{node.op} weight has NaN or infinite values"
             if len(node.inputs) > 2 and node.inputs[2].name and not isinstance(node.inputs[2], gs.Constant):
                 return f"{node.op} bias is not constant"
         if node.op == "Gemm":
@@ -329,6 +334,8 @@ class Planner:
             if isinstance(w, gs.Constant):
                 if np.dtype(w.dtype) != FLOAT:
                     return "MatMul weight is not float32"
+                if not np.all(np.isfinite(w.values)):
+                    return "MatMul weight has NaN or infinite values"
                 if w.values.ndim != 2:
                     return "MatMul weight is not 2-D"
             elif not self._float_activation(w):
@@ -472,6 +479,18 @@ class Planner:
             self._activation(out)
             self.plan.join(data.name, out.name)
         self.plan.quantized.append(node)
+
+
+def _per_column_bias(node: gs.Node) -> bool:
+    """The bias has one value per output channel along its last axis (Conv: (C,); Gemm: (N,),
+    (1, N) or (M, N)), so it can take the per-channel scale ``s_x s_W``."""
+    bias = np.asarray(node.inputs[2].values)
+    w = node.inputs[1].values
+    if node.op in ("Conv", "ConvTranspose"):
+        channels = w.shape[0] if node.op == "Conv" else w.shape[1] * int(node.attrs.get("group", 1))
+        return bias.shape == (channels,)
+    columns = w.shape[0] if node.attrs.get("transB", 0) else w.shape[1]
+    return bias.ndim >= 1 and bias.shape[-1] == columns and np.all(np.isfinite(bias))
 
 
 def _scalar_operand(node: gs.Node) -> tuple[gs.Tensor, float] | None:

@@ -139,11 +139,12 @@ def weight_params(w: np.ndarray, axis: int | None, fmt: QuantFormat) -> tuple[np
 
 
 def bias_params(b: np.ndarray, act_scale: np.ndarray, w_scale: np.ndarray) -> tuple[np.ndarray, QParams]:
-    scale = (np.float32(act_scale) * w_scale.astype(FLOAT)).astype(FLOAT)
-    scale = np.broadcast_to(scale, b.shape).astype(FLOAT) if scale.ndim else np.full(b.shape, scale, FLOAT)
+    """int32 bias and its scale ``s_x s_W``: one per output channel (the bias's last axis) when the
+    weight is per channel, else one."""
+    scale = np.asarray(np.float32(act_scale) * w_scale.astype(FLOAT), dtype=FLOAT)
     info = np.iinfo(np.int32)
-    q = np.clip(np.round(b.astype(np.float64) / scale.astype(np.float64)), info.min, info.max).astype(np.int32)
-    return q, QParams(scale, np.zeros(b.shape, dtype=np.int32))
+    q = np.clip(np.round(b.astype(np.float64) / scale.astype(np.float64)), info.min, info.max)
+    return np.asarray(q).astype(np.int32), QParams(scale, np.zeros(scale.shape, dtype=np.int32))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +168,38 @@ class QdqWriter:
         self._bounds: dict[str, tuple[float, bool, float | None]] = {}  # lo, nonnegative, upper
         self._group_members: dict[str, list[str]] = {}
         self.inserted = 0
+        # new nodes are placed next to the nodes they serve, so the graph stays sorted: a
+        # toposort that cannot see a subgraph's outer reads keeps the order it is given
+        self._order = list(graph.nodes)
+        self._top = {id(n) for n in graph.nodes}
+        self._before: dict[int, list[gs.Node]] = {}
+        self._after: dict[int | None, list[gs.Node]] = {}
+        self._removed: set[int] = set()
+
+    def _top_level(self) -> set[int]:
+        return self._top
+
+    def _place_after(self, tensor: gs.Tensor, nodes: list[gs.Node]) -> None:
+        src = tensor.inputs[0] if tensor.inputs else None
+        self._after.setdefault(id(src) if src is not None and id(src) in self._top else None, []).extend(nodes)
+
+    def _place_before(self, node: gs.Node, nodes: list[gs.Node]) -> None:
+        self._before.setdefault(id(node), []).extend(nodes)
+
+    def _remove(self, node: gs.Node) -> None:
+        node.inputs.clear()
+        node.outputs.clear()
+        self._removed.add(id(node))
+
+    def finish(self) -> None:
+        """Write the node list: each new node next to the node it serves, removed ones dropped."""
+        nodes = list(self._after.get(None, []))
+        for node in self._order:
+            nodes.extend(self._before.get(id(node), []))
+            if id(node) not in self._removed:
+                nodes.append(node)
+            nodes.extend(self._after.get(id(node), []))
+        self.graph.nodes = nodes
 
     # -- parameters ----------------------------------------------------------------------------
 
@@ -226,11 +259,9 @@ class QdqWriter:
         scale, zp = self._param_constants(params, fold.output.name)
         out = fold.output
         for node in fold.nodes:
-            node.inputs.clear()
-            node.outputs.clear()
-        self.graph.nodes = [n for n in self.graph.nodes if not any(n is f for f in fold.nodes)]
-        self.graph.nodes.append(gs.Node("DequantizeLinear", self.names(f"{out.name}_DequantizeLinear"),
-                                        inputs=[ints, scale, zp], outputs=[out]))
+            self._remove(node)
+        self._place_before(fold.nodes[0], [gs.Node("DequantizeLinear", self.names(f"{out.name}_DequantizeLinear"),
+                                                   inputs=[ints, scale, zp], outputs=[out])])
 
     def _param_constants(self, params: QParams, base: str) -> tuple[gs.Constant, gs.Constant]:
         """Scale and zero-point constants, shared between equal parameters."""
@@ -250,7 +281,10 @@ class QdqWriter:
         if isinstance(tensor, gs.Constant):
             self._quantize_constant_operand(tensor, params, scale, zp)
             return
-        readers = consumers(tensor)
+        # readers inside If/Loop/Scan bodies keep the float tensor: the outer graph's order
+        # cannot see them, so a DQ they read could land after the node holding them
+        top = self._top_level()
+        readers = [n for n in consumers(tensor) if id(n) in top]
         as_output = is_graph_output(self.graph, tensor)
         name = tensor.name
         q = gs.Variable(self.names(f"{name}_quantized"), dtype=self.fmt.act_dtype(), shape=tensor.shape)
@@ -269,7 +303,7 @@ class QdqWriter:
                     node.inputs[i] = dq
         if as_output:
             self.graph.outputs = [dq if t is tensor else t for t in self.graph.outputs]
-        self.graph.nodes.extend([qnode, dqnode])
+        self._place_after(tensor, [qnode, dqnode])
         self._integers[name] = q
         self._dequantized[name] = dq
         self.inserted += 1
@@ -280,13 +314,13 @@ class QdqWriter:
         dq = gs.Variable(self.names(f"{const.name}_dequantized"), dtype=FLOAT, shape=list(const.shape))
         node = gs.Node("DequantizeLinear", self.names(f"{const.name}_DequantizeLinear"),
                        inputs=[ints, scale, zp], outputs=[dq])
-        for reader in list(const.outputs):
-            if reader is node:
-                continue
+        top = self._top_level()
+        readers = [r for r in const.outputs if r is not node and id(r) in top]
+        for reader in readers:
             for i, inp in enumerate(reader.inputs):
                 if inp is const:
                     reader.inputs[i] = dq
-        self.graph.nodes.append(node)
+        self._after.setdefault(None, []).append(node)
 
     # -- HardSigmoid / HardSwish -------------------------------------------------------------
 
@@ -312,9 +346,7 @@ class QdqWriter:
         gs_, gz = self._param_constants(g_params, f"{base}_gate")
         t_q = gs.Variable(self.names(f"{base}_shifted_quantized"), dtype=dtype, shape=x.shape)
         gate = out if not rw.swish else gs.Variable(self.names(f"{base}_gate"), dtype=FLOAT, shape=x.shape)
-        node.inputs.clear()
-        node.outputs.clear()
-        self.graph.nodes.remove(node)
+        self._remove(node)
         new = [
             gs.Node("DequantizeLinear", self.names(f"{base}_shift_DequantizeLinear"),
                     inputs=[c_const, c_scale, c_zp], outputs=[c_dq]),
@@ -326,7 +358,7 @@ class QdqWriter:
         ]
         if rw.swish:
             new.append(gs.Node("Mul", self.names(f"{base}_mul"), inputs=[x, gate], outputs=[out]))
-        self.graph.nodes.extend(new)
+        self._place_before(node, new)
 
     # -- weights and biases --------------------------------------------------------------------
 
@@ -350,14 +382,15 @@ class QdqWriter:
         stored = gs.Constant(self.names(f"{const.name}_quantized"), ints)
         scale = gs.Constant(self.names(f"{const.name}_scale"), params.scale)
         zp = gs.Constant(self.names(f"{const.name}_zero_point"), params.zero_point)
-        self._dequantize_input(bq.node, bq.index, stored, scale, zp, {"axis": 0}, const.name)
+        attrs = {"axis": ints.ndim - 1} if params.scale.ndim else {}
+        self._dequantize_input(bq.node, bq.index, stored, scale, zp, attrs, const.name)
 
     def _dequantize_input(self, node: gs.Node, index: int, ints, scale, zp, attrs: dict, base: str) -> None:
         out = gs.Variable(self.names(f"{base}_dequantized"), dtype=FLOAT, shape=list(ints.shape))
         dq = gs.Node("DequantizeLinear", self.names(f"{base}_DequantizeLinear"), attrs=dict(attrs),
                      inputs=[ints, scale, zp], outputs=[out])
         node.inputs[index] = out
-        self.graph.nodes.append(dq)
+        self._place_before(node, [dq])
 
 
 def exact_scalar(value: float, fmt: QuantFormat) -> tuple[np.ndarray, QParams]:
@@ -399,5 +432,6 @@ def write_plan(graph: gs.Graph, plan: Plan, ranges: dict, fmt: QuantFormat) -> Q
         writer.write_hardsigmoid(rw)
     for fold in folds:
         writer.write_fold(fold)
+    writer.finish()
     graph.cleanup()
     return writer

@@ -49,6 +49,10 @@ from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 log = logging.getLogger(__name__)
 
 QDQ_OPS = ("QuantizeLinear", "DequantizeLinear")
+#: versions of QuantizeLinear/DequantizeLinear in the ONNX standard (opset they appeared in).
+QDQ_VERSIONS = (10, 13, 19, 21, 23, 24, 25, 28)
+#: the newest onnxruntime implements (1.32); a model at a later opset would not load quantized.
+MAX_RUNTIME_QDQ_VERSION = 25
 
 
 @register_pass
@@ -80,6 +84,10 @@ class Quantize(Pass):
             return result
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
+        version = max(v for v in QDQ_VERSIONS if v <= max(ctx.opset, 13))
+        if version > MAX_RUNTIME_QDQ_VERSION:
+            result.skip(f"opset {ctx.opset}: onnxruntime has no QuantizeLinear-{version} kernel")
+            return result
         opts = self.options
         if not self._plan(graph, ctx, result).quantized:
             return result

@@ -414,3 +414,66 @@ def test_ppocr_models_quantize(ppocr, tmp_path):
     assert_valid(model, tmp_path)
     evaluation = ppocr_data.feeds(kind, 2, seed=7, det_side=320)
     assert _sqnr(reference, model, evaluation) > {"det": 10.0, "rec": 5.0, "cls": 20.0}[kind]
+
+
+# ---------------------------------------------------------------------------------------------
+# hostile inputs
+
+
+@pytest.mark.parametrize("bias_shape", [(6,), (1, 6), (3, 6)])
+def test_gemm_bias_of_any_broadcastable_shape(bias_shape, tmp_path):
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"])]
+    inits = {"w": _w(4, 6), "c": _w(*bias_shape, scale=0.1)}
+    model = _model(nodes, [_vi("x", [3, 4])], [_vi("y", [3, 6])], inits)
+    feeds = _feeds((3, 4))
+    reference, record = _quantize(model, feeds)
+    assert record.modified
+    assert_valid(model, tmp_path)
+    assert _sqnr(reference, model, feeds) > 30
+
+
+def test_bias_without_one_value_per_channel_stays_float(tmp_path):
+    nodes = [helper.make_node("Gemm", ["x", "w", "c"], ["y"])]
+    model = _model(nodes, [_vi("x", [3, 4])], [_vi("y", [3, 6])], {"w": _w(4, 6), "c": _w(3, 1, scale=0.1)})
+    reference, record = _quantize(model, _feeds((3, 4)))
+    assert record.skipped["Gemm bias does not have one value per output channel (kept float)"] == 1
+    assert_valid(model, tmp_path)
+
+
+def test_readers_inside_subgraphs_keep_the_float_tensor(tmp_path):
+    """An If branch reads the output of a quantized Conv: the outer DQ must not be read inside."""
+    branch_out = _vi("b", [1, 4, 6, 6])
+    then = helper.make_graph([helper.make_node("Relu", ["c"], ["b"])], "then", [], [branch_out])
+    other = helper.make_graph([helper.make_node("Neg", ["c"], ["b"])], "else", [], [branch_out])
+    nodes = [helper.make_node("Conv", ["x", "w"], ["c"]),
+             helper.make_node("Conv", ["c", "w2"], ["d"]),
+             helper.make_node("If", ["cond"], ["b"], then_branch=then, else_branch=other),
+             helper.make_node("Add", ["b", "d"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [_vi("x", [1, 4, 6, 6]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+                              [_vi("y", [1, 4, 6, 6])],
+                              [numpy_helper.from_array(_w(4, 4, 1, 1), "w"), numpy_helper.from_array(_w(4, 4, 1, 1), "w2")])
+    model = graphc.load(make_model(graph))
+    feeds = [{"x": RNG.standard_normal((1, 4, 6, 6)).astype(np.float32), "cond": np.array(True)} for _ in range(4)]
+    reference, record = _quantize(model, feeds)
+    assert record.modified
+    assert_valid(model, tmp_path)
+    assert _sqnr(reference, model, feeds) > 25
+
+
+def test_opset_without_runtime_kernels_is_left_alone():
+    model = _conv_chain()
+    model.graph.opset = 28
+    model.opset_imports[""] = 28
+    _, record = _quantize(model, _feeds((1, 8, 12, 12)))
+    assert not record.modified
+    assert "opset 28: onnxruntime has no QuantizeLinear-28 kernel" in record.skipped
+
+
+def test_nan_weights_are_not_quantized(tmp_path):
+    w = _w(4, 4, 1, 1)
+    w[0, 0, 0, 0] = np.nan
+    model = _model([helper.make_node("Conv", ["x", "w"], ["y"])], [_vi("x", [1, 4, 5, 5])],
+                   [_vi("y", [1, 4, 5, 5])], {"w": w})
+    _, record = _quantize(model, _feeds((1, 4, 5, 5)))
+    assert not record.modified
+    assert record.skipped["Conv weight has NaN or infinite values"] == 1
