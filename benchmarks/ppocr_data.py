@@ -134,14 +134,18 @@ def feeds(kind: str, n: int, seed: int = 0, det_side: int = 640) -> list[dict[st
     return out
 
 
-def save_images(kind: str, n: int, folder: Path, seed: int = 0) -> Path:
-    """Write ``n`` rendered images as PNG (for the CLI's image-folder calibration)."""
+def save_images(kind: str, n: int, folder: Path, seed: int = 0, det_side: int = 640) -> Path:
+    """Write ``n`` rendered images as PNG (for the CLI's image-folder calibration). Det pages are
+    stored at the size the detector's preprocessing resizes them to (multiples of 32, longer side
+    at most ``det_side``), so normalization is all that is left to do."""
     rng = np.random.default_rng(seed)
     folder.mkdir(parents=True, exist_ok=True)
     for i in range(n):
         if kind == "det":
+            from rapidocr_onnxruntime.ch_ppocr_det.utils import DetPreProcess
+
             width, height = _PAGE_SIZES[i % len(_PAGE_SIZES)]
-            bgr = render_page(rng, width, height)
+            bgr = DetPreProcess(limit_side_len=det_side, limit_type="max").resize(render_page(rng, width, height))
         else:
             bgr = render_line(rng, flipped=kind == "cls" and bool(i % 2))
         Image.fromarray(bgr[:, :, ::-1]).save(folder / f"{kind}_{i:04d}.png")
