@@ -60,6 +60,9 @@ class FoldConstants(Pass):
         if any(is_graph_output(graph, out) for out in node.outputs):
             result.skip("result is a graph output")
             return False
+        if _predicted_elements(node, values) > self.options.max_elements:
+            result.skip("result larger than max-elements")
+            return False
         try:
             outputs = evaluate_node(node, values, ctx.opset)
         except Exception as exc:  # the reference implementation raises many types
@@ -116,6 +119,25 @@ class FoldConstants(Pass):
         node.inputs.clear()
         node.outputs.clear()
         graph.nodes.remove(node)
+
+
+def _predicted_elements(node: gs.Node, values: list) -> int:
+    """Size of the result of ops that build tensors from a shape, known before evaluating them
+    (so a ConstantOfShape of 2**40 elements is refused, not allocated); 0 when not predictable."""
+    try:
+        if node.op == "ConstantOfShape":
+            return int(np.prod(values[0].astype(np.float64)))
+        if node.op == "Expand":
+            shape = np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1]))
+            return int(np.prod(np.asarray(shape, np.float64)))
+        if node.op == "Tile":
+            return int(values[0].size * np.prod(values[1].astype(np.float64)))
+        if node.op == "Range":
+            start, limit, delta = (float(np.asarray(v).reshape(())) for v in values[:3])
+            return int(max(0.0, np.ceil((limit - start) / delta))) if delta else 0
+    except (ValueError, TypeError, OverflowError):
+        return 0
+    return 0
 
 
 def _picked_dims(user: gs.Node, dims: list) -> list[int] | None:

@@ -24,7 +24,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,8 +35,9 @@ import onnx_graphsurgeon as gs
 from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
-from graphc.ir import weight_io
+from graphc.ir import external, weight_io
 from graphc.ir.structure import check_structure
+from graphc.ir.validate import validate_proto
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,8 @@ class Model:
     doc_string: str = ""
     metadata: dict[str, str] = field(default_factory=dict)
     source: Path | None = None
+    #: external data files the model was loaded from (never overwritten or removed by save).
+    external_files: frozenset[Path] = frozenset()
 
     @property
     def opset(self) -> int:
@@ -93,8 +95,10 @@ def load(src: ModelSource, *, check: bool = True) -> Model:
         proto, weights = _read_model(path)
     except OSError as exc:
         raise InputError(f"{path}: cannot read ({exc.strerror})") from None
-    _load_external_data(proto, path.parent)
-    return from_proto(proto, source=path, check=check, weights=weights)
+    mapped, files = external.load_external(proto, path.parent)
+    model = from_proto(proto, source=path, check=check, weights={**weights, **mapped})
+    model.external_files = frozenset(files)
+    return model
 
 
 def _read_model(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
@@ -144,51 +148,14 @@ def _parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
     return proto
 
 
-def _external_tensors(proto: onnx.ModelProto):
-    for tensor in onnx.external_data_helper._get_all_tensors(proto):
-        if tensor.data_location == onnx.TensorProto.EXTERNAL:
-            yield tensor
-
-
-def _load_external_data(proto: onnx.ModelProto, base: Path) -> None:
-    base = base.resolve()
-    for tensor in _external_tensors(proto):
-        info = {e.key: e.value for e in tensor.external_data}
-        location = info.get("location", "")
-        loc = Path(location)
-        if not location or loc.is_absolute() or ".." in loc.parts:
-            raise UnsafeModelError(
-                f"tensor '{tensor.name}': external data location '{location}' is absolute or leaves "
-                "the model's folder; refused"
-            )
-        target = (base / loc).resolve()
-        if base not in target.parents:
-            raise UnsafeModelError(
-                f"tensor '{tensor.name}': external data location '{location}' resolves outside the "
-                "model's folder; refused"
-            )
-        if not target.is_file():
-            raise InputError(f"tensor '{tensor.name}': external data file '{location}' is missing")
-        offset = int(info.get("offset", 0))
-        length = int(info["length"]) if "length" in info else None
-        size = target.stat().st_size
-        if offset > size or (length is not None and offset + length > size):
-            raise InputError(
-                f"tensor '{tensor.name}': external data '{location}' is shorter than offset+length"
-            )
-    try:
-        onnx.load_external_data_for_model(proto, str(base))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"cannot read external data: {exc}") from None
-
-
 def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: bool = True,
                weights: dict[str, np.ndarray] | None = None) -> Model:
     """Build the IR from a ModelProto (external data already loaded). ``weights`` are values of
     top-level initializers that ``proto`` leaves out (see ``load``)."""
     if len(proto.graph.node) == 0:
         raise ModelError("the graph has no nodes (empty graph)")
-    __import__("graphc.ir.validate").ir.validate.validate_proto(proto, weights or ()) if check else None
+    if check:
+        validate_proto(proto, weights or ())
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # graphsurgeon raises bare exceptions on malformed protos
@@ -288,7 +255,8 @@ def to_proto(model: Model) -> onnx.ModelProto:
     del proto.opset_import[:]
     for domain, version in sorted(opsets.items()):
         proto.opset_import.append(onnx.helper.make_opsetid(domain, version))
-    proto.ir_version = max(model.ir_version, _min_ir_version(opsets[""]))
+    # graphsurgeon does not list initializers among the graph inputs, which IR < 4 requires.
+    proto.ir_version = max(model.ir_version, _min_ir_version(opsets[""]), 4)
     proto.producer_name = model.producer_name
     proto.producer_version = model.producer_version
     proto.domain = model.domain
@@ -327,17 +295,25 @@ def save(
         external_data = nbytes > EXTERNAL_DATA_THRESHOLD
     elif not external_data and proto.ByteSize() + sum(v.nbytes for _, v in weights) > PROTOBUF_LIMIT:
         raise OutputError("model is larger than 2 GiB; save it with external data instead")
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=f".{out.name}.") as tmp:
+    external.remove_abandoned_temp(out)
+    data_name = external.data_file_name(out.name, proto, weights) if external_data else None
+    with tempfile.TemporaryDirectory(dir=out.parent, prefix=external.temp_prefix(out)) as tmp:
         tmp_model = Path(tmp) / out.name
-        data_name = f"{out.name}.data"
-        _write_proto(proto, weights, tmp_model, data_name if external_data else None)
+        _write_proto(proto, weights, tmp_model, data_name)
         del proto
         if check:
             _full_check(tmp_model)
-        if external_data and (Path(tmp) / data_name).exists():
+        if data_name is not None and (Path(tmp) / data_name).exists():
             os.replace(Path(tmp) / data_name, out.parent / data_name)
-        os.replace(tmp_model, out)
+        os.replace(tmp_model, out)  # the atomic switch: old model+data, or new model+data
+    _remove_stale_data(model, out, data_name)
     return out
+
+
+def _remove_stale_data(model: Model, out: Path, keep: str | None) -> None:
+    protected = {p.name for p in model.external_files if p.parent == out.parent.resolve()}
+    if keep is None or keep not in protected:
+        external.remove_stale_data(out.parent, out.name, keep, protected)
 
 
 def _check_destination(model: Model, out: Path) -> None:
@@ -450,16 +426,10 @@ def file_size(path: str | os.PathLike) -> int:
     except (weight_io.WireError, DecodeError):
         proto = onnx.load(str(path), load_external_data=False)
     seen = set()
-    for tensor in _external_tensors(proto):
+    for tensor in external.external_tensors(proto):
         loc = {e.key: e.value for e in tensor.external_data}.get("location")
         if loc and loc not in seen and (path.parent / loc).is_file():
             seen.add(loc)
             total += (path.parent / loc).stat().st_size
     return total
 
-
-def copy_file(src: Path, dst: Path) -> None:
-    """Copy a model file atomically (used when a pipeline changes nothing)."""
-    with tempfile.NamedTemporaryFile(dir=dst.parent, prefix=f".{dst.name}.", delete=False) as tmp:
-        shutil.copyfile(src, tmp.name)
-    os.replace(tmp.name, dst)

@@ -52,12 +52,28 @@ def count_params(graph: gs.Graph) -> tuple[int, int]:
         if isinstance(tensor, gs.Constant):
             size = int(prod(tensor.shape)) if tensor.shape else 1
             params += size
-            nbytes += size * np.dtype(tensor.dtype).itemsize
+            nbytes += size * _itemsize(tensor)
     return params, nbytes
+
+
+def _itemsize(tensor: gs.Constant) -> int:
+    """Bytes per element; float8/bfloat16/int4 weights have no numpy dtype of their own."""
+    try:
+        return np.dtype(tensor.dtype).itemsize
+    except TypeError:
+        values = tensor.values
+        return values.itemsize if hasattr(values, "itemsize") else 1
 
 
 def node_macs(node: gs.Node, shapes: dict[str, TensorInfo]) -> int | None:
     """MACs of one node from static shapes, or None if they are unknown or the op has none."""
+    try:
+        return _node_macs(node, shapes)
+    except (IndexError, TypeError):  # ranks that do not fit the op (an invalid model)
+        return None
+
+
+def _node_macs(node: gs.Node, shapes: dict[str, TensorInfo]) -> int | None:
     def shape(i: int, outputs: bool = False):
         tensors = node.outputs if outputs else node.inputs
         if i >= len(tensors):
@@ -105,7 +121,9 @@ def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = 
     shapes = infer_shapes(model, input_shapes)
     mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
     unknown = [n for n in mac_nodes if node_macs(n, shapes) is None]
-    if unknown and measure:
+    # Measuring runs the model: never for graphs with loops, whose trip count the model decides.
+    runs_safely = not any(n.op in ("Loop", "Scan", "If") for n in graph.nodes)
+    if unknown and measure and runs_safely:
         shapes = _with_measured_shapes(model, shapes, unknown, input_shapes or {})
     per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in mac_nodes]
     total = sum(n.macs for n in per_node if n.macs)

@@ -141,7 +141,7 @@ def _split_tensor(reader: "_Reader", end: int, min_bytes: int) -> RawTensor | No
              and not tensor.HasField("segment") and not tensor.external_data
              and not any(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "string_data",
                                                            "int64_data", "double_data", "uint64_data")))
-    if not plain or math.prod(tensor.dims) * np.dtype(_STREAMABLE[tensor.data_type]).itemsize != data[1]:
+    if not plain or any(d < 0 for d in tensor.dims) or math.prod(tensor.dims) * np.dtype(_STREAMABLE[tensor.data_type]).itemsize != data[1]:
         return None  # left to protobuf (and to the load-time validation, which names the problem)
     return RawTensor(tensor.name, tensor.data_type, tuple(int(d) for d in tensor.dims), data[0], data[1])
 

@@ -156,8 +156,10 @@ def test_external_data_roundtrip(tmp_path):
     proto = _conv_model_with_constant_node()
     model = graphc.load(proto)
     path = graphc.save(model, tmp_path / "ext.onnx", external_data=True)
-    assert (tmp_path / "ext.onnx.data").is_file()
+    data_files = sorted(p.name for p in tmp_path.glob("ext.onnx.*.data"))
+    assert len(data_files) == 1
     reloaded = graphc.load(path)
+    assert reloaded.external_files == {tmp_path / data_files[0]}
     out = graphc.save(reloaded, tmp_path / "again.onnx")
     assert_same_outputs(proto, out, random_feeds(proto), rtol=0, atol=0)
 
@@ -166,6 +168,71 @@ def test_external_data_roundtrip(tmp_path):
 def test_external_data_outside_folder_is_refused(tmp_path, location):
     path = _external_model(tmp_path, location)
     with pytest.raises(UnsafeModelError, match="refused"):
+        graphc.load(path)
+
+
+def test_external_weights_are_mapped_copy_on_write(tmp_path):
+    proto = _conv_model_with_constant_node()
+    path = graphc.save(graphc.load(proto), tmp_path / "ext.onnx", external_data=True)
+    data = next(tmp_path.glob("ext.onnx.*.data"))
+    before = data.read_bytes()
+    model = graphc.load(path)
+    weight = model.graph.nodes[0].inputs[1].values
+    assert isinstance(weight, np.memmap)
+    weight[...] = 0  # a pass writing in place never reaches the input file
+    assert data.read_bytes() == before
+
+
+def test_resave_replaces_data_pair_and_keeps_input_data(tmp_path):
+    proto = _conv_model_with_constant_node()
+    first = graphc.save(graphc.load(proto), tmp_path / "out.onnx", external_data=True)
+    old = {p.name for p in tmp_path.glob("out.onnx.*.data")}
+    model = graphc.load(first)
+    model.graph.nodes[0].inputs[1].values = np.ones((4, 3, 3, 3), np.float32)
+    second = graphc.save(model, tmp_path / "other.onnx", external_data=True)
+    assert {p.name for p in tmp_path.glob("out.onnx.*.data")} == old  # the input's data is kept
+    again = graphc.load(proto)  # a different model written over the same output
+    again.graph.nodes[0].inputs[1].values = np.full((4, 3, 3, 3), 2, np.float32)
+    graphc.save(again, second, external_data=True)
+    assert len(list(tmp_path.glob("other.onnx.*.data"))) == 1  # the stale pair's data is gone
+    assert np.all(graphc.load(tmp_path / "other.onnx").graph.nodes[0].inputs[1].values == 2)
+
+
+def test_same_model_saved_twice_is_byte_identical(tmp_path):
+    model = graphc.load(_conv_model_with_constant_node())
+    a = graphc.save(model, tmp_path / "a" / "m.onnx", external_data=True) if (tmp_path / "a").mkdir() is None else None
+    b = graphc.save(model, tmp_path / "b" / "m.onnx", external_data=True) if (tmp_path / "b").mkdir() is None else None
+    assert a.read_bytes() == b.read_bytes()
+    assert [p.read_bytes() for p in a.parent.glob("*.data")] == [p.read_bytes() for p in b.parent.glob("*.data")]
+
+
+def test_abandoned_staging_folder_of_a_dead_save_is_removed(tmp_path):
+    import subprocess
+    import sys
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    stale = tmp_path / f".m.onnx.graphc-tmp-{dead.stdout.strip()}-abc"
+    stale.mkdir()
+    (stale / "m.onnx").write_bytes(b"partial")
+    graphc.save(graphc.load(_conv_model_with_constant_node()), tmp_path / "m.onnx")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
+
+
+@pytest.mark.parametrize("entry,value,match", [
+    ("offset", "abc", "not a number"),
+    ("location", "a\x00b", "refused"),
+])
+def test_malformed_external_entries_are_one_line_errors(tmp_path, entry, value, match):
+    path = graphc.save(graphc.load(_conv_model_with_constant_node()), tmp_path / "ext.onnx", external_data=True)
+    saved = onnx.load(path, load_external_data=False)
+    for init in saved.graph.initializer:
+        for e in init.external_data:
+            if e.key == entry:
+                e.value = value.replace("\\x00", "\x00")
+        if entry == "offset" and not any(e.key == "offset" for e in init.external_data):
+            init.external_data.add(key="offset", value=value)
+    onnx.save(saved, path)
+    with pytest.raises((InputError, UnsafeModelError), match=match):
         graphc.load(path)
 
 

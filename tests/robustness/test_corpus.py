@@ -21,30 +21,7 @@ from support import random_feeds, run, session
 
 EXACT_PASSES = {"cleanup", "fold-constants", "fold-bn", "canonicalize"}
 
-_BAD_OFFSET = ("graphc/ir/model.py _load_external_data: int(info['offset']) raises ValueError on a "
-               "non-numeric offset/length, which escapes load as a traceback")
-_NUL = ("graphc/ir/model.py _load_external_data: Path.resolve() raises ValueError on a location with "
-        "a NUL byte, which escapes load as a traceback")
-_NEG_DIMS = ("graphc/ir/weight_io.py _split_tensor streams a weight whose dims are negative when their "
-             "product matches the data size; read_raw's np.empty then raises ValueError, a traceback")
-_IR3 = ("graphc/ir/model.py to_proto keeps ir_version 3 although graphsurgeon dropped the initializers "
-        "from the graph inputs, so the saved model fails the checker ('w in initializer but not in "
-        "graph input'); IR 3 models cannot be saved at all")
-_ORT_LOG = ("graphc/runtime.py creates sessions with log_severity_level=3: onnxruntime prints its own "
-            "ERROR line on stderr when a run fails, so the CLI's error is not the only line")
-#: (file, check) -> reason, for failures found by this suite that are not fixed yet. The test runs
-#: as a strict xfail: once the bug is fixed it XPASSes, fails, and the entry must be deleted.
-KNOWN_BUGS: dict[tuple[str, str], str] = {
-    ("ext_bad_offset.onnx", "load"): _BAD_OFFSET,
-    ("ext_nul_location.onnx", "load"): _NUL,
-    **{("ext_bad_offset.onnx", f"cli-{c}"): _BAD_OFFSET for c in ("inspect", "opt", "verify")},
-    **{("ext_nul_location.onnx", f"cli-{c}"): _NUL for c in ("inspect", "opt", "verify")},
-    ("big_negative_dims.onnx", "load"): _NEG_DIMS,
-    **{("big_negative_dims.onnx", f"cli-{c}"): _NEG_DIMS for c in ("inspect", "opt", "verify")},
-    **{("opset7.onnx", p): _IR3 for p in ("cleanup", "fold-constants", "fold-bn", "canonicalize", "factorize",
-                                           "quant", "cli-opt")},
-    ("shape_mismatch.onnx", "cli-verify"): _ORT_LOG,
-}
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def _param(entry: dict, check: str):
