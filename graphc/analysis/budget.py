@@ -23,13 +23,18 @@ keeps its size, whatever it is.
 Solvers
 -------
 - :func:`uniform_counts`: every group keeps the feasible count nearest to ``base * (1 - ratio)``.
-- :func:`solve_budget` (``allocation=global``): greedy on ``loss / cost saved``: each move
-  removes one step from one group (its least important channels) and costs the channels'
-  importance shares (:mod:`importance`), or with ``curves`` (``allocation=sensitivity``) the growth
-  of the group's measured output noise when pruned alone. Moves are taken until the cost is at
-  most the target; the crossing move is the cheapest one landing within 0.5% below the target,
-  else the one that overshoots least (by less than one step of the cheapest group).
-- :func:`bisect_uniform` (``allocation=uniform`` under a budget): one ratio for all groups.
+- :func:`solve_budget`: greedy; each move removes one step from one group (its least important
+  channels). ``allocation=global`` takes first the move whose channels score lowest relative to
+  their group's mean (a global threshold on normalized importance, as Torch-Pruning's global
+  pruning), whatever it saves: weighting by cost saved would pick the widest groups first, and
+  without measurement those (residual streams feeding many layers) are the most harmful to cut.
+  ``allocation=sensitivity`` (``curves``) takes the move adding the least measured output noise
+  (the group pruned alone) per unit of cost saved. Moves are taken until the cost is at most the
+  target; the crossing move is the cheapest one landing within 0.5% below the target, else the
+  one that overshoots least; then removed steps are given back, most important first, while the
+  budget still holds (a coarse last step on a small model would overshoot).
+- :func:`bisect_uniform` (``allocation=uniform`` under a budget): one ratio for all groups, then
+  steps given back where the budget allows (rounding makes one ratio coarse on small groups).
 """
 from __future__ import annotations
 
@@ -276,9 +281,11 @@ def solve_budget(candidates: list[Candidate], cost: CostModel, kind: str, target
         current -= m[1]
         for g in {gid} | (cost.neighbours(kind, gid) & by_id.keys()):
             push(g)
+    counts = {gid: by_id[gid].counts[0] - removed[gid] for gid in by_id}
     if current > target * (1 + 1e-9):
         log.info("budget not reachable: %s %.0f > target %.0f with every group at its limit", kind, current, target)
-    return {gid: by_id[gid].counts[0] - removed[gid] for gid in by_id}
+        return counts
+    return _give_back(candidates, cost, kind, target, counts)
 
 
 def _landing(by_id, move, current: float, target: float, gid: int, best, slack: float = 0.005):
@@ -296,10 +303,8 @@ def _landing(by_id, move, current: float, target: float, gid: int, best, slack: 
 
 
 def _priority(c: Candidate, before: int, after: int, saved: float, curves) -> float:
-    """Lower goes first. Importance: the mean of the move's channels' scores relative to their
-    group's mean (``share * size``), whatever they save - cheap groups are not preferred, since
-    without measurement the widest groups (residual streams) are also the most harmful to cut.
-    Curves: measured noise added per unit of cost saved."""
+    """Lower goes first: the move's mean channel score relative to its group's mean
+    (``share * size``), or with curves the measured noise it adds per unit of cost saved."""
     if curves is None or c.gid not in curves:
         return c.loss(before, after) * c.counts[0] / (after - before)
     ratios, errors = curves[c.gid]
@@ -310,22 +315,44 @@ def _priority(c: Candidate, before: int, after: int, saved: float, curves) -> fl
 
 def bisect_uniform(candidates: list[Candidate], cost: CostModel, kind: str, target: float,
                    iterations: int = 40) -> dict[int, int]:
-    """``allocation=uniform`` under a budget: the smallest common ratio whose counts meet it."""
-    def total(counts: dict[int, int]) -> float:
-        return cost.total(kind, {c.gid: c.counts[0] - counts[c.gid] for c in candidates})
+    """``allocation=uniform`` under a budget: the smallest common ratio whose counts meet it, then
+    steps given back (most important groups first) while the budget still holds - rounding to
+    steps makes one ratio too coarse on small groups."""
+    def removed(counts: dict[int, int]) -> dict[int, int]:
+        return {c.gid: c.counts[0] - counts[c.gid] for c in candidates}
 
     lo, hi = 0.0, 1.0
     best = uniform_counts(candidates, 1.0)
-    if total(best) > target:
+    if cost.total(kind, removed(best)) > target:
         return best
     for _ in range(iterations):
         mid = 0.5 * (lo + hi)
         counts = uniform_counts(candidates, mid)
-        if total(counts) <= target:
+        if cost.total(kind, removed(counts)) <= target:
             hi, best = mid, counts
         else:
             lo = mid
-    return best
+    return _give_back(candidates, cost, kind, target, best)
+
+
+def _give_back(candidates: list[Candidate], cost: CostModel, kind: str, target: float,
+               counts: dict[int, int]) -> dict[int, int]:
+    counts = dict(counts)
+    while True:
+        options = []
+        for c in candidates:
+            i = c.counts.index(counts[c.gid])
+            if i > 0:
+                n = c.counts[0] - c.counts[i - 1]
+                gain = c.loss(n, c.counts[0] - counts[c.gid])
+                options.append((-gain, c.gid, c.counts[i - 1]))
+        for _, gid, kept in sorted(options):
+            trial = {**counts, gid: kept}
+            if cost.total(kind, {c.gid: c.counts[0] - trial[c.gid] for c in candidates}) <= target:
+                counts = trial
+                break
+        else:
+            return counts
 
 
 # ---------------------------------------------------------------------------------------------
