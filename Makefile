@@ -8,7 +8,7 @@ DEMO_MODEL := models/resnet_digits.onnx
 DEMO_DATA  := models/digits_calib.npz
 DEMO_OUT   := out
 
-.PHONY: demo test bench fuzz clean venv
+.PHONY: demo test bench fuzz clean venv docs
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,12 +26,24 @@ $(VENV)/.bench: $(VENV)/.base pyproject.toml
 
 venv: $(VENV)/.base
 
+DEMO_PIPELINE := fold-bn,canonicalize,cleanup,quant
+
+# The main job: fold, canonicalize and quantize a trained model, gate it on accuracy against the
+# original (SQNR and top-1 drop on held-out digits) and speed, and write the report.
 demo: $(VENV)/.base
 	mkdir -p $(DEMO_OUT)
 	$(VENV)/bin/graphc inspect $(DEMO_MODEL)
-	$(VENV)/bin/graphc opt $(DEMO_MODEL) -p 'fold-bn,cleanup,fold-constants' \
-	    --data $(DEMO_DATA) --verify --report $(DEMO_OUT)/report.md -o $(DEMO_OUT)/resnet_digits.opt.onnx
+	$(VENV)/bin/graphc opt $(DEMO_MODEL) -p '$(DEMO_PIPELINE)' \
+	    --data $(DEMO_DATA) --eval-data models/digits_test.npz --samples 64 \
+	    --min-sqnr 25 --max-top1-drop 0.01 --bench \
+	    --report $(DEMO_OUT)/report.html -o $(DEMO_OUT)/resnet_digits.opt.onnx
+	$(VENV)/bin/graphc opt $(DEMO_MODEL) -p '$(DEMO_PIPELINE)' --data $(DEMO_DATA) \
+	    --eval-data models/digits_test.npz --samples 64 -q \
+	    --report $(DEMO_OUT)/report.md -o $(DEMO_OUT)/resnet_digits.opt.onnx
 	cat $(DEMO_OUT)/report.md
+
+docs: $(VENV)/.base
+	$(VENV)/bin/graphc passes --markdown > docs/passes.md
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
