@@ -1,0 +1,222 @@
+"""smooth: SmoothQuant (Xiao et al. 2023) for MatMul/Gemm whose activations have outlier
+channels (transformer blocks): a per-channel scale moves from the activation into the weights,
+folded into the op that produces the activation, so int8 activation ranges stop being set by a
+few channels. Run it before ``quant``.
+
+Maths. For ``Y = X W`` with X's channels (last axis) ``j`` and W of shape (K, N)::
+
+    Y = (X diag(1/s)) (diag(s) W)        s_j = max|X_j|^alpha / max|W_j,:|^(1 - alpha)
+
+``max|X_j|`` is measured on the calibration data (``ctx.data``), ``max|W_j,:|`` over the rows of
+every reader's weight. ``X diag(1/s)`` costs nothing when the producer of X is linear per channel
+in its output, so the scale folds into it:
+
+- LayerNormalization over the last axis: ``gamma' = gamma / s``, ``beta' = beta / s``;
+- MatMul ``X = A W0`` with a constant 2-D ``W0``: ``W0'[:, j] = W0[:, j] / s_j``, and a constant
+  bias Add after it (``X = A W0 + b``, b of shape (K,)): ``b' = b / s``.
+
+All readers of X must be MatMul ``X @ W`` (constant 2-D W) or Gemm (transA=0, constant B; B's row
+``j`` or, with transB, its column ``j`` is scaled) - Q, K and V projections reading one
+LayerNormalization are scaled together. Weights are computed in float64 and rounded once, so
+the rewrite is exact up to float32 rounding (rtol 1e-5).
+
+Not smoothed (skip reasons counted): X read by anything else or a graph output (a residual Add
+would see the scaled values), X produced by an op the scale cannot fold into (a graph input,
+Softmax, Gelu: an inserted Mul would cost a kernel), shared or non-constant parameters,
+LayerNormalization over another axis or with its mean/inv-std outputs read. A second run is a
+no-op: the measured ranges then give ``s = 1``.
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphc.errors import DataError
+from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+
+log = logging.getLogger(__name__)
+
+MAX_SCALE = 1e4
+
+
+@dataclass
+class SmoothSite:
+    """An activation ``x`` whose readers take ``s`` into their weights, and where ``1/s`` goes."""
+
+    x: gs.Variable
+    readers: list[gs.Node]
+    source: gs.Node                 # LayerNormalization or MatMul
+    bias: gs.Node | None = None     # the Add after a MatMul source
+
+
+@register_pass
+class Smooth(Pass):
+    name = "smooth"
+    summary = "SmoothQuant: move activation outliers into MatMul/Gemm weights (exact in float)"
+    exact = True
+    needs_data = True
+
+    @dataclass(frozen=True)
+    class Options:
+        alpha: float = option(0.5, "migration strength: 0 keeps ranges in the activations, 1 moves "
+                              "them all into the weights", min=0.0, max=1.0)
+        tolerance: float = option(0.01, "leave a site alone when no scale differs from 1 by more",
+                                  min=0.0, max=1.0)
+        samples: int | None = option(None, "at most this many calibration samples", min=1)
+        ignore: tuple[str, ...] = option((), "reader node name patterns left alone (fnmatch)")
+
+    def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        result = PassResult(modified=False)
+        if ctx.data is None:
+            raise DataError("pass 'smooth' needs calibration data (--data)")
+        sites = self._sites(graph, result)
+        if not sites:
+            return result
+        from graphc.calib.channel_max import channel_absmax
+
+        ranges = channel_absmax(ctx.model, ctx.data, {s.x.name: -1 for s in sites},
+                                max_samples=self.options.samples)
+        for site in sites:
+            s = _smoothing_scales(ranges[site.x.name], site.readers, self.options.alpha)
+            if np.max(np.abs(s - 1.0)) <= self.options.tolerance:
+                continue
+            _rescale(site, s)
+            result.count(f"smoothed_after_{site.source.op}")
+            for reader in site.readers:
+                result.details.append({"node": reader.name, "rule": "smooth", "into": site.source.name,
+                                       "max_scale": round(float(np.max(s)), 4),
+                                       "min_scale": round(float(np.min(s)), 4)})
+        result.modified = bool(result.stats)
+        return result
+
+    # -- check ----------------------------------------------------------------------------------
+
+    def _sites(self, graph: gs.Graph, result: PassResult) -> list[SmoothSite]:
+        sites, seen = [], set()
+        for node in list(graph.nodes):
+            if not is_standard_op(node, "MatMul", "Gemm") or id(node.inputs[0]) in seen:
+                continue
+            x = node.inputs[0]
+            seen.add(id(x))
+            site, reason = self._site(graph, x)
+            if reason:
+                result.skip(reason)
+                log.info("smooth: %s not smoothed: %s", node_label(node), reason)
+            elif site is not None:
+                sites.append(site)
+        return sites
+
+    def _site(self, graph: gs.Graph, x: gs.Tensor) -> tuple[SmoothSite | None, str | None]:
+        if not isinstance(x, gs.Variable) or is_graph_output(graph, x):
+            return None, "activation is a constant or a graph output"
+        readers = consumers(x)
+        for r in readers:
+            if any(fnmatch.fnmatchcase(r.name or "", p) for p in self.options.ignore):
+                return None, None
+            reason = _reader_check(r, x)
+            if reason:
+                return None, reason
+        width = _rows(readers[0]).shape[0]
+        if any(_rows(r).shape[0] != width for r in readers):
+            return None, "readers disagree on the channel count"
+        source = producer(x)
+        if source is None:
+            return None, "activation is a graph input: no op to fold the scale into"
+        if is_standard_op(source, "LayerNormalization"):
+            return _layernorm_site(source, x, readers, width)
+        bias = None
+        if is_standard_op(source, "Add"):
+            bias, source = source, _matmul_under_bias(graph, source, width)
+            if source is None:
+                return None, "Add before the MatMul is not a constant bias after a MatMul"
+        if is_standard_op(source, "MatMul") and _private_weight(source, 1, 2, width, axis=1):
+            return SmoothSite(x, readers, source, bias), None
+        return None, f"{source.op} before the MatMul cannot take the scale"
+
+
+def _reader_check(node: gs.Node, x: gs.Tensor) -> str | None:
+    if not is_standard_op(node, "MatMul", "Gemm") or node.inputs[0] is not x or x in node.inputs[1:]:
+        return "activation has readers other than MatMul/Gemm"
+    w = node.inputs[1]
+    if not isinstance(w, gs.Constant) or w.values.ndim != 2 or np.dtype(w.dtype) != np.float32:
+        return f"{node.op} weight is not a constant 2-D float32 matrix"
+    if len(w.outputs) != 1:
+        return f"{node.op} weight is shared with other nodes"
+    if node.op == "Gemm" and node.attrs.get("transA", 0):
+        return "Gemm has transA"
+    return None
+
+
+def _rows(node: gs.Node) -> np.ndarray:
+    """The reader's weight with its input channels on axis 0 (a view)."""
+    w = node.inputs[1].values
+    return w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
+
+
+def _private_weight(node: gs.Node, index: int, ndim: int, width: int, axis: int) -> bool:
+    if len(node.inputs) <= index:
+        return False
+    t = node.inputs[index]
+    return (isinstance(t, gs.Constant) and t.values.ndim == ndim and t.values.shape[axis] == width
+            and np.dtype(t.dtype) == np.float32 and len(t.outputs) == 1)
+
+
+def _layernorm_site(ln: gs.Node, x, readers, width) -> tuple[SmoothSite | None, str | None]:
+    if ln.outputs[0] is not x or any(consumers(o) for o in ln.outputs[1:]):
+        return None, "LayerNormalization mean/inv-std outputs are read"
+    if int(ln.attrs.get("axis", -1)) not in (-1, len(ln.inputs[0].shape or [0, 0]) - 1):
+        return None, "LayerNormalization does not normalize the last axis only"
+    if not _private_weight(ln, 1, 1, width, axis=0):
+        return None, "LayerNormalization scale is not a private constant of the channel count"
+    if len(ln.inputs) > 2 and ln.inputs[2].name and not _private_weight(ln, 2, 1, width, axis=0):
+        return None, "LayerNormalization bias is not a private constant of the channel count"
+    return SmoothSite(x, readers, ln), None
+
+
+def _matmul_under_bias(graph: gs.Graph, add: gs.Node, width: int) -> gs.Node | None:
+    """The MatMul of ``X = MatMul(A, W0) + b`` (b a private constant of shape (K,))."""
+    if len(add.inputs) != 2:
+        return None
+    for i in (0, 1):
+        mm, b = producer(add.inputs[i]), add.inputs[1 - i]
+        if (mm is not None and is_standard_op(mm, "MatMul") and len(consumers(add.inputs[i])) == 1
+                and not is_graph_output(graph, add.inputs[i]) and _private_weight(add, 1 - i, 1, width, 0)):
+            return mm
+    return None
+
+
+# -- rewrite -------------------------------------------------------------------------------------
+
+
+def _smoothing_scales(act_max: np.ndarray, readers: list[gs.Node], alpha: float) -> np.ndarray:
+    w_max = np.max([np.abs(_rows(r)).max(axis=1) for r in readers], axis=0).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        s = act_max ** alpha / w_max ** (1.0 - alpha)
+    s = np.where((act_max > 0) & (w_max > 0) & np.isfinite(s), s, 1.0)
+    return np.clip(s, 1 / MAX_SCALE, MAX_SCALE)
+
+
+def _divide(t: gs.Constant, s: np.ndarray) -> None:
+    t.values = (t.values.astype(np.float64) / s).astype(np.float32)
+
+
+def _rescale(site: SmoothSite, s: np.ndarray) -> None:
+    src = site.source
+    if is_standard_op(src, "LayerNormalization"):
+        for t in src.inputs[1:3]:
+            if t.name:
+                _divide(t, s)
+    else:
+        _divide(src.inputs[1], s)  # W0 (M, K): columns
+        if site.bias is not None:
+            _divide(next(t for t in site.bias.inputs if isinstance(t, gs.Constant)), s)
+    for r in site.readers:
+        w = r.inputs[1]
+        transposed = r.op == "Gemm" and r.attrs.get("transB", 0)
+        factor = s[None, :] if transposed else s[:, None]
+        w.values = (w.values.astype(np.float64) * factor).astype(np.float32)
