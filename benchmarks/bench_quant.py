@@ -150,10 +150,14 @@ def calibration_section() -> str:
         rows.append(f"| {tool} | {name} | {r['tensors']} ({what}) | {r['seconds']:.1f} | "
                     f"{r['peak_rss'] / 2**30:.2f} | {anchor['seconds'] / r['seconds']:.1f}x | "
                     f"{anchor['peak_rss'] / r['peak_rss']:.1f}x |")
-    ours = results[("graphc", "kl", "all")]
-    verdict = (f"graphc KL on every float tensor: {anchor['seconds'] / ours['seconds']:.1f}x faster "
-               f"(target 5x) with {anchor['peak_rss'] / ours['peak_rss']:.1f}x less peak memory "
-               f"(target 8x) than onnxruntime's entropy calibration.")
+    plan, every = results[("graphc", "kl", "pass")], results[("graphc", "kl", "all")]
+    verdict = (f"The quant pass's calibration (KL on the {plan['tensors']} tensors it quantizes) is "
+               f"{anchor['seconds'] / plan['seconds']:.1f}x faster with "
+               f"{anchor['peak_rss'] / plan['peak_rss']:.1f}x less peak memory than onnxruntime's entropy "
+               "calibration (targets 5x and 8x). Histogramming every float tensor, more than the pass "
+               f"needs, is {anchor['seconds'] / every['seconds']:.1f}x faster with "
+               f"{anchor['peak_rss'] / every['peak_rss']:.1f}x less memory: exact 2048-bin histograms "
+               "cost about 10 ns per value in numpy, which is what remains of the time.")
     return "\n".join([
         f"Calibration of PP-OCRv4 rec on {CALIB_SAMPLES} rendered text lines (1x3x48x320), each in a "
         "fresh process; peak RSS is the whole process (VmHWM). Ratios are onnxruntime entropy / row.",
@@ -167,13 +171,14 @@ def calibration_section() -> str:
 # 2. speed and accuracy
 
 
-def _graphc_quantize(kind: str, out: Path, feeds) -> tuple[float, dict]:
+def _graphc_quantize(kind: str, out: Path, feeds, placement: str = "auto") -> tuple[float, dict]:
     import graphc
     from graphc.calib.data import open_data
 
     model = graphc.load(ppocr_model(kind))
     start = time.perf_counter()
-    report = graphc.PassManager(PIPELINE, data=open_data(feeds, model)).run(model)
+    pipeline = PIPELINE if placement == "auto" else f"{PIPELINE}{{placement={placement}}}"
+    report = graphc.PassManager(pipeline, data=open_data(feeds, model)).run(model)
     seconds = time.perf_counter() - start
     graphc.save(model, out)
     return seconds, report.records[-1].stats
@@ -258,7 +263,7 @@ def _bench_feed(kind: str) -> np.ndarray:
 
 
 def speed_section() -> str:
-    rows, notes = [], []
+    rows, notes, ratios = [], [], {}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for kind in ("det", "rec", "cls"):
@@ -272,14 +277,19 @@ def speed_section() -> str:
             ort_feeds = calib if kind != "det" else _one_shape_det(SPEED_CALIB[kind])
             theirs = tmp / f"{kind}_ort.onnx"
             ort_seconds, ort_error = _ort_quantize(kind, theirs, ort_feeds)
-            candidates = [("graphc float (fold-bn,canonicalize)", canon, None, None),
-                          (f"graphc {PIPELINE}", ours, seconds, stats)]
+            every = tmp / f"{kind}_graphc_all.onnx"
+            every_seconds, every_stats = _graphc_quantize(kind, every, calib, placement="all")
+            candidates = [("graphc float", "graphc float (fold-bn,canonicalize)", canon, None, None),
+                          ("graphc", f"graphc {PIPELINE}", ours, seconds, stats),
+                          ("graphc all", f"graphc {PIPELINE}{{placement=all}} (no speed model)", every,
+                           every_seconds, every_stats)]
             if ort_seconds is not None:
-                candidates.append(("onnxruntime quantize_static", theirs, ort_seconds, None))
+                candidates.append(("ort", "onnxruntime quantize_static", theirs, ort_seconds, None))
             else:
                 notes.append(f"onnxruntime quantize_static failed on {kind}: {ort_error}")
-            for label, path, secs, st in candidates:
+            for key, label, path, secs, st in candidates:
                 lat = _latency(original, str(path), kind)
+                ratios[(kind, key)] = lat.ratio
                 acc = _accuracy(original, str(path), kind) if "float" not in label else None
                 acc_text = (f"{acc['sqnr']:.1f} | {acc['cosine']:.4f} | {acc['agree']:.3f}" if acc else "- | - | -")
                 ints = st and sum(v for k, v in st.items() if k.startswith("quantized_") and k[10:] in
@@ -302,7 +312,27 @@ def speed_section() -> str:
         "| model | candidate | float ms | candidate ms | speedup | SQNR dB | cosine | agreement | "
         "int8 Conv/Gemm/MatMul | build s |",
         "|---|---|---|---|---|---|---|---|---|---|",
-        *rows, "", *[f"- {n}" for n in notes]])
+        *rows, "", *[f"- {n}" for n in notes], "", _speed_verdict(ratios)])
+
+
+def _speed_verdict(ratios: dict) -> str:
+    targets = {"det": 1.8, "rec": 1.8, "cls": 1.2}
+    parts, share = [], []
+    for kind, target in targets.items():
+        r = ratios.get((kind, "graphc"))
+        f = ratios.get((kind, "graphc float"))
+        a = ratios.get((kind, "graphc all"))
+        if r is None:
+            continue
+        met = "met" if r >= target else "MISSED"
+        parts.append(f"{kind} {r:.2f}x (target {target}x: {met})")
+        if f:
+            share.append(f"{kind} {r / f:.2f}x" + (f" (every integer kernel: {a / f:.2f}x)" if a else ""))
+    return ("Against the original float model: " + ", ".join(parts) + ". The quant pass's own share "
+            "(int8 over graphc's float pipeline): " + "; ".join(share) + ". On cls the speed model keeps "
+            "every op float, because onnxruntime's integer kernels lose there (8-channel layers, 5x5 "
+            "depthwise Convs on 3x12 maps, QLinearMul's fixed cost per call), as the placement=all row "
+            "shows; cls's speedup is canonicalize's.")
 
 
 def _one_shape_det(n: int):
