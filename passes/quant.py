@@ -76,6 +76,9 @@ class Quantize(Pass):
         samples: int | None = option(None, "at most this many calibration samples", min=1)
         placement: str = option("auto", "auto: quantize where the speed model says integers pay; "
                                 "all: every op with an integer kernel", choices=("auto", "all"))
+        min_sqnr: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                        "output SQNR (dB) on the calibration data is at least this",
+                                        min=0.0, max=200.0)
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
@@ -84,6 +87,9 @@ class Quantize(Pass):
             return result
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
+        if self.options.min_sqnr is not None:
+            from graphc.passes._quant_budget import run_with_budget
+            return run_with_budget(self, graph, ctx)
         version = max(v for v in QDQ_VERSIONS if v <= max(ctx.opset, 13))
         if version > MAX_RUNTIME_QDQ_VERSION:
             result.skip(f"opset {ctx.opset}: onnxruntime has no QuantizeLinear-{version} kernel")
