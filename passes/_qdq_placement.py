@@ -392,6 +392,8 @@ class Planner:
         """Plan an affine fold starting at ``node`` (Mul by a > 0, or Add); True if planned."""
         if any(node is n for f in self.plan.folds for n in f.nodes):
             return True
+        if not self.config.absorb_activations:
+            return False  # symmetric activations: a fold would move the zero point
         operand = _scalar_operand(node)
         if operand is None:
             return False
@@ -433,8 +435,10 @@ class Planner:
         return const.values.ndim <= (rank if rank is not None else 1)
 
     def _hardsigmoid(self, node: gs.Node) -> None:
-        if not self.config.full_range:
-            return  # the Q clips at the integer type's limits, not at 2^bits - 1 codes
+        if not self.config.full_range or not self.config.absorb_activations:
+            # the Q must clip at the bottom code: not with fewer bits (it saturates at the type's
+            # limits) nor with symmetric activations (zero point in the middle)
+            return
         if not node.inputs or not node.outputs or not self._float_activation(node.outputs[0]):
             return
         x = node.inputs[0]

@@ -313,7 +313,7 @@ def test_exclude_keeps_matching_nodes_float():
     ("calib=mse", np.uint8),
 ])
 def test_options_give_valid_accurate_models(options, zp_dtype, tmp_path):
-    model = _conv_chain("Clip")
+    model = _conv_chain("HardSwishSpelled" if "symmetric" in options else "Clip")
     feeds = _feeds((1, 8, 12, 12))
     reference, record = _quantize(model, feeds, f"quant{{placement=all {options}}}")
     assert record.modified
@@ -321,12 +321,13 @@ def test_options_give_valid_accurate_models(options, zp_dtype, tmp_path):
     q = next(n for n in model.graph.nodes if n.op == "QuantizeLinear")
     assert q.inputs[2].values.dtype == zp_dtype
     if "symmetric" in options:
-        assert int(q.inputs[2].values) in (0, 128)
+        assert all(int(n.inputs[2].values) in (0, 128) for n in model.graph.nodes if n.op == "QuantizeLinear")
     if "per-channel=false" in options:
         assert all(n.attrs.get("axis") is None or n.inputs[0].values.ndim == 1
                    for n in model.graph.nodes if n.op == "DequantizeLinear" and hasattr(n.inputs[0], "values"))
     assert _fused_ops(model, tmp_path)["QLinearConv"] >= 1
-    assert _sqnr(reference, model, feeds) > (22 if "bits=7" in options else 28)
+    # fewer bits, or symmetric ranges on one-sided tensors, cost resolution
+    assert _sqnr(reference, model, feeds) > (22 if "bits=7" in options else 24 if "symmetric" in options else 28)
 
 
 def test_bias_is_int32_with_input_times_weight_scale():
