@@ -162,7 +162,6 @@ class QdqWriter:
         self._constants: dict[tuple, tuple[gs.Constant, gs.Constant]] = {}
         self._weights: dict[tuple[int, int | None], tuple[gs.Constant, QParams]] = {}
         self._integers: dict[str, gs.Variable] = {}   # tensor name -> its Q output
-        self._dequantized: dict[str, gs.Tensor] = {}  # tensor name -> what its readers read now
         self.folded: set[str] = set()                 # outputs of affine folds done as a DQ
         self.folded_sources: set[str] = set()
         self._bounds: dict[str, tuple[float, bool, float | None]] = {}  # lo, nonnegative, upper
@@ -305,7 +304,6 @@ class QdqWriter:
             self.graph.outputs = [dq if t is tensor else t for t in self.graph.outputs]
         self._place_after(tensor, [qnode, dqnode])
         self._integers[name] = q
-        self._dequantized[name] = dq
         self.inserted += 1
 
     def _quantize_constant_operand(self, const: gs.Constant, params: QParams, scale, zp) -> None:
