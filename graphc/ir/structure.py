@@ -68,7 +68,7 @@ def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
     users: list[list[int]] = [[] for _ in graph.nodes]
     for i, node in enumerate(graph.nodes):
         deps = set()
-        for inp in node.inputs:
+        for inp in _reads(node):
             for producer in inp.inputs:
                 j = index.get(id(producer))
                 if j is not None and j not in deps:
@@ -90,6 +90,16 @@ def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
         stuck = next(graph.nodes[i] for i, d in enumerate(indegree) if d > 0)
         raise ModelError(f"the graph has a cycle through {node_label(stuck)}")
     return order
+
+
+def _reads(node: gs.Node) -> list:
+    """Tensors ``node`` depends on: its inputs, and outer tensors its subgraph bodies read
+    (an If must come after the producer of a tensor its branches use)."""
+    reads = list(node.inputs)
+    for sub in _subgraphs(node):
+        for inner in sub.nodes:
+            reads.extend(_reads(inner))
+    return reads
 
 
 def toposort(graph: gs.Graph) -> None:

@@ -256,3 +256,27 @@ def test_model_copy_is_independent():
     clone.graph.nodes[0].inputs[1].values[...] = 0
     assert np.any(model.graph.nodes[0].inputs[1].values != 0)
     assert os.fspath(clone.source or "") == os.fspath(model.source or "")
+
+
+def test_toposort_orders_if_after_producers_its_branches_read():
+    from graphc.ir import toposort
+
+    then_graph = helper.make_graph([helper.make_node("Identity", ["outer"], ["t"])], "then", [],
+                                   [helper.make_tensor_value_info("t", TensorProto.FLOAT, [2])])
+    else_graph = helper.make_graph([helper.make_node("Neg", ["outer"], ["e"])], "else", [],
+                                   [helper.make_tensor_value_info("e", TensorProto.FLOAT, [2])])
+    nodes = [helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+             helper.make_node("Greater", ["s", "zero"], ["cond"]),
+             helper.make_node("Relu", ["x"], ["outer"], name="producer"),
+             helper.make_node("If", ["cond"], ["y"], then_branch=then_graph, else_branch=else_graph, name="if")]
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])], [zero])
+    model = graphc.load(make_model(graph))
+    g = model.graph
+    producer_node = next(n for n in g.nodes if n.name == "producer")
+    g.nodes.remove(producer_node)
+    g.nodes.append(producer_node)  # now after the If, as a pass appending nodes would leave it
+    toposort(g)
+    names = [n.name for n in g.nodes]
+    assert names.index("producer") < names.index("if")

@@ -36,7 +36,7 @@ EXACT_PASSES = frozenset({"cleanup", "fold-constants", "fold-bn", "canonicalize"
 #: passes expected to move the outputs (checked for validity and idempotence only).
 LOSSY_PASSES = frozenset({"quant", "factorize", "prune"})
 #: pipeline text used for a pass when its defaults do not suit tiny random graphs.
-PASS_TEXT: dict[str, str] = {}
+PASS_TEXT: dict[str, str] = {"quant": "quant{placement=all}"}  # the speed model keeps tiny graphs float
 #: passes that are not idempotent by design, with the reason.
 NOT_IDEMPOTENT: dict[str, str] = {}
 #: known bugs: pass -> (predicate on the input model that triggers it, reason). Such graphs are
