@@ -235,6 +235,9 @@ def _keep_shift_only(rw: Rewriter, chain, x: gs.Tensor, y: gs.Tensor, shift: np.
     dtype = chain[0][2].dtype
     base = chain[-1][0].name or y.name
     rw.remove(*(n for n, _, _ in chain))
+    # y now holds x + shift/scale, not its old value: a new name keeps name-matched comparisons
+    # (verify --localize against the original model) from mistaking it for the old tensor.
+    y.name = rw.names(f"{y.name}.shift_over_scale")
     rw.add_node("Add", [x, rw.constant(f"{base}.shift_over_scale", shift.astype(dtype))], [y], base=base)
 
 
