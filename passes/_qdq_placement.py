@@ -144,6 +144,8 @@ class Plan:
     provided: set[str] = field(default_factory=set)
     quantized: list[gs.Node] = field(default_factory=list)  # nodes that run on integers
     skipped: dict[str, int] = field(default_factory=dict)
+    #: node name -> (op, reason) for weighted and element-wise nodes left in float
+    kept_float: dict[str, tuple[str, str]] = field(default_factory=dict)
     _parent: dict[int, int] = field(default_factory=dict)
 
     # -- scale groups (union-find over group ids) --------------------------------------------
@@ -165,8 +167,10 @@ class Plan:
             out.setdefault(self.group_of(name), []).append(name)
         return out
 
-    def skip(self, reason: str) -> None:
+    def skip(self, reason: str, node: gs.Node | None = None) -> None:
         self.skipped[reason] = self.skipped.get(reason, 0) + 1
+        if node is not None and node.name:
+            self.kept_float.setdefault(node.name, (node.op, reason))
 
 
 @dataclass(frozen=True)
@@ -213,11 +217,11 @@ class Planner:
             if not is_standard_op(node) or node.op not in self.config.ops:
                 continue
             if excluded(node, self.config.exclude):
-                self.plan.skip(f"{node.op} excluded by pattern")
+                self.plan.skip(f"{node.op} excluded by pattern", node)
                 continue
             if self.config.allowed is not None and id(node) not in self.config.allowed:
                 if node.op in ANCHOR_OPS or node.op in REWRITTEN_OPS:
-                    self.plan.skip(f"{node.op} kept float: faster by the speed model")
+                    self.plan.skip(f"{node.op} kept float: faster by the speed model", node)
                 continue
             if node.op in ANCHOR_OPS:
                 self._anchor(node)
@@ -276,7 +280,7 @@ class Planner:
     def _anchor(self, node: gs.Node) -> None:
         reason = self._anchor_check(node)
         if reason is not None:
-            self.plan.skip(reason)
+            self.plan.skip(reason, node)
             log.info("quant: %s not quantized: %s", node_label(node), reason)
             return
         if node.op == "MatMul" and not isinstance(node.inputs[1], gs.Constant):
@@ -291,7 +295,7 @@ class Planner:
                 if _per_column_bias(node):
                     self.plan.biases.append(BiasQuant(node, bias_index, node.inputs[0], weight))
                 else:
-                    self.plan.skip(f"{node.op} bias does not have one value per output channel (kept float)")
+                    self.plan.skip(f"{node.op} bias does not have one value per output channel (kept float)", node)
         self.plan.quantized.append(node)
         out = node.outputs[0]
         if node.op in ("Conv", "ConvTranspose"):
@@ -362,7 +366,7 @@ class Planner:
         if not node.outputs or not self._float_activation(node.outputs[0]):
             return
         if any(is_graph_output(self.graph, out) for out in node.outputs):
-            self.plan.skip(f"{node.op} produces a graph output (kept float)")
+            self.plan.skip(f"{node.op} produces a graph output (kept float)", node)
             return
         activations = [t for t in inputs if isinstance(t, gs.Variable)]
         if not activations:
@@ -445,13 +449,13 @@ class Planner:
         if not self._available(x) and not self._chosen(node):
             return
         if is_graph_output(self.graph, node.outputs[0]):
-            self.plan.skip(f"{node.op} produces a graph output (kept float)")
+            self.plan.skip(f"{node.op} produces a graph output (kept float)", node)
             return
         swish = node.op == "HardSwish"
         alpha = 1.0 / 6.0 if swish else float(node.attrs.get("alpha", 0.2))
         beta = 0.5 if swish else float(node.attrs.get("beta", 0.5))
         if not alpha > 0:
-            self.plan.skip("HardSigmoid alpha is not positive")
+            self.plan.skip("HardSigmoid alpha is not positive", node)
             return
         self._activation(x)
         if swish:
@@ -473,10 +477,10 @@ class Planner:
         if not all(self._float_activation(o) for o in outs):
             return
         if any(is_graph_output(self.graph, o) for o in outs):
-            self.plan.skip(f"{node.op} produces a graph output (kept float)")
+            self.plan.skip(f"{node.op} produces a graph output (kept float)", node)
             return
         if node.op == "Resize" and node.attrs.get("mode", "nearest") not in ("nearest", "linear"):
-            self.plan.skip("Resize mode is not nearest or linear")
+            self.plan.skip("Resize mode is not nearest or linear", node)
             return
         self._activation(data)
         for out in outs:

@@ -174,4 +174,8 @@ def _details(plan, writer, ranges) -> list[dict]:
             "observed": [rng.observed_min, rng.observed_max] if rng is not None else None,
             "absorbed": node_label(aq.absorbed) if aq.absorbed is not None else None,
         })
+    quantized = {node.name for node in plan.quantized}
+    for name, (op, reason) in plan.kept_float.items():
+        if name not in quantized:
+            rows.append({"node": name, "op": op, "precision": "float", "reason": reason})
     return rows
