@@ -79,6 +79,8 @@ class Quantize(Pass):
         min_sqnr: float | None = option(None, "error budget: keep the fewest layers float so that the "
                                         "output SQNR (dB) on the calibration data is at least this",
                                         min=0.0, max=200.0)
+        bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
+                                       "data from each quantized Conv/Gemm bias (one topological sweep)")
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
@@ -105,7 +107,11 @@ class Quantize(Pass):
         ranges = self._calibrate(ctx, plan)
         fmt = QuantFormat(activations=opts.activations, weights=opts.weights, bits=opts.bits,
                           symmetric_activations=opts.symmetric_activations)
+        reference = ctx.model.copy() if opts.bias_correction else None
         writer = write_plan(graph, plan, ranges, fmt)
+        if reference is not None:
+            from graphc.passes._quant_bias import correct_biases
+            correct_biases(graph, ctx, plan, reference, result, opts.samples)
         for op, n in Counter(node.op for node in plan.quantized).items():
             result.count(f"quantized_{op}", n)
         result.count("qdq_pairs", writer.inserted)
