@@ -143,11 +143,12 @@ def _notes_by_layer(passes: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
             if target is None:
                 continue
             entry = found.setdefault(target, {"notes": []})
-            entry["notes"].append(f"{record['name']}: {detail_text(detail)}")
             if "ranks" in detail:
                 entry["rank"] = {"ranks": detail["ranks"], "full": detail.get("full_ranks")}
             if detail.get("reason") and "into" not in detail:
                 entry["reason"] = f"{record['name']}: {detail['reason']}"
+                continue  # shown as the reason, not repeated as a note
+            entry["notes"].append(f"{record['name']}: {detail_text(detail)}")
     return found
 
 
