@@ -81,6 +81,14 @@ class Quantize(Pass):
                                         min=0.0, max=200.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
+        weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
+                                    "DequantizeLinear (bits=8) or com.microsoft MatMulNBits (bits=4)")
+        block_size: int = option(32, "weights-only bits=4: weights per scale along K (power of two)",
+                                 min=16, max=4096)
+
+        def __post_init__(self):
+            from graphc.passes._quant_weights_only import check_options
+            check_options(self)
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
@@ -89,6 +97,9 @@ class Quantize(Pass):
             return result
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
+        if self.options.weights_only:
+            from graphc.passes._quant_weights_only import run_weights_only
+            return run_weights_only(self, graph, ctx)
         if self.options.min_sqnr is not None:
             from graphc.passes._quant_budget import run_with_budget
             return run_with_budget(self, graph, ctx)
