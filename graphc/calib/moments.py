@@ -130,9 +130,11 @@ def input_second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
 
 
 def second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
-                   requests: Mapping[Hashable, tuple[str, Layout]]) -> dict[Hashable, np.ndarray]:
+                   requests: Mapping[Hashable, tuple[str, Layout]],
+                   counts_out: dict | None = None) -> dict[Hashable, np.ndarray]:
     """``{key: E[x x^T]}`` for ``requests = {key: (tensor name, layout)}``, in one session.
-    Keys with equal requests are accumulated once and share one (read-only by convention) array."""
+    Keys with equal requests are accumulated once and share one (read-only by convention) array.
+    ``counts_out``, if given, receives ``{key: number of samples (rows) averaged}``."""
     if not requests:
         return {}
     from graphc.runtime import create_session, run_session
@@ -161,6 +163,8 @@ def second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
         raise DataError("no calibration samples: the data source is empty")
     log.info("second moments of %d tensor(s) over %d feed(s)", len(names), samples)
     means = {request: sums[request] / max(counts[request], 1) for request in unique}
+    if counts_out is not None:
+        counts_out.update({key: counts[request] for key, request in requests.items()})
     return {key: means[request] for key, request in requests.items()}
 
 
@@ -209,3 +213,64 @@ def channel_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
     log.info("channel moments of %d tensor(s) over %d feed(s)", len(tensors), samples)
     return {name: ChannelMoments(*(part / max(counts[name], 1) for part in sums[name]), counts[name])
             for name in tensors}
+
+
+def cross_moments(model_x: Model, model_y: Model, data: Iterable[dict[str, np.ndarray]],
+                  requests: Mapping[Hashable, tuple[str, Layout, str, Layout]]
+                  ) -> dict[Hashable, tuple[np.ndarray, np.ndarray, np.ndarray, int]]:
+    """``{key: (E[x x^T], E[x y^T], E[y * y], samples)}`` (``E[y * y]`` per feature of y) for ``requests = {key: (x tensor, x layout, y tensor,
+    y layout)}``: ``x`` read from ``model_x``, ``y`` from ``model_y``, on the same feeds (one session
+    each). Both layouts must give the same samples in the same order - a Conv's input under
+    ``Layout.conv`` and its output under ``Layout.channels()``, or two ``Layout()`` rows - which is
+    how a layer of a rewritten model is fitted to the original's outputs (pruning's refit)."""
+    if not requests:
+        return {}
+    from graphc.runtime import create_session, run_session
+
+    sessions = []
+    for model, names in ((model_x, [r[0] for r in requests.values()]), (model_y, [r[2] for r in requests.values()])):
+        inputs = {t.name for t in model.graph.inputs}
+        fetched = list(dict.fromkeys(n for n in names if n not in inputs))
+        sessions.append((create_session(with_outputs(model, fetched), label="model (cross moments)"), fetched))
+    sums: dict[Hashable, list] = {key: [None, None, 0.0] for key in requests}
+    counts = dict.fromkeys(requests, 0)
+    samples = 0
+    for feed in data:
+        values = []
+        for session, fetched in sessions:
+            got = dict(feed)
+            if fetched:
+                got.update(zip(fetched, run_session(session, feed, fetched, label="model (cross moments)")))
+            values.append(got)
+        for key, (xn, xl, yn, yl) in requests.items():
+            acc = sums[key]
+            for xb, yb in _aligned(xl.rows(np.asarray(values[0][xn])), yl.rows(np.asarray(values[1][yn]))):
+                xx, xy = xb.T @ xb, xb.T @ yb
+                acc[0] = xx if acc[0] is None else acc[0] + xx
+                acc[1] = xy if acc[1] is None else acc[1] + xy
+                acc[2] = acc[2] + np.sum(yb * yb, axis=0)
+                counts[key] += xb.shape[0]
+        samples += 1
+    if samples == 0:
+        raise DataError("no calibration samples: the data source is empty")
+    log.info("cross moments of %d pair(s) over %d feed(s)", len(requests), samples)
+    return {key: (acc[0] / max(counts[key], 1), acc[1] / max(counts[key], 1), acc[2] / max(counts[key], 1),
+                  counts[key]) for key, acc in sums.items()}
+
+
+def _aligned(a: Iterator[np.ndarray], b: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of equally long row blocks from two streams of the same rows chunked differently."""
+    a, b = iter(a), iter(b)
+    left, right = next(a, None), next(b, None)
+    while left is not None and right is not None:
+        n = min(len(left), len(right))
+        if n:
+            yield left[:n], right[:n]
+        left, right = left[n:], right[n:]
+        if not len(left):
+            left = next(a, None)
+        if not len(right):
+            right = next(b, None)
+    if (left is not None and len(left)) or (right is not None and len(right)) \
+            or next(a, None) is not None or next(b, None) is not None:
+        raise DataError("cross moments: the two layouts give different numbers of samples")
