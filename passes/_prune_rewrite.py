@@ -10,23 +10,23 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.analysis.reconstruct import Refit
+from graphc.analysis.importance import ConsumerInput
+from graphc.analysis.reconstruct import layer_weight
 from graphc.ir import NameFactory
 
 
-def write_weight(refit: Refit) -> None:
-    """The refitted weight, in place (same constant, same name, same shape)."""
-    tensor = refit.consumer.weight
-    tensor.values = np.ascontiguousarray(refit.weight())
+def write_weight(consumer: ConsumerInput, matrix: np.ndarray) -> None:
+    """A refitted (outputs x features) matrix as the consumer's weight, in place (same constant,
+    same name, same shape: removal slices it by name)."""
+    consumer.weight.values = np.ascontiguousarray(layer_weight(consumer, matrix))
 
 
-def add_bias(graph: gs.Graph, refit: Refit, kept_rows: np.ndarray, names: NameFactory) -> None:
-    """``bias += delta[kept_rows]`` on the consumer: Conv bias, Gemm C (divided by beta), or the
-    Add after a MatMul (a new Add when there is no exclusive per-column one)."""
-    delta = refit.bias_delta[kept_rows]
+def add_bias(graph: gs.Graph, consumer: ConsumerInput, delta: np.ndarray, names: NameFactory) -> None:
+    """``output += delta`` (per output channel) on the consumer: its Conv bias, Gemm C (divided by
+    beta), or the Add after a MatMul (a new Add when there is no exclusive per-column one)."""
     if not np.any(delta):
         return
-    c = refit.consumer
+    c = consumer
     node = c.node
     dtype = c.weight.values.dtype
     if c.kind == "conv":

@@ -24,10 +24,13 @@ calibration sample's shapes; a ``flops`` target on a model whose MACs are still 
 asking for ``--input-shape``.
 
 Repair (``reconstruct``, default on when ``--data`` is given; :mod:`graphc.analysis.reconstruct`):
-every Conv (groups 1) / Gemm / MatMul reading removed channels is refit by ridge least squares on
-its calibration inputs, ``W' = W C_{:K} (C_KK + lambda I)^-1``, and its bias gets the mean of what
-was lost, ``b' = b + W mu - W' mu_K`` (``refit=false``: bias compensation ``b + W_R mu_R`` only).
-Moments are accumulated per layer in one pass over the data, never storing activations.
+every Conv (groups 1) / Gemm / MatMul reading removed channels is refit by least squares on its
+calibration inputs, shrunk toward its kept weights, ``W' = (W C_{:K} + lambda W_K)(C_KK + lambda I)^-1``,
+and its bias gets the mean of what was lost, ``b' = b + W mu - W' mu_K`` (``refit=false``: bias
+compensation ``b + W_R mu_R`` only).
+Then ``rounds`` sweeps refit the repaired layers level by level from the pruned model's own inputs
+to the original layers' outputs, so later layers correct what earlier pruning changed. Moments are
+accumulated per layer over the data, never storing activations.
 
 Targets are relative to the ORIGINAL model, recorded in the model's metadata, so re-running with
 the same target is a no-op (idempotent): ``graphc.prune.channels`` (JSON: group key -> channels
@@ -38,8 +41,9 @@ already changes nothing, and ``ratio=0`` or ``flops=1`` is an exact identity.
 
 Details: one record per pruned group (key, channels before/after, removed indices, criterion) and
 per changed layer (channels, MACs and params before -> after; for refit layers the estimated
-relative output error of that layer before and after repair). With data, ``sqnr_db`` in the stats
-is the measured SQNR of the outputs against the model before the pass on the calibration data.
+relative output error of that layer before and after repair). With data, ``calib_sqnr_db`` in the
+stats is the measured SQNR of the outputs against the model before the pass on the calibration data
+(in-sample: the repair was fitted on it; ``graphc opt --eval-data`` measures held-out data).
 """
 from __future__ import annotations
 
@@ -56,7 +60,8 @@ from graphc.analysis.budget import (Candidate, CostModel, bisect_uniform, feasib
                                     group_step, solve_budget, uniform_counts)
 from graphc.analysis.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
                                         consumer_inputs, group_importance, removal_order, shares)
-from graphc.analysis.reconstruct import DEFAULT_DAMPING, consumer_layout, refit_consumers
+from graphc.analysis.reconstruct import (DEFAULT_DAMPING, RefineJob, consumer_layout, current_intercept,
+                                         refit_consumers, refit_to_original)
 from graphc.errors import DataError, GraphcError, PassError
 from graphc.ir import NameFactory, node_label
 from graphc.ir.shapes import TensorInfo, infer_shapes
@@ -70,6 +75,19 @@ DEFAULT_RATIO = 0.25
 META_CHANNELS = "graphc.prune.channels"
 META_KEPT = {"macs": "graphc.prune.macs_kept", "params": "graphc.prune.params_kept"}
 ALLOCATIONS = ("global", "uniform", "sensitivity")
+
+
+@dataclass
+class _Fit:
+    """A repaired layer: its first fit, kept output rows, input layout, target in the original
+    model, current output offset and estimated relative error."""
+
+    refit: object
+    rows: np.ndarray
+    layout: object
+    target: str
+    intercept: np.ndarray
+    error: float
 
 
 @register_pass
@@ -97,8 +115,11 @@ class Prune(Pass):
         reconstruct: bool | None = option(None, "repair consumers on calibration data: least-squares refit "
                                           "and bias compensation (default: on when --data is given)")
         refit: bool = option(True, "with reconstruct: refit consumer weights (false: bias compensation only)")
-        damping: float = option(DEFAULT_DAMPING, "ridge of the refit, relative to the mean kept-feature "
-                                "variance", min=0.0, max=1.0)
+        damping: float = option(DEFAULT_DAMPING, "ridge of the refit toward the unrepaired weights, relative "
+                                "to the mean feature variance (plus features / samples)", min=0.0, max=1.0)
+        rounds: int = option(1, "with refit: sweeps refitting the repaired layers, level by level, from the "
+                             "pruned model's inputs to the original outputs (0: original inputs only)",
+                             min=0, max=10)
         exact_borders: bool = option(False, "fold removed constant channels into padded consumers exactly "
                                      "(an extra one-channel branch each) instead of into their bias")
         samples: int | None = option(None, "calibration samples used (none: all)", min=1)
@@ -146,8 +167,10 @@ class Prune(Pass):
         shapes_before = _layer_shapes(plan)
         removal = remove_channels(graph, plan, exact_borders=opts.exact_borders)
         names = NameFactory(graph)
-        for refit, rows in refits:
-            rw.add_bias(graph, refit, rows, names)
+        for fit in refits:
+            rw.add_bias(graph, fit.refit.consumer, fit.refit.bias_delta[fit.rows], names)
+        if refits and opts.refit and opts.rounds:
+            self._refine(ctx, before, data, refits, names, result)
         removed = {g.id: len(idx) for g, idx in plan.items()}
         self._record(ctx, plan, keys, recorded, cost, removed, removal, result)
         self._layer_details(plan, shapes_before, cost, macs_before, removed, refits, result)
@@ -278,12 +301,27 @@ class Prune(Pass):
             return []
         refits = refit_consumers(ctx.model, data, jobs, refit=opts.refit, damping=opts.damping)
         out = []
-        for refit in refits:
-            rw.write_weight(refit)
+        for refit, (_, layout, _) in zip(refits, jobs):
+            rw.write_weight(refit.consumer, refit.matrix)
             rows = _kept_rows(plan, refit.consumer)
-            out.append((refit, rows))
+            intercept = current_intercept(refit.consumer)[rows] + refit.bias_delta[rows]
+            out.append(_Fit(refit, rows, layout, refit.consumer.node.outputs[0].name, intercept,
+                            refit.error_after))
             result.count("refit" if opts.refit else "bias_compensated")
         return out
+
+    def _refine(self, ctx: Context, original, data, fits: list, names, result: PassResult) -> None:
+        """Refinement sweeps (graphc.analysis.reconstruct.refit_to_original) on the pruned graph:
+        layers level by level, each after every repaired layer upstream of it."""
+        for _ in range(self.options.rounds):
+            for level in _levels(ctx.graph, fits):
+                jobs = [RefineJob(f.refit.consumer, f.layout, f.target, f.rows, f.intercept) for f in level]
+                solved = refit_to_original(ctx.model, original, data, jobs, damping=self.options.damping)
+                for fit, (job, matrix, intercept, error) in zip(level, solved):
+                    rw.write_weight(job.consumer, matrix)
+                    rw.add_bias(ctx.graph, job.consumer, intercept - fit.intercept, names)
+                    fit.intercept, fit.error = intercept, error
+        result.count("refine_rounds", self.options.rounds)
 
     # -- records ------------------------------------------------------------------------------
 
@@ -315,7 +353,7 @@ class Prune(Pass):
 
     def _layer_details(self, plan, shapes_before, cost, macs_before, removed, refits, result) -> None:
         macs_after = cost.by_owner("macs", removed)
-        errors = {id(r.consumer.node): r for r, _ in refits}
+        errors = {id(f.refit.consumer.node): f for f in refits}
         for node, w_before, tensor in shapes_before.values():
             w_after = tuple(tensor.values.shape)
             name = node.name or node.outputs[0].name
@@ -325,9 +363,9 @@ class Prune(Pass):
             if name in macs_before:
                 record["macs"] = f"{int(macs_before[name])}->{int(round(macs_after.get(name, 0)))}"
             record["params"] = f"{int(np.prod(w_before))}->{int(np.prod(w_after))}"
-            refit = errors.get(id(node))
-            if refit is not None:
-                record["est_error"] = f"{refit.error_before:.3g}->{refit.error_after:.3g}"
+            fit = errors.get(id(node))
+            if fit is not None:
+                record["est_error"] = f"{fit.refit.error_before:.3g}->{fit.error:.3g}"
             result.details.append(record)
 
     def _measure(self, before, ctx: Context, data, result: PassResult) -> None:
@@ -336,7 +374,7 @@ class Prune(Pass):
         report = compare_models(before, ctx.model, data=data, samples=None)
         values = [o.sqnr_db for o in report.outputs if o.sqnr_db is not None]
         if values:
-            result.stats["sqnr_db"] = round(float(min(values)), 2)
+            result.stats["calib_sqnr_db"] = round(float(min(values)), 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -438,6 +476,21 @@ def _kept_rows(plan, consumer) -> np.ndarray:
     if not gone:
         return np.arange(out)
     return np.setdiff1d(np.arange(out), np.concatenate(gone))
+
+
+def _levels(graph: gs.Graph, fits: list) -> list[list]:
+    """Repaired layers grouped by how many repaired layers lie on their longest input path."""
+    index = {id(f.refit.consumer.node): f for f in fits}
+    depth: dict[int, int] = {}
+    levels: dict[int, list] = {}
+    for node in graph.nodes:              # topological (removal sorts the graph)
+        d = max((depth.get(id(t.inputs[0]), 0) for t in node.inputs if t.inputs), default=0)
+        fit = index.get(id(node))
+        if fit is not None:
+            levels.setdefault(d, []).append(fit)
+            d += 1
+        depth[id(node)] = d
+    return [levels[d] for d in sorted(levels)]
 
 
 def _layer_shapes(plan) -> dict:

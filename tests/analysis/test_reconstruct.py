@@ -17,10 +17,22 @@ def _augmented(p: np.ndarray) -> np.ndarray:
     return pa.T @ pa / p.shape[0]
 
 
-def _lstsq(p_kept: np.ndarray, y: np.ndarray):
-    design = np.concatenate([p_kept, np.ones((p_kept.shape[0], 1))], axis=1)
-    coef, *_ = np.linalg.lstsq(design, y, rcond=None)
+def _lstsq(p_kept: np.ndarray, y: np.ndarray, prior: np.ndarray | None = None, ridge: float = 0.0):
+    """argmin_W,b mean ||y - W p - b||^2 + ridge ||W - prior||^2 (b free), by augmented lstsq."""
+    n, f = p_kept.shape
+    design = np.concatenate([p_kept, np.ones((n, 1))], axis=1) / np.sqrt(n)
+    target = y / np.sqrt(n)
+    if ridge:
+        design = np.concatenate([design, np.sqrt(ridge) * np.eye(f, f + 1)])
+        target = np.concatenate([target, np.sqrt(ridge) * prior.T])
+    coef, *_ = np.linalg.lstsq(design, target, rcond=None)
     return coef[:-1].T, coef[-1]
+
+
+def _shrink(p_kept: np.ndarray) -> float:
+    """The ridge graphc uses with damping=0: mean kept-feature variance * F / N."""
+    n, f = p_kept.shape
+    return float(np.trace(np.cov(p_kept.T, bias=True))) / f * (f / n)
 
 
 def _correlated(rng, n: int, f: int) -> np.ndarray:
@@ -48,6 +60,20 @@ def test_refit_equals_numpy_least_squares():
     assert after < before
 
 
+def test_few_samples_shrink_the_refit_toward_the_kept_weights():
+    rng = np.random.default_rng(5)
+    p = _correlated(rng, 40, 30)                       # 40 samples for 26 kept features
+    w, b = rng.standard_normal((4, 30)), rng.standard_normal(4)
+    removed = np.array([2, 7, 11, 19])
+    keep = np.setdiff1d(np.arange(30), removed)
+    new, delta, _, _ = solve(w, _augmented(p), removed, b, damping=0.0, samples=40)
+    want_w, want_b = _lstsq(p[:, keep], p @ w.T + b, w[:, keep], _shrink(p[:, keep]))
+    np.testing.assert_allclose(new[:, keep], want_w, rtol=1e-7, atol=1e-8)
+    np.testing.assert_allclose(b + delta, want_b, rtol=1e-7, atol=1e-8)
+    exact, _, _, _ = solve(w, _augmented(p), removed, b, damping=0.0)
+    assert np.linalg.norm(new[:, keep] - w[:, keep]) < np.linalg.norm(exact[:, keep] - w[:, keep])
+
+
 def test_bias_compensation_alone_adds_the_mean_of_what_was_removed():
     rng = np.random.default_rng(1)
     p = _correlated(rng, 2000, 6)
@@ -63,7 +89,7 @@ def test_ridge_keeps_collinear_and_dead_features_finite():
     base = rng.standard_normal((500, 3))
     p = np.concatenate([base, base[:, :1], np.zeros((500, 1)), base[:, 1:2] * 2], axis=1)   # 6 features
     w = rng.standard_normal((4, 6))
-    new, delta, _, after = solve(w, _augmented(p), np.array([1]), damping=1e-6)
+    new, delta, _, after = solve(w, _augmented(p), np.array([1]), damping=1e-6, samples=500)
     assert np.isfinite(new).all() and np.isfinite(delta).all()
     assert after < 0.05                       # feature 1 is predicted by feature 5
     new0, _, _, _ = solve(w, _augmented(p), np.array([1]), damping=0.0)   # singular: still solved
@@ -95,7 +121,8 @@ def test_prune_refits_a_padded_conv_like_numpy_least_squares_on_im2col():
     rng = np.random.default_rng(0)
     feeds = [{"x": rng.standard_normal((2, 3, 6, 6)).astype(np.float32)} for _ in range(40)]
     original = model.copy()
-    record = PassManager("prune{ratio=0.5 round-to=1 damping=0}", data=IterableSource(feeds)).run(model).records[0]
+    record = PassManager("prune{ratio=0.5 round-to=1 damping=0 rounds=0}",
+                         data=IterableSource(feeds)).run(model).records[0]
     (group,) = [d for d in record.details if "removed" in d]
     keep = np.setdiff1d(np.arange(8), group["removed"])
     probe = original.copy()
@@ -103,8 +130,9 @@ def test_prune_refits_a_padded_conv_like_numpy_least_squares_on_im2col():
     acts = np.concatenate([run(probe, f)[1] for f in feeds]).astype(np.float64)
     c2 = next(n for n in original.graph.nodes if n.name == "c2")
     w, b = c2.inputs[1].values.reshape(5, -1).astype(np.float64), c2.inputs[2].values.astype(np.float64)
-    patches = _im2col(acts)
-    want_w, want_b = _lstsq(_im2col(acts[:, keep]), patches @ w.T + b)
+    patches, kept = _im2col(acts), _im2col(acts[:, keep])
+    prior = w.reshape(5, 8, 9)[:, keep].reshape(5, -1)
+    want_w, want_b = _lstsq(kept, patches @ w.T + b, prior, _shrink(kept))
     new = next(n for n in model.graph.nodes if n.name == "c2")
     np.testing.assert_allclose(new.inputs[1].values.reshape(5, -1), want_w, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(new.inputs[2].values, want_b, rtol=2e-4, atol=2e-5)
