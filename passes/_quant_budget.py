@@ -205,5 +205,10 @@ def run_with_budget(quant_pass, graph, ctx: Context) -> PassResult:
     result.stats.update(scratch.stats)
     for reason, n in scratch.skipped.items():
         result.skipped[reason] = result.skipped.get(reason, 0) + n
+    # the budget's own record (with the measured sensitivity) replaces the generic
+    # "excluded by pattern" one the inner run wrote for the same layer
+    budget = {r["node"] for r in records}
+    result.details[:] = [d for d in result.details
+                         if not (d.get("precision") == "float" and d.get("node") in budget)]
     result.details.extend(records)
     return result
