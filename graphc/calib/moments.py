@@ -231,7 +231,7 @@ def cross_moments(model_x: Model, model_y: Model, data: Iterable[dict[str, np.nd
     for model, names in ((model_x, [r[0] for r in requests.values()]), (model_y, [r[2] for r in requests.values()])):
         inputs = {t.name for t in model.graph.inputs}
         fetched = list(dict.fromkeys(n for n in names if n not in inputs))
-        sessions.append((create_session(with_outputs(model, fetched), label="model (cross moments)"), fetched))
+        sessions.append((create_session(_only_outputs(model, fetched), label="model (cross moments)"), fetched))
     sums: dict[Hashable, list] = {key: [None, None, 0.0] for key in requests}
     counts = dict.fromkeys(requests, 0)
     samples = 0
@@ -256,6 +256,17 @@ def cross_moments(model_x: Model, model_y: Model, data: Iterable[dict[str, np.nd
     log.info("cross moments of %d pair(s) over %d feed(s)", len(requests), samples)
     return {key: (acc[0] / max(counts[key], 1), acc[1] / max(counts[key], 1), acc[2] / max(counts[key], 1),
                   counts[key]) for key, acc in sums.items()}
+
+
+def _only_outputs(model: Model, names: list[str]) -> Model:
+    """A copy computing just ``names`` (nodes downstream of them are dropped): early layers' moments
+    need only the start of the model."""
+    copy = with_outputs(model, names)
+    if names:
+        wanted = set(names)
+        copy.graph.outputs = [t for t in copy.graph.outputs if t.name in wanted]
+        copy.graph.cleanup()
+    return copy
 
 
 def _aligned(a: Iterator[np.ndarray], b: Iterator[np.ndarray]) -> Iterator[tuple[np.ndarray, np.ndarray]]:
