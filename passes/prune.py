@@ -62,10 +62,9 @@ from graphc.analysis.importance import (CRITERIA, DATA_CRITERIA, activation_requ
                                         consumer_inputs, group_importance, removal_order, shares)
 from graphc.analysis.reconstruct import (DEFAULT_DAMPING, RefineJob, consumer_layout, current_intercept,
                                          refit_consumers, refit_to_original)
-from graphc.errors import DataError, GraphcError, PassError
+from graphc.errors import DataError, PassError
 from graphc.ir import NameFactory, node_label
-from graphc.ir.shapes import TensorInfo, infer_shapes
-from graphc.ir.stats import MAC_OPS, node_macs
+from graphc.passes import _prune_costs as costs
 from graphc.passes import _prune_rewrite as rw
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -217,14 +216,14 @@ class Prune(Pass):
         return out
 
     def _cost_model(self, ctx: Context, analysis, data) -> CostModel:
-        shapes, where = _cost_shapes(ctx, data)
+        shapes, where = costs.cost_shapes(ctx, data)
         cost = CostModel.build(analysis, shapes)
         budget = self.options.budget
         if budget is not None and budget[0] == "macs" and cost.unknown_macs:
             raise PassError(f"prune{{flops=...}} needs MACs, but the shapes of {len(cost.unknown_macs)} layer(s) "
                             f"(e.g. '{cost.unknown_macs[0]}') are unknown {where}: give --input-shape "
                             "(or --data, whose first sample's shape is used)")
-        return cost if not cost.unknown_macs else _params_only(cost)
+        return cost if not cost.unknown_macs else costs.params_only(cost)
 
     def _rank(self, ctx: Context, groups, keys, recorded, data, result: PassResult) -> list[Candidate]:
         opts = self.options
@@ -313,6 +312,7 @@ class Prune(Pass):
     def _refine(self, ctx: Context, original, data, fits: list, names, result: PassResult) -> None:
         """Refinement sweeps (graphc.analysis.reconstruct.refit_to_original) on the pruned graph:
         layers level by level, each after every repaired layer upstream of it."""
+        ctx.graph.toposort()  # bias Adds appended after MatMuls must precede their readers here
         for _ in range(self.options.rounds):
             for level in _levels(ctx.graph, fits):
                 jobs = [RefineJob(f.refit.consumer, f.layout, f.target, f.rows, f.intercept) for f in level]
@@ -404,60 +404,6 @@ def _kept_fraction(meta: dict, kind: str) -> float:
     except ValueError:
         return 1.0
     return value if 0.0 < value <= 1.0 else 1.0
-
-
-def _cost_shapes(ctx: Context, data):
-    """Shapes to count MACs at, and where they came from (see the module docstring)."""
-    concrete = dict(ctx.input_shapes) if ctx.input_shapes else _batch_one(ctx)
-    where = "at --input-shape" if ctx.input_shapes else "at batch 1"
-    if concrete is None and data is not None:
-        first = next(iter(data), None)
-        if first is not None:
-            concrete = {k: tuple(np.shape(v)) for k, v in first.items()}
-            where = "at the first calibration sample's shape"
-    if concrete is None:
-        return ctx.shapes(), "(the input has dynamic dims)"
-    shapes = ctx.cost_shapes() if ctx.input_shapes else infer_shapes(ctx.model, concrete)
-    return _measured(ctx, shapes, concrete), where
-
-
-def _batch_one(ctx: Context) -> dict | None:
-    from graphc.calib.data import input_specs
-
-    concrete = {}
-    for spec in input_specs(ctx.model):
-        rest = spec.shape[1:]
-        if not spec.shape or any(d is None for d in rest):
-            return None
-        concrete[spec.name] = (1 if spec.shape[0] is None else spec.shape[0], *rest)
-    return concrete
-
-
-def _measured(ctx: Context, shapes: dict, concrete: dict) -> dict:
-    """``shapes`` completed by one run on zeros where static inference lost a MAC layer's shapes
-    (Reshape targets computed at run time), as ``graphc.ir.stats`` does."""
-    unknown = [n for n in ctx.graph.nodes if n.op in MAC_OPS and node_macs(n, shapes) is None]
-    names = sorted({t.name for n in unknown for t in list(n.inputs[:1]) + list(n.outputs[:1])
-                    if isinstance(t, gs.Variable) and t.inputs})
-    if not names or any(t.name not in concrete for t in ctx.graph.inputs):
-        return shapes
-    from graphc.runtime import measure_shapes
-
-    try:
-        measured = measure_shapes(ctx.model, concrete, names)
-    except GraphcError as exc:
-        log.info("could not measure shapes for MACs: %s", exc)
-        return shapes
-    merged = dict(shapes)
-    for name, shape in measured.items():
-        old = shapes.get(name)
-        merged[name] = TensorInfo(old.dtype if old else None, shape)
-    return merged
-
-
-def _params_only(cost: CostModel) -> CostModel:
-    cost.items["macs"], cost.fixed["macs"], cost.by_group["macs"] = [], 0.0, {}
-    return cost
 
 
 def _refit_blocker(c) -> str | None:
