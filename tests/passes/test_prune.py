@@ -82,6 +82,11 @@ def test_ratio_prunes_every_prunable_group_and_the_model_stays_valid(tmp_path):
     assert run(model, x)[0].shape == run(original, x)[0].shape == (2, 10)
     meta = json.loads(model.metadata["graphc.prune.channels"])
     assert sorted(meta.values()) == [16, 16, 32]
+    layers = {d["node"]: d for d in record.details if "node" in d}
+    assert set(layers) == {"stem", "b1", "b2", "down", "fc"}
+    assert layers["down"]["channels"] == "32->16" and layers["down"]["inputs"] == "16->8"
+    assert layers["down"]["params"] == f"{32 * 16 * 9}->{16 * 8 * 9}"
+    assert layers["fc"]["macs"] == "640->320"                     # batch 2 x 10 outputs x 32 -> 16 inputs
 
 
 def test_a_model_without_prunable_groups_is_left_alone():
@@ -174,6 +179,22 @@ def test_flops_budget_is_met_within_two_percent(zoo, allocation):
     assert record.stats["macs_after"] == _macs(model)                 # the cost model is exact
     assert model.metadata["graphc.prune.macs_kept"] == repr(record.stats["macs_after"] / base) or \
         abs(float(model.metadata["graphc.prune.macs_kept"]) - kept) < 1e-9
+
+
+def test_sensitivity_allocation_meets_the_budget_and_spares_sensitive_groups():
+    model = graphc.load(MODELS / "mobilenetv2_digits.onnx")
+    calib = open_data(MODELS / "digits_calib.npz", model, batch=16)
+    base = _macs(model)
+    chosen = {}
+    for allocation in ("global", "sensitivity"):
+        pruned = model.copy()
+        record = _prune(pruned, f"prune{{flops=0.6 allocation={allocation} reconstruct=false samples=2}}", data=calib)
+        assert 0.58 <= _macs(pruned) / base <= 0.6
+        chosen[allocation] = {d["group"]: d["channels"] for d in record.details if "removed" in d}
+    assert chosen["global"] != chosen["sensitivity"]
+    # the stem's residual group is the most sensitive one (see graphc sensitivity): left alone
+    stem = next(k for k in chosen["global"] if k.startswith("/blocks/blocks.0/body/body.0/Conv|"))
+    assert stem not in chosen["sensitivity"]
 
 
 def test_params_budget_is_met_within_two_percent():
@@ -269,6 +290,11 @@ def test_bn_scale_reads_the_gammas_before_fold_bn():
     assert removed(a) == removed(b) and not b.skipped
     n_bn = op_count(folded, "BatchNormalization")
     assert n_bn == 0
+
+
+def test_bn_scale_without_batchnorm_falls_back_to_l2_and_says_so():
+    record = _prune(resnetish(bn=False), "prune{ratio=0.5 criterion=bn-scale}")
+    assert record.modified and record.skipped == {"no input for criterion bn-scale; ranked by l2": 3}
 
 
 # -- reconstruction ------------------------------------------------------------------------------
