@@ -36,6 +36,7 @@ EXACT_PASSES = frozenset({"cleanup", "fold-constants", "fold-bn", "canonicalize"
 #: passes expected to move the outputs (checked for validity and idempotence only).
 LOSSY_PASSES = frozenset({"quant", "factorize", "prune"})
 #: pipeline text used for a pass when its defaults do not suit tiny random graphs.
+CHAIN_EXCLUDED = frozenset({"equalize"})
 PASS_TEXT: dict[str, str] = {"quant": "quant{placement=all}"}  # the speed model keeps tiny graphs float
 #: passes that are not idempotent by design, with the reason.
 NOT_IDEMPOTENT: dict[str, str] = {}
@@ -133,7 +134,10 @@ def test_pass_properties_on_random_graphs(name):
 @given(recipe=recipes())
 def test_exact_pipeline_on_random_graphs(recipe):
     """All exact passes chained, forwards then backwards: still exact, then a fixed point."""
-    exact = [c.name for c in all_passes() if _is_exact(c) and not c.needs_data]
+    # equalize rescales weights for quantization; canonicalize's affine folds after it can
+    # re-create an imbalance, so the chain is not a fixed point with it. Its own property test
+    # (test_pass_properties_on_random_graphs[equalize]) checks exactness and idempotence.
+    exact = [c.name for c in all_passes() if _is_exact(c) and not c.needs_data and c.name not in CHAIN_EXCLUDED]
     note(str(recipe))
     proto = build_model(recipe)
     assume(not any(KNOWN_BUGS[n][0](proto) for n in exact if n in KNOWN_BUGS))
