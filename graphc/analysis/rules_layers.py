@@ -234,12 +234,20 @@ def batchnorm(b, node: gs.Node, entry) -> None:
         return
     xs = b.slot(x, 1)
     b.link(node, xs, b.slot(y, 1))
-    for p in node.inputs[1:5]:
+    _link_channel_params(b, node, xs, node.inputs[1:5])
+
+
+def _link_channel_params(b, node: gs.Node, slot, params, role: str = "norm") -> None:
+    """1-D per-channel parameters (scale, bias, mean, ...) share ``slot``'s channels; a
+    non-constant one blocks it. Omitted optional inputs are skipped."""
+    for p in params:
+        if not p.name:
+            continue
         if not isinstance(p, gs.Constant):
-            block_at(b, node, xs, f"has a non-constant parameter '{p.name}'")
+            block_at(b, node, slot, f"has a non-constant parameter '{p.name}'")
             return
-        b.link(node, xs, b.slot(p, 0))
-        b.role(node, "norm", (p.name, 0))
+        b.link(node, slot, b.slot(p, 0))
+        b.role(node, role, (p.name, 0))
 
 
 def instance_norm(b, node: gs.Node, entry) -> None:
@@ -252,12 +260,7 @@ def instance_norm(b, node: gs.Node, entry) -> None:
     other = y if entry[0] == x.name else x
     b.link(node, entry, b.slot(other, entry[1]))
     if entry[1] == 1:
-        for p in node.inputs[1:3]:
-            if not isinstance(p, gs.Constant):
-                block_at(b, node, entry, f"has a non-constant parameter '{p.name}'")
-                return
-            b.link(node, entry, b.slot(p, 0))
-            b.role(node, "norm", (p.name, 0))
+        _link_channel_params(b, node, entry, node.inputs[1:3])
 
 
 def group_norm(b, node: gs.Node, entry) -> None:
@@ -326,10 +329,4 @@ def quant(b, node: gs.Node, entry) -> None:
     b.link(node, entry, b.slot(other, entry[1]))
     axis = int(attr(node, "axis", 1)) % rank
     if entry[1] == axis and b.rank(scale) == 1 and b.dim(scale, 0) == b.size(entry) != 1:
-        for p in node.inputs[1:3]:
-            if p.name:
-                if not isinstance(p, gs.Constant):
-                    block_at(b, node, entry, f"has a non-constant parameter '{p.name}'")
-                    return
-                b.link(node, entry, b.slot(p, 0))
-                b.role(node, "param", (p.name, 0))
+        _link_channel_params(b, node, entry, node.inputs[1:3], role="param")
