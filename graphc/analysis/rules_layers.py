@@ -15,13 +15,22 @@ from graphc.analysis.channel_rules import attr, block_at, data_entry, optional_i
 from graphc.ir import is_standard_op, node_label
 
 
-def conv(b, node: gs.Node, entry) -> None:
+def _conv_channels_apply(b, node: gs.Node, entry) -> bool:
+    """Shared start of Conv and ConvTranspose: blocked when weight or bias is computed; an entry
+    on a non-channel axis of x or y only couples the batch/spatial axes. True: link channels."""
     x, w, bias, y = node.inputs[0], node.inputs[1], optional_input(node, 2), node.outputs[0]
     if not isinstance(w, gs.Constant) or (bias is not None and not isinstance(bias, gs.Constant)):
         b.block_node(node, entry, f"{node_label(node)} has a non-constant weight or bias")
-        return
+        return False
     if entry is not None and entry[0] in (x.name, y.name) and entry[1] != 1:
         _conv_batch_axis(b, node, entry, x, y)
+        return False
+    return True
+
+
+def conv(b, node: gs.Node, entry) -> None:
+    x, w, bias, y = node.inputs[0], node.inputs[1], optional_input(node, 2), node.outputs[0]
+    if not _conv_channels_apply(b, node, entry):
         return
     g = int(attr(node, "group", 1))
     cout, cin_g = (int(d) for d in w.values.shape[:2])
@@ -62,11 +71,7 @@ def _conv_batch_axis(b, node, entry, x, y) -> None:
 
 def conv_transpose(b, node: gs.Node, entry) -> None:
     x, w, bias, y = node.inputs[0], node.inputs[1], optional_input(node, 2), node.outputs[0]
-    if not isinstance(w, gs.Constant) or (bias is not None and not isinstance(bias, gs.Constant)):
-        b.block_node(node, entry, f"{node_label(node)} has a non-constant weight or bias")
-        return
-    if entry is not None and entry[0] in (x.name, y.name) and entry[1] != 1:
-        _conv_batch_axis(b, node, entry, x, y)
+    if not _conv_channels_apply(b, node, entry):
         return
     g = int(attr(node, "group", 1))
     cin, cout_g = (int(d) for d in w.values.shape[:2])
