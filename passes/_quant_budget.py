@@ -1,24 +1,40 @@
-"""Error budget for ``quant{min-sqnr=...}``: which layers stay in float so that the quantized
-model meets a minimum SQNR on the calibration data, chosen from measured per-layer sensitivity.
+"""Error budget for ``quant{min-sqnr=...}`` and ``quant{max-top1-drop=...}``: which layers stay in
+float so that the quantized model meets the budget on the calibration data, chosen from measured
+per-layer sensitivity.
 
-Procedure (each step measures the SQNR of all model outputs against the float model, summed over
-the calibration feeds; an *evaluation* is one quantization of the model with a given set of
-layers kept in float):
+Metrics (each *evaluation* quantizes the model with a given set of layers kept in float and runs
+it on the calibration feeds, against the float model's outputs computed once):
 
-1. Candidates: the anchors (Conv, Gemm, MatMul) that the plain pass would quantize.
+- SQNR of all model outputs, ``10 log10(sum r^2 / sum (r - q)^2)`` summed over outputs and feeds;
+- top-1 disagreement: the fraction of positions whose argmax over the class axis differs from the
+  float model's, pooled over the outputs that hold class scores (float ``[N, C]`` or per-step
+  ``[N, T, C]``, :func:`graphc.verify.running.has_top1`): for a CTC recognizer every time step
+  is a position.
+
+A budget is met when every given bound holds (``SQNR >= min_sqnr``, ``disagreement <=
+max_top1_drop``).
+
+Procedure:
+
+1. Candidates: the anchors (Conv, Gemm, MatMul) that the plain pass would quantize. The
+   activations are calibrated once, on the float model (ranges do not depend on which layers are
+   float), and every evaluation re-uses them.
 2. Sensitivity: each candidate quantized alone (every other candidate float). These evaluations
    are independent and run in a ``ProcessPoolExecutor`` (``workers`` processes, spawned, each
-   given the model bytes and the feeds), under a progress bar.
+   given the model, feeds, reference outputs and ranges once), under a progress bar. A layer's
+   sensitivity is its solo SQNR (continuous, so it orders layers even where the top-1
+   disagreement of one layer alone is 0).
 3. Everything quantized; if the budget is met, nothing stays float.
 4. Greedy keep: add candidates to the float set, most sensitive (lowest solo SQNR) first, until
    the budget is met.
-5. Greedy leave-out: try quantizing each float layer again, least sensitive first, and keep it
-   quantized when the budget still holds - interactions (two layers whose errors cancel or
-   add) are accounted for by measuring, not by summing.
+5. Greedy leave-out: try quantizing each float layer again, the most expensive (MACs) first, and
+   keep it quantized when the budget still holds - interactions (two layers whose errors cancel
+   or add) are accounted for by measuring, not by summing; the cheap layers are the ones left
+   float.
 
 A layer is *sensitive* when quantizing it alone already spends a quarter of the noise budget
-(solo SQNR below ``min_sqnr + 6 dB``); the result keeps in float only the layers step 5 leaves,
-usually strictly fewer.
+(solo SQNR below ``min_sqnr + 6 dB``) or alone breaks more than a quarter of the top-1 budget;
+the result keeps in float only the layers step 5 leaves, usually strictly fewer.
 
 Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
 feeds and the quant options (other than the budget), under ``$GRAPHC_CACHE_DIR`` or
@@ -35,11 +51,13 @@ import os
 import tempfile
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
+from graphc.errors import DataError
 from graphc.ir import is_standard_op
 from graphc.passmanager import Context, PassResult
 
@@ -50,6 +68,7 @@ ANCHORS = ("Conv", "Gemm", "MatMul")
 SENSITIVE_MARGIN_DB = 6.0
 WORKERS = 2
 MAX_FEEDS = 32
+CACHE_VERSION = 2
 
 
 def cache_dir() -> Path:
@@ -61,17 +80,60 @@ def literal_pattern(name: str) -> str:
     return "".join(f"[{c}]" if c in "*?[" else c for c in name)
 
 
+@dataclass(frozen=True)
+class Score:
+    """One evaluation: output SQNR (dB) and top-1 disagreement (None: no class-score output)."""
+
+    sqnr: float
+    disagreement: float | None
+
+    def to_json(self) -> dict:
+        return {"sqnr": self.sqnr, "disagreement": self.disagreement}
+
+
+@dataclass(frozen=True)
+class Target:
+    min_sqnr: float | None
+    max_top1_drop: float | None
+
+    def met(self, score: Score) -> bool:
+        if self.min_sqnr is not None and not score.sqnr >= self.min_sqnr:
+            return False
+        if self.max_top1_drop is not None and not (score.disagreement or 0.0) <= self.max_top1_drop:
+            return False
+        return True
+
+    def sensitive(self, solo: Score) -> bool:
+        if self.min_sqnr is not None and solo.sqnr < self.min_sqnr + SENSITIVE_MARGIN_DB:
+            return True
+        return self.max_top1_drop is not None and (solo.disagreement or 0.0) > self.max_top1_drop / 4
+
+    def text(self) -> str:
+        parts = [f"min-sqnr={self.min_sqnr:g}"] if self.min_sqnr is not None else []
+        if self.max_top1_drop is not None:
+            parts.append(f"max-top1-drop={self.max_top1_drop:g}")
+        return " ".join(parts)
+
+
+def describe(score: Score) -> str:
+    text = f"{score.sqnr:.1f} dB"
+    return text + (f", top-1 disagreement {score.disagreement:.2%}" if score.disagreement is not None else "")
+
+
 class EvaluationCache:
-    """``{sorted float layers: SQNR}`` in a JSON file, written after each batch of evaluations."""
+    """``{sorted float layers: Score}`` in a JSON file, written after each batch of evaluations."""
 
     def __init__(self, key: str):
         self.path = cache_dir() / "quant-budget" / f"{key}.json"
-        self.values: dict[str, float] = {}
+        self.values: dict[str, Score] = {}
         self.hits = 0
         try:
-            self.values = json.loads(self.path.read_text())["evaluations"]
-        except (OSError, ValueError, KeyError):
-            pass
+            stored = json.loads(self.path.read_text())
+            if stored.get("version") == CACHE_VERSION:
+                self.values = {k: Score(float(v["sqnr"]), v["disagreement"])
+                               for k, v in stored["evaluations"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.values = {}
 
     @staticmethod
     def key_of(float_layers) -> str:
@@ -81,44 +143,95 @@ class EvaluationCache:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
         with os.fdopen(fd, "w") as f:
-            json.dump({"evaluations": self.values}, f)
+            json.dump({"version": CACHE_VERSION,
+                       "evaluations": {k: v.to_json() for k, v in self.values.items()}}, f)
         os.replace(tmp, self.path)
 
 
-def evaluate(model_bytes: bytes, feeds: list[dict], options, float_layers: tuple[str, ...]) -> float:
-    """SQNR (dB) of the model quantized with ``options``, ``float_layers`` kept float."""
+@dataclass
+class Job:
+    """What every evaluation shares: the float model, feeds, the float outputs, the ranges."""
+
+    model_bytes: bytes
+    feeds: list[dict]
+    references: list[list[np.ndarray]]
+    ranges: dict
+    options: object
+
+
+_WORKER_JOB: Job | None = None
+
+
+def _init_worker(job: Job) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _evaluate_in_worker(float_layers: tuple[str, ...]) -> Score:
+    assert _WORKER_JOB is not None
+    return evaluate(_WORKER_JOB, float_layers)
+
+
+def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
+    """The score of the model quantized with ``job.options``, ``float_layers`` kept float."""
     import graphc
     from graphc.calib.data import open_data
     from graphc.passes.quant import Quantize
     from graphc.runtime import create_session, run_session
     from graphc.verify.metrics import sqnr_from_sums
+    from graphc.verify.running import has_top1
 
-    model = graphc.load(model_bytes)
-    reference = create_session(model, label="float model (budget)", spin=False)
-    opts = dataclasses.replace(options, min_sqnr=None,
-                               exclude=tuple(options.exclude) + tuple(literal_pattern(n) for n in float_layers))
-    graphc.PassManager([Quantize(opts)], data=open_data(feeds, model)).run(model)
-    candidate = create_session(model, label="quantized model (budget)", spin=False)
+    model = graphc.load(job.model_bytes)
+    opts = dataclasses.replace(job.options, min_sqnr=None, max_top1_drop=None,
+                               exclude=tuple(job.options.exclude) + tuple(literal_pattern(n) for n in float_layers))
+    ctx = Context(model, data=open_data(job.feeds, model))
+    Quantize(opts).quantize(model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges)
+    model.graph.cleanup().toposort()
+    candidate = create_session(ctx.model, label="quantized model (budget)", spin=False)
     signal = noise = 0.0
-    for feed in feeds:
-        for r, c in zip(run_session(reference, feed), run_session(candidate, feed)):
-            r64 = np.asarray(r, np.float64)
+    hits = positions = 0
+    for feed, reference in zip(job.feeds, job.references):
+        for r, c in zip(reference, run_session(candidate, feed)):
+            r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
             signal += float(np.sum(r64 ** 2))
-            noise += float(np.sum((r64 - np.asarray(c, np.float64)) ** 2))
-    return sqnr_from_sums(signal, noise)
+            noise += float(np.sum((r64 - c64) ** 2))
+            if has_top1(np.asarray(r).dtype, np.shape(r)) and np.shape(c) == np.shape(r):
+                hits += int(np.count_nonzero(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
+                positions += int(np.prod(np.shape(r)[:-1]))
+    return Score(sqnr_from_sums(signal, noise), 1.0 - hits / positions if positions else None)
 
 
 class Budget:
     """Runs the evaluations (cached, in parallel where independent) for one quant pass run."""
 
-    def __init__(self, ctx: Context, options):
+    def __init__(self, quant_pass, ctx: Context):
         from graphc.ir import model_bytes
+        from graphc.runtime import create_session, run_session
 
-        self.options = options
+        self.options = quant_pass.options
         self.model_bytes = model_bytes(ctx.model)
-        self.feeds = [dict(f) for _, f in zip(range(options.samples or MAX_FEEDS), ctx.data)]
+        self.feeds = [dict(f) for _, f in zip(range(self.options.samples or MAX_FEEDS), ctx.data)]
         self.cache = EvaluationCache(self._digest())
         self.runs = 0
+        self._job: Job | None = None
+        self._quant_pass, self._ctx = quant_pass, ctx
+        self._create_session, self._run_session = create_session, run_session
+
+    def job(self) -> Job:
+        """Float outputs and ranges, computed the first time an evaluation is not cached."""
+        if self._job is None:
+            from graphc.calib.data import open_data
+
+            session = self._create_session(self._ctx.model, label="float model (budget)", spin=False)
+            references = [[np.asarray(x) for x in self._run_session(session, feed)] for feed in self.feeds]
+            plan_ctx = Context(self._ctx.model.copy(), data=open_data(self.feeds, self._ctx.model))
+            plan_ctx.require_opset(13)
+            opts = dataclasses.replace(self.options, min_sqnr=None, max_top1_drop=None)
+            quant = type(self._quant_pass)(opts)
+            plan = quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False))
+            ranges = quant._calibrate(plan_ctx, plan)
+            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options)
+        return self._job
 
     def _digest(self) -> str:
         h = hashlib.sha256(self.model_bytes)
@@ -126,11 +239,11 @@ class Budget:
             for name in sorted(feed):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(feed[name]).tobytes())
-        opts = dataclasses.replace(self.options, min_sqnr=None)
+        opts = dataclasses.replace(self.options, min_sqnr=None, max_top1_drop=None)
         h.update(repr(opts).encode())
         return h.hexdigest()[:32]
 
-    def sqnr(self, float_sets: list[tuple[str, ...]], desc: str = "") -> list[float]:
+    def score(self, float_sets: list[tuple[str, ...]], desc: str = "") -> list[Score]:
         todo = [s for s in dict.fromkeys(map(tuple, float_sets))
                 if EvaluationCache.key_of(s) not in self.cache.values]
         self.cache.hits += len(set(map(tuple, float_sets))) - len(todo)
@@ -141,7 +254,7 @@ class Budget:
                 log.warning("quant budget: worker processes failed (%s); evaluating in this process", exc)
         for s in todo:
             if EvaluationCache.key_of(s) not in self.cache.values:
-                self.cache.values[EvaluationCache.key_of(s)] = evaluate(self.model_bytes, self.feeds, self.options, s)
+                self.cache.values[EvaluationCache.key_of(s)] = evaluate(self.job(), s)
         self.runs += len(todo)
         if todo:
             self.cache.save()
@@ -150,8 +263,9 @@ class Budget:
     def _parallel(self, todo: list[tuple[str, ...]], desc: str) -> None:
         from graphc.progress import progress
 
-        with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn")) as pool:
-            futures = {pool.submit(evaluate, self.model_bytes, self.feeds, self.options, s): s for s in todo}
+        with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(self.job(),)) as pool:
+            futures = {pool.submit(_evaluate_in_worker, s): s for s in todo}
             for future in progress(as_completed(futures), total=len(futures), desc=desc, unit="layer"):
                 self.cache.values[EvaluationCache.key_of(futures[future])] = future.result()
 
@@ -161,47 +275,73 @@ def candidate_layers(quant_pass, graph, ctx: Context) -> list[str]:
     return [n.name for n in plan.quantized if is_standard_op(n, *ANCHORS) and n.name]
 
 
-def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> list[dict]:
-    """The layers to keep float, each as a details record with its reason."""
-    target = quant_pass.options.min_sqnr
-    budget = Budget(ctx, quant_pass.options)
+def layer_costs(graph, ctx: Context, layers: list[str]) -> dict[str, int]:
+    """MACs of each layer at the calibration data's shapes (0 where unknown)."""
+    from graphc.ir.stats import node_macs
+    from graphc.passes.quant import _cost_shapes
+
+    shapes = _cost_shapes(ctx)
+    wanted = set(layers)
+    return {n.name: node_macs(n, shapes) or 0 for n in graph.nodes if n.name in wanted}
+
+
+def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> tuple[list[dict], Budget]:
+    """The layers to keep float, each as a details record with its reason, and the budget run."""
+    opts = quant_pass.options
+    target = Target(opts.min_sqnr, opts.max_top1_drop)
+    budget = Budget(quant_pass, ctx)
     layers = candidate_layers(quant_pass, graph, ctx)
-    solo = dict(zip(layers, budget.sqnr([tuple(x for x in layers if x != name) for name in layers],
-                                        desc="quant sensitivity")))
+    solo = dict(zip(layers, budget.score([tuple(x for x in layers if x != name) for name in layers],
+                                         desc="quant sensitivity")))
+    current = all_quantized = budget.score([()])[0]
+    if target.max_top1_drop is not None and current.disagreement is None:
+        raise DataError("quant: max-top1-drop needs a model output with class scores ([N, C] or "
+                        "[N, T, C] floats); this model has none - use min-sqnr")
     kept: list[str] = []
-    current = budget.sqnr([()])[0]
-    all_quantized = current
-    for name in sorted(layers, key=lambda n: solo[n]):  # most sensitive first
-        if current >= target:
+    for name in sorted(layers, key=lambda n: solo[n].sqnr):  # most sensitive first
+        if target.met(current):
             break
         kept.append(name)
-        current = budget.sqnr([tuple(kept)])[0]
-    for name in sorted(kept, key=lambda n: -solo[n]):  # leave-out, least sensitive first
+        current = budget.score([tuple(kept)])[0]
+    costs = layer_costs(graph, ctx, kept)
+    for name in sorted(kept, key=lambda n: (-costs.get(n, 0), -solo[n].sqnr)):  # leave-out, dearest first
         trial = tuple(x for x in kept if x != name)
-        value = budget.sqnr([trial])[0]
-        if value >= target:
+        value = budget.score([trial])[0]
+        if target.met(value):
             kept, current = list(trial), value
-    sensitive = [n for n in layers if solo[n] < target + SENSITIVE_MARGIN_DB]
-    result.stats.update({"budget_min_sqnr": target, "budget_sqnr_all_quantized": round(all_quantized, 2),
-                         "budget_sqnr": round(current, 2), "budget_layers": len(layers),
+    sensitive = [n for n in layers if target.sensitive(solo[n])]
+    result.stats.update({"budget": target.text(), "budget_sqnr_all_quantized": round(all_quantized.sqnr, 2),
+                         "budget_sqnr": round(current.sqnr, 2), "budget_layers": len(layers),
                          "budget_sensitive_layers": len(sensitive), "budget_float_layers": len(kept),
                          "budget_evaluations_run": budget.runs, "budget_evaluations_cached": budget.cache.hits})
-    if current < target:
-        result.skip(f"min-sqnr={target}: not met even with {len(kept)} layers float ({current:.1f} dB)")
+    if opts.min_sqnr is not None:
+        result.stats["budget_min_sqnr"] = opts.min_sqnr
+    if current.disagreement is not None:
+        result.stats["budget_top1_disagreement_all_quantized"] = round(all_quantized.disagreement, 5)
+        result.stats["budget_top1_disagreement"] = round(current.disagreement, 5)
+    if opts.max_top1_drop is not None:
+        result.stats["budget_max_top1_drop"] = opts.max_top1_drop
+    if not target.met(current):
+        result.skip(f"{target.text()}: not met even with {len(kept)} layers float ({describe(current)})")
     return [{"node": name, "precision": "float",
-             "reason": f"min-sqnr={target:g}: quantized alone {solo[name]:.1f} dB; all quantized "
-                       f"{all_quantized:.1f} dB, with it float {current:.1f} dB",
-             "solo_sqnr": round(solo[name], 2)} for name in kept]
+             "reason": f"{target.text()}: quantized alone {describe(solo[name])}; all quantized "
+                       f"{describe(all_quantized)}, with it float {describe(current)}",
+             "solo_sqnr": round(solo[name].sqnr, 2),
+             **({"solo_top1_disagreement": round(solo[name].disagreement, 5)}
+                if solo[name].disagreement is not None else {}),
+             "macs": costs.get(name, 0)} for name in kept], budget
 
 
 def run_with_budget(quant_pass, graph, ctx: Context) -> PassResult:
-    """The quant pass with ``min_sqnr``: choose the float layers, then quantize the rest."""
+    """The quant pass with a budget: choose the float layers, then quantize the rest."""
     scratch = PassResult(modified=False)
-    records = choose_float_layers(quant_pass, graph, ctx, scratch)
-    opts = dataclasses.replace(quant_pass.options, min_sqnr=None,
+    records, budget = choose_float_layers(quant_pass, graph, ctx, scratch)
+    opts = dataclasses.replace(quant_pass.options, min_sqnr=None, max_top1_drop=None,
                                exclude=tuple(quant_pass.options.exclude)
                                + tuple(literal_pattern(r["node"]) for r in records))
-    result = type(quant_pass)(opts).run(graph, ctx)
+    # every evaluation came from the cache: nothing calibrated yet, the final run calibrates
+    ranges = budget._job.ranges if budget._job is not None else None
+    result = type(quant_pass)(opts).quantize(graph, ctx, PassResult(modified=False), known_ranges=ranges)
     result.stats.update(scratch.stats)
     for reason, n in scratch.skipped.items():
         result.skipped[reason] = result.skipped.get(reason, 0) + n

@@ -79,12 +79,20 @@ class Quantize(Pass):
         min_sqnr: float | None = option(None, "error budget: keep the fewest layers float so that the "
                                         "output SQNR (dB) on the calibration data is at least this",
                                         min=0.0, max=200.0)
+        max_top1_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                             "top-1 predictions (argmax over the class axis of [N, C] or "
+                                             "[N, T, C] outputs) disagree with the float model's on at most "
+                                             "this fraction of the calibration positions", min=0.0, max=1.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
                                     "DequantizeLinear (bits=8) or com.microsoft MatMulNBits (bits=4)")
         block_size: int = option(32, "weights-only bits=4: weights per scale along K (power of two)",
                                  min=16, max=4096)
+        int4_format: str = option("auto", "weights-only bits=4: 'dq' = standard block-wise int4 "
+                                  "DequantizeLinear (opset 21), 'nbits' = onnxruntime's MatMulNBits, "
+                                  "auto = dq when the model is at opset 21 or later, else nbits",
+                                  choices=("auto", "dq", "nbits"))
 
         def __post_init__(self):
             from graphc.passes._quant_weights_only import check_options
@@ -95,14 +103,21 @@ class Quantize(Pass):
         if any(is_standard_op(n, *QDQ_OPS) for n in graph.nodes):
             result.skip("model already has QuantizeLinear/DequantizeLinear nodes")
             return result
-        if ctx.data is None:
-            raise DataError("pass 'quant' needs calibration data (--data)")
-        if self.options.weights_only:
+        if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
             from graphc.passes._quant_weights_only import run_weights_only
             return run_weights_only(self, graph, ctx)
-        if self.options.min_sqnr is not None:
+        if ctx.data is None:
+            raise DataError("pass 'quant' needs calibration data (--data)")
+        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
             from graphc.passes._quant_budget import run_with_budget
             return run_with_budget(self, graph, ctx)
+        return self.quantize(graph, ctx, result)
+
+    def quantize(self, graph: gs.Graph, ctx: Context, result: PassResult,
+                 known_ranges: dict | None = None) -> PassResult:
+        """Plan, calibrate and write (no budget). ``known_ranges``: activation ranges already
+        calibrated on ``ctx.data`` with these options (the budget's evaluations re-use one
+        calibration of the float model); only tensors missing from it are calibrated."""
         version = max(v for v in QDQ_VERSIONS if v <= max(ctx.opset, 13))
         if version > MAX_RUNTIME_QDQ_VERSION:
             result.skip(f"opset {ctx.opset}: onnxruntime has no QuantizeLinear-{version} kernel")
@@ -115,7 +130,7 @@ class Quantize(Pass):
             graph = ctx.graph
         result.skipped.clear()
         plan = self._plan(graph, ctx, result)
-        ranges = self._calibrate(ctx, plan)
+        ranges = self._calibrate(ctx, plan, known_ranges)
         fmt = QuantFormat(activations=opts.activations, weights=opts.weights, bits=opts.bits,
                           symmetric_activations=opts.symmetric_activations)
         reference = ctx.model.copy() if opts.bias_correction else None
@@ -148,15 +163,19 @@ class Quantize(Pass):
             result.skipped[reason] = result.skipped.get(reason, 0) + n
         return plan
 
-    def _calibrate(self, ctx: Context, plan) -> dict:
+    def _calibrate(self, ctx: Context, plan, known: dict | None = None) -> dict:
         from graphc.calib import calibrate
 
         names = [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
-        log.info("quant: calibrating %d tensors (%s)", len(names), self.options.calib)
-        return calibrate(ctx.model, ctx.data, names, self.options.calib,
-                         percentile=self.options.percentile,
-                         symmetric=self.options.symmetric_activations, bits=self.options.bits,
-                         max_samples=self.options.samples)
+        known = {name: known[name] for name in names if name in known} if known else {}
+        missing = [name for name in names if name not in known]
+        if not missing:
+            return known
+        log.info("quant: calibrating %d tensors (%s)", len(missing), self.options.calib)
+        return known | calibrate(ctx.model, ctx.data, missing, self.options.calib,
+                                 percentile=self.options.percentile,
+                                 symmetric=self.options.symmetric_activations, bits=self.options.bits,
+                                 max_samples=self.options.samples)
 
 
 def calibration_tensors(model, data, options=None) -> list[str]:

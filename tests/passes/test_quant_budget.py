@@ -1,12 +1,16 @@
 """quant{min-sqnr=...}: the error budget is met on the calibration data with strictly fewer float
 layers than the sensitive ones, each kept layer has a reason, and the sensitivity cache is
 re-used by a second run with another budget."""
+import json
+
 import numpy as np
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphc
 from graphc.calib.data import open_data
+from graphc.runtime import create_session, run_session
 from support import assert_valid, make_model, run
 
 C = 16
@@ -94,3 +98,104 @@ def test_met_budget_keeps_everything_quantized():
     _, _, record = _quantize("quant{placement=all calib=minmax min-sqnr=5}", feeds)
     assert record.stats["budget_float_layers"] == 0
     assert record.stats["quantized_Conv"] == 6
+
+
+def _classifier(batch=8, seed=0, classes=10):
+    """The chain with a class-score head: Flatten -> MatMul (random weights) -> logits [batch, 10]."""
+    model = _chain(seed)
+    g = model.graph
+    y = g.outputs[0]
+    rng = np.random.default_rng(seed + 7)
+    flat = gs.Variable("flat", dtype=np.float32, shape=[batch, C * 100])
+    logits = gs.Variable("logits", dtype=np.float32, shape=[batch, classes])
+    w = gs.Constant("head_w", (rng.standard_normal((C * 100, classes)) / 40).astype(np.float32))
+    g.nodes += [gs.Node("Flatten", name="flatten", attrs={"axis": 1}, inputs=[y], outputs=[flat]),
+                gs.Node("MatMul", name="head", inputs=[flat, w], outputs=[logits])]
+    g.inputs[0].shape = [batch, C, 10, 10]
+    y.shape = [batch, C, 10, 10]
+    g.outputs = [logits]
+    g.cleanup().toposort()
+    return model
+
+
+def _class_feeds(n=6, batch=8):
+    rng = np.random.default_rng(2)
+    return [{"x": rng.standard_normal((batch, C, 10, 10)).astype(np.float32)} for _ in range(n)]
+
+
+def _disagreement(reference, candidate, feeds):
+    """Measured as the budget measures it: onnxruntime with its graph optimizations (fused
+    integer kernels), which round differently from the unfused Q/DQ reference semantics."""
+    ref, cand = (create_session(m, spin=False) for m in (reference, candidate))
+    wrong = total = 0
+    for feed in feeds:
+        r, c = run_session(ref, feed)[0], run_session(cand, feed)[0]
+        wrong += int(np.count_nonzero(r.argmax(-1) != c.argmax(-1)))
+        total += r.shape[0]
+    return wrong / total
+
+
+def _quantize_classifier(text, feeds):
+    model = _classifier()
+    reference = model.copy()
+    record = graphc.PassManager(text, data=open_data(feeds, model)).run(model).records[-1]
+    return reference, model, record
+
+
+def test_top1_budget_is_met_on_the_calibration_data(tmp_path):
+    feeds = _class_feeds()
+    base = "quant{placement=all per-channel=false calib=minmax"
+    reference, plain, _ = _quantize_classifier(base + "}", feeds)
+    plain_drop = _disagreement(reference, plain, feeds)
+    assert plain_drop > 0.05  # the crushed layers flip predictions
+    reference, model, record = _quantize_classifier(base + " max-top1-drop=0.02}", feeds)
+    stats = record.stats
+    measured = _disagreement(reference, model, feeds)
+    assert measured <= 0.02
+    assert stats["budget_top1_disagreement"] == pytest.approx(measured, abs=1e-5)
+    assert stats["budget_top1_disagreement_all_quantized"] == pytest.approx(plain_drop, abs=1e-5)
+    assert 0 < stats["budget_float_layers"] < stats["budget_layers"]
+    kept = [d for d in record.details if d.get("precision") == "float" and "solo_sqnr" in d]
+    assert len(kept) == stats["budget_float_layers"]
+    assert all(d["reason"].startswith("max-top1-drop=0.02") and "top-1 disagreement" in d["reason"]
+               for d in kept)
+    assert all(d["macs"] > 0 for d in kept)
+    assert_valid(model, tmp_path)
+
+
+def test_both_bounds_must_hold():
+    feeds = _class_feeds()
+    base = "quant{placement=all per-channel=false calib=minmax"
+    _, _, loose = _quantize_classifier(base + " max-top1-drop=0.5}", feeds)
+    reference, model, both = _quantize_classifier(base + " max-top1-drop=0.5 min-sqnr=30}", feeds)
+    assert both.stats["budget_sqnr"] >= 30 and both.stats["budget_top1_disagreement"] <= 0.5
+    assert both.stats["budget_float_layers"] > loose.stats["budget_float_layers"]
+    assert both.stats["budget"] == "min-sqnr=30 max-top1-drop=0.5"
+    # the top-1 budget re-used the evaluations the first run measured
+    assert both.stats["budget_evaluations_cached"] >= both.stats["budget_layers"] + 1
+
+
+def test_top1_budget_needs_a_class_output():
+    feeds = _feeds()
+    with pytest.raises(graphc.errors.DataError, match="max-top1-drop needs a model output with class scores"):
+        _quantize("quant{placement=all per-channel=false calib=minmax max-top1-drop=0.01}", feeds)
+
+
+def test_budget_options_do_not_combine_with_weights_only():
+    with pytest.raises(graphc.errors.OptionError, match="max-top1-drop"):
+        graphc.PassManager("quant{weights-only=true bits=8 max-top1-drop=0.01}")
+
+
+def test_old_cache_files_are_ignored(tmp_path):
+    feeds = _feeds()
+    base = "quant{placement=all per-channel=false calib=minmax min-sqnr=30}"
+    first = _quantize(base, feeds)[2].stats
+    files = list((tmp_path / "cache" / "quant-budget").glob("*.json"))
+    assert len(files) == 1
+    stored = json.loads(files[0].read_text())
+    assert stored["version"] == 2
+    # a cache written by the older format ({set: float}) is not trusted: everything is re-measured
+    files[0].write_text(json.dumps({"evaluations": {k: v["sqnr"] for k, v in stored["evaluations"].items()}}))
+    again = _quantize(base, feeds)[2].stats
+    assert again["budget_evaluations_run"] == first["budget_evaluations_run"]
+    assert again["budget_float_layers"] == first["budget_float_layers"]
