@@ -24,10 +24,26 @@ Not handled (each skip counted with its reason): Clip/Relu6 and HardSwish betwee
 clip bound would have to scale per channel, which Clip cannot: MobileNetV2 with Relu6 is
 equalized only where it has plain Relu or no activation), intermediate tensors with other
 readers or that are graph outputs (a residual Add reads the channel too: rescaling it would need
-every reader rescaled), shared or non-constant weights and biases, non-float32 weights. Bias
-absorption (moving part of ``b1`` through the activation into ``b2``) is not done: it is exact
-only when the pre-activation is provably above the absorbed amount, which a data-free pass
-cannot know once BatchNormalization is folded.
+every reader rescaled), shared or non-constant weights and biases, non-float32 weights.
+
+Bias absorption (``absorb-bias``, paper sec. 4.2; maths in :mod:`graphc.passes._equalize_bias`).
+After scaling, part ``c`` of Conv1's bias moves into Conv2's bias (``b1' = b1 - c``,
+``b2' = b2 + W2 c``) so that each channel of the tensor between them lies closer to 0, for the
+per-tensor activation range of ``quant``. Only into a Conv2 that reads no padding. ``c`` comes
+from the measured per-channel range over ``ctx.data`` when given, else from the 3-sigma rule on
+the BatchNormalization that followed Conv1 in the original model (``beta - 3 |gamma|``), else the
+channel is left alone. Modes:
+
+- ``exact`` (default): only pairs with no activation between them, where absorption is exact for
+  every input whatever ``c`` is, so the pass stays exact; through Relu nothing moves.
+- ``data``: also through Relu/LeakyRelu, ``c`` = the measured minimum of the pre-activation
+  (``Relu(u - c) = Relu(u) - c`` iff ``u >= c``): exact on the calibration data only; needs data.
+- ``gaussian``: also through Relu/LeakyRelu with the 3-sigma rule when there is no data: the
+  paper's data-free rule, not exact (inputs whose pre-activation falls below ``c`` change).
+- ``off``.
+
+With ``data`` or ``gaussian`` the pass declares itself inexact (``--verify-each`` measures instead
+of failing) and each absorbed layer's details say how exact it is.
 """
 from __future__ import annotations
 
@@ -38,7 +54,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.errors import DataError
+from graphc.ir import NameFactory, consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.passes import _equalize_bias as bias
+from graphc.passes._equalize_bias import conv_input_view
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -59,20 +78,50 @@ class ConvPair:
 @register_pass
 class Equalize(Pass):
     name = "equalize"
-    summary = "cross-layer equalization of Conv -> Relu -> Conv channel ranges (exact in float)"
+    summary = ("cross-layer equalization of Conv -> Relu -> Conv channel ranges, and bias absorption "
+               "(exact in float by default)")
     exact = True
 
     @dataclass(frozen=True)
     class Options:
         sweeps: int = option(50, "at most this many sweeps over all Conv pairs", min=1, max=1000)
-        tolerance: float = option(0.01, "stop when no channel scale differs from 1 by more",
+        tolerance: float = option(0.01, "stop when no channel scale differs from 1 by more; a bias "
+                                  "amount below this fraction of its channel's range is not moved",
                                   min=1e-6, max=1.0)
+        absorb_bias: str = option("exact", "move bias into the next Conv: off; exact (no activation "
+                                  "between, exact for every input); data (also through Relu, from the "
+                                  "calibration minimum; exact on that data); gaussian (also through Relu, "
+                                  "3-sigma BatchNorm rule without data; inexact)", choices=bias.ABSORB_MODES)
         ignore: tuple[str, ...] = option((), "node name patterns left alone (fnmatch)")
 
+    def __init__(self, options=None):
+        super().__init__(options)
+        # through an activation, absorption is exact at most on the calibration data
+        self.exact = self.options.absorb_bias in ("off", "exact")
+
+    def requires_data(self) -> bool:
+        return self.options.absorb_bias == "data"
+
+    def wants_original(self) -> bool:
+        return self.options.absorb_bias != "off"  # BatchNorm statistics, when there is no data
+
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        mode = self.options.absorb_bias
+        if mode == "data" and ctx.data is None:
+            raise DataError("equalize{absorb-bias=data} reads calibration data; give --data")
         result = PassResult(modified=False)
         pairs = [p for p in (self._pair(graph, n, result) for n in list(graph.nodes)) if p]
-        moved: dict[int, float] = {}
+        absorbing = [p for p in pairs if self._absorbable(p, result)] if mode != "off" else []
+        from_bn = {} if ctx.data is not None else self._batchnorm_bounds(absorbing, ctx)
+        scales = self._equalize(pairs, result)
+        if absorbing:
+            self._absorb_biases(graph, ctx, absorbing, from_bn, scales, result)
+        result.modified = bool(scales) or "bias_layers_absorbed" in result.stats
+        return result
+
+    def _equalize(self, pairs: list[ConvPair], result: PassResult) -> dict[int, np.ndarray]:
+        """Sweeps of scaling; returns the cumulative output scale of each rescaled Conv1."""
+        applied: dict[int, np.ndarray] = {}
         for sweep in range(self.options.sweeps):
             changed = False
             for pair in pairs:
@@ -80,20 +129,81 @@ class Equalize(Pass):
                 if np.max(np.abs(scales - 1.0)) <= self.options.tolerance:
                     continue
                 _rescale(pair, scales)
-                moved[id(pair.first)] = max(moved.get(id(pair.first), 1.0), float(np.max(scales)),
-                                            float(1 / np.min(scales)))
+                applied[id(pair.first)] = applied.get(id(pair.first), 1.0) * scales
                 changed = True
             if not changed:
                 break
             result.stats["sweeps"] = sweep + 1
         for pair in pairs:
-            if id(pair.first) in moved:
+            if id(pair.first) in applied:
+                total = applied[id(pair.first)]
                 result.count("pairs_equalized")
                 result.details.append({"node": pair.first.name, "rule": "equalize",
                                        "with": pair.second.name,
-                                       "max_scale": round(moved[id(pair.first)], 4)})
-        result.modified = bool(moved)
-        return result
+                                       "max_scale": round(float(np.max(np.maximum(total, 1 / total))), 4)})
+        return applied
+
+    # -- bias absorption --------------------------------------------------------------------------
+
+    def _absorbable(self, pair: ConvPair, result: PassResult) -> bool:
+        reason = bias.absorb_reason(pair.second, pair.activation, self.options.absorb_bias)
+        if reason:
+            result.skip(reason)
+            log.info("equalize: %s -> %s %s", node_label(pair.first), node_label(pair.second), reason)
+        return reason is None
+
+    def _batchnorm_bounds(self, pairs: list[ConvPair], ctx: Context) -> dict[int, bias.ChannelBounds]:
+        """3-sigma bounds of each Conv1 still equal to its original Conv + BatchNorm (before scaling)."""
+        if not pairs or ctx.original is None:
+            return {}
+        original = {n.name: n for n in ctx.original.graph.nodes if n.name}
+        found = {id(p.first): bias.batchnorm_bounds(original, p.first) for p in pairs}
+        return {k: v for k, v in found.items() if v is not None}
+
+    def _absorb_biases(self, graph: gs.Graph, ctx: Context, pairs: list[ConvPair],
+                       from_bn: dict[int, bias.ChannelBounds], scales: dict[int, np.ndarray],
+                       result: PassResult) -> None:
+        bounds = self._bounds(ctx, pairs, from_bn, scales)
+        planned = []
+        for pair in pairs:
+            found = bounds.get(id(pair.first))
+            if found is None:
+                result.skip("bias not absorbed: no calibration data, and no BatchNormalization "
+                            "statistics that still describe the layer")
+                continue
+            c = bias.absorbed_amounts(found, pair.activation, self.options.tolerance)
+            if np.any(c):
+                planned.append((pair, found, c))
+        names = NameFactory(graph)
+        for pair, found, c in planned:  # amounts were all taken before any bias moved
+            bias.absorb(pair.first, pair.second, c, names)
+            self._record_absorption(pair, found, c, result)
+
+    def _bounds(self, ctx: Context, pairs: list[ConvPair], from_bn: dict[int, bias.ChannelBounds],
+                scales: dict[int, np.ndarray]) -> dict[int, bias.ChannelBounds]:
+        if ctx.data is not None:
+            tensors = {p.first.outputs[0].name: p.first.inputs[1].values.ndim for p in pairs}
+            measured = bias.measured_bounds(ctx.model, ctx.data, tensors)
+            return {id(p.first): measured[p.first.outputs[0].name] for p in pairs}
+        return {k: b.scaled(1.0 / scales.get(k, 1.0)) for k, b in from_bn.items()}
+
+    def _record_absorption(self, pair: ConvPair, found: bias.ChannelBounds, c: np.ndarray,
+                           result: PassResult) -> None:
+        exact = bias.exactness(pair.activation, found)
+        moved = int(np.count_nonzero(c))
+        result.count("bias_layers_absorbed")
+        result.count("bias_channels_absorbed", moved)
+        if exact != "yes":
+            result.count("bias_layers_absorbed_inexact")
+        zero = np.zeros_like(c)
+        result.details.append({
+            "node": pair.first.name, "rule": "absorb-bias", "into": pair.second.name,
+            "through": bias.through(pair.activation), "source": found.source, "exact": exact,
+            "channels": moved, "of": int(c.size),
+            "range_before": round(bias.activation_range(found, pair.activation, zero), 6),
+            "range_after": round(bias.activation_range(found, pair.activation, c), 6)})
+        log.info("equalize: %d channel(s) of %s absorbed into %s (%s, exact: %s)", moved,
+                 node_label(pair.first), node_label(pair.second), found.source, exact)
 
     # -- check ----------------------------------------------------------------------------------
 
@@ -166,17 +276,10 @@ def _channels_check(first: gs.Node, second: gs.Node) -> str | None:
 # -- rewrite -------------------------------------------------------------------------------------
 
 
-def _input_view(conv: gs.Node) -> np.ndarray:
-    """Conv2's weight as (group, Cout_g, Cin_g, k...), in float64."""
-    w = conv.inputs[1].values.astype(np.float64)
-    group = int(conv.attrs.get("group", 1))
-    return w.reshape((group, w.shape[0] // group) + w.shape[1:])
-
-
 def _equalizing_scales(pair: ConvPair) -> np.ndarray:
     w1 = np.abs(pair.first.inputs[1].values.astype(np.float64))
     r1 = w1.reshape(w1.shape[0], -1).max(axis=1)
-    v2 = np.abs(_input_view(pair.second))
+    v2 = np.abs(conv_input_view(pair.second))
     r2 = v2.max(axis=tuple(i for i in range(v2.ndim) if i not in (0, 2))).reshape(-1)
     with np.errstate(divide="ignore", invalid="ignore"):
         s = np.sqrt(r1 / r2)
@@ -192,7 +295,7 @@ def _rescale(pair: ConvPair, s: np.ndarray) -> None:
         b1 = pair.first.inputs[2]
         b1.values = (b1.values.astype(np.float64) / s).astype(np.float32)
     w2 = pair.second.inputs[1]
-    view = _input_view(pair.second)
+    view = conv_input_view(pair.second)
     group, cin_g = view.shape[0], view.shape[2]
     factor = s.reshape((group, 1, cin_g) + (1,) * (view.ndim - 3))
     w2.values = (view * factor).reshape(w2.values.shape).astype(np.float32)
