@@ -1,6 +1,10 @@
 """prune: identity at zero, exact "mask then remove" for every criterion, budgets (MACs within 2% of
-the target), round-to, blocked groups untouched, idempotence at a fixed target, option errors,
-bn-scale after fold-bn, reconstruction on the trained digits ResNet, PP-OCR det/cls."""
+the target), round-to (auto from a mocked CPU, explicit integers, small groups), blocked groups
+untouched, idempotence at a fixed target, option errors, bn-scale after fold-bn, reconstruction on the
+trained digits ResNet, PP-OCR det/cls.
+
+``round-to=auto`` reads the CPU: every test here runs on a mocked AVX-512 ``/proc/cpuinfo`` (block
+16) unless it mocks another, so results do not depend on the machine."""
 from __future__ import annotations
 
 import json
@@ -11,6 +15,7 @@ import onnx
 import pytest
 
 import graphc
+import graphc.cpu
 from graphc.analysis import analyze_channels, mask_channels
 from graphc.analysis.budget import group_keys
 from graphc.calib.data import IterableSource, open_data
@@ -18,6 +23,7 @@ from graphc.errors import DataError, OptionError, PassError
 from graphc.ir import infer_shapes, to_proto
 from graphc.ir.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
+from graphc.passes._prune_rounding import Rounding
 from prune_nets import Net, conv_matmul, feeds, resnetish
 from support import MODELS, ROOT, assert_valid, op_count, run
 
@@ -34,6 +40,16 @@ def _one_blas_thread():
         return
     with threadpool_limits(1):
         yield
+
+
+AVX512 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma avx512f avx512bw\n"
+AVX2 = "processor\t: 0\nflags\t\t: fpu sse sse2 avx avx2 fma\n"
+
+
+@pytest.fixture(autouse=True)
+def _cpu(monkeypatch):
+    """round-to=auto sees an AVX-512 CPU (block 16) unless a test says otherwise."""
+    monkeypatch.setattr(graphc.cpu, "read_cpuinfo", lambda: AVX512)
 
 
 def _prune(model, text, data=None, **kw):
@@ -69,7 +85,7 @@ def test_zero_target_is_an_exact_identity(text):
 def test_ratio_prunes_every_prunable_group_and_the_model_stays_valid(tmp_path):
     model = resnetish(width=16)
     original = model.copy()
-    record = _prune(model, "prune{ratio=0.5}")
+    record = _prune(model, "prune{ratio=0.5 round-to=8}")
     assert record.modified and record.stats["groups_pruned"] == 3
     shapes = _weight_shapes(model)
     # stem/b2 share the residual group, b1 and down have their own: 16 -> 8, 32 -> 16
@@ -117,7 +133,7 @@ def test_groups_blocked_by_the_analysis_are_never_touched():
 
 def test_ignore_leaves_matching_groups_alone():
     model = resnetish(width=16)
-    record = _prune(model, "prune{ratio=0.5 ignore=down*}")
+    record = _prune(model, "prune{ratio=0.5 round-to=8 ignore=down*}")
     # 'down' produces one group and consumes the residual group: both are left alone
     shapes = _weight_shapes(model)
     assert shapes["down"] == (32, 16, 3, 3) and shapes["b1"] == (8, 16, 3, 3)
@@ -188,7 +204,7 @@ def test_sensitivity_allocation_meets_the_budget_and_spares_sensitive_groups():
     chosen = {}
     for allocation in ("global", "sensitivity"):
         pruned = model.copy()
-        record = _prune(pruned, f"prune{{flops=0.6 allocation={allocation} reconstruct=false samples=2}}", data=calib)
+        record = _prune(pruned, f"prune{{flops=0.6 allocation={allocation} round-to=8 reconstruct=false samples=2}}", data=calib)
         assert 0.58 <= _macs(pruned) / base <= 0.6
         chosen[allocation] = {d["group"]: d["channels"] for d in record.details if "removed" in d}
     assert chosen["global"] != chosen["sensitivity"]
@@ -217,6 +233,57 @@ def test_kept_channel_counts_are_multiples_of_round_to(round_to):
     assert changed and all(c % round_to == 0 for _, c in changed), changed
 
 
+@pytest.mark.parametrize("cpuinfo, block", [(AVX512, 16), (AVX2, 8)])
+def test_round_to_auto_resolves_to_the_cpus_block(monkeypatch, cpuinfo, block):
+    monkeypatch.setattr(graphc.cpu, "read_cpuinfo", lambda: cpuinfo)
+    model = graphc.load(MODELS / "resnet_digits.onnx")             # groups of 32..128 channels
+    before = _weight_shapes(model)
+    record = _prune(model, "prune{flops=0.5}")
+    assert record.stats["round_to"] == block
+    chosen = [d for d in record.details if d.get("option") == "round-to"]
+    assert chosen == [{"option": "round-to", "value": block, "auto": True, "why": chosen[0]["why"]}]
+    assert ("avx512f" if block == 16 else "avx2") in chosen[0]["why"]
+    assert model.metadata["graphc.prune.round_to"] == str(block)
+    changed = [shape[0] for name, shape in _weight_shapes(model).items() if shape[0] != before[name][0]]
+    assert changed and all(c % block == 0 for c in changed), changed
+    assert 0.48 <= record.stats["macs_after"] / record.stats["macs_before"] <= 0.5
+
+
+def test_an_explicit_round_to_is_used_as_given():
+    """An integer ignores the CPU and the metadata, is not recorded, and is not refined for small groups."""
+    model = resnetish(width=12)                                  # groups of 12, 12, 24
+    record = _prune(model, "prune{ratio=0.5 round-to=16}")
+    assert record.stats["round_to"] == 16 and not any("option" in d for d in record.details)
+    assert "graphc.prune.round_to" not in model.metadata
+    shapes = _weight_shapes(model)
+    assert shapes["stem"][0] == 12 and shapes["b1"][0] == 12 and shapes["down"][0] == 16
+    assert record.skipped == {"group at its smallest size (round-to / max-ratio)": 2}
+    model = graphc.load(MODELS / "resnet_digits.onnx")
+    assert _prune(model, "prune{flops=0.5 round-to=8}").stats["round_to"] == 8
+    kept = [s[0] for s in _weight_shapes(model).values()]
+    assert any(c % 16 for c in kept), kept                       # 8 means 8, on an AVX-512 CPU too
+
+
+@pytest.mark.parametrize("width, small, large, multiples", [
+    (12, 8, 16, [8, 8, 16]),        # narrower than a block: rounds to 8, not frozen
+    (8, 4, 16, [4, 4]),             # 8 -> 4, never 0; the 16-channel group is one block: kept
+    (16, 16, 16, [16]),             # exactly one block: kept, as with round-to=16
+])
+def test_auto_rounds_groups_narrower_than_a_block_finer(width, small, large, multiples):
+    model = resnetish(width=width)                               # groups of width, width, 2 * width
+    record = _prune(model, "prune{ratio=0.5}")
+    shapes = _weight_shapes(model)
+    assert shapes["stem"][0] == shapes["b1"][0] == small and shapes["down"][0] == large
+    assert sorted(d["round_to"] for d in record.details if "removed" in d) == multiples
+
+
+def test_round_to_multiples_per_group_size():
+    auto, given = Rounding(16, True, "cpu"), Rounding(16, False, "given")
+    assert [auto.multiple(n) for n in (64, 32, 17, 16, 15, 12, 9, 8, 5, 4, 3, 2, 1)] == \
+        [16, 16, 16, 16, 8, 8, 8, 4, 4, 2, 2, 1, 1]
+    assert [given.multiple(n) for n in (64, 16, 12, 1)] == [16, 16, 16, 16]
+
+
 def test_max_ratio_caps_every_group():
     model = resnetish(width=16)
     _prune(model, "prune{ratio=0.9 max-ratio=0.5 round-to=1}")
@@ -227,10 +294,10 @@ def test_flops_on_a_dynamic_model_needs_a_shape():
     model = resnetish(dynamic=True)
     with pytest.raises(PassError, match="--input-shape"):
         _prune(model.copy(), "prune{flops=0.5}")
-    record = _prune(model.copy(), "prune{flops=0.5}", input_shapes={"x": (1, 3, 8, 8)})
+    record = _prune(model.copy(), "prune{flops=0.5 round-to=8}", input_shapes={"x": (1, 3, 8, 8)})
     assert record.stats["macs_after"] <= 0.5 * record.stats["macs_before"]
     data = IterableSource([{"x": np.zeros((1, 3, 8, 8), np.float32)}])       # the first sample's shape
-    assert _prune(model.copy(), "prune{flops=0.5 reconstruct=false}", data=data).stats["target_macs"] > 0
+    assert _prune(model.copy(), "prune{flops=0.5 round-to=8 reconstruct=false}", data=data).stats["target_macs"] > 0
 
 
 # -- idempotence --------------------------------------------------------------------------------
@@ -243,6 +310,23 @@ def test_a_met_target_is_a_no_op(text):
     once = _bytes(model)
     again = _prune(model, text)
     assert not again.modified and _bytes(model) == once
+
+
+@pytest.mark.parametrize("text", ["prune{flops=0.5}", "prune{ratio=0.3}"])
+def test_auto_reruns_are_no_ops_on_any_cpu(monkeypatch, text):
+    """The block auto chose is recorded; a re-run reuses it, also on a CPU with another block (else
+    ratio=0.3 would move resnet_digits' 128-channel group from 96 to 88 on AVX2)."""
+    model = graphc.load(MODELS / "resnet_digits.onnx")
+    assert _prune(model, text).modified
+    once = _bytes(model)
+    again = _prune(model, text)
+    assert not again.modified and _bytes(model) == once and again.stats["round_to"] == 16
+    monkeypatch.setattr(graphc.cpu, "read_cpuinfo", lambda: AVX2)
+    elsewhere = _prune(model, text)
+    assert not elsewhere.modified and _bytes(model) == once and elsewhere.stats["round_to"] == 16
+    assert "recorded in the model metadata" in elsewhere.details[0]["why"]
+    fresh = graphc.load(MODELS / "resnet_digits.onnx")
+    assert _prune(fresh, text).stats["round_to"] == 8                  # a new model reads this CPU
 
 
 def test_targets_are_relative_to_the_original_model():
@@ -263,6 +347,9 @@ def test_targets_are_relative_to_the_original_model():
     ("prune{criterion=magnitude}", "criterion"),
     ("prune{allocation=sensitivity}", "budget"),
     ("prune{round-to=0}", "round-to"),
+    ("prune{round-to=5000}", "round-to"),
+    ("prune{round-to=fast}", "round-to"),
+    ("prune{round-to=2.5}", "round-to"),
     ("prune{max-ratio=2}", "max-ratio"),
     ("prune{flops=-0.1}", "flops"),
     ("prune{ratoi=0.3}", "ratio"),
@@ -270,6 +357,18 @@ def test_targets_are_relative_to_the_original_model():
 def test_bad_options_are_rejected_at_parse_time(text, message):
     with pytest.raises(OptionError, match=message):
         parse_pipeline(text)
+
+
+def test_round_to_accepts_auto_and_integers():
+    assert parse_pipeline("prune").steps[0].options.round_to == "auto"
+    step = parse_pipeline("prune{round-to=16}").steps[0]
+    assert step.options.round_to == 16 and step.text() == "prune{round-to=16}"
+    assert parse_pipeline("prune{round-to=AUTO}").text() == "prune{round-to=auto}"
+    from graphc.passes.prune import Prune
+
+    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="8").round_to == 8
+    with pytest.raises(ValueError, match="round-to"):
+        Prune.Options(round_to=True)
 
 
 @pytest.mark.parametrize("text", ["prune{criterion=activation}", "prune{reconstruct=true}",
@@ -293,7 +392,7 @@ def test_bn_scale_reads_the_gammas_before_fold_bn():
 
 
 def test_bn_scale_without_batchnorm_falls_back_to_l2_and_says_so():
-    record = _prune(resnetish(bn=False), "prune{ratio=0.5 criterion=bn-scale}")
+    record = _prune(resnetish(bn=False), "prune{ratio=0.5 round-to=8 criterion=bn-scale}")
     assert record.modified and record.skipped == {"no input for criterion bn-scale; ranked by l2": 3}
 
 
@@ -305,8 +404,8 @@ def test_reconstruction_refits_matmul_and_gemm_consumers(tmp_path):
     original = model.copy()
     data = IterableSource(feeds(model, 32))
     plain = model.copy()
-    _prune(plain, "prune{ratio=0.5 reconstruct=false}", data=data)
-    record = _prune(model, "prune{ratio=0.5}", data=data)
+    _prune(plain, "prune{ratio=0.5 round-to=8 reconstruct=false}", data=data)
+    record = _prune(model, "prune{ratio=0.5 round-to=8}", data=data)
     assert record.stats["refit"] == 2                     # mm1 (reads c1) and mm2 (reads mm1's outputs)
     assert_valid(model, tmp_path)
     err = lambda m: np.mean([np.mean((run(m, x)[0] - run(original, x)[0]) ** 2) for x in feeds(model, 4, seed=9)])
