@@ -187,7 +187,7 @@ def image_options(settings: ImageSettings) -> Any:
 def _snapshots(recipe: Recipe, inputs: _Inputs) -> Any:
     if not recipe.outputs.report or inputs.calibration is None:
         return None
-    if not any(step.cls.needs_data for step in parse_pipeline(recipe.pipeline).steps):
+    if not any(step.instantiate().requires_data() for step in parse_pipeline(recipe.pipeline).steps):
         return None
     from graphc.report.histograms import CalibrationSnapshots
 

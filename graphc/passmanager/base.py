@@ -40,7 +40,8 @@ class Pass:
     Options: ClassVar[type] = NoOptions
     #: exact passes must preserve outputs (checked by --verify-each at rtol 1e-5 / atol 1e-6).
     exact: ClassVar[bool] = True
-    #: True if the pass reads calibration data (ctx.data) and fails without it.
+    #: True if the pass may read calibration data (ctx.data): ``graphc passes`` and the docs say
+    #: so. Whether one configured instance cannot run without it is :meth:`requires_data`.
     needs_data: ClassVar[bool] = False
 
     def __init__(self, options: Any = None):
@@ -49,9 +50,15 @@ class Pass:
     def run(self, graph: gs.Graph, ctx: "Context") -> PassResult:  # noqa: F821
         raise NotImplementedError
 
+    def requires_data(self) -> bool:
+        """True if this run cannot start without calibration data: the pass manager then refuses
+        the pipeline before any pass runs. Default: ``needs_data``. A pass whose options make the
+        data optional overrides it (``quant{weights-only=true}`` calibrates nothing)."""
+        return self.needs_data
+
     def wants_original(self) -> bool:
         """True if this run reads ``ctx.original`` (the model before the pipeline), so the pass
-        manager keeps a copy even without ``needs_data`` or ``verify_each``."""
+        manager keeps a copy even without :meth:`requires_data` or ``verify_each``."""
         return False
 
     def __repr__(self) -> str:

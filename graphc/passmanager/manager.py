@@ -99,17 +99,16 @@ class PassManager:
 
     def run(self, model: Model) -> RunReport:
         """Run every pass on ``model`` in place; returns the per-pass records."""
-        needing = [s.name for s in self.pipeline.steps if s.cls.needs_data]
+        steps = [(spec, spec.instantiate()) for spec in self.pipeline.steps]
+        needing = [spec.name for spec, step in steps if step.requires_data()]
         if needing and self.data is None:
             raise DataError(f"pass '{needing[0]}' needs calibration data (--data)")
         ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
-        keep = self.verify_each or any(s.cls.needs_data or s.instantiate().wants_original()
-                                       for s in self.pipeline.steps)
+        keep = self.verify_each or any(step.requires_data() or step.wants_original() for _, step in steps)
         ctx.original = model.copy() if keep else None
         records = []
         done: list[str] = []
-        for spec in self.pipeline.steps:
-            step = spec.instantiate()
+        for spec, step in steps:
             records.append(self._run_one(step, spec.text(), ctx, done))
             done.append(spec.name)
         model.metadata["graphc.pipeline"] = self.pipeline.text()

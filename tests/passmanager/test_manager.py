@@ -1,4 +1,6 @@
 """PassManager: analyses cache, structural checks, errors that name passes, metadata, records."""
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 import pytest
@@ -6,7 +8,7 @@ from onnx import TensorProto, helper
 
 import graphc
 from graphc.errors import DataError, PassError, StructureError
-from graphc.passmanager import Context, Pass, PassManager, PassResult
+from graphc.passmanager import Context, Instrument, Pass, PassManager, PassResult, option
 from graphc.passmanager import registry
 from support import make_model
 
@@ -76,10 +78,27 @@ class _NeedsData(Pass):
         return PassResult(False)
 
 
+class _DataOptional(Pass):
+    """May read data (class-level ``needs_data``), but only needs it when ``calibrate`` is on."""
+
+    name = "t-data-optional"
+    needs_data = True
+
+    @dataclass(frozen=True)
+    class Options:
+        calibrate: bool = option(True, "read ctx.data")
+
+    def requires_data(self):
+        return self.options.calibrate
+
+    def run(self, graph, ctx):
+        return PassResult(False, stats={"had_data": ctx.data is not None})
+
+
 @pytest.fixture(autouse=True)
 def test_passes(monkeypatch):
     registry._load_builtins()
-    for cls in (_Reads, _Modifies, _Preserves, _Breaks, _Crashes, _NeedsData):
+    for cls in (_Reads, _Modifies, _Preserves, _Breaks, _Crashes, _NeedsData, _DataOptional):
         monkeypatch.setitem(registry._REGISTRY, cls.name, cls)
     Counter.computed = 0
 
@@ -111,6 +130,34 @@ def test_needs_data_fails_before_any_pass():
     with pytest.raises(DataError, match="t-needs-data"):
         PassManager("cleanup,t-needs-data").run(model)
     assert len(model.graph.nodes) == 3  # cleanup did not run
+
+
+class _Originals(Instrument):
+    """Records, per pass, whether the manager kept ``ctx.original``."""
+
+    def __init__(self):
+        self.kept = []
+
+    def before_pass(self, step, ctx):
+        self.kept.append(ctx.original is not None)
+
+
+def test_requires_data_is_asked_per_instance():
+    """``needs_data`` says a pass may read data; ``requires_data()`` decides for its options."""
+    from graphc.report.passes import pass_catalog
+
+    model = _model()
+    with pytest.raises(DataError, match="pass 't-data-optional' needs calibration data"):
+        PassManager("cleanup,t-data-optional").run(model)
+    assert len(model.graph.nodes) == 3  # refused before cleanup ran
+    spy = _Originals()
+    report = PassManager("cleanup,t-data-optional{calibrate=false}", instruments=[spy]).run(model)
+    assert report.records[1].stats == {"had_data": False} and spy.kept == [False, False]
+    spy = _Originals()
+    report = PassManager("t-data-optional", data=[{"x": np.ones((1, 4), np.float32)}], instruments=[spy]).run(_model())
+    assert report.records[0].stats == {"had_data": True} and spy.kept == [True]
+    assert Pass().requires_data() is False and _NeedsData().requires_data() is True
+    assert next(p for p in pass_catalog() if p["name"] == "t-data-optional")["needs_data"] is True
 
 
 def test_records_and_metadata(tmp_path):
