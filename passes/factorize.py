@@ -50,6 +50,7 @@ import onnx_graphsurgeon as gs
 from graphc.calib.moments import Layout, second_moments
 from graphc.errors import DataError
 from graphc.ir import NameFactory, constant_value, is_standard_op, node_label
+from graphc.ir.padding import explicit_pads
 from graphc.passes import _factorize_math as fm
 from graphc.passes import _factorize_rewrite as rw
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
@@ -261,29 +262,12 @@ def _match_conv(node: gs.Node, shapes) -> _Layer | str:
     spatial = [i.shape[2:] if i is not None and i.shape is not None else None for i in (x_info, y_info)]
     if any(s is None or not all(isinstance(d, int) and d > 0 for d in s) for s in spatial):
         return "spatial shape unknown (give --input-shape)"
-    pads = _explicit_pads(node, spatial[0], kernel)
+    pads = explicit_pads(node, kernel, spatial[0])
+    if isinstance(pads, str):
+        return pads
     layout = Layout.conv(kernel, node.attrs.get("strides"), pads, node.attrs.get("dilations"))
     w = weight.astype(np.float64).reshape(weight.shape[0], weight.shape[1], -1)
     return _Layer(node, w, weight.dtype, prod(spatial[1]), prod(spatial[0]), kernel, layout)
-
-
-def _explicit_pads(node: gs.Node, in_spatial, kernel) -> list[int]:
-    nd = len(kernel)
-    auto = node.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto in ("SAME_UPPER", "SAME_LOWER"):
-        strides = node.attrs.get("strides") or [1] * nd
-        dilations = node.attrs.get("dilations") or [1] * nd
-        begins, ends = [], []
-        for size, k, s, d in zip(in_spatial, kernel, strides, dilations):
-            total = max(0, (-(-size // s) - 1) * s + (k - 1) * d + 1 - size)
-            small, large = total // 2, total - total // 2
-            begins.append(small if auto == "SAME_UPPER" else large)
-            ends.append(large if auto == "SAME_UPPER" else small)
-        return begins + ends
-    if auto == "VALID":
-        return [0] * (2 * nd)
-    return list(node.attrs.get("pads") or [0] * (2 * nd))
 
 
 def _attach_moments(ctx: Context, layers: list[_Layer]) -> None:

@@ -54,6 +54,7 @@ import numpy as np
 
 from graphc.analysis.importance import ConsumerInput
 from graphc.calib.moments import Layout, cross_moments, second_moments
+from graphc.ir.padding import explicit_pads
 from graphc.ir.shapes import TensorInfo
 
 log = logging.getLogger(__name__)
@@ -162,33 +163,13 @@ def consumer_layout(consumer: ConsumerInput, shapes: dict[str, TensorInfo]) -> L
     if consumer.kind != "conv":
         return Layout(axis=-1, affine=True)
     kernel = tuple(int(k) for k in consumer.weight.values.shape[2:])
-    pads = _explicit_pads(node, shapes.get(consumer.x.name), kernel)
+    info = shapes.get(consumer.x.name)
+    spatial = info.shape[2:] if info is not None and info.shape is not None else None
+    pads = explicit_pads(node, kernel, spatial)
     if isinstance(pads, str):
         return pads
     layout = Layout.conv(kernel, node.attrs.get("strides"), pads, node.attrs.get("dilations"))
     return dataclasses.replace(layout, affine=True)
-
-
-def _explicit_pads(node, info: TensorInfo | None, kernel) -> list[int] | str:
-    nd = len(kernel)
-    auto = node.attrs.get("auto_pad", "NOTSET")
-    auto = auto.decode() if isinstance(auto, bytes) else auto
-    if auto == "VALID":
-        return [0] * (2 * nd)
-    if auto not in ("SAME_UPPER", "SAME_LOWER"):
-        return list(node.attrs.get("pads") or [0] * (2 * nd))
-    spatial = info.shape[2:] if info is not None and info.shape is not None else None
-    if spatial is None or not all(isinstance(d, int) and d > 0 for d in spatial):
-        return "auto_pad SAME with an unknown spatial size"
-    strides = node.attrs.get("strides") or [1] * nd
-    dilations = node.attrs.get("dilations") or [1] * nd
-    begins, ends = [], []
-    for size, k, st, d in zip(spatial, kernel, strides, dilations):
-        total = max(0, (-(-size // st) - 1) * st + (k - 1) * d + 1 - size)
-        small, large = total // 2, total - total // 2
-        begins.append(small if auto == "SAME_UPPER" else large)
-        ends.append(large if auto == "SAME_UPPER" else small)
-    return begins + ends
 
 
 def refit_consumers(model, data, jobs: list[tuple[ConsumerInput, Layout, np.ndarray]], *,
