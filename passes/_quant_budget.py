@@ -16,9 +16,12 @@ max_top1_drop``).
 
 Procedure:
 
-1. Candidates: the anchors (Conv, Gemm, MatMul) that the plain pass would quantize. The
-   activations are calibrated once, on the float model (ranges do not depend on which layers are
-   float), and every evaluation re-uses them.
+1. Candidates: every op the plain pass would put on integers (Conv, Gemm and MatMul, and the
+   QLinear element-wise ops, pools and activations around them), with the placement the speed
+   model chose for the whole model held fixed: an evaluation quantizes exactly that placement
+   minus its float set, and so does the final result - what was measured is what is written.
+   The activations are calibrated once, on the float model (ranges do not depend on which layers
+   are float), and every evaluation re-uses them.
 2. Sensitivity: each candidate quantized alone (every other candidate float). These evaluations
    are independent and run in a ``ProcessPoolExecutor`` (``workers`` processes, spawned, each
    given the model, feeds, reference outputs and ranges once), under a progress bar. A layer's
@@ -57,13 +60,11 @@ from pathlib import Path
 
 import numpy as np
 
-from graphc.errors import DataError
-from graphc.ir import is_standard_op
+from graphc.errors import DataError, PassError
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
 
-ANCHORS = ("Conv", "Gemm", "MatMul")
 #: solo SQNR below min_sqnr + this many dB: the layer alone spends a quarter of the noise budget.
 SENSITIVE_MARGIN_DB = 6.0
 WORKERS = 2
@@ -157,6 +158,15 @@ class Job:
     references: list[list[np.ndarray]]
     ranges: dict
     options: object
+    positions: frozenset[int] | None  # nodes the speed model puts on integers (None: placement=all)
+
+    def allowed(self, graph, float_layers) -> frozenset[int] | None:
+        """The fixed placement minus the layers kept float: every evaluation and the final run
+        quantize exactly these nodes, so what was measured is what is written."""
+        if self.positions is None:
+            return None
+        names = set(float_layers)
+        return frozenset(i for i in self.positions if graph.nodes[i].name not in names)
 
 
 _WORKER_JOB: Job | None = None
@@ -182,10 +192,10 @@ def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
     from graphc.verify.running import has_top1
 
     model = graphc.load(job.model_bytes)
-    opts = dataclasses.replace(job.options, min_sqnr=None, max_top1_drop=None,
-                               exclude=tuple(job.options.exclude) + tuple(literal_pattern(n) for n in float_layers))
+    opts = _without_budget(job.options, float_layers)
     ctx = Context(model, data=open_data(job.feeds, model))
-    Quantize(opts).quantize(model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges)
+    Quantize(opts).quantize(model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
+                            positions=job.allowed(model.graph, float_layers))
     model.graph.cleanup().toposort()
     candidate = create_session(ctx.model, label="quantized model (budget)", spin=False)
     signal = noise = 0.0
@@ -222,15 +232,19 @@ class Budget:
         if self._job is None:
             from graphc.calib.data import open_data
 
+            import graphc
+
             session = self._create_session(self._ctx.model, label="float model (budget)", spin=False)
             references = [[np.asarray(x) for x in self._run_session(session, feed)] for feed in self.feeds]
-            plan_ctx = Context(self._ctx.model.copy(), data=open_data(self.feeds, self._ctx.model))
-            plan_ctx.require_opset(13)
-            opts = dataclasses.replace(self.options, min_sqnr=None, max_top1_drop=None)
-            quant = type(self._quant_pass)(opts)
-            plan = quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False))
+            model = graphc.load(self.model_bytes)  # what the workers load: the same node order
+            if [n.op for n in model.graph.nodes] != [n.op for n in self._ctx.graph.nodes]:
+                raise PassError("quant budget: the model's nodes moved when serialized", node=None)
+            plan_ctx = Context(model, data=open_data(self.feeds, model))
+            quant = type(self._quant_pass)(_without_budget(self.options))
+            positions = quant.speed_positions(plan_ctx.graph, plan_ctx)
+            plan = quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions)
             ranges = quant._calibrate(plan_ctx, plan)
-            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options)
+            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
         return self._job
 
     def _digest(self) -> str:
@@ -239,8 +253,7 @@ class Budget:
             for name in sorted(feed):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(feed[name]).tobytes())
-        opts = dataclasses.replace(self.options, min_sqnr=None, max_top1_drop=None)
-        h.update(repr(opts).encode())
+        h.update(repr(_without_budget(self.options)).encode())
         return h.hexdigest()[:32]
 
     def score(self, float_sets: list[tuple[str, ...]], desc: str = "") -> list[Score]:
@@ -272,7 +285,7 @@ class Budget:
 
 def candidate_layers(quant_pass, graph, ctx: Context) -> list[str]:
     plan = quant_pass._plan(graph, ctx, PassResult(modified=False))
-    return [n.name for n in plan.quantized if is_standard_op(n, *ANCHORS) and n.name]
+    return [n.name for n in plan.quantized if n.name]
 
 
 def layer_costs(graph, ctx: Context, layers: list[str]) -> dict[str, int]:
@@ -332,23 +345,34 @@ def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> 
              "macs": costs.get(name, 0)} for name in kept], budget
 
 
+def _without_budget(options, float_layers=()):
+    return dataclasses.replace(options, min_sqnr=None, max_top1_drop=None,
+                               exclude=tuple(options.exclude) + tuple(literal_pattern(n) for n in float_layers))
+
+
 def run_with_budget(quant_pass, graph, ctx: Context) -> PassResult:
-    """The quant pass with a budget: choose the float layers, then quantize the rest."""
+    """The quant pass with a budget: choose the float layers, then quantize the rest with the
+    placement every evaluation used."""
+    plain = type(quant_pass)(_without_budget(quant_pass.options))
+    if plain.unsupported_opset(ctx) or not plain._plan(graph, ctx, PassResult(modified=False)).quantized:
+        return plain.quantize(graph, ctx, PassResult(modified=False))  # skips, says why
+    upgraded = ctx.require_opset(13)  # first, so that node positions stay put from here on
+    graph = ctx.graph
     scratch = PassResult(modified=False)
     records, budget = choose_float_layers(quant_pass, graph, ctx, scratch)
-    opts = dataclasses.replace(quant_pass.options, min_sqnr=None, max_top1_drop=None,
-                               exclude=tuple(quant_pass.options.exclude)
-                               + tuple(literal_pattern(r["node"]) for r in records))
-    # every evaluation came from the cache: nothing calibrated yet, the final run calibrates
-    ranges = budget._job.ranges if budget._job is not None else None
-    result = type(quant_pass)(opts).quantize(graph, ctx, PassResult(modified=False), known_ranges=ranges)
+    job = budget.job()
+    kept = [r["node"] for r in records]
+    result = type(quant_pass)(_without_budget(quant_pass.options, kept)).quantize(
+        graph, ctx, PassResult(modified=False), known_ranges=job.ranges, positions=job.allowed(graph, kept))
+    if upgraded:
+        result.count("opset_upgraded_to", 13)
     result.stats.update(scratch.stats)
     for reason, n in scratch.skipped.items():
         result.skipped[reason] = result.skipped.get(reason, 0) + n
     # the budget's own record (with the measured sensitivity) replaces the generic
     # "excluded by pattern" one the inner run wrote for the same layer
-    budget = {r["node"] for r in records}
+    budget_nodes = set(kept)
     result.details[:] = [d for d in result.details
-                         if not (d.get("precision") == "float" and d.get("node") in budget)]
+                         if not (d.get("precision") == "float" and d.get("node") in budget_nodes)]
     result.details.extend(records)
     return result

@@ -135,17 +135,11 @@ def unpack_int4_blocks(packed: np.ndarray, scales: np.ndarray, k: int) -> np.nda
 
 
 def int4_constant(name: str, codes: np.ndarray) -> gs.Constant:
-    """An INT4 constant of ``codes`` (values in [-8, 7]).
-
-    onnx-graphsurgeon 0.6 exports a numpy int4 array one byte per element, which ONNX rejects
-    (INT4 is packed two per byte), so the constant holds the packed ONNX tensor and loads it
-    lazily. A later pass that reads ``.values`` of this constant makes it unexportable again.
-    """
+    """An INT4 constant of ``codes`` (values in [-8, 7]); :func:`graphc.ir.to_proto` packs it
+    two per byte on export."""
     import ml_dtypes
-    from onnx import numpy_helper
-    from onnx_graphsurgeon.ir.tensor import LazyValues
 
-    return gs.Constant(name, LazyValues(numpy_helper.from_array(codes.astype(ml_dtypes.int4), name)))
+    return gs.Constant(name, codes.astype(ml_dtypes.int4))
 
 
 def weight_kn(node: gs.Node, w: gs.Constant) -> np.ndarray:

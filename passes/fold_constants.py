@@ -20,6 +20,9 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, consumers, is_graph_output, is_standard_op, node_label
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
+
+#: a DequantizeLinear of constant codes is a weight stored compressed on purpose (quant, weights-only).
+KEPT_QUANTIZED = frozenset({"DequantizeLinear"})
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,7 @@ class FoldConstants(Pass):
         changed = True
         while changed:
             changed = False
+            result.skipped.clear()  # the last sweep (nothing left to fold) says what stays, once
             for node in list(graph.nodes):
                 if self._fold_shape_reader(graph, node, shapes, result) or self._fold(graph, node, ctx, result):
                     changed = True
@@ -51,6 +55,9 @@ class FoldConstants(Pass):
 
     def _fold(self, graph: gs.Graph, node: gs.Node, ctx: Context, result: PassResult) -> bool:
         if not is_standard_op(node) or node.op in NOT_FOLDABLE or not node.outputs:
+            return False
+        if node.op in KEPT_QUANTIZED:
+            result.skip(f"{node.op} of a constant kept: folding would store the weight in float again")
             return False
         if any(isinstance(v, gs.Graph) for v in node.attrs.values()):
             return False

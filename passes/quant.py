@@ -98,6 +98,9 @@ class Quantize(Pass):
             from graphc.passes._quant_weights_only import check_options
             check_options(self)
 
+    def requires_data(self) -> bool:
+        return not self.options.weights_only  # weights-only calibrates nothing; data only times the result
+
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
         if any(is_standard_op(n, *QDQ_OPS) for n in graph.nodes):
@@ -113,23 +116,32 @@ class Quantize(Pass):
             return run_with_budget(self, graph, ctx)
         return self.quantize(graph, ctx, result)
 
-    def quantize(self, graph: gs.Graph, ctx: Context, result: PassResult,
-                 known_ranges: dict | None = None) -> PassResult:
-        """Plan, calibrate and write (no budget). ``known_ranges``: activation ranges already
-        calibrated on ``ctx.data`` with these options (the budget's evaluations re-use one
-        calibration of the float model); only tensors missing from it are calibrated."""
+    def unsupported_opset(self, ctx: Context) -> str | None:
         version = max(v for v in QDQ_VERSIONS if v <= max(ctx.opset, 13))
         if version > MAX_RUNTIME_QDQ_VERSION:
-            result.skip(f"opset {ctx.opset}: onnxruntime has no QuantizeLinear-{version} kernel")
+            return f"opset {ctx.opset}: onnxruntime has no QuantizeLinear-{version} kernel"
+        return None
+
+    def quantize(self, graph: gs.Graph, ctx: Context, result: PassResult,
+                 known_ranges: dict | None = None, positions: frozenset[int] | None = None) -> PassResult:
+        """Plan, calibrate and write (no budget). ``known_ranges``: activation ranges already
+        calibrated on ``ctx.data`` with these options (the budget's evaluations re-use one
+        calibration of the float model); only tensors missing from it are calibrated.
+        ``positions``: indices into ``graph.nodes`` that may run on integers, in place of the
+        speed model's choice (the budget fixes the placement; the graph must be at opset 13 or
+        later already, so that the indices do not move)."""
+        reason = self.unsupported_opset(ctx)
+        if reason is not None:
+            result.skip(reason)
             return result
         opts = self.options
-        if not self._plan(graph, ctx, result).quantized:
+        if not self._plan(graph, ctx, result, positions).quantized:
             return result
         if ctx.require_opset(13):
             result.count("opset_upgraded_to", 13)
             graph = ctx.graph
         result.skipped.clear()
-        plan = self._plan(graph, ctx, result)
+        plan = self._plan(graph, ctx, result, positions)
         ranges = self._calibrate(ctx, plan, known_ranges)
         fmt = QuantFormat(activations=opts.activations, weights=opts.weights, bits=opts.bits,
                           symmetric_activations=opts.symmetric_activations)
@@ -146,13 +158,18 @@ class Quantize(Pass):
         result.modified = True
         return result
 
-    def _plan(self, graph: gs.Graph, ctx: Context, result: PassResult):
+    def _config(self) -> PlacementConfig:
         opts = self.options
-        config = PlacementConfig(ops=frozenset(opts.ops), exclude=tuple(opts.exclude),
-                                 per_channel=opts.per_channel,
-                                 absorb_activations=not opts.symmetric_activations,
-                                 full_range=opts.bits == 8)
-        if opts.placement == "auto":
+        return PlacementConfig(ops=frozenset(opts.ops), exclude=tuple(opts.exclude), per_channel=opts.per_channel,
+                               absorb_activations=not opts.symmetric_activations, full_range=opts.bits == 8)
+
+    def _plan(self, graph: gs.Graph, ctx: Context, result: PassResult,
+              positions: frozenset[int] | None = None):
+        config = self._config()
+        if positions is not None:
+            config = dataclasses.replace(config, allowed=frozenset(
+                id(node) for i, node in enumerate(graph.nodes) if i in positions))
+        elif self.options.placement == "auto":
             model = CostModel(_cost_shapes(ctx))
             chosen, estimate = integer_nodes(graph, candidate_nodes(graph, config), model)
             config = dataclasses.replace(config, allowed=frozenset(chosen))
@@ -162,6 +179,13 @@ class Quantize(Pass):
         for reason, n in plan.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + n
         return plan
+
+    def speed_positions(self, graph: gs.Graph, ctx: Context) -> frozenset[int] | None:
+        """Indices into ``graph.nodes`` the speed model puts on integers (None: placement=all)."""
+        if self.options.placement != "auto":
+            return None
+        chosen, _ = integer_nodes(graph, candidate_nodes(graph, self._config()), CostModel(_cost_shapes(ctx)))
+        return frozenset(i for i, node in enumerate(graph.nodes) if id(node) in chosen)
 
     def _calibrate(self, ctx: Context, plan, known: dict | None = None) -> dict:
         from graphc.calib import calibrate

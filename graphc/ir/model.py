@@ -29,9 +29,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
 
+import ml_dtypes
 import numpy as np
 import onnx
+import onnx.numpy_helper
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
@@ -237,9 +240,22 @@ def _constant_node_value(node: gs.Node) -> np.ndarray | None:
 # saving
 
 
+#: numpy dtypes ONNX packs two per byte; onnx-graphsurgeon 0.6 would export them one per byte.
+_PACKED_DTYPES = frozenset(np.dtype(t) for t in (ml_dtypes.int4, ml_dtypes.uint4, ml_dtypes.float4_e2m1fn))
+
+
+def _pack_subbyte_constants(graph: gs.Graph) -> None:
+    """Hand 4-bit constants to the exporter as packed ONNX tensors (numpy_helper packs them)."""
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and not isinstance(tensor._values, LazyValues) \
+                and np.dtype(tensor.dtype) in _PACKED_DTYPES:
+            tensor.values = LazyValues(onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
+
+
 def to_proto(model: Model) -> onnx.ModelProto:
     """Export the IR to a ModelProto with the model-level fields restored."""
     graph = model.graph
+    _pack_subbyte_constants(graph)
     try:
         proto = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:

@@ -73,3 +73,24 @@ def test_large_results_and_random_ops_not_folded():
     record = PassManager("fold-constants{max-elements=1000}").run(model).records[0]
     assert op_count(model, "ConstantOfShape") == 1 and op_count(model, "RandomNormal") == 1
     assert record.skipped.get("result larger than max-elements") == 1
+
+
+def test_dequantized_weights_stay_quantized(tmp_path):
+    """DequantizeLinear of constant codes is a compressed weight: folding it would undo quant.
+    The Mul of two constants next to it is folded (the case that must match)."""
+    codes = numpy_helper.from_array(np.arange(-6, 6, dtype=np.int8).reshape(3, 4), "codes")
+    scale = numpy_helper.from_array(np.array(0.5, np.float32), "scale")
+    a = numpy_helper.from_array(np.ones((3, 4), np.float32), "a")
+    nodes = [helper.make_node("DequantizeLinear", ["codes", "scale"], ["w"], name="dq"),
+             helper.make_node("Mul", ["a", "a"], ["a2"], name="const_mul"),
+             helper.make_node("Add", ["w", "a2"], ["w2"], name="add_w"),
+             helper.make_node("MatMul", ["x", "w2"], ["y"], name="mm")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2, 4])], [codes, scale, a])
+    model = graphc.load(make_model(graph, opset=13))
+    reference = model.copy()
+    record = PassManager("fold-constants").run(model).records[0]
+    assert op_count(model, "DequantizeLinear") == 1 and op_count(model, "Mul") == 0
+    assert record.skipped == {"DequantizeLinear of a constant kept: folding would store the weight in float again": 1}
+    assert_same_outputs(reference, model, random_feeds(model))
+    assert_valid(model, tmp_path)

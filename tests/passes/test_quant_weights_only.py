@@ -18,8 +18,8 @@ from onnx import TensorProto, helper, numpy_helper
 import graphc
 from graphc.calib.data import open_data
 from graphc.cli import main
-from graphc.errors import DataError, ModelError, OptionError
-from graphc.passmanager import Context, Pass
+from graphc.errors import DataError, OptionError
+from graphc.passmanager import Context
 from graphc.passmanager.pipeline import parse_pipeline
 from graphc.passes._quant_weights_only import (
     dequantize_int4_blocks,
@@ -285,13 +285,18 @@ def test_int4_dq_keeps_a_gemm_with_non_constant_c(tmp_path):
     np.testing.assert_allclose(run(out, feed)[0], feed["x"] @ dense + 3.0 * feed["c"], rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.xfail(strict=True, raises=ModelError,
-                   reason="graphc.ir.to_proto exports a numpy int4 array one byte per element (onnx-graphsurgeon "
-                          "0.6), so an INT4 constant whose values a later pass has read cannot be saved")
-def test_int4_constants_survive_a_later_cleanup(tmp_path):
+@pytest.mark.parametrize("after", ["cleanup", "fold-constants", "canonicalize"])
+def test_int4_constants_survive_later_passes(tmp_path, after):
+    """Passes after quant read the INT4 codes (cleanup compares them); the model still saves with
+    them packed two per byte, and constant folding keeps the DequantizeLinear nodes."""
     model, feeds = _mlp(k=32, hidden=32, n=32), _feeds(k=32)  # two [32, 32] weights: cleanup compares them
-    out, _ = _rewrite(model, DQ4 + ",cleanup", feeds)
+    out, _ = _rewrite(model, DQ4 + "," + after, feeds)
+    assert op_count(out, "DequantizeLinear") == 2
     assert_valid(out, tmp_path)
+    graphc.save(out, tmp_path / "int4.onnx")
+    saved = onnx.load(str(tmp_path / "int4.onnx"))
+    int4 = [t for t in saved.graph.initializer if t.data_type == onnx.TensorProto.INT4]
+    assert int4 and all(len(t.raw_data) == (int(np.prod(t.dims)) + 1) // 2 for t in int4)
 
 
 @pytest.mark.parametrize("opset,fmt", [(13, "nbits"), (17, "nbits"), (21, "dq")])
@@ -331,19 +336,12 @@ def test_nothing_to_rewrite_leaves_the_opset_alone():
 
 # -- without calibration data ------------------------------------------------------------------
 
-#: passes/quant.py must say that weights-only needs no data (Pass.requires_data); until it
-#: does, the pass manager refuses these pipelines without data and the tests below fail.
-NO_DATA_OVERRIDE = Quantize.requires_data is Pass.requires_data
-needs_override = pytest.mark.xfail(NO_DATA_OVERRIDE, strict=True, raises=DataError,
-                                   reason="Quantize does not override Pass.requires_data yet")
-
-
 def test_weights_only_runs_without_data_and_times_a_random_feed():
     model = _mlp(opset=21)
     result = Quantize(parse_pipeline(DQ4).steps[0].options).run(model.graph, Context(model))
     assert result.modified and result.stats["weights_only_format"] == "dq"
     assert result.stats["latency_feed"] == "random" and result.stats["latency_ms"] > 0
-    assert Quantize(Quantize.Options(weights_only=True)).requires_data() is NO_DATA_OVERRIDE
+    assert Quantize(Quantize.Options(weights_only=True)).requires_data() is False
     assert Quantize().requires_data() is True  # static QDQ calibrates ranges
 
 
@@ -358,7 +356,6 @@ def test_weights_only_without_data_and_shapes_skips_the_latency():
     assert result.stats["latency_feed"] == "random"
 
 
-@needs_override
 def test_weights_only_pipeline_without_data(tmp_path):
     model = _mlp()
     report = graphc.PassManager("quant{weights-only=true bits=4 int4-format=dq}").run(model)
@@ -366,7 +363,6 @@ def test_weights_only_pipeline_without_data(tmp_path):
     assert_valid(model, tmp_path)
 
 
-@needs_override
 def test_weights_only_cli_without_data(tmp_path, capsys):
     src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
     graphc.save(_mlp(), src)
