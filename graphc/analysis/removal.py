@@ -244,7 +244,7 @@ _FIXUPS = {"conv-group": _fix_conv_group, "group-norm": _fix_group_norm, "reshap
 @dataclass
 class _Fold:
     node: gs.Node
-    kind: str                   # bias | conv-border | convT-border | matmul-bias
+    kind: str                   # bias | gemm-bias | conv-border | convT-border | matmul-bias
     delta: np.ndarray           # bias delta over the consumer's outputs, or the border kernel
     out_slot: tuple[str, int]   # the consumer's output slot (its removed rows are dropped)
     out_axis: int               # axis of ``delta`` that follows out_slot
@@ -257,11 +257,8 @@ class _Fold:
             return
         if self.kind == "conv-border" and not exact_borders:
             self.kind, delta = "bias", delta.reshape(delta.shape[0], -1).sum(axis=1)
-        if self.kind == "bias":
-            _add_conv_bias(graph, self.node, delta, names)
-            result.folded_biases += 1
-        elif self.kind == "gemm-bias":
-            _add_gemm_bias(self.node, delta, names)
+        if self.kind in ("bias", "gemm-bias"):
+            _add_to_bias(self.node, delta, names)
             result.folded_biases += 1
         elif self.kind == "matmul-bias":
             _add_after(graph, self.node, delta, names)
@@ -368,7 +365,9 @@ def _padded(node) -> bool:
     return any(int(p) for p in node.attrs.get("pads", []))
 
 
-def _add_conv_bias(graph, node, delta, names) -> None:
+def _add_to_bias(node, delta, names) -> None:
+    """Add ``delta`` to a Conv's bias or a Gemm's C (input 2), creating it (Gemm with beta 1) when
+    absent; a bias other nodes read too is copied, not changed."""
     dtype = node.inputs[1].values.dtype
     if len(node.inputs) > 2 and node.inputs[2].name:
         bias = node.inputs[2]
@@ -377,22 +376,11 @@ def _add_conv_bias(graph, node, delta, names) -> None:
             bias.values = values.astype(dtype)
         else:
             node.inputs[2] = gs.Constant(names(f"{bias.name}.folded"), values.astype(dtype))
-    else:
-        node.inputs.append(gs.Constant(names(f"{node.name or 'conv'}.bias"), delta.astype(dtype)))
-
-
-def _add_gemm_bias(node, delta, names) -> None:
-    dtype = node.inputs[1].values.dtype
-    if len(node.inputs) > 2 and node.inputs[2].name:
-        c = node.inputs[2]
-        values = np.asarray(c.values, dtype=np.float64) + delta
-        if len(c.outputs) == 1:
-            c.values = values.astype(dtype)
-        else:
-            node.inputs[2] = gs.Constant(names(f"{c.name}.folded"), values.astype(dtype))
-    else:
+    elif node.op == "Gemm":
         node.attrs["beta"] = 1.0
         node.inputs.append(gs.Constant(names(f"{node.name or 'gemm'}.C"), delta.astype(dtype)))
+    else:
+        node.inputs.append(gs.Constant(names(f"{node.name or 'conv'}.bias"), delta.astype(dtype)))
 
 
 def _add_after(graph, node, delta, names) -> None:
