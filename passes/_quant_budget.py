@@ -225,6 +225,7 @@ class Budget:
         self.runs = 0
         self._job: Job | None = None
         self._quant_pass, self._ctx = quant_pass, ctx
+        self.layers: list[str] = []  # the candidates; their solo plans are calibrated up front
         self._create_session, self._run_session = create_session, run_session
 
     def job(self) -> Job:
@@ -233,6 +234,7 @@ class Budget:
             from graphc.calib.data import open_data
 
             import graphc
+            from graphc.passes.quant import activation_names
 
             session = self._create_session(self._ctx.model, label="float model (budget)", spin=False)
             references = [[np.asarray(x) for x in self._run_session(session, feed)] for feed in self.feeds]
@@ -242,8 +244,13 @@ class Budget:
             plan_ctx = Context(model, data=open_data(self.feeds, model))
             quant = type(self._quant_pass)(_without_budget(self.options))
             positions = quant.speed_positions(plan_ctx.graph, plan_ctx)
-            plan = quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions)
-            ranges = quant._calibrate(plan_ctx, plan)
+            names = activation_names(quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions))
+            probe = Job(self.model_bytes, [], [], {}, self.options, positions)
+            for layer in self.layers:  # the sweep's plans: a float layer moves some Q nodes
+                others = [x for x in self.layers if x != layer]
+                names += activation_names(type(quant)(_without_budget(self.options, others))._plan(
+                    plan_ctx.graph, plan_ctx, PassResult(modified=False), probe.allowed(plan_ctx.graph, others)))
+            ranges = quant.calibrate_tensors(plan_ctx, list(dict.fromkeys(names)))
             self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
         return self._job
 
@@ -304,6 +311,7 @@ def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> 
     target = Target(opts.min_sqnr, opts.max_top1_drop)
     budget = Budget(quant_pass, ctx)
     layers = candidate_layers(quant_pass, graph, ctx)
+    budget.layers = layers
     solo = dict(zip(layers, budget.score([tuple(x for x in layers if x != name) for name in layers],
                                          desc="quant sensitivity")))
     current = all_quantized = budget.score([()])[0]

@@ -126,7 +126,8 @@ class Quantize(Pass):
                  known_ranges: dict | None = None, positions: frozenset[int] | None = None) -> PassResult:
         """Plan, calibrate and write (no budget). ``known_ranges``: activation ranges already
         calibrated on ``ctx.data`` with these options (the budget's evaluations re-use one
-        calibration of the float model); only tensors missing from it are calibrated.
+        calibration of the float model); only tensors missing from it are calibrated, and added
+        to it.
         ``positions``: indices into ``graph.nodes`` that may run on integers, in place of the
         speed model's choice (the budget fixes the placement; the graph must be at opset 13 or
         later already, so that the indices do not move)."""
@@ -188,26 +189,36 @@ class Quantize(Pass):
         return frozenset(i for i, node in enumerate(graph.nodes) if id(node) in chosen)
 
     def _calibrate(self, ctx: Context, plan, known: dict | None = None) -> dict:
+        return self.calibrate_tensors(ctx, activation_names(plan), known)
+
+    def calibrate_tensors(self, ctx: Context, names: list[str], known: dict | None = None) -> dict:
+        """Ranges of ``names`` on ``ctx.data``; those in ``known`` are taken from it, the others
+        calibrated and added to it."""
         from graphc.calib import calibrate
 
-        names = [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
-        known = {name: known[name] for name in names if name in known} if known else {}
-        missing = [name for name in names if name not in known]
+        have = {name: known[name] for name in names if name in known} if known else {}
+        missing = [name for name in names if name not in have]
         if not missing:
-            return known
+            return have
         log.info("quant: calibrating %d tensors (%s)", len(missing), self.options.calib)
-        return known | calibrate(ctx.model, ctx.data, missing, self.options.calib,
-                                 percentile=self.options.percentile,
-                                 symmetric=self.options.symmetric_activations, bits=self.options.bits,
-                                 max_samples=self.options.samples)
+        new = calibrate(ctx.model, ctx.data, missing, self.options.calib, percentile=self.options.percentile,
+                        symmetric=self.options.symmetric_activations, bits=self.options.bits,
+                        max_samples=self.options.samples)
+        if known is not None:
+            known.update(new)  # the budget's later evaluations find them
+        return have | new
+
+
+def activation_names(plan) -> list[str]:
+    """The planned activations that are tensors computed at run time (calibrated)."""
+    return [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
 
 
 def calibration_tensors(model, data, options=None) -> list[str]:
     """Names of the activations the pass would calibrate on ``model`` with ``data`` (benchmarks
     and reports use it; nothing is modified)."""
     ctx = Context(model, data=data)
-    plan = Quantize(options)._plan(model.graph, ctx, PassResult(modified=False))
-    return [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
+    return activation_names(Quantize(options)._plan(model.graph, ctx, PassResult(modified=False)))
 
 
 def _cost_shapes(ctx: Context) -> dict:
