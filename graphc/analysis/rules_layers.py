@@ -29,7 +29,7 @@ def _conv_channels_apply(b, node: gs.Node, entry) -> bool:
 
 
 def conv(b, node: gs.Node, entry) -> None:
-    x, w, bias, y = node.inputs[0], node.inputs[1], optional_input(node, 2), node.outputs[0]
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     if not _conv_channels_apply(b, node, entry):
         return
     g = int(attr(node, "group", 1))
@@ -39,9 +39,7 @@ def conv(b, node: gs.Node, entry) -> None:
     xs = _weight_defined_slot(b, x, cin)
     b.link(node, ys, w0)
     b.role(node, "producer", w0)
-    if bias is not None:
-        b.link(node, ys, b.slot(bias, 0))
-        b.role(node, "bias", (bias.name, 0))
+    _link_channel_params(b, node, ys, node.inputs[2:3], role="bias")
     if g == 1:
         w1 = b.slot(w, 1)
         b.link(node, xs, w1)
@@ -70,7 +68,7 @@ def _conv_batch_axis(b, node, entry, x, y) -> None:
 
 
 def conv_transpose(b, node: gs.Node, entry) -> None:
-    x, w, bias, y = node.inputs[0], node.inputs[1], optional_input(node, 2), node.outputs[0]
+    x, w, y = node.inputs[0], node.inputs[1], node.outputs[0]
     if not _conv_channels_apply(b, node, entry):
         return
     g = int(attr(node, "group", 1))
@@ -78,9 +76,7 @@ def conv_transpose(b, node: gs.Node, entry) -> None:
     cin_g, cout = cin // g, cout_g * g
     xs, ys, w0 = _weight_defined_slot(b, x, cin), _weight_defined_slot(b, y, cout), b.slot(w, 0)
     b.link(node, xs, w0)
-    if bias is not None:
-        b.link(node, ys, b.slot(bias, 0))
-        b.role(node, "bias", (bias.name, 0))
+    _link_channel_params(b, node, ys, node.inputs[2:3], role="bias")
     if g == 1:
         w1 = b.slot(w, 1)
         b.link(node, ys, w1)
