@@ -62,6 +62,24 @@ def _native(rw: Rewriter, version: int, op: str, what: str, keep: tuple[gs.Node,
     return Skip(f"{what}: {op} needs opset {version} (model has {rw.opset}); left as is")
 
 
+def _times_input(rw: Rewriter, gate: gs.Node, x: gs.Tensor) -> gs.Node | None:
+    """The Mul computing ``x * gate(x)`` (SiLU, Mish): sole reader of the gate, float ``x``."""
+    mul = rw.sole_reader(gate.outputs[0], "Mul")
+    if mul is None or other_input(mul, gate.outputs[0]) is not x or not rw.is_float(x):
+        return None
+    return mul
+
+
+def _replace_chain(rw: Rewriter, chain: list[gs.Node], x: gs.Tensor, op: str,
+                   attrs: dict | None = None) -> None:
+    """One ``op`` node on ``x`` in place of ``chain``, named after its last node (which writes
+    the result)."""
+    out = chain[-1].outputs[0]
+    base = chain[-1].name or out.name
+    rw.remove(*chain)
+    rw.add_node(op, [x], [out], attrs, base=base)
+
+
 # -- HardSwish / HardSigmoid -------------------------------------------------------------------------
 
 
@@ -162,15 +180,13 @@ def silu(rw: Rewriter, node: gs.Node) -> Outcome:
         x, chain = const_operand(pre)[0], [pre, node]
     else:
         x = u
-    mul = rw.sole_reader(node.outputs[0], "Mul")
-    if mul is None or other_input(mul, node.outputs[0]) is not x or not rw.is_float(x):
+    mul = _times_input(rw, node, x)
+    if mul is None:
         return None
     blocked = _native(rw, 24, "Swish", "x*Sigmoid(x)")
     if blocked is not None:
         return blocked
-    out = mul.outputs[0]
-    rw.remove(*chain, mul)
-    rw.add_node("Swish", [x], [out], {"alpha": float(alpha)}, base=mul.name or out.name)
+    _replace_chain(rw, [*chain, mul], x, "Swish", {"alpha": float(alpha)})
     return Fired("silu")
 
 
@@ -188,10 +204,8 @@ def gelu(rw: Rewriter, node: gs.Node) -> Outcome:
     blocked = _native(rw, 20, "Gelu", "GELU chain", (*chain, node, one, *tail))
     if blocked is not None:
         return blocked
-    out = tail[-1].outputs[0]
     approximate = "none" if node.op == "Erf" else "tanh"
-    rw.remove(*chain, node, one, *tail)
-    rw.add_node("Gelu", [x], [out], {"approximate": approximate}, base=tail[-1].name or out.name)
+    _replace_chain(rw, [*chain, node, one, *tail], x, "Gelu", {"approximate": approximate})
     return Fired("gelu")
 
 
@@ -273,15 +287,13 @@ def mish(rw: Rewriter, tanh: gs.Node) -> Outcome:
         if found is None:
             return None
         x, chain = found
-    mul = rw.sole_reader(tanh.outputs[0], "Mul")
-    if mul is None or other_input(mul, tanh.outputs[0]) is not x or not rw.is_float(x):
+    mul = _times_input(rw, tanh, x)
+    if mul is None:
         return None
     blocked = _native(rw, 18, "Mish", "x*tanh(softplus(x))")
     if blocked is not None:
         return blocked
-    out = mul.outputs[0]
-    rw.remove(*chain, tanh, mul)
-    rw.add_node("Mish", [x], [out], base=mul.name or out.name)
+    _replace_chain(rw, [*chain, tanh, mul], x, "Mish")
     return Fired("mish")
 
 
