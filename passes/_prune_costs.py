@@ -3,23 +3,18 @@ lost them.
 
 MACs need static shapes. In order: the user's ``--input-shape``; batch 1 when only the batch dim is
 dynamic; the first calibration sample's shapes. Shapes static inference cannot see (a Reshape
-target computed at run time) are measured by one run on zeros, as ``graphc.ir.stats`` does. None of
-this reaches the rewrite, which relies on ``ctx.shapes()`` only.
+target computed at run time) are measured by one run on zeros, as ``graphc stats`` does
+(:func:`graphc.ir.stats.measure_missing_shapes`). None of this reaches the rewrite, which relies
+on ``ctx.shapes()`` only.
 """
 from __future__ import annotations
 
-import logging
-
 import numpy as np
-import onnx_graphsurgeon as gs
 
 from graphc.analysis.budget import CostModel
-from graphc.errors import GraphcError
-from graphc.ir.shapes import TensorInfo, infer_shapes
-from graphc.ir.stats import MAC_OPS, node_macs
+from graphc.ir.shapes import infer_shapes
+from graphc.ir.stats import MAC_OPS, measure_missing_shapes, node_macs
 from graphc.passmanager import Context
-
-log = logging.getLogger(__name__)
 
 
 def cost_shapes(ctx: Context, data):
@@ -52,24 +47,9 @@ def batch_one(ctx: Context) -> dict | None:
 
 def measured(ctx: Context, shapes: dict, concrete: dict) -> dict:
     """``shapes`` completed by one run on zeros where static inference lost a MAC layer's shapes
-    (Reshape targets computed at run time), as ``graphc.ir.stats`` does."""
+    (Reshape targets computed at run time)."""
     unknown = [n for n in ctx.graph.nodes if n.op in MAC_OPS and node_macs(n, shapes) is None]
-    names = sorted({t.name for n in unknown for t in list(n.inputs[:1]) + list(n.outputs[:1])
-                    if isinstance(t, gs.Variable) and t.inputs})
-    if not names or any(t.name not in concrete for t in ctx.graph.inputs):
-        return shapes
-    from graphc.runtime import measure_shapes
-
-    try:
-        found = measure_shapes(ctx.model, concrete, names)
-    except GraphcError as exc:
-        log.info("could not measure shapes for MACs: %s", exc)
-        return shapes
-    merged = dict(shapes)
-    for name, shape in found.items():
-        old = shapes.get(name)
-        merged[name] = TensorInfo(old.dtype if old else None, shape)
-    return merged
+    return measure_missing_shapes(ctx.model, shapes, unknown, concrete)
 
 
 def params_only(cost: CostModel) -> CostModel:

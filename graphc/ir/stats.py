@@ -139,14 +139,24 @@ def _with_measured_shapes(model: Model, shapes: dict[str, TensorInfo], nodes: li
         if given is None and (info is None or not info.static):
             return shapes  # a dynamic input without a given shape: nothing to measure with
         concrete[tensor.name] = tuple(given if given is not None else info.shape)
+    return measure_missing_shapes(model, shapes, nodes, concrete)
+
+
+def measure_missing_shapes(model: Model, shapes: dict[str, TensorInfo], nodes: list[gs.Node],
+                           concrete: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
+    """``shapes`` with the first input and output of ``nodes`` (MAC layers whose shapes inference
+    lost) measured by one run on zeros of the ``concrete`` input shapes; unchanged when an input
+    has no concrete shape or the model cannot run."""
     names = sorted({t.name for n in nodes for t in list(n.inputs[:1]) + list(n.outputs[:1])
                     if isinstance(t, gs.Variable) and t.inputs})
+    if not names or any(t.name not in concrete for t in model.graph.inputs):
+        return shapes
     from graphc.runtime import measure_shapes  # runs onnxruntime once
 
     try:
         measured = measure_shapes(model, concrete, names)
     except Exception as exc:  # a model onnxruntime cannot run keeps its unknowns
-        log.info("could not measure shapes: %s", exc)
+        log.info("could not measure shapes for MACs: %s", exc)
         return shapes
     merged = dict(shapes)
     for name, shape in measured.items():
