@@ -28,8 +28,9 @@ Procedure:
    sensitivity is its solo SQNR (continuous, so it orders layers even where the top-1
    disagreement of one layer alone is 0).
 3. Everything quantized; if the budget is met, nothing stays float.
-4. Greedy keep: add candidates to the float set, most sensitive (lowest solo SQNR) first, until
-   the budget is met.
+4. Keep: the shortest run of the most sensitive candidates (lowest solo SQNR first) whose being
+   float meets the budget, found by bisection over the run's length (a handful of evaluations
+   where adding one layer at a time would take one per layer).
 5. Greedy leave-out: try quantizing each float layer again, the most expensive (MACs) first, and
    keep it quantized when the budget still holds - interactions (two layers whose errors cancel
    or add) are accounted for by measuring, not by summing; the cheap layers are the ones left
@@ -319,15 +320,25 @@ def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> 
         raise DataError("quant: max-top1-drop needs a model output with class scores ([N, C] or "
                         "[N, T, C] floats); this model has none - use min-sqnr")
     kept: list[str] = []
-    for name in sorted(layers, key=lambda n: solo[n].sqnr):  # most sensitive first
-        if target.met(current):
-            break
-        kept.append(name)
-        current = budget.score([tuple(kept)])[0]
+    if not target.met(current):
+        # the shortest prefix of the most-sensitive-first order that meets the budget, by
+        # bisection (all layers float is the float model itself, which meets any budget)
+        order = sorted(layers, key=lambda n: solo[n].sqnr)
+        lo, hi, best = 0, len(order), Score(float("inf"), 0.0)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            score = budget.score([tuple(order[:mid])])[0]
+            log.info("quant budget: %d most sensitive float: %s", mid, describe(score))
+            if target.met(score):
+                hi, best = mid, score
+            else:
+                lo = mid
+        kept, current = order[:hi], best if hi < len(order) else budget.score([tuple(order)])[0]
     costs = layer_costs(graph, ctx, kept)
     for name in sorted(kept, key=lambda n: (-costs.get(n, 0), -solo[n].sqnr)):  # leave-out, dearest first
         trial = tuple(x for x in kept if x != name)
         value = budget.score([trial])[0]
+        log.info("quant budget: %s quantized again: %s", name, describe(value))
         if target.met(value):
             kept, current = list(trial), value
     sensitive = [n for n in layers if target.sensitive(solo[n])]
