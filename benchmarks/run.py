@@ -47,7 +47,7 @@ def _existing_sections() -> dict[str, str]:
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
-    sections = _existing_sections()
+    sections = {}
     failed = []
     for path in _modules(argv):
         name = path.stem.removeprefix("bench_")
@@ -68,6 +68,8 @@ def main(argv: list[str]) -> int:
         f"onnxruntime {onnxruntime.__version__}. Timings are medians of alternated runs in one "
         "process; compare the ratios, not the absolute times.\n\n"
     )
+    # read the file again only now: a section another run wrote meanwhile is kept
+    sections = _existing_sections() | sections
     body = "".join(f"<!-- bench:{k} -->\n{v}<!-- /bench:{k} -->\n" for k, v in sorted(sections.items()))
     OUT.write_text(header + body)
     return 1 if failed else 0
