@@ -78,6 +78,17 @@ def assert_same_outputs(reference, candidate, feeds, *, rtol=1e-5, atol=1e-6) ->
         np.testing.assert_allclose(g, r, rtol=rtol, atol=atol)
 
 
+def sqnr_over(reference, candidate, feeds) -> float:
+    """SQNR (dB) of ``candidate``'s outputs against ``reference``'s, pooled over every output and
+    every feed in ``feeds``; inf when they are identical."""
+    signal = noise = 0.0
+    for feed in feeds:
+        for r, c in zip(run(reference, feed), run(candidate, feed)):
+            signal += float(np.sum(r.astype(np.float64) ** 2))
+            noise += float(np.sum((r.astype(np.float64) - c) ** 2))
+    return 10 * np.log10(signal / noise) if noise else float("inf")
+
+
 def assert_valid(model: Model, tmp_path: Path, name: str = "out.onnx") -> Path:
     """Save, pass the full ONNX checker, and load in onnxruntime."""
     path = graphc.save(model, tmp_path / name)

@@ -11,7 +11,8 @@ import graphc
 from graphc.calib.data import open_data
 from graphc.errors import DataError, OptionError
 from graphc.ir.outputs import with_outputs
-from support import PPOCR_SHAPES, assert_same_outputs, assert_valid, make_model, op_count, random_feeds, run
+from support import (PPOCR_SHAPES, assert_same_outputs, assert_valid, make_model, op_count, random_feeds, run,
+                     sqnr_over)
 
 RTOL, ATOL = 1e-5, 1e-6
 SHAPES = {"y": [1, 16, 12, 12], "side": [1, 64, 1, 1]}
@@ -140,15 +141,6 @@ def test_balanced_model_is_left_alone():
     assert not graphc.PassManager("equalize").run(model).records[-1].modified
 
 
-def _sqnr(reference, candidate, feeds):
-    signal = noise = 0.0
-    for feed in feeds:
-        for r, c in zip(run(reference, feed), run(candidate, feed)):
-            signal += float(np.sum(r.astype(np.float64) ** 2))
-            noise += float(np.sum((r.astype(np.float64) - c) ** 2))
-    return 10 * np.log10(signal / noise)
-
-
 @pytest.mark.parametrize("per_channel", [False, True])
 def test_equalization_improves_int8_sqnr(per_channel):
     rng = np.random.default_rng(3)
@@ -159,7 +151,7 @@ def test_equalization_improves_int8_sqnr(per_channel):
         model = _mbv2_block("Relu", residual=False)
         reference = model.copy()
         graphc.PassManager(pipeline, data=open_data(feeds, model)).run(model)
-        sqnr[pipeline] = _sqnr(reference, model, feeds)
+        sqnr[pipeline] = sqnr_over(reference, model, feeds)
     plain, equalized = sqnr[quant], sqnr["equalize," + quant]
     # measured: per-tensor 0.0 -> 34.9 dB, per-channel 1.2 -> 35.1 dB (the activation ranges too)
     assert equalized > plain + 10, sqnr
@@ -436,7 +428,7 @@ def test_bias_absorption_improves_int8_sqnr(per_channel):
         reference = model.copy()
         calib = _calibration(model)
         graphc.PassManager(f"equalize{{absorb-bias={mode}}}," + quant, data=open_data(calib, model)).run(model)
-        sqnr[mode] = _sqnr(reference, model, _box_feeds(16, seed=2))
+        sqnr[mode] = sqnr_over(reference, model, _box_feeds(16, seed=2))
     # measured on held-out feeds: per-tensor weights 33.9 -> 46.3 dB, per-channel 39.9 -> 46.4 dB
     # (the activation between the Convs is per-tensor either way: its range 5.6 -> 1.0 here)
     assert sqnr["data"] > sqnr["off"] + (10 if not per_channel else 5), sqnr
@@ -454,5 +446,5 @@ def test_mobilenet_block_has_nothing_to_absorb():
         report = graphc.PassManager(f"equalize{{absorb-bias={mode}}},quant{{calib=minmax placement=all}}",
                                     data=open_data(feeds, model)).run(model)
         assert "bias_layers_absorbed" not in report.records[0].stats
-        sqnr[mode] = _sqnr(reference, model, feeds)
+        sqnr[mode] = sqnr_over(reference, model, feeds)
     assert sqnr["data"] == pytest.approx(sqnr["exact"], abs=0.01)

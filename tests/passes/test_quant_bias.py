@@ -14,7 +14,7 @@ import graphc
 from graphc.calib.data import open_data
 from graphc.passmanager.options import make_options
 from graphc.passes.quant import Quantize
-from support import MODELS, assert_valid, make_model, op_count, run
+from support import MODELS, assert_valid, make_model, op_count, run, sqnr_over
 
 RNG = np.random.default_rng(1)
 
@@ -38,15 +38,6 @@ def _conv_chain():
 
 def _feeds(n, shape=(1, 4, 10, 10)):
     return [{"x": np.abs(RNG.standard_normal(shape)).astype(np.float32)} for _ in range(n)]
-
-
-def _sqnr(reference, candidate, feeds):
-    signal = noise = 0.0
-    for feed in feeds:
-        for r, c in zip(run(reference, feed), run(candidate, feed)):
-            signal += float(np.sum(r.astype(np.float64) ** 2))
-            noise += float(np.sum((r.astype(np.float64) - c) ** 2))
-    return 10 * np.log10(signal / noise)
 
 
 def _quantize(model, feeds, pipeline):
@@ -78,8 +69,8 @@ def test_conv_chain_bias_correction_improves(tmp_path, options):
     before, after = _biases(plain), _biases(corrected)
     assert before.keys() == after.keys() and len(before) == 3
     assert any(not np.array_equal(before[k], after[k]) for k in before)
-    assert _sqnr(model, corrected, calib) >= _sqnr(model, plain, calib) - 1e-6
-    assert _sqnr(model, corrected, held_out) > _sqnr(model, plain, held_out) + 0.3
+    assert sqnr_over(model, corrected, calib) >= sqnr_over(model, plain, calib) - 1e-6
+    assert sqnr_over(model, corrected, held_out) > sqnr_over(model, plain, held_out) + 0.3
 
 
 def test_model_without_bias_is_left_alone():
@@ -110,4 +101,4 @@ def test_resnet_digits(options, gain):
     corrected, record = _quantize(model, calib, f"fold-bn,quant{{placement=all {options} bias-correction=true}}")
     assert record.stats["bias_corrected"] >= 1
     assert record.stats["bias_sqnr_after"] >= record.stats["bias_sqnr_before"]
-    assert _sqnr(model, corrected, test) >= _sqnr(model, plain, test) + gain - 0.05
+    assert sqnr_over(model, corrected, test) >= sqnr_over(model, plain, test) + gain - 0.05

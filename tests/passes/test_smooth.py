@@ -8,7 +8,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphc
 from graphc.calib.data import open_data
 from graphc.errors import DataError
-from support import MODELS, assert_same_outputs, assert_valid, make_model, op_count, run
+from support import MODELS, assert_same_outputs, assert_valid, make_model, op_count, sqnr_over
 
 RTOL, ATOL = 1e-5, 1e-6
 K, N = 32, 48
@@ -146,15 +146,6 @@ def test_transformer_zoo_model_stays_exact():
         assert_same_outputs(reference, model, feed, rtol=1e-4, atol=1e-5)
 
 
-def _sqnr(reference, candidate, feeds):
-    signal = noise = 0.0
-    for feed in feeds:
-        for r, c in zip(run(reference, feed), run(candidate, feed)):
-            signal += float(np.sum(r.astype(np.float64) ** 2))
-            noise += float(np.sum((r.astype(np.float64) - c) ** 2))
-    return 10 * np.log10(signal / noise)
-
-
 def test_smoothing_improves_int8_sqnr_with_outlier_channels():
     feeds = _feeds((16, K), n=8)
     quant = "quant{calib=minmax placement=all}"
@@ -163,6 +154,6 @@ def test_smoothing_improves_int8_sqnr_with_outlier_channels():
         model = _gemm_block()
         reference = model.copy()
         graphc.PassManager(pipeline, data=open_data(feeds, model)).run(model)
-        sqnr[pipeline] = _sqnr(reference, model, feeds)
+        sqnr[pipeline] = sqnr_over(reference, model, feeds)
     # measured: 31.1 -> 42.0 dB (the per-tensor activation range of h no longer set by 2 channels)
     assert sqnr["smooth," + quant] > sqnr[quant] + 3, sqnr
