@@ -97,6 +97,15 @@ def assert_valid(model: Model, tmp_path: Path, name: str = "out.onnx") -> Path:
     return path
 
 
+def scale_middle_conv(model: Model, factor: float = 1.5):
+    """Scale the weight of ``model``'s middle Conv (in node order) by ``factor``: one corrupted
+    layer for localization tests. Returns that Conv."""
+    convs = [n for n in model.graph.nodes if n.op == "Conv"]
+    target = convs[len(convs) // 2]
+    target.inputs[1].values = target.inputs[1].values * np.float32(factor)
+    return target
+
+
 def op_count(model: Model, op: str) -> int:
     return sum(1 for n in model.graph.nodes if n.op == op)
 

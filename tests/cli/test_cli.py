@@ -16,7 +16,7 @@ import graphc
 from graphc.cli import main
 from graphc.passmanager import Pass, PassResult, all_passes, register_pass
 from graphc.passmanager import registry
-from support import PPOCR_SHAPES, ppocr_model
+from support import PPOCR_SHAPES, ppocr_model, scale_middle_conv
 from tiny_nets import conv_net, scaled
 
 #: MACs of tiny_nets.conv_net at batch 1: c1, c2, fc.
@@ -280,9 +280,7 @@ def test_verify_localize_names_corrupted_conv_in_ppocr_cls(capsys, tmp_path):
     if path is None:
         pytest.skip("rapidocr-onnxruntime is not installed")
     model = graphc.load(path)
-    convs = [n for n in model.graph.nodes if n.op == "Conv"]
-    target = convs[len(convs) // 2]
-    target.inputs[1].values = target.inputs[1].values * np.float32(1.5)
+    target = scale_middle_conv(model)
     bad = graphc.save(model, tmp_path / "cls.bad.onnx")
     code, out, _ = cli(capsys, "verify", path, bad, "--localize", "--input-shape", "x:1x3x48x192",
                        "--samples", "2")

@@ -261,15 +261,13 @@ def test_with_outputs_copies_and_validates():
 
 @pytest.mark.real
 def test_localizes_corrupted_conv_in_ppocr_cls():
-    from support import PPOCR_SHAPES, ppocr_model
+    from support import PPOCR_SHAPES, ppocr_model, scale_middle_conv
 
     path = ppocr_model("cls")
     if path is None:
         pytest.skip("rapidocr-onnxruntime is not installed")
     candidate = graphc.load(path)
-    convs = [n for n in candidate.graph.nodes if n.op == "Conv"]
-    target = convs[len(convs) // 2]
-    target.inputs[1].values = target.inputs[1].values * np.float32(1.5)
+    target = scale_middle_conv(candidate)
     report = compare_models(path, candidate, input_shapes={"x": PPOCR_SHAPES["cls"]}, samples=2,
                             localize=True, tolerances=Tolerances(min_sqnr=40.0))
     assert not report.passed
