@@ -110,6 +110,11 @@ def op_count(model: Model, op: str) -> int:
     return sum(1 for n in model.graph.nodes if n.op == op)
 
 
+def node_named(model: Model, name: str):
+    """The node of ``model`` called ``name`` (StopIteration if there is none)."""
+    return next(n for n in model.graph.nodes if n.name == name)
+
+
 def make_model(graph: onnx.GraphProto, opset: int = 13) -> onnx.ModelProto:
     model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
     model.ir_version = 8

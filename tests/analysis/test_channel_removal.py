@@ -8,12 +8,8 @@ import pytest
 from channel_check import analyse, assert_equivalent, masked_and_removed
 from graphc.analysis import mask_channels, remove_channels
 from graphc.errors import PassError
-from support import op_count, random_feeds, run
+from support import node_named, op_count, random_feeds, run
 from tiny import Net, image
-
-
-def _by_name(model, name):
-    return next(n for n in model.graph.nodes if n.name == name)
 
 
 def _group(analysis, producer):
@@ -33,20 +29,31 @@ def test_bn_shift_through_relu_is_folded_into_a_pointwise_consumer_bias():
     values = g.analysis.masked_values(g)
     v = values.values[("c1", 1)]
     assert np.all(v == 0)                                   # producers output 0 when masked
-    shift = values.values[(_by_name(m, "bn1").outputs[0].name, 1)]
+    shift = values.values[(node_named(m, "bn1").outputs[0].name, 1)]
     assert np.count_nonzero(shift) > 0                      # BN turns 0 into beta - mean*gamma/sqrt(var+eps)
     masked, removed, result = masked_and_removed(m, {g.id: [0, 2, 3, 6]})
     assert (result.channels, result.folded_biases, result.border_corrections) == (4, 1, 0)
     assert op_count(removed, "Conv") == 2 and len(removed.graph.nodes) == len(m.graph.nodes)
-    assert _by_name(removed, "c2").inputs[1].values.shape == (4, 4, 1, 1)
+    assert node_named(removed, "c2").inputs[1].values.shape == (4, 4, 1, 1)
     assert_equivalent(masked, removed, random_feeds(m))
 
 
-def test_consumer_without_bias_gets_one():
-    m = conv_bn_relu_then(1, consumer_bias=False)
-    g = _group(analyse(m), "c1")
-    masked, removed, result = masked_and_removed(m, {g.id: [1, 5]})
-    assert len(_by_name(removed, "c2").inputs) == 3 and result.folded_biases == 1
+def _gemm_then_gemm_without_c():
+    n = Net(7)
+    x = n.input("x", (2, 6))
+    h = n.node("Sigmoid", [n.node("Gemm", [x, n.weight(6, 8), n.const(np.ones(8))], name="fc1")])
+    return n.model(n.node("Gemm", [h, n.weight(3, 8)], name="fc2", transB=1, alpha=0.7))
+
+
+@pytest.mark.parametrize("build, producer, consumer, channels", [
+    pytest.param(lambda: conv_bn_relu_then(1, consumer_bias=False), "c1", "c2", [1, 5], id="conv-bias"),
+    pytest.param(_gemm_then_gemm_without_c, "fc1", "fc2", [0, 7], id="gemm-c"),
+])
+def test_consumer_without_bias_gets_one(build, producer, consumer, channels):
+    m = build()
+    g = _group(analyse(m), producer)
+    masked, removed, result = masked_and_removed(m, {g.id: channels})
+    assert len(node_named(removed, consumer).inputs) == 3 and result.folded_biases == 1
     assert_equivalent(masked, removed, random_feeds(m))
 
 
@@ -83,7 +90,7 @@ def test_one_plan_removes_inputs_and_outputs_of_the_same_layer():
     a = analyse(m)
     plan = {_group(a, "c1").id: [1, 4, 7], _group(a, "c2").id: [0, 5]}
     masked, removed, result = masked_and_removed(m, plan)
-    assert _by_name(removed, "c2").inputs[1].values.shape == (4, 5, 3, 3)
+    assert node_named(removed, "c2").inputs[1].values.shape == (4, 5, 3, 3)
     assert result.channels == 5 and result.border_corrections == 2
     assert_equivalent(masked, removed, random_feeds(m))
 
@@ -98,7 +105,7 @@ def test_removal_is_repeatable_on_a_fresh_analysis():
     masked2 = removed.copy()
     mask_channels(masked2.graph, g2, [3])
     remove_channels(removed.graph, g2, [3])
-    assert _by_name(removed, "c1").inputs[1].values.shape == (5, 3, 3, 3)
+    assert node_named(removed, "c1").inputs[1].values.shape == (5, 3, 3, 3)
     assert_equivalent(masked2, removed, random_feeds(m))
 
 
@@ -117,17 +124,6 @@ def test_matmul_consumer_folds_into_its_bias_add_or_a_new_add():
         assert_equivalent(masked, removed, random_feeds(m))
 
 
-def test_gemm_consumer_without_c_gets_one():
-    n = Net(7)
-    x = n.input("x", (2, 6))
-    h = n.node("Sigmoid", [n.node("Gemm", [x, n.weight(6, 8), n.const(np.ones(8))], name="fc1")])
-    m = n.model(n.node("Gemm", [h, n.weight(3, 8)], name="fc2", transB=1, alpha=0.7))
-    g = _group(analyse(m), "fc1")
-    masked, removed, result = masked_and_removed(m, {g.id: [0, 7]})
-    assert len(_by_name(removed, "fc2").inputs) == 3 and result.folded_biases == 1
-    assert_equivalent(masked, removed, random_feeds(m))
-
-
 def test_shared_shape_constant_is_rewritten_copy_on_write():
     n = Net(8)
     x = image(n)
@@ -140,8 +136,8 @@ def test_shared_shape_constant_is_rewritten_copy_on_write():
     g = _group(a, "ca")
     assert g.prunable
     masked, removed, _ = masked_and_removed(m, {g.id: [1]})
-    assert _by_name(removed, "ra").inputs[1].values.tolist() == [1, 48]
-    assert _by_name(removed, "rb").inputs[1].values.tolist() == [1, 64]
+    assert node_named(removed, "ra").inputs[1].values.tolist() == [1, 48]
+    assert node_named(removed, "rb").inputs[1].values.tolist() == [1, 64]
     assert_equivalent(masked, removed, random_feeds(m))
 
 
@@ -154,7 +150,7 @@ def test_equal_split_gets_explicit_sizes():
     a = analyse(m)
     g = next(g for g in a.groups if g.positions.get(("c1", 1)) is not None and g.positions[("c1", 1)].min() == 0)
     masked, removed, _ = masked_and_removed(m, {g.id: [1]})
-    split = _by_name(removed, "split")
+    split = node_named(removed, "split")
     assert "num_outputs" not in split.attrs and split.inputs[1].values.tolist() == [3, 4]
     assert_equivalent(masked, removed, random_feeds(m))
 
@@ -171,7 +167,7 @@ def test_slice_with_open_end_gets_normalized_bounds():
     outside = next(g for g in a.groups if g.positions.get(("c1", 1)) is not None
                    and g.positions[("c1", 1)].min() == 0)
     masked, removed, _ = masked_and_removed(m, {inside.id: [0], outside.id: [1]})
-    sl = _by_name(removed, "sl")
+    sl = node_named(removed, "sl")
     assert (sl.inputs[1].values.tolist(), sl.inputs[2].values.tolist()) == ([2], [6])
     assert_equivalent(masked, removed, random_feeds(m))
 
@@ -193,15 +189,28 @@ def test_errors_name_the_group_and_reason():
     assert remove_channels(m.graph, g, []).channels == 0
 
 
-def test_inexact_group_needs_allow_inexact():
+def _layer_norm_between_matmuls():
+    """proj -> LayerNormalization over the channel axis -> head: proj's group is inexact."""
     n = Net(11, opset=17)
     x = n.input("x", (1, 5, 6))
     h = n.node("LayerNormalization", [n.matmul(x, 6, 8, name="proj"), n.const(np.ones(8)),
                                       n.const(np.zeros(8))], axis=-1)
-    m = n.model(n.matmul(h, 8, 3, name="head"))
+    return n.model(n.matmul(h, 8, 3, name="head"))
+
+
+def test_inexact_group_needs_allow_inexact():
+    m = _layer_norm_between_matmuls()
     g = _group(analyse(m), "proj")
     with pytest.raises(PassError, match="inexact: LayerNormalization"):
         remove_channels(m.graph, g, [0])
+
+
+def test_inexact_group_removal_with_allow_inexact_still_gives_a_valid_model():
+    m = _layer_norm_between_matmuls()
+    g = _group(analyse(m), "proj")
+    _, removed, result = masked_and_removed(m, {g.id: [0, 3]}, allow_inexact=True)
+    assert result.channels == 2
+    assert run(removed, random_feeds(m))[0].shape == (1, 5, 3)
 
 
 def test_mask_channels_zeroes_producer_rows_and_biases():
@@ -209,8 +218,8 @@ def test_mask_channels_zeroes_producer_rows_and_biases():
     g = _group(analyse(m), "c1")
     masked = m.copy()
     zeroed = mask_channels(masked.graph, g, [2, 5])
-    w = masked.graph.tensors()[_by_name(masked, "c1").inputs[1].name].values
-    b = masked.graph.tensors()[_by_name(masked, "c1").inputs[2].name].values
+    w = masked.graph.tensors()[node_named(masked, "c1").inputs[1].name].values
+    b = masked.graph.tensors()[node_named(masked, "c1").inputs[2].name].values
     assert zeroed == 2 * 27 + 2
     assert not w[[2, 5]].any() and not b[[2, 5]].any() and w[[0, 1, 3, 4, 6, 7]].all()
 
@@ -220,10 +229,10 @@ def test_importance_inputs_and_savings_per_channel():
     a = analyse(m)
     g = _group(a, "c1")
     weights = {(mm.role, mm.node.name, mm.slot[0]): w for mm, w in g.weights()}
-    conv_w = _by_name(m, "c1").inputs[1]
+    conv_w = node_named(m, "c1").inputs[1]
     prod = weights[("producer", "c1", conv_w.name)]
     assert prod.shape == (8, 27) and np.array_equal(prod[3], conv_w.values[3].reshape(-1))
-    cons = weights[("consumer", "c2", _by_name(m, "c2").inputs[1].name)]
+    cons = weights[("consumer", "c2", node_named(m, "c2").inputs[1].name)]
     assert cons.shape == (8, 4)
     assert len([k for k in weights if k[0] == "norm"]) == 4
     _, _, result = masked_and_removed(m, {g.id: [0, 3]})

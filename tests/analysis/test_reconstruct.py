@@ -8,7 +8,7 @@ import pytest
 from graphc.analysis.reconstruct import removed_features, solve
 from graphc.calib.data import IterableSource
 from graphc.passmanager import PassManager
-from support import run
+from support import node_named, run
 from tiny import Net, image
 
 
@@ -128,12 +128,12 @@ def test_prune_refits_a_padded_conv_like_numpy_least_squares_on_im2col():
     probe = original.copy()
     probe.graph.outputs.append(next(t for t in probe.graph.tensors().values() if t.name == "act"))
     acts = np.concatenate([run(probe, f)[1] for f in feeds]).astype(np.float64)
-    c2 = next(n for n in original.graph.nodes if n.name == "c2")
+    c2 = node_named(original, "c2")
     w, b = c2.inputs[1].values.reshape(5, -1).astype(np.float64), c2.inputs[2].values.astype(np.float64)
     patches, kept = _im2col(acts), _im2col(acts[:, keep])
     prior = w.reshape(5, 8, 9)[:, keep].reshape(5, -1)
     want_w, want_b = _lstsq(kept, patches @ w.T + b, prior, _shrink(kept))
-    new = next(n for n in model.graph.nodes if n.name == "c2")
+    new = node_named(model, "c2")
     np.testing.assert_allclose(new.inputs[1].values.reshape(5, -1), want_w, rtol=2e-4, atol=2e-5)
     np.testing.assert_allclose(new.inputs[2].values, want_b, rtol=2e-4, atol=2e-5)
     assert record.stats["refit"] == 1

@@ -9,6 +9,7 @@ from graphc.analysis.shape_completion import complete_shapes
 from graphc.analysis.shape_sources import ConstElement, DimElement, shape_elements
 from graphc.ir import infer_shapes
 from graphc.ir.structure import find_cycle_free_order
+from support import node_named
 from tiny import Net, image
 
 
@@ -37,7 +38,7 @@ def paddle_flatten():
 
 def test_shape_elements_trace_paddle_plumbing():
     m = paddle_flatten()
-    flat = next(nd for nd in m.graph.nodes if nd.name == "flat")
+    flat = node_named(m, "flat")
     elems = shape_elements(flat.inputs[1], flat, lambda t: 4 if t.name.startswith("globalaveragepool") else None)
     assert isinstance(elems[0], DimElement) and elems[0].axis == 0
     assert isinstance(elems[1], ConstElement) and elems[1].value == 8 and elems[1].exclusive
@@ -51,7 +52,7 @@ def test_shape_elements_report_shared_shape_tensors():
     a = n.node("Reshape", [n.conv(x, 3, 2, name="ca"), shape], name="ra")
     b = n.node("Reshape", [n.conv(x, 3, 2, name="cb"), shape], name="rb")
     m = n.model([a, b])
-    ra = next(nd for nd in m.graph.nodes if nd.name == "ra")
+    ra = node_named(m, "ra")
     elems = shape_elements(ra.inputs[1], ra, lambda t: None)
     assert [e.value for e in elems] == [1, -1] and not any(e.exclusive for e in elems)
 
@@ -59,7 +60,7 @@ def test_shape_elements_report_shared_shape_tensors():
 def test_complete_shapes_fills_what_onnx_inference_leaves_unknown():
     m = paddle_flatten()
     shapes = infer_shapes(m)
-    flat_out = next(nd for nd in m.graph.nodes if nd.name == "flat").outputs[0].name
+    flat_out = node_named(m, "flat").outputs[0].name
     assert shapes[flat_out].shape is None
     done = complete_shapes(m.graph, shapes, find_cycle_free_order(m.graph))
     assert done[flat_out].shape == (1, 8)
