@@ -331,9 +331,7 @@ def _gemm_fold(analysis, node, pos, v) -> _Fold:
 
 
 def _matmul_fold(analysis, node, pos, v) -> _Fold:
-    w = np.asarray(node.inputs[1].values, dtype=np.float64)
-    if w.ndim != 2:
-        raise PassError(f"{node_label(node)}: folding into a batched weight is not supported")
+    w = _matrix_weight(node, 1)
     y = node.outputs[0]
     rank = analysis.rank(y) or 2
     return _Fold(node, "matmul-bias", v @ w[pos], (y.name, rank - 1), 0)
@@ -341,12 +339,18 @@ def _matmul_fold(analysis, node, pos, v) -> _Fold:
 
 def _matmul_left_fold(analysis, node, pos, v) -> _Fold:
     """W @ X with constant rows of X removed: each output row m gains sum_c W[m, c] v_c."""
-    w = np.asarray(node.inputs[0].values, dtype=np.float64)
-    if w.ndim != 2:
-        raise PassError(f"{node_label(node)}: folding into a batched weight is not supported")
+    w = _matrix_weight(node, 0)
     y = node.outputs[0]
     rank = analysis.rank(y) or 2
     return _Fold(node, "matmul-bias", (w[:, pos] @ v)[:, None], (y.name, rank - 2), 0)
+
+
+def _matrix_weight(node, index: int) -> np.ndarray:
+    """A MatMul's constant operand ``index`` as a float64 matrix; a batched one cannot take a fold."""
+    w = np.asarray(node.inputs[index].values, dtype=np.float64)
+    if w.ndim != 2:
+        raise PassError(f"{node_label(node)}: folding into a batched weight is not supported")
+    return w
 
 
 _FOLDERS = {"conv": _conv_fold, "conv-transpose": _conv_transpose_fold, "gemm": _gemm_fold,
