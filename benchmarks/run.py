@@ -32,6 +32,7 @@ def _load(path: Path):
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     sys.path.insert(0, str(HERE))
+    sys.modules[path.stem] = module  # dataclasses look their module up while the class is made
     spec.loader.exec_module(module)
     return module
 
