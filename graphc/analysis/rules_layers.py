@@ -251,12 +251,20 @@ def _link_channel_params(b, node: gs.Node, slot, params, role: str = "norm") -> 
         b.role(node, role, (p.name, 0))
 
 
-def instance_norm(b, node: gs.Node, entry) -> None:
-    x, y = node.inputs[0], node.outputs[0]
+def _batch_or_channel_entry(b, node: gs.Node, entry, x: gs.Tensor, y: gs.Tensor) -> bool:
+    """InstanceNorm/GroupNorm: True for a data entry on the batch or channel axis; one on a
+    spatial axis blocks, as the op normalizes over it."""
     if not data_entry(b, node, entry, x, y):
-        return
+        return False
     if entry[1] >= 2:
         block_at(b, node, entry, "normalizes over the channel axis")
+        return False
+    return True
+
+
+def instance_norm(b, node: gs.Node, entry) -> None:
+    x, y = node.inputs[0], node.outputs[0]
+    if not _batch_or_channel_entry(b, node, entry, x, y):
         return
     other = y if entry[0] == x.name else x
     b.link(node, entry, b.slot(other, entry[1]))
@@ -266,10 +274,7 @@ def instance_norm(b, node: gs.Node, entry) -> None:
 
 def group_norm(b, node: gs.Node, entry) -> None:
     x, y = node.inputs[0], node.outputs[0]
-    if not data_entry(b, node, entry, x, y):
-        return
-    if entry[1] >= 2:
-        block_at(b, node, entry, "normalizes over the channel axis")
+    if not _batch_or_channel_entry(b, node, entry, x, y):
         return
     xs = b.slot(x, entry[1])
     b.link(node, xs, b.slot(y, entry[1]))
