@@ -10,6 +10,9 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphc
 from graphc.calib.data import open_data
+from graphc.passes import _quant_budget as QB
+from graphc.passmanager import Context
+from graphc.passmanager.pipeline import parse_pipeline
 from graphc.runtime import create_session, run_session
 from support import assert_valid, make_model, run
 
@@ -193,9 +196,38 @@ def test_old_cache_files_are_ignored(tmp_path):
     files = list((tmp_path / "cache" / "quant-budget").glob("*.json"))
     assert len(files) == 1
     stored = json.loads(files[0].read_text())
-    assert stored["version"] == 2
+    assert stored["version"] == QB.CACHE_VERSION
     # a cache written by the older format ({set: float}) is not trusted: everything is re-measured
     files[0].write_text(json.dumps({"evaluations": {k: v["sqnr"] for k, v in stored["evaluations"].items()}}))
     again = _quantize(base, feeds)[2].stats
     assert again["budget_evaluations_run"] == first["budget_evaluations_run"]
     assert again["budget_float_layers"] == first["budget_float_layers"]
+
+
+def _hardswish_block():
+    """x -> Conv -> HardSigmoid, Mul (a HardSwish) -> Conv -> Add(residual with the first Conv)
+    -> Conv."""
+    rng = np.random.default_rng(3)
+    inits = [numpy_helper.from_array((rng.standard_normal((C, C, 1, 1)) * 0.3).astype(np.float32), f"w{i}")
+             for i in range(3)]
+    nodes = [helper.make_node("Conv", ["x", "w0"], ["c0"], name="conv0"),
+             helper.make_node("HardSigmoid", ["c0"], ["h0"], name="hsig0", alpha=1 / 6, beta=0.5),
+             helper.make_node("Mul", ["c0", "h0"], ["m0"], name="mul0"),
+             helper.make_node("Conv", ["m0", "w1"], ["c1"], name="conv1"),
+             helper.make_node("Add", ["c1", "c0"], ["a1"], name="add1"),
+             helper.make_node("Conv", ["a1", "w2"], ["y"], name="conv2")]
+    graph = helper.make_graph(nodes, "hs", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 6, 6])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 6, 6])], inits)
+    return graphc.load(make_model(graph, opset=13))
+
+
+def test_element_wise_ops_go_float_with_the_layer_that_feeds_them():
+    model = _hardswish_block()
+    ctx = Context(model, data=open_data(_feeds(2), model))
+    quant = graphc.passes.quant.Quantize(parse_pipeline("quant{placement=all}").steps[0].options)
+    units = QB.candidate_units(quant, model.graph, ctx)
+    quantized = [n for unit in units.values() for n in unit]
+    assert len(quantized) == len(set(quantized))  # each op in one unit
+    assert set(units) == {"conv0", "conv1", "conv2"}
+    assert units["conv1"][0] == "conv1" and "add1" in units["conv1"]
+    assert {"hsig0", "mul0"} <= set(units["conv0"])
