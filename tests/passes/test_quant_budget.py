@@ -231,3 +231,20 @@ def test_element_wise_ops_go_float_with_the_layer_that_feeds_them():
     assert set(units) == {"conv0", "conv1", "conv2"}
     assert units["conv1"][0] == "conv1" and "add1" in units["conv1"]
     assert {"hsig0", "mul0"} <= set(units["conv0"])
+
+
+def test_budget_measures_the_model_it_writes_with_the_speed_model():
+    """placement=auto: the float layers change nothing else about the placement - the budget's
+    SQNR and disagreement are those of the written model."""
+    feeds = _class_feeds()
+    reference, model, record = _quantize_classifier("quant{per-channel=false calib=minmax min-sqnr=35}", feeds)
+    stats = record.stats
+    if stats.get("budget_layers", 0) == 0:
+        pytest.skip("the speed model puts nothing on integers on this machine")
+    assert stats["budget_top1_disagreement"] == pytest.approx(_disagreement(reference, model, feeds), abs=1e-5)
+    ref, cand = (create_session(m, spin=False) for m in (reference, model))
+    signal = noise = 0.0
+    for feed in feeds:
+        r, c = run_session(ref, feed)[0].astype(np.float64), run_session(cand, feed)[0]
+        signal, noise = signal + float(np.sum(r ** 2)), noise + float(np.sum((r - c) ** 2))
+    assert stats["budget_sqnr"] == pytest.approx(10 * np.log10(signal / noise), abs=0.01)
