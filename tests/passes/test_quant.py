@@ -15,7 +15,7 @@ import graphc
 from graphc.calib.data import open_data
 from graphc.errors import DataError
 from graphc.runtime import create_session
-from support import MODELS, assert_valid, make_model, op_count, ppocr_model, run
+from support import MODELS, assert_valid, make_model, op_count, ppocr_model, run, sqnr_over
 
 RNG = np.random.default_rng(0)
 
@@ -53,15 +53,6 @@ def _fused_ops(model, tmp_path) -> Counter:
     path = graphc.save(model, tmp_path / "q.onnx")
     create_session(path, optimized_model_path=tmp_path / "q.opt.onnx")
     return Counter(n.op_type for n in onnx.load(str(tmp_path / "q.opt.onnx")).graph.node)
-
-
-def _sqnr(reference, candidate, feeds) -> float:
-    signal = noise = 0.0
-    for feed in feeds:
-        for r, c in zip(run(reference, feed), run(candidate, feed)):
-            signal += float(np.sum(r.astype(np.float64) ** 2))
-            noise += float(np.sum((r.astype(np.float64) - c) ** 2))
-    return 10 * np.log10(signal / noise) if noise else float("inf")
 
 
 def _conv_chain(act="Relu", opset=13, channels=16):
@@ -103,7 +94,7 @@ def test_conv_with_activation_becomes_qlinearconv(act, tmp_path):
     fused = _fused_ops(model, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["Conv"] == 0
     assert fused[act] == 0  # the Relu/Clip was folded into the Q's saturation
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 @pytest.mark.parametrize("act", ["HardSwishSpelled", "HardSwish"])
@@ -117,7 +108,7 @@ def test_hardswish_runs_as_qlinear_add_and_mul(act, tmp_path):
     assert fused["QLinearAdd"] == 1 and fused["QLinearMul"] == 1
     assert fused["HardSigmoid"] == fused["HardSwish"] == 0
     assert fused["DequantizeLinear"] == 1  # only the float graph output
-    assert _sqnr(reference, model, feeds) > 25
+    assert sqnr_over(reference, model, feeds) > 25
 
 
 def test_affine_after_activation_is_folded_into_the_dequantize(tmp_path):
@@ -136,7 +127,7 @@ def test_affine_after_activation_is_folded_into_the_dequantize(tmp_path):
     assert_valid(model, tmp_path)
     fused = _fused_ops(model, tmp_path)
     assert fused["QLinearConv"] == 2 and fused["Mul"] == fused["Add"] == 0
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 def test_affine_that_cannot_fold_stays_float():
@@ -150,7 +141,7 @@ def test_affine_that_cannot_fold_stays_float():
     feeds = _feeds((1, 8, 6, 6))
     reference, _ = _quantize(model, feeds)
     assert op_count(model, "Add") == 1  # kept, in float
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 def test_residual_add_concat_pool_resize_become_integer(tmp_path):
@@ -177,7 +168,7 @@ def test_residual_add_concat_pool_resize_become_integer(tmp_path):
     assert fused["Add"] == fused["Concat"] == fused["GlobalAveragePool"] == 0
     # MaxPool and Resize run on the integers: no float conversion around them
     assert fused["DequantizeLinear"] == 1 and fused["QuantizeLinear"] == 1
-    assert _sqnr(reference, model, feeds) > 25
+    assert sqnr_over(reference, model, feeds) > 25
 
 
 def test_same_scale_ops_share_one_scale():
@@ -208,7 +199,7 @@ def test_gemm_becomes_qgemm(trans_b, tmp_path):
     assert_valid(model, tmp_path)
     fused = _fused_ops(model, tmp_path)
     assert fused["QGemm"] == 2 and fused["Gemm"] == 0
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 def test_matmul_weight_and_activation_activation(tmp_path):
@@ -224,7 +215,7 @@ def test_matmul_weight_and_activation_activation(tmp_path):
     fused = _fused_ops(model, tmp_path)
     assert fused["MatMul"] == 0
     assert fused["QLinearMatMul"] + fused["MatMulIntegerToFloat"] == 2
-    assert _sqnr(reference, model, feeds) > 25
+    assert sqnr_over(reference, model, feeds) > 25
 
 
 def test_conv_transpose_only_when_asked(tmp_path):
@@ -239,7 +230,7 @@ def test_conv_transpose_only_when_asked(tmp_path):
     dq = [n for n in model.graph.nodes if n.op == "DequantizeLinear" and n.outputs[0].name.startswith("w")]
     assert dq[0].attrs["axis"] == 1
     assert_valid(model, tmp_path)
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 # ---------------------------------------------------------------------------------------------
@@ -277,7 +268,7 @@ def test_opset_11_is_upgraded_for_per_channel(tmp_path):
     assert model.opset == 13 and record.stats["opset_upgraded_to"] == 13
     assert_valid(model, tmp_path)
     assert _fused_ops(model, tmp_path)["QLinearConv"] == 2
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 def test_varying_input_shapes(tmp_path):
@@ -289,7 +280,7 @@ def test_varying_input_shapes(tmp_path):
     reference, record = _quantize(model, feeds)
     assert record.modified
     assert_valid(model, tmp_path)
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 def test_exclude_keeps_matching_nodes_float():
@@ -327,7 +318,7 @@ def test_options_give_valid_accurate_models(options, zp_dtype, tmp_path):
                    for n in model.graph.nodes if n.op == "DequantizeLinear" and hasattr(n.inputs[0], "values"))
     assert _fused_ops(model, tmp_path)["QLinearConv"] >= 1
     # fewer bits, or symmetric ranges on one-sided tensors, cost resolution
-    assert _sqnr(reference, model, feeds) > (22 if "bits=7" in options else 24 if "symmetric" in options else 28)
+    assert sqnr_over(reference, model, feeds) > (22 if "bits=7" in options else 24 if "symmetric" in options else 28)
 
 
 def test_bias_is_int32_with_input_times_weight_scale():
@@ -395,7 +386,7 @@ def test_zoo_models(name, min_sqnr, tmp_path):
     assert_valid(model, tmp_path)
     test = MODELS / "digits_test.npz"
     feeds = list(open_data(test if test.exists() else calib, reference).take(32))
-    assert _sqnr(reference, model, feeds) > min_sqnr
+    assert sqnr_over(reference, model, feeds) > min_sqnr
 
 
 @pytest.mark.real
@@ -414,7 +405,7 @@ def test_ppocr_models_quantize(ppocr, tmp_path):
     graphc.PassManager("fold-bn,canonicalize,quant{placement=all}", data=open_data(feeds, model)).run(model)
     assert_valid(model, tmp_path)
     evaluation = ppocr_data.feeds(kind, 2, seed=7, det_side=320)
-    assert _sqnr(reference, model, evaluation) > {"det": 10.0, "rec": 5.0, "cls": 20.0}[kind]
+    assert sqnr_over(reference, model, evaluation) > {"det": 10.0, "rec": 5.0, "cls": 20.0}[kind]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -430,7 +421,7 @@ def test_gemm_bias_of_any_broadcastable_shape(bias_shape, tmp_path):
     reference, record = _quantize(model, feeds)
     assert record.modified
     assert_valid(model, tmp_path)
-    assert _sqnr(reference, model, feeds) > 30
+    assert sqnr_over(reference, model, feeds) > 30
 
 
 def test_bias_without_one_value_per_channel_stays_float(tmp_path):
@@ -458,7 +449,7 @@ def test_readers_inside_subgraphs_keep_the_float_tensor(tmp_path):
     reference, record = _quantize(model, feeds)
     assert record.modified
     assert_valid(model, tmp_path)
-    assert _sqnr(reference, model, feeds) > 25
+    assert sqnr_over(reference, model, feeds) > 25
 
 
 def test_opset_without_runtime_kernels_is_left_alone():

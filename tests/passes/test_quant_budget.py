@@ -14,7 +14,7 @@ from graphc.passes import _quant_budget as QB
 from graphc.passmanager import Context
 from graphc.passmanager.pipeline import parse_pipeline
 from graphc.runtime import create_session, run_session
-from support import assert_valid, make_model, run
+from support import assert_valid, make_model, run, sqnr_over
 
 C = 16
 
@@ -44,15 +44,6 @@ def _feeds(n=6):
     return [{"x": rng.standard_normal((1, C, 10, 10)).astype(np.float32)} for _ in range(n)]
 
 
-def _sqnr(reference, candidate, feeds):
-    signal = noise = 0.0
-    for feed in feeds:
-        for r, c in zip(run(reference, feed), run(candidate, feed)):
-            signal += float(np.sum(r.astype(np.float64) ** 2))
-            noise += float(np.sum((r.astype(np.float64) - c) ** 2))
-    return 10 * np.log10(signal / noise)
-
-
 def _quantize(text, feeds):
     model = _chain()
     reference = model.copy()
@@ -69,10 +60,10 @@ def test_budget_is_met_with_fewer_float_layers_than_sensitive(tmp_path):
     feeds = _feeds()
     base = "quant{placement=all per-channel=false calib=minmax"
     reference, plain, _ = _quantize(base + "}", feeds)
-    assert _sqnr(reference, plain, feeds) < 30
+    assert sqnr_over(reference, plain, feeds) < 30
     reference, model, record = _quantize(base + " min-sqnr=30}", feeds)
     stats = record.stats
-    assert _sqnr(reference, model, feeds) >= 30
+    assert sqnr_over(reference, model, feeds) >= 30
     assert stats["budget_sqnr"] >= 30
     assert 0 < stats["budget_float_layers"] < stats["budget_sensitive_layers"]
     kept = [d for d in record.details if d.get("precision") == "float"]
