@@ -154,9 +154,15 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
 
     if recipe.pipeline is None:
         raise RecipeError("no pipeline: give -p PIPELINE or 'pipeline' in the recipe")
-    parse_pipeline(recipe.pipeline)  # fail before any work
+    pipeline = parse_pipeline(recipe.pipeline)  # fail before any work
     if recipe.verify.localize and not (recipe.verify.enabled or recipe.gates_given):
         raise RecipeError("--localize needs --verify (or a gate)")
+    g = recipe.gates
+    lossy = [step.name for step in pipeline.steps if not step.instantiate().exact]
+    if recipe.verify.enabled and lossy and all(v is None for v in (g.min_sqnr, g.min_cosine, g.min_top1)):
+        # exact tolerances would fail any lossy rewrite; say what to give instead of failing late
+        raise RecipeError(f"--verify after lossy passes ({', '.join(dict.fromkeys(lossy))}) needs a threshold: "
+                          "--min-sqnr, --min-cosine or --min-top1")
     out = check_outputs(source, recipe.outputs.model, recipe.outputs.report)
     shapes = input_shapes(recipe)
     model = load(source)

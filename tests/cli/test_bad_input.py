@@ -13,7 +13,7 @@ import onnx
 import pytest
 
 from graphc.cli import main
-from support import ppocr_model
+from support import MODELS, ppocr_model
 from tiny_nets import conv_net, custom_domain_net, cyclic_net, dangling_net, empty_net
 
 
@@ -174,3 +174,15 @@ def test_model_without_static_shapes_is_inspected(capsys, tmp_path):
     out, err = capsys.readouterr()
     assert code == 0 and err == ""
     assert "MACs unknown\n" in out and "MACs unknown for 3 of 3 node(s)" in out
+
+
+def test_verify_after_a_lossy_pass_needs_a_threshold(capsys, tmp_path):
+    """Exact tolerances would fail any quantized model late; the error comes first, names the
+    lossy pass and the flags to give, and nothing is written."""
+    out = tmp_path / "q.onnx"
+    code = main(["opt", str(MODELS / "resnet_digits.onnx"), "-p", "fold-bn,quant{placement=all}",
+                 "--data", str(MODELS / "digits_calib.npz"), "--verify", "-o", str(out)])
+    err = capsys.readouterr().err
+    assert code == 2 and not out.exists()
+    assert err.strip() == ("graphc: error: --verify after lossy passes (quant) needs a threshold: "
+                           "--min-sqnr, --min-cosine or --min-top1")
