@@ -36,6 +36,10 @@ Procedure:
    keep it quantized when the budget still holds - interactions (two layers whose errors cancel
    or add) are accounted for by measuring, not by summing; the cheap layers are the ones left
    float.
+6. Speed trim: with those layers float, the speed model cuts the rest of the placement again;
+   integer ops it now finds slower than float (islands between float layers, which pay a
+   conversion on each side) go float too, when the budget still holds measured that way - so
+   the budget never buys accuracy with a model slower than the float one by the speed model.
 
 A layer is *sensitive* when quantizing it alone already spends a quarter of the noise budget
 (solo SQNR below ``min_sqnr + 6 dB``) or alone breaks more than a quarter of the top-1 budget;
@@ -227,6 +231,7 @@ class Budget:
         self.runs = 0
         self._job: Job | None = None
         self._quant_pass, self._ctx = quant_pass, ctx
+        self._plan_ctx: Context | None = None
         self.units: dict[str, tuple[str, ...]] = {}  # candidate -> its ops; solo plans calibrated up front
         self._create_session, self._run_session = create_session, run_session
 
@@ -254,7 +259,23 @@ class Budget:
                     plan_ctx.graph, plan_ctx, PassResult(modified=False), probe.allowed(plan_ctx.graph, others)))
             ranges = quant.calibrate_tensors(plan_ctx, list(dict.fromkeys(names)))
             self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
+            self._plan_ctx = plan_ctx
         return self._job
+
+    def speed_trim(self, float_units) -> list[str]:
+        """Integer ops the speed model would rather run float once ``float_units`` are float (an
+        int8 island between float layers pays two conversions for one integer kernel): the
+        fixed placement minus the float set, cut again by the speed model."""
+        job = self.job()
+        graph, ctx = self._plan_ctx.graph, self._plan_ctx
+        ops = self.expand(float_units)
+        allowed = job.allowed(graph, ops)
+        if allowed is None:  # placement=all: no speed model
+            return []
+        quant = type(self._quant_pass)(_without_budget(self.options, ops))
+        dropped = sorted(allowed - quant.speed_positions(graph, ctx))
+        names = [graph.nodes[i].name for i in dropped]
+        return [] if not all(names) else names
 
     def _digest(self) -> str:
         h = hashlib.sha256(self.model_bytes)
@@ -368,10 +389,19 @@ def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> 
         log.info("quant budget: %s quantized again: %s", name, describe(value))
         if target.met(value):
             kept, current = list(trial), value
+    trimmed: list[str] = budget.speed_trim(kept) if kept else []
+    if trimmed:
+        value = budget.score([tuple(kept) + tuple(trimmed)])[0]
+        log.info("quant budget: %d ops the speed model moves to float too: %s", len(trimmed), describe(value))
+        if not target.met(value):
+            trimmed = []
+        else:
+            current = value
     sensitive = [n for n in layers if target.sensitive(solo[n])]
     result.stats.update({"budget": target.text(), "budget_sqnr_all_quantized": round(all_quantized.sqnr, 2),
                          "budget_sqnr": round(current.sqnr, 2), "budget_layers": len(layers),
                          "budget_sensitive_layers": len(sensitive), "budget_float_layers": len(kept),
+                         "budget_speed_trimmed": len(trimmed),
                          "budget_evaluations_run": budget.runs, "budget_evaluations_cached": budget.cache.hits})
     if opts.min_sqnr is not None:
         result.stats["budget_min_sqnr"] = opts.min_sqnr
@@ -388,7 +418,10 @@ def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> 
              "solo_sqnr": round(solo[name].sqnr, 2),
              **({"solo_top1_disagreement": round(solo[name].disagreement, 5)}
                 if solo[name].disagreement is not None else {}),
-             "macs": costs.get(name, 0), "ops": list(budget.units[name])} for name in kept], budget
+             "macs": costs.get(name, 0), "ops": list(budget.units[name])} for name in kept] + [
+        {"node": name, "precision": "float", "reason": f"{target.text()}: its neighbours are float, so the "
+         f"speed model finds it slower on integers; measured with it float {describe(current)}"}
+        for name in trimmed], budget
 
 
 def _without_budget(options, float_layers=()):
