@@ -75,6 +75,11 @@ def render_page(rng: np.random.Generator, width: int, height: int) -> np.ndarray
 
 def render_line(rng: np.random.Generator, flipped: bool = False) -> np.ndarray:
     """One text line cropped tightly, as a BGR uint8 array; ``flipped`` turns it by 180 degrees."""
+    return render_line_text(rng, flipped)[0]
+
+
+def render_line_text(rng: np.random.Generator, flipped: bool = False) -> tuple[np.ndarray, str]:
+    """:func:`render_line` and the text drawn on it (the same draws from ``rng``)."""
     size = int(rng.integers(20, 44))
     font = _font(rng, size)
     text = _text(rng, 3, 24)
@@ -85,7 +90,7 @@ def render_line(rng: np.random.Generator, flipped: bool = False) -> np.ndarray:
     ImageDraw.Draw(img).text((pad - left, pad - top), text, font=font, fill=_ink(rng))
     if flipped:
         img = img.rotate(180)
-    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1])
+    return np.ascontiguousarray(np.asarray(img)[:, :, ::-1]), text
 
 
 # ---------------------------------------------------------------------------------------------
@@ -131,6 +136,16 @@ def feeds(kind: str, n: int, seed: int = 0, det_side: int = 640) -> list[dict[st
         else:
             raise ValueError(f"unknown PP-OCR model kind '{kind}'")
         out.append({"x": x})
+    return out
+
+
+def rec_lines(n: int, seed: int = 0) -> list[tuple[dict[str, np.ndarray], str]]:
+    """``feeds("rec", n, seed)`` with the text of each line: ``[({"x": array}, text), ...]``."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        line, text = render_line_text(rng)
+        out.append(({"x": rec_feed(line)}, text))
     return out
 
 
