@@ -435,16 +435,28 @@ def run_with_budget(quant_pass, graph, ctx: Context) -> PassResult:
     plain = type(quant_pass)(_without_budget(quant_pass.options))
     if plain.unsupported_opset(ctx) or not plain._plan(graph, ctx, PassResult(modified=False)).quantized:
         return plain.quantize(graph, ctx, PassResult(modified=False))  # skips, says why
-    upgraded = ctx.require_opset(13)  # first, so that node positions stay put from here on
-    graph = ctx.graph
+    # the search runs on a copy at opset 13 (node positions stay put from here on); the model
+    # itself is upgraded only if the budget leaves something to quantize
+    work = Context(ctx.model.copy(), data=ctx.data, input_shapes=ctx.input_shapes, seed=ctx.seed)
+    work.original = ctx.original
+    work.require_opset(13)
     scratch = PassResult(modified=False)
-    records, budget = choose_float_layers(quant_pass, graph, ctx, scratch)
+    records, budget = choose_float_layers(quant_pass, work.graph, work, scratch)
     job = budget.job()
     kept = budget.expand(r["node"] for r in records)
-    result = type(quant_pass)(_without_budget(quant_pass.options, kept)).quantize(
-        graph, ctx, PassResult(modified=False), known_ranges=job.ranges, positions=job.allowed(graph, kept))
-    if upgraded:
-        result.count("opset_upgraded_to", 13)
+    final = type(quant_pass)(_without_budget(quant_pass.options, kept))
+    positions = job.allowed(work.graph, kept)
+    if final._plan(work.graph, work, PassResult(modified=False), positions).quantized:
+        upgraded = ctx.require_opset(13)
+        if [n.op for n in ctx.graph.nodes] != [n.op for n in work.graph.nodes]:
+            raise PassError("quant budget: upgrading the opset gave a different graph than on the copy")
+        result = final.quantize(ctx.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
+                                positions=positions)
+        if upgraded:
+            result.count("opset_upgraded_to", 13)
+    else:  # every layer float: the model is left as it was (no opset upgrade either)
+        result = PassResult(modified=False)
+        result.skip(f"{scratch.stats['budget']}: every layer stays float")
     result.stats.update(scratch.stats)
     for reason, n in scratch.skipped.items():
         result.skipped[reason] = result.skipped.get(reason, 0) + n

@@ -19,7 +19,7 @@ from support import assert_valid, make_model, run, sqnr_over
 C = 16
 
 
-def _chain(seed=0):
+def _chain(seed=0, opset=13):
     """x(1x16x10x10) -> 6 x (Conv 3x3 + Relu) -> y. Convs 1, 3 and 4 have one huge weight, so a
     per-tensor weight scale crushes their other weights (sensitive layers)."""
     rng = np.random.default_rng(seed)
@@ -36,7 +36,7 @@ def _chain(seed=0):
     nodes.append(helper.make_node("Identity", [x], ["y"], name="out"))
     graph = helper.make_graph(nodes, "chain", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, C, 10, 10])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, C, 10, 10])], inits)
-    return graphc.load(make_model(graph, opset=13))
+    return graphc.load(make_model(graph, opset=opset))
 
 
 def _feeds(n=6):
@@ -243,3 +243,16 @@ def test_budget_measures_the_model_it_writes_with_the_speed_model():
         signal, noise = signal + float(np.sum(r ** 2)), noise + float(np.sum((r - c) ** 2))
     assert stats["budget_sqnr"] >= 25
     assert stats["budget_sqnr"] == pytest.approx(10 * np.log10(signal / noise), abs=0.01)
+
+
+def test_a_budget_that_keeps_every_layer_float_leaves_the_model_alone():
+    """min-sqnr=150 is met only by the float model: nothing is quantized, the opset is not
+    raised, and the pass says so."""
+    model = _chain(opset=11)
+    before = [n.op for n in model.graph.nodes]
+    record = graphc.PassManager("quant{placement=all calib=minmax min-sqnr=150}",
+                                data=open_data(_feeds(), model)).run(model).records[-1]
+    assert record.modified is False and model.opset == 11
+    assert [n.op for n in model.graph.nodes] == before
+    assert record.stats["budget_float_layers"] == record.stats["budget_layers"] == 6
+    assert record.skipped == {"min-sqnr=150: every layer stays float": 1}
