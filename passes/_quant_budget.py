@@ -167,12 +167,16 @@ class Job:
     positions: frozenset[int] | None  # nodes the speed model puts on integers (None: placement=all)
 
     def allowed(self, graph, float_layers) -> frozenset[int] | None:
-        """The fixed placement minus the layers kept float: every evaluation and the final run
-        quantize exactly these nodes, so what was measured is what is written."""
-        if self.positions is None:
-            return None
-        names = set(float_layers)
-        return frozenset(i for i in self.positions if graph.nodes[i].name not in names)
+        return allowed_positions(self.positions, graph, float_layers)
+
+
+def allowed_positions(positions: frozenset[int] | None, graph, float_layers) -> frozenset[int] | None:
+    """The fixed placement minus the layers kept float: every evaluation and the final run
+    quantize exactly these nodes, so what was measured is what is written (None: placement=all)."""
+    if positions is None:
+        return None
+    names = set(float_layers)
+    return frozenset(i for i in positions if graph.nodes[i].name not in names)
 
 
 _WORKER_JOB: Job | None = None
@@ -222,7 +226,6 @@ class Budget:
 
     def __init__(self, quant_pass, ctx: Context):
         from graphc.ir import model_bytes
-        from graphc.runtime import create_session, run_session
 
         self.options = quant_pass.options
         self.model_bytes = model_bytes(ctx.model)
@@ -233,18 +236,17 @@ class Budget:
         self._quant_pass, self._ctx = quant_pass, ctx
         self._plan_ctx: Context | None = None
         self.units: dict[str, tuple[str, ...]] = {}  # candidate -> its ops; solo plans calibrated up front
-        self._create_session, self._run_session = create_session, run_session
 
     def job(self) -> Job:
         """Float outputs and ranges, computed the first time an evaluation is not cached."""
         if self._job is None:
-            from graphc.calib.data import open_data
-
             import graphc
+            from graphc.calib.data import open_data
             from graphc.passes.quant import activation_names
+            from graphc.runtime import create_session, run_session
 
-            session = self._create_session(self._ctx.model, label="float model (budget)", spin=False)
-            references = [[np.asarray(x) for x in self._run_session(session, feed)] for feed in self.feeds]
+            session = create_session(self._ctx.model, label="float model (budget)", spin=False)
+            references = [[np.asarray(x) for x in run_session(session, feed)] for feed in self.feeds]
             model = graphc.load(self.model_bytes)  # what the workers load: the same node order
             if [n.op for n in model.graph.nodes] != [n.op for n in self._ctx.graph.nodes]:
                 raise PassError("quant budget: the model's nodes moved when serialized", node=None)
@@ -252,11 +254,11 @@ class Budget:
             quant = type(self._quant_pass)(_without_budget(self.options))
             positions = quant.speed_positions(plan_ctx.graph, plan_ctx)
             names = activation_names(quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions))
-            probe = Job(self.model_bytes, [], [], {}, self.options, positions)
             for unit in self.units:  # the sweep's plans: a float layer moves some Q nodes
                 others = self.expand(x for x in self.units if x != unit)
                 names += activation_names(type(quant)(_without_budget(self.options, others))._plan(
-                    plan_ctx.graph, plan_ctx, PassResult(modified=False), probe.allowed(plan_ctx.graph, others)))
+                    plan_ctx.graph, plan_ctx, PassResult(modified=False),
+                    allowed_positions(positions, plan_ctx.graph, others)))
             ranges = quant.calibrate_tensors(plan_ctx, list(dict.fromkeys(names)))
             self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
             self._plan_ctx = plan_ctx

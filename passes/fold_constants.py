@@ -20,12 +20,12 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, consumers, is_graph_output, is_standard_op, node_label
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
-
-#: a DequantizeLinear of constant codes is a weight stored compressed on purpose (quant, weights-only).
-KEPT_QUANTIZED = frozenset({"DequantizeLinear"})
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
+
+#: a DequantizeLinear of constant codes is a weight stored compressed on purpose (quant, weights-only).
+KEPT_QUANTIZED = frozenset({"DequantizeLinear"})
 
 
 @register_pass

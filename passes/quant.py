@@ -171,8 +171,7 @@ class Quantize(Pass):
             config = dataclasses.replace(config, allowed=frozenset(
                 id(node) for i, node in enumerate(graph.nodes) if i in positions))
         elif self.options.placement == "auto":
-            model = CostModel(_cost_shapes(ctx))
-            chosen, estimate = integer_nodes(graph, candidate_nodes(graph, config), model)
+            chosen, estimate = self._speed_choice(graph, ctx, config)
             config = dataclasses.replace(config, allowed=frozenset(chosen))
             result.stats["speed_model_float_us"] = round(estimate["estimated_float_us"], 1)
             result.stats["speed_model_chosen_us"] = round(estimate["estimated_cut_us"], 1)
@@ -185,8 +184,13 @@ class Quantize(Pass):
         """Indices into ``graph.nodes`` the speed model puts on integers (None: placement=all)."""
         if self.options.placement != "auto":
             return None
-        chosen, _ = integer_nodes(graph, candidate_nodes(graph, self._config()), CostModel(_cost_shapes(ctx)))
+        chosen, _ = self._speed_choice(graph, ctx, self._config())
         return frozenset(i for i, node in enumerate(graph.nodes) if id(node) in chosen)
+
+    @staticmethod
+    def _speed_choice(graph: gs.Graph, ctx: Context, config: PlacementConfig) -> tuple[set[int], dict]:
+        """The speed model's minimum cut: ids of the nodes worth running on integers."""
+        return integer_nodes(graph, candidate_nodes(graph, config), CostModel(_cost_shapes(ctx)))
 
     def _calibrate(self, ctx: Context, plan, known: dict | None = None) -> dict:
         return self.calibrate_tensors(ctx, activation_names(plan), known)
