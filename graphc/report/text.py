@@ -124,7 +124,8 @@ def localization_lines(loc: dict[str, Any] | None) -> list[str]:
 
 
 def opt_text(report: dict[str, Any]) -> str:
-    lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}", ""]
+    lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}"]
+    lines += [f"  {note}" for note in report.get("notes") or []] + [""]
     lines += passes_table(report["passes"])
     lines += [""] + _table([SUMMARY_HEADER] + summary_rows(report))
     lines += model_notes(report["after"] or report["before"])
