@@ -119,7 +119,7 @@ class PassManager:
             done.append(spec.name)
         model.metadata["graphc.pipeline"] = self.pipeline.text()
         model.metadata["graphc.version"] = __version__
-        return RunReport(self.pipeline.text(), records, list(self.pipeline.notes))
+        return RunReport(self.pipeline.text(), records, [*self.pipeline.notes, *ctx.notes])
 
     def _run_one(self, step: Pass, text: str, ctx: Context, done: list[str]) -> PassRecord:
         graph = ctx.graph

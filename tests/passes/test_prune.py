@@ -290,10 +290,10 @@ def test_max_ratio_caps_every_group():
     assert _weight_shapes(model)["b1"][0] == 8 and _weight_shapes(model)["down"][0] == 16
 
 
-def test_flops_on_a_dynamic_model_needs_a_shape():
+def test_flops_on_a_dynamic_model_counts_at_given_data_or_nominal_shapes():
     model = resnetish(dynamic=True)
-    with pytest.raises(PassError, match="--input-shape"):
-        _prune(model.copy(), "prune{flops=0.5}")
+    nominal = _prune(model.copy(), "prune{flops=0.5 round-to=8}")  # no shape, no data: 1x3x224x224
+    assert nominal.stats["macs_after"] <= 0.5 * nominal.stats["macs_before"]
     record = _prune(model.copy(), "prune{flops=0.5 round-to=8}", input_shapes={"x": (1, 3, 8, 8)})
     assert record.stats["macs_after"] <= 0.5 * record.stats["macs_before"]
     data = IterableSource([{"x": np.zeros((1, 3, 8, 8), np.float32)}])       # the first sample's shape

@@ -221,10 +221,10 @@ def test_output_count_mismatch_is_a_verification_error():
         compare_models(conv_net(), candidate)
 
 
-def test_dynamic_inputs_need_shapes_or_data(tmp_path):
+def test_dynamic_inputs_take_given_or_nominal_shapes(tmp_path):
     dynamic = conv_net(batch="N", spatial="S")
-    with pytest.raises(DataError, match="--input-shape"):
-        compare_models(dynamic, dynamic)
+    nominal = compare_models(dynamic, dynamic, samples=1)  # batch 1, side 224, said in the data line
+    assert nominal.passed and "at a nominal shape (x:1x3x224x224" in nominal.data
     assert compare_models(dynamic, dynamic, input_shapes={"x": (2, 3, 5, 5)}, samples=1).passed
     with pytest.raises(DataError, match="rank 4"):
         compare_models(dynamic, dynamic, input_shapes={"x": (2, 3)})
