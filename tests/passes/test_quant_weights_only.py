@@ -345,12 +345,14 @@ def test_weights_only_runs_without_data_and_times_a_random_feed():
     assert Quantize().requires_data() is True  # static QDQ calibrates ranges
 
 
-def test_weights_only_without_data_and_shapes_skips_the_latency():
+def test_weights_only_without_data_and_shapes_times_a_nominal_shape(caplog):
     model = _mlp(opset=21, batch="N")
-    model.graph.inputs[0].shape = ["N", "T", 40]  # only a dynamic batch would be filled in with 1
-    result = Quantize(parse_pipeline(DQ4).steps[0].options).run(model.graph, Context(model))
-    assert result.modified and "latency_ms" not in result.stats and result.stats["size_ratio"] < 1
-    assert result.skipped["weights-only: latency not measured (no data, and input shapes unknown)"] == 1
+    model.graph.inputs[0].shape = ["N", "T", 40]  # dynamic T: a nominal length (128) is timed
+    with caplog.at_level("WARNING", logger="graphc"):
+        result = Quantize(parse_pipeline(DQ4).steps[0].options).run(model.graph, Context(model))
+    assert result.modified and result.stats["latency_ms"] > 0 and result.stats["size_ratio"] < 1
+    assert result.stats["latency_feed"] == "random"
+    assert "random inputs at a nominal shape (x:1x128x40" in caplog.text
     result = Quantize(parse_pipeline(DQ4).steps[0].options).run(
         _mlp(opset=21, batch="N").graph, Context(_mlp(opset=21, batch="N"), input_shapes={"x": (2, 3, 40)}))
     assert result.stats["latency_feed"] == "random"
