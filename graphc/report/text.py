@@ -200,6 +200,7 @@ def passes_text(catalog: list[dict[str, Any]]) -> str:
     lines = []
     for p in catalog:
         kind = ("exact" if p["exact"] else "lossy") + (", needs --data" if p["needs_data"] else "")
+        kind += f", runs {','.join(p['prepares'])} first" if p.get("prepares") else ""
         lines.append(f"{p['name']}  ({kind})")
         lines.append(f"    {p['summary']}")
         for o in p["options"]:

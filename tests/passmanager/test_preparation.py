@@ -73,3 +73,8 @@ def test_cli_prints_the_inserted_passes(capsys, tmp_path):
     assert report["pipeline"] == "fold-bn,canonicalize,quant"
     assert report["notes"][0].startswith(NOTE)
     assert [p["name"] for p in report["passes"]] == ["fold-bn", "canonicalize", "quant"]
+
+
+def test_graphc_passes_says_what_runs_first(capsys):
+    assert main(["passes"]) == 0
+    assert "quant  (lossy, needs --data, runs fold-bn,canonicalize first)" in capsys.readouterr().out
