@@ -120,25 +120,32 @@ class TfGraph:
         return self.op("Div", f"{scope}/truediv", [e, total])
 
 
+DIM = 96  # wide enough that quant's speed model puts the MatMuls and their chains on integers
+
+
 def tf2onnx_classifier() -> onnx.ModelProto:
     """NHWC 16x16x1 image + int64 class hint -> 10 class probabilities (opset 13)."""
     g = TfGraph(Weights(SEED + 10))
     x = g.op("Transpose", "model/conv/Conv2D__6", ["input_image:0"], perm=[0, 3, 1, 2])
     x = g.op("Conv", "model/conv/Conv2D", [x, g.init("model/conv/kernel:0", g.w.kernel(8, 1, 3, 3)),
                                            g.init("model/conv/bias:0", g.w.vector(8))],
-             pads=[1, 1, 1, 1], strides=[2, 2], kernel_shape=[3, 3])
+             pads=[1, 1, 1, 1], strides=[1, 1], kernel_shape=[3, 3])
     x = g.op("Relu", "model/conv/Relu", [x])
     x = g.op("Transpose", "model/conv/Relu__10", [x], perm=[0, 2, 3, 1])
-    x = g.op("Reshape", "model/flatten/Reshape", [x, g.init("model/flatten/shape:0", np.array([-1, 64, 8], np.int64))])
-    x = g.dense("model/embed", x, 8, 32)
-    h = g.layer_norm("model/ln", x, 32)
-    h = g.gelu_tanh("model/ApplyActivation", g.dense("model/mlp/fc1", h, 32, 64))
-    x = g.op("Add", "model/residual/AddV2", [x, g.dense("model/mlp/fc2", h, 64, 32)])
+    x = g.op("Reshape", "model/flatten/Reshape", [x, g.init("model/flatten/shape:0", np.array([-1, 256, 8], np.int64))])
+    x = g.dense("model/embed", x, 8, DIM)
+    h = g.layer_norm("model/ln", x, DIM)
+    h = g.dense("model/mlp/fc1", h, DIM, 2 * DIM)
+    # an affine map spelled Add then Mul, (h + 1) * 0.5, as jax.nn activations come out of tf2onnx
+    h = g.op("Add", "model/ApplyActivation_1/AddV2_1", [h, g.init("model/ApplyActivation_1/one:0", np.float32(1))])
+    h = g.op("Mul", "model/ApplyActivation_1/mul", [h, g.init("model/ApplyActivation_1/half:0", np.float32(0.5))])
+    h = g.gelu_tanh("model/ApplyActivation", h)
+    x = g.op("Add", "model/residual/AddV2", [x, g.dense("model/mlp/fc2", h, 2 * DIM, DIM)])
     pooled = g.op("ReduceMean", "model/pool/Mean", [x], axes=[1], keepdims=0)
     hint = g.op("Equal", "model/one_hot/Equal", ["class_hint:0", g.init("model/one_hot/range:0", np.arange(10, dtype=np.int64)[None])])
     hint = g.op("Cast", "model/one_hot/Cast", [hint], to=FLOAT)
-    pooled = g.op("Add", "model/hint/AddV2", [pooled, g.dense("model/hint", hint, 10, 32)])
-    logits = g.dense("model/head", pooled, 32, 10)
+    pooled = g.op("Add", "model/hint/AddV2", [pooled, g.dense("model/hint", hint, 10, DIM)])
+    logits = g.dense("model/head", pooled, DIM, 10)
     g.nodes.append(helper.make_node("Identity", [g.softmax("model/softmax", logits)], ["probs:0"], name="Identity"))
     graph = helper.make_graph(
         g.nodes, "tf2onnx", [helper.make_tensor_value_info("input_image:0", FLOAT, ["unk__0", 16, 16, 1]),
