@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
 from graphc.ir import external, weight_io
 from graphc.ir.structure import check_structure
+from graphc.ir.subgraphs import walk_graphs
 from graphc.ir.validate import validate_proto
 
 log = logging.getLogger(__name__)
@@ -180,7 +181,8 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         metadata={p.key: p.value for p in proto.metadata_props},
         source=source,
     )
-    constant_nodes_to_constants(graph)
+    for _, scope in walk_graphs(graph):
+        constant_nodes_to_constants(scope)
     if check:
         check_structure(graph)
     return model
