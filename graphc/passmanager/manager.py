@@ -18,6 +18,7 @@ from graphc import __version__
 from graphc.errors import DataError, GraphcError, PassError, StructureError, VerificationError
 from graphc.ir.model import Model
 from graphc.ir.structure import check_structure, toposort
+from graphc.ir.stats import all_nodes
 from graphc.passmanager.base import Pass, PassResult
 from graphc.passmanager.context import Context
 from graphc.passmanager.memory import PeakRss
@@ -118,7 +119,7 @@ class PassManager:
     def _run_one(self, step: Pass, text: str, ctx: Context, done: list[str]) -> PassRecord:
         graph = ctx.graph
         before = ctx.model.copy() if self.verify_each else None
-        nodes_before = len(graph.nodes)
+        nodes_before = len(all_nodes(graph))  # If/Loop/Scan bodies included
         for inst in self.instruments:
             inst.before_pass(step, ctx)
         after = f" (after {', '.join(done)})" if done else ""
@@ -140,7 +141,7 @@ class PassManager:
             ctx.invalidate(result.preserved)
         self._check(step, ctx, after)
         record = PassRecord(step.name, text, result.modified, wall, rss.peak, nodes_before,
-                            len(ctx.graph.nodes), result.stats, result.skipped, result.details)
+                            len(all_nodes(ctx.graph)), result.stats, result.skipped, result.details)
         if before is not None and result.modified:
             record.verify = self._verify(step, before, ctx)
         log.info("%s: %s in %.3fs, nodes %d -> %d %s", step.name,

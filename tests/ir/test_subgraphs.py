@@ -196,3 +196,12 @@ def test_vad_if_model_branch_bns_fold_exactly(tmp_path, pipeline):
         for i in range(4):
             feed = {"audio": data["audio"][i], "sr": np.asarray(data["sr"][i])}
             assert_same_outputs(proto, path, feed, rtol=RTOL, atol=ATOL)
+
+
+def test_stats_and_pass_records_count_body_nodes_and_weights():
+    model = graphc.load(bn_model())
+    stats = graphc.ir.model_stats(model)
+    assert stats.op_histogram == {"Conv": 2, "BatchNormalization": 2, "If": 1}
+    assert stats.params == 2 * (4 * 4 * 3 * 3 + 4 * 4)
+    record = PassManager("fold-bn").run(model).records[0]
+    assert (record.nodes_before, record.nodes_after) == (5, 3)
