@@ -205,3 +205,20 @@ def test_stats_and_pass_records_count_body_nodes_and_weights():
     assert stats.params == 2 * (4 * 4 * 3 * 3 + 4 * 4)
     record = PassManager("fold-bn").run(model).records[0]
     assert (record.nodes_before, record.nodes_after) == (5, 3)
+
+
+def test_fold_bn_in_a_body_leaves_a_weight_the_outer_graph_shares(tmp_path):
+    """The branch Conv and an outer Conv read one outer weight: the fold scales a copy."""
+    w = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32) / 6
+    stats = [RNG.random(4) + 0.5, RNG.standard_normal(4) * 0.2, RNG.standard_normal(4) * 0.5, RNG.random(4) * 1.5 + 0.5]
+    inits = [const("W", w)] + [const(n, v) for n, v in zip(["s", "b", "m", "v"], stats)]
+    then_g = branch("then", [helper.make_node("Conv", ["x.pre", "W"], ["t.c"], name="t.Conv", pads=[1, 1, 1, 1]),
+                             helper.make_node("BatchNormalization", ["t.c", "s", "b", "m", "v"], ["t.out"],
+                                              name="t.BN")], "t.out")
+    else_g = branch("else", [helper.make_node("Relu", ["x.pre"], ["e.out"], name="e.Relu")], "e.out")
+    pre = [helper.make_node("Conv", ["x", "W"], ["x.pre"], name="outer.Conv", pads=[1, 1, 1, 1])]
+    proto = if_model(then_g, else_g, pre=pre, inits=inits)
+    model, record = run_pass(proto, "fold-bn")
+    assert record.stats == {"conv_bn": 1}
+    assert np.array_equal(model.graph.nodes[0].inputs[1].values, w)
+    check_exact(proto, model, tmp_path)
