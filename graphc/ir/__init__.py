@@ -4,7 +4,7 @@ from graphc.ir.opset import upgrade_opset
 from graphc.ir.shapes import TensorInfo, infer_shapes
 from graphc.ir.stats import ModelStats, all_nodes, model_stats, node_macs
 from graphc.ir.structure import check_structure, node_label, toposort
-from graphc.ir.subgraphs import has_subgraphs, subgraphs, walk_graphs
+from graphc.ir.subgraphs import subgraphs, walk_graphs
 from graphc.ir.usedef import (
     NameFactory,
     bypass,
@@ -26,5 +26,5 @@ __all__ = [
     "upgrade_opset", "TensorInfo", "infer_shapes", "ModelStats", "all_nodes", "model_stats", "node_macs",
     "check_structure", "node_label", "toposort", "NameFactory", "bypass", "constant_value",
     "consumers", "is_constant", "is_graph_input", "is_graph_output", "is_standard_op", "only_consumer", "producer",
-    "remove_nodes", "replace_uses", "scalar_value", "subgraphs", "walk_graphs", "has_subgraphs",
+    "remove_nodes", "replace_uses", "scalar_value", "subgraphs", "walk_graphs",
 ]

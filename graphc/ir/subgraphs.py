@@ -41,6 +41,3 @@ def walk_graphs(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph
             here = f"{node.name or node.op}/{attr}"
             yield from walk_graphs(sub, f"{path}/{here}" if path else here)
 
-
-def has_subgraphs(graph: gs.Graph) -> bool:
-    return any(True for node in graph.nodes for _ in subgraphs(node))
