@@ -207,7 +207,7 @@ def test_same_model_saved_twice_is_byte_identical(tmp_path):
 
 
 def test_abandoned_staging_folder_of_a_dead_save_is_removed(tmp_path):
-    """A folder a dead save left, proven ours by its marker (see tests/ir/test_output_safety.py
+    """A folder a dead save left, proven ours by its marker (see tests/ir/test_save_output_safety.py
     for the folders that only look like ours and are kept)."""
     import json
     import subprocess
