@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
 
-from graphc.errors import UnsafeOutputError
+from graphc.errors import OutputError, UnsafeOutputError
 from graphc.ir.external import is_data_file_name, referenced_files
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,12 @@ class FileRef:
     @classmethod
     def of(cls, path: str | os.PathLike, what: str) -> "FileRef":
         path = Path(path)
+        if "\x00" in str(path):
+            raise OutputError(f"{str(path)!r}: a path cannot hold a NUL byte")
         try:
             st = path.stat()
             identity = (st.st_dev, st.st_ino)
-        except (OSError, ValueError):
+        except OSError:
             identity = None
         return cls(what, path, Path(os.path.realpath(path)), identity)
 

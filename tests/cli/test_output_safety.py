@@ -207,3 +207,9 @@ def test_input_inside_a_folder_named_like_a_temp_save_folder_is_kept(capsys, tmp
     assert code == 0, err
     assert tree(folder) == before
     assert sorted(p.name for p in (tmp_path / "B").iterdir()) == [folder.name, "out.onnx"]
+
+
+def test_recipe_path_with_a_nul_byte_is_one_line(capsys, tmp_path, model):
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('pipeline = "cleanup"\n[outputs]\nmodel = "a\\u0000b.onnx"\n')
+    refused(capsys, ["opt", model, "--recipe", recipe], tmp_path, "NUL byte")
