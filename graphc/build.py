@@ -28,15 +28,16 @@ import dataclasses
 import logging
 import os
 import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
 import onnx_graphsurgeon as gs
 
-from graphc.errors import DataError, OutputError, RecipeError
+from graphc.errors import DataError, RecipeError
 from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, save
-from graphc.ir.output_safety import MARKER_NAME, OutputPlan, ProtectedFiles, TempFolder
+from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 from graphc.passmanager import PassManager, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
 
@@ -135,19 +136,13 @@ def check_outputs(source: Path, model_path: str | None, report_path: str | None,
         raise RecipeError("no output model: give -o OUT or outputs.model in the recipe")
     plan = OutputPlan(ProtectedFiles.of_model_file(source, others=also_read))
     out = Path(model_path)
-    plan.add_model(out)
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder")
+    plan.add_model(check_writable(out))
     if report_path is not None:
         report = Path(report_path)
         markdown = report_format(report) == "markdown"
-        plan.add(report, "the report")
+        plan.add(check_writable(report), "the report")
         if markdown:
             plan.add_folder(plot_folder(report), "the report's plots")
-        if not report.parent.is_dir():
-            raise OutputError(f"{report}: folder '{report.parent}' does not exist")
     return out
 
 
@@ -396,7 +391,7 @@ class _PendingOutput:
         self.model, self.out = model, out
         self.staging: Path | None = None
         if weight_bytes(model) > IN_MEMORY_LIMIT:
-            self.staging = TempFolder.create(out).path  # removed by discard(), or by a later save if killed
+            self.staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging."))
             log.info("the result is too large to verify in memory; staged in %s", self.staging)
             try:
                 save(model, self.staging / out.name)
@@ -411,8 +406,7 @@ class _PendingOutput:
         if self.staging is None:
             save(self.model, self.out)
             return
-        staged = [p for p in self.staging.iterdir() if p.name != MARKER_NAME]
-        for path in sorted(staged, key=lambda p: p.name == self.out.name):
+        for path in sorted(self.staging.iterdir(), key=lambda p: p.name == self.out.name):
             os.replace(path, self.out.parent / path.name)  # the model file last: data first
 
     def discard(self) -> None:

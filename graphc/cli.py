@@ -347,9 +347,9 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.groups and args.json:
         raise UsageError("--groups is text only; leave out --json")
     if args.dot:
-        from graphc.ir.output_safety import OutputPlan, ProtectedFiles
+        from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 
-        OutputPlan(ProtectedFiles.of_model_file(args.input)).add(args.dot, "the DOT graph")
+        OutputPlan(ProtectedFiles.of_model_file(args.input)).add(check_writable(args.dot), "the DOT graph")
     model = graphc.load(args.input)
     summary = model_summary(model, path=args.input, input_shapes=_shapes(args.input_shape), top=args.top)
     text = json.dumps(summary, indent=2, ensure_ascii=False) if args.json else inspect_text(summary)

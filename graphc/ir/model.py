@@ -11,6 +11,9 @@ Guarantees:
 - ``save`` writes to a temporary file in the destination folder, checks it with
   ``onnx.checker.check_model(full_check=True)``, then renames it into place: a failed save leaves
   no file behind, and the destination is either the old file or the complete new one.
+- ``save`` never writes over or removes the file a model was loaded from or its external data
+  (seen through symlinks and hard links), and removes only the leftover temporary folders it
+  can prove it created (:mod:`graphc.ir.output_safety`).
 
 Memory: large top-level weights move between the file and numpy arrays without protobuf copies
 (:mod:`graphc.ir.weight_io`), so a loaded model costs about its weights once, and saving adds no
@@ -37,7 +40,8 @@ from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
 from graphc.ir import external, weight_io
-from graphc.ir.output_safety import OutputPlan, ProtectedFiles, TempFolder, remove_abandoned_temp
+from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
+                                      remove_abandoned_temp)
 from graphc.ir.structure import check_structure
 from graphc.ir.validate import validate_proto
 
@@ -332,11 +336,7 @@ def save(
 def _check_destination(out: Path, protected: ProtectedFiles) -> None:
     """Refuse, before any work, a destination that cannot be written or that would overwrite or
     remove what the model was loaded from (the output-safety rule)."""
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder")
-    OutputPlan(protected).add_model(out)
+    OutputPlan(protected).add_model(check_writable(out))
 
 
 def _weights_nbytes(proto: onnx.ModelProto) -> int:

@@ -165,6 +165,16 @@ class OutputPlan:
         return out
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """``path`` as a file to create or replace: its folder exists and it is not a folder."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise OutputError(f"{path}: folder '{path.parent}' does not exist")
+    if path.is_dir():
+        raise OutputError(f"{path}: is a folder")
+    return path
+
+
 def is_data_file_of(path: Path, out: Path) -> bool:
     """True when a save of ``out`` may write or remove ``path`` as its external-data file."""
     return os.path.realpath(path.parent) == os.path.realpath(out.parent) and is_data_file_name(path.name, out.name)
