@@ -132,10 +132,13 @@ class OutputPlan:
         hit = self.protected.find(ref)
         if hit is not None:
             raise UnsafeOutputError(f"{ref.path}: refusing to overwrite {hit.what} '{hit.path}' with {what}")
-        other = next((o for o in self.files if o.same_file(ref)), None) or \
-            next((f for f in self.folders if ref.inside(f)), None)
+        other = next((o for o in self.files if o.same_file(ref)), None)
         if other is not None:
             raise UnsafeOutputError(f"{ref.path}: refusing to overwrite {other.what} '{other.path}' with {what}")
+        folder = next((f for f in self.folders if ref.inside(f)), None)
+        if folder is not None:
+            raise UnsafeOutputError(f"{ref.path}: refusing to write {what} into the folder of {folder.what} "
+                                    f"'{folder.path}'")
         self.files.append(ref)
         return ref.path
 
