@@ -4,26 +4,34 @@
     run = measure_process(python_command("-c", "import graphc; graphc.load('m.onnx')"))
     run.peak_bytes, run.wall_s, run.returncode, run.stdout
 
-Method. The command runs in a fresh child process; its peak resident set is the kernel's
-high-water mark for that child, which ``os.wait4`` returns (``ru_maxrss``) when it exits - one
-figure for its whole life: interpreter start, imports, loading, every pass, saving. Nothing is
-sampled, so no short spike is missed.
+Method. The command runs in a fresh process; its peak resident set is the kernel's high-water mark
+for that process, which ``os.wait4`` returns (``ru_maxrss``) when it exits - one figure for its
+whole life: interpreter start, imports, loading, every pass, saving. Nothing is sampled, so no
+short spike is missed.
 
-One case needs help: the pass manager resets the kernel's mark at each pass to measure passes
-one by one, which erases the earlier peak from the kernel's figure. graphc keeps every mark it
-erases (:func:`graphc.passmanager.memory.process_peak_rss`); a Python child started with
-:func:`python_command` writes that figure to a file when it exits, and ``peak_bytes`` is the higher
-of the two. (A child that never imported graphc writes nothing: importing it just to report would
-itself add to the peak.) Wall time is the child's, from start to exit, including its set-up.
+Two traps, and what is done about them:
+
+- At ``exec`` the kernel folds the high-water mark of the memory the new program replaces into
+  ``ru_maxrss``; a child started from a big process (a benchmark that built a 700 MB model, a
+  test runner) would report the *parent's* peak. So a tiny launcher (``python -S``, about 10 MB)
+  starts the command and reaps it with ``wait4``: what the command inherits is the launcher's.
+- The pass manager resets the kernel's mark at each pass to measure passes one by one, which
+  erases the earlier peak from the kernel's figure. graphc keeps every mark it erases
+  (:func:`graphc.passmanager.memory.process_peak_rss`); a Python child started with
+  :func:`python_command` writes that figure to a file when it exits, and ``peak_bytes`` is the
+  higher of the two. (A child that never imported graphc writes nothing: importing it just to
+  report would itself add to the peak.)
+
+Wall time is the command's, from its start to its exit (set-up included), measured by the
+launcher.
 """
 from __future__ import annotations
 
+import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping, Sequence
@@ -32,6 +40,30 @@ from graphc.errors import DataError
 
 #: environment variable naming the file a child started by :func:`python_command` reports into
 PEAK_FILE_ENV = "GRAPHC_PEAK_FILE"
+
+# The launcher: start the command, reap it with wait4 (kill it past the deadline), write what the
+# kernel says to the file named in argv[1]. Run as `python -S` so that it is small.
+_LAUNCHER = """\
+import json, os, signal, subprocess, sys, time
+result, timeout, command = sys.argv[1], float(sys.argv[2]), sys.argv[3:]
+start = time.perf_counter()
+proc = subprocess.Popen(command)
+deadline = None if timeout <= 0 else time.monotonic() + timeout
+timed_out = False
+while True:
+    pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
+    if pid == proc.pid:
+        break
+    if time.monotonic() > deadline:
+        proc.send_signal(signal.SIGKILL)
+        timed_out = True
+        deadline = None
+        continue
+    time.sleep(0.02)
+with open(result, "w") as fh:
+    json.dump({"wall": time.perf_counter() - start, "code": os.waitstatus_to_exitcode(status),
+               "kernel_peak": usage.ru_maxrss * 1024, "timed_out": timed_out}, fh)
+"""
 
 # Runs first in the child: register the report, then run the target as __main__ (a script path,
 # "-c CODE" or "-m MODULE", then its arguments), as `python` itself would.
@@ -94,38 +126,26 @@ def measure_process(command: Sequence[str], *, env: Mapping[str, str] | None = N
     """Run ``command`` in a fresh process and measure its peak RSS from start to exit."""
     with tempfile.TemporaryDirectory(prefix="graphc-peak-") as tmp:
         folder = Path(tmp)
-        report = folder / "peak"
+        report, result = folder / "peak", folder / "launch.json"
         child_env = dict(os.environ if env is None else env)
         child_env[PEAK_FILE_ENV] = str(report)
+        launcher = [sys.executable, "-S", "-c", _LAUNCHER, str(result), str(timeout or 0), *command]
         with open(folder / "out", "w+") as out, open(folder / "err", "w+") as err:
-            start = time.perf_counter()
-            proc = subprocess.Popen(list(command), stdout=out, stderr=err, env=child_env, cwd=cwd)
-            status, usage = _wait(proc, timeout)
-            wall = time.perf_counter() - start
+            done = subprocess.run(launcher, stdout=out, stderr=err, env=child_env, cwd=cwd)
             out.seek(0)
             err.seek(0)
             stdout, stderr = out.read(), err.read()
-        reported = int(report.read_text()) if report.exists() and report.read_text().strip() else None
-    kernel = usage.ru_maxrss * 1024  # kB on Linux
-    return ProcessPeak(max(kernel, reported or 0), wall, status, stdout, stderr, kernel, reported)
+        if done.returncode != 0 or not result.exists():
+            raise DataError(f"could not measure {_command_text(command)}: {stderr.strip()[-500:]}")
+        launched = json.loads(result.read_text())
+        text = report.read_text().strip() if report.exists() else ""
+    if launched["timed_out"]:
+        raise DataError(f"measured process did not finish in {timeout:g} s: {_command_text(command)}")
+    reported = int(text) if text else None
+    kernel = int(launched["kernel_peak"])
+    return ProcessPeak(max(kernel, reported or 0), float(launched["wall"]), int(launched["code"]),
+                       stdout, stderr, kernel, reported)
 
 
-def _wait(proc: subprocess.Popen, timeout: float | None) -> tuple[int, "os.struct_rusage"]:  # type: ignore[name-defined]
-    """Reap ``proc`` with wait4 (its own rusage, not every child's); kill it after ``timeout``."""
-    deadline = None if timeout is None else time.monotonic() + timeout
-    while True:
-        pid, status, usage = os.wait4(proc.pid, 0 if deadline is None else os.WNOHANG)
-        if pid == proc.pid:
-            proc.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait
-            return proc.returncode, usage
-        if time.monotonic() > deadline:
-            proc.send_signal(signal.SIGKILL)
-            os.wait4(proc.pid, 0)
-            proc.returncode = -signal.SIGKILL
-            raise DataError(f"measured process did not finish in {timeout:g} s: {_command_text(proc)}")
-        time.sleep(0.02)
-
-
-def _command_text(proc: subprocess.Popen) -> str:
-    args = proc.args if isinstance(proc.args, list) else [str(proc.args)]
-    return " ".join(a if len(a) < 60 else a[:57] + "..." for a in map(str, args))
+def _command_text(command: Sequence[str]) -> str:
+    return " ".join(a if len(a) < 60 else a[:57] + "..." for a in map(str, command))

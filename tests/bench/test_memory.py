@@ -44,6 +44,19 @@ def test_a_child_that_allocates_n_mib_reports_at_least_n_mib():
     assert busy.wall_s > 0 and busy.reported_peak_bytes is None  # graphc never imported
 
 
+def test_a_child_of_a_big_parent_reports_its_own_peak_not_the_parents():
+    """At exec the kernel folds the replaced memory's high-water mark into ru_maxrss: a child
+    started straight from this process would report this process's peak."""
+    import numpy as np
+
+    held = np.ones(2 * N_MIB * MIB // 8)  # this process now holds (and has peaked at) 600 MiB
+    try:
+        idle = measure_process(python_command("-c", "pass")).check()
+    finally:
+        del held
+    assert idle.peak_bytes < N_MIB * MIB
+
+
 def test_the_whole_run_peak_includes_what_came_before_the_passes():
     """The kernel's own figure loses the transient (each pass resets it); graphc's does not."""
     result = measure_process(python_command("-c", RUN_PASSES)).check()
