@@ -103,13 +103,14 @@ def run() -> str:
 
 def _same_ranks_note(chosen: dict) -> str:
     """Which cases factor the same layers at the same ranks with and without data, as measured."""
-    same = [label for (_, label), pair in chosen.items() if None not in pair and pair[0] == pair[1]]
-    differ = [label for (_, label), pair in chosen.items() if None not in pair and pair[0] != pair[1]]
+    both = {label: pair for (_, label), pair in chosen.items() if None not in pair}
+    same = [label for label, pair in both.items() if pair[0] == pair[1]]
+    differ = [label for label, pair in both.items() if pair[0] != pair[1]]
     text = ""
     if same:
-        text += (f"With and without data, {', '.join(same)} factor the same layers at the same ranks in "
-                 "this run (same graph shape): the spread of their latency ratios is the timing noise "
-                 "of the machine. ")
+        text += (f"With and without data, {len(same)} of the {len(both)} cases run both ways factor the "
+                 f"same layers at the same ranks in this run ({'; '.join(same)}): same graph shape, so the "
+                 "spread of their latency ratios is the timing noise of the machine. ")
     if differ:
-        text += f"With data the ranks differ from those without for {', '.join(differ)}."
+        text += f"With data the layers or ranks differ from those without for: {'; '.join(differ)}."
     return text.strip()

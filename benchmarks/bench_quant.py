@@ -384,12 +384,11 @@ def _speed_verdict(measured: dict) -> str:
                      f"every integer kernel: {every.ratio:.2f}x)")
         if not ints.get("graphc"):
             float_ratio = pair(stats, "original", "graphc float").ratio
-            all_word = "loses" if every.ratio < 1 else "gains only"
             all_float.append(
-                f"On {kind} the speed model kept every Conv/Gemm/MatMul float (0 int8 layers): with every "
-                f"op quantized (placement=all, {ints.get('graphc all') or 0} int8 layers) onnxruntime's "
-                f"integer kernels {all_word} {every.ratio:.2f}x against graphc's float pipeline, so {kind}'s "
-                f"{r:.2f}x is the float pipeline's ({float_ratio:.2f}x alone).")
+                f"On {kind} the speed model kept every Conv/Gemm/MatMul float (0 int8 layers); with every "
+                f"op quantized (placement=all, {ints.get('graphc all') or 0} int8 layers) the model runs at "
+                f"{every.ratio:.2f}x graphc's float pipeline ({'slower' if every.ratio < 1 else 'faster'}), "
+                f"and {kind}'s {r:.2f}x is the float pipeline's ({float_ratio:.2f}x alone).")
     return ("Against the original float model: " + ", ".join(parts) + ". The quant pass's own share, "
             "int8 over graphc's float pipeline timed in the same alternation (median, 25th-75th "
             "percentiles of the per-round ratios): " + "; ".join(share) + "." +
