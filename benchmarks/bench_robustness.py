@@ -56,17 +56,17 @@ def _fuzz() -> tuple[str, dict]:
             outcome = fuzz_target.run_case(mutations.apply(data, steps), Path(tmp) / str(i))
             shutil.rmtree(Path(tmp) / str(i), ignore_errors=True)
             outcomes[outcome.kind] += 1
-            if outcome.kind == "crash":
-                crashes[_short(outcome.detail)] += 1
-            elif outcome.wrapped:
+            if outcome.wrapped:  # a crash inside a pass, shown apart from the others
                 wrapped[_short(outcome.detail)] += 1
+            elif outcome.kind == "crash":
+                crashes[_short(outcome.detail)] += 1
     minutes = (time.perf_counter() - start) / 60
     rate = FUZZ_CASES / minutes
     mode = "CLI (graphc.cli.main)" if fuzz_target.cli_main() else "Python API"
     lines = [f"**Fuzzing** ({mode}, {len(seeds)} seed models, 1-3 mutations per case): "
              f"**{rate:.0f} cases/minute** ({FUZZ_CASES} cases in {minutes * 60:.0f} s); "
              f"accepted {outcomes['ok']}, rejected with one `graphc: error:` line {outcomes['rejected']}, "
-             f"crashes {outcomes['crash']}, pass crashes wrapped as PassError {sum(wrapped.values())}.", ""]
+             f"crashes {outcomes['crash']} (of which pass crashes wrapped as PassError {sum(wrapped.values())}).", ""]
     for label, found in (("Crashes", crashes), ("Wrapped pass crashes", wrapped)):
         if found:
             lines.append(f"{label} (count x message):")
