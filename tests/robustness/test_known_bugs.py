@@ -49,14 +49,20 @@ def test_stats_of_a_float8_weight():
                                          [w8, numpy_helper.from_array(np.array(1.0, np.float32), "s")]), 19)
     proto.ir_version = 9
     onnx.checker.check_model(proto, full_check=True)
-    model_stats(graphc.load(proto))
+    stats = model_stats(graphc.load(proto))
+    # by definition: 4 float8 values (1 byte each) and the float32 scale (4 bytes)
+    assert stats.params == 5 and stats.weight_bytes == 4 * 1 + 4
+    assert stats.op_histogram == {"DequantizeLinear": 1, "Add": 1} and stats.macs == 0
 
 
 def test_stats_of_a_gemm_with_a_rank1_input():
     proto = make_model(helper.make_graph(
         [helper.make_node("Gemm", ["x", "w"], ["y"])], "g", [vi("x", TensorProto.FLOAT, [4])],
         [vi("y", TensorProto.FLOAT, [3])], [numpy_helper.from_array(np.ones((4, 3), np.float32), "w")]))
-    model_stats(graphc.load(proto))
+    stats = model_stats(graphc.load(proto))
+    assert stats.params == 4 * 3 and stats.weight_bytes == 4 * 3 * 4
+    (node,) = stats.per_node
+    assert node.op == "Gemm" and node.macs in (None, 4 * 3)  # unknown, or the vector-matrix product's 12
 
 
 def _endless_loop_model() -> onnx.ModelProto:
