@@ -1,8 +1,9 @@
 """Random valid ONNX graphs for property tests: Conv/BN/Gemm/MatMul/Add/Mul/Concat/Reshape chains.
 
 A graph is described by a *recipe* (opset, input shape, a list of layer choices, a seed for the
-weights) so hypothesis can shrink a failing case to a short chain; :func:`build_model` turns it
-into a ``ModelProto`` that passes the full ONNX checker and runs in onnxruntime.
+weights, the menu), drawn by :func:`random_recipe` from a seeded numpy generator, and printed with
+a failure so it replays exactly; :func:`build_model` turns it into a ``ModelProto`` that passes the
+full ONNX checker and runs in onnxruntime.
 
 The layers cover what the passes rewrite and what must stop them: BatchNormalization after
 Conv/Gemm/MatMul (fold-bn), per-channel Mul/Add, Identity / no-op Reshape / identity Transpose
@@ -24,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 #: layer kinds by the rank of the current tensor; repeats weight the draw towards what passes fold.
@@ -79,27 +79,10 @@ class Recipe:
         return f"opset {self.opset} x{list(self.shape)} seed {self.seed}{menu}: {body}"
 
 
-@st.composite
-def recipes(draw, max_layers: int = 8) -> Recipe:
-    """Hypothesis strategy of graph recipes (layers valid for whatever rank is current)."""
-    opset = draw(st.sampled_from(OPSETS))
-    if draw(st.integers(0, 4)) == 0:
-        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 24)))
-    else:
-        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 7)),
-                 draw(st.integers(1, 7)))
-    count = draw(st.integers(1, max_layers))
-    # Each layer is drawn as a (kind index, variant) pair; the builder maps the index onto the
-    # layers valid for the current rank, so every drawn recipe builds.
-    layers = tuple((draw(st.integers(0, 1000)), draw(st.integers(0, 1000))) for _ in range(count))
-    seed = draw(st.integers(0, 2**16))
-    return Recipe(opset, shape, layers, seed)
-
-
 def random_recipe(rng: np.random.Generator, max_layers: int = 8, menu: str = "any") -> Recipe:
-    """The same distribution without hypothesis (property tests, benchmarks, fuzz seeds): a pure
-    function of the generator's state, whatever else ran in the process. With ``menu="any"`` the
-    draws are those of earlier versions (same generator calls, same order)."""
+    """A recipe from ``menu`` (property tests, benchmarks, fuzz seeds): a pure function of the
+    generator's state, whatever else ran in the process. With ``menu="any"`` the draws are those of
+    earlier versions (same generator calls, same order)."""
     m = MENUS[menu]
     opset = int(rng.choice(OPSETS))
     if menu == "any":
