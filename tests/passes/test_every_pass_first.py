@@ -23,10 +23,7 @@ from support import MODELS, PPOCR_SHAPES, assert_valid, ppocr_model, random_feed
 ZOO = sorted(p.stem for p in MODELS.glob("*.onnx"))
 PPOCR = ("det", "rec", "cls")
 #: (pass, model) -> reason: known crashes, strict xfail so the test flips when they are fixed.
-KNOWN_CRASHES = {
-    ("quant", "det"): "quant first on raw PP-OCR det: KeyError 'p2o.Add.11' in _qdq_rewrite (branch quantfirst fixes it)",
-    ("quant", "rec"): "quant first on raw PP-OCR rec: KeyError 'p2o.Add.11' in _qdq_rewrite (branch quantfirst fixes it)",
-}
+KNOWN_CRASHES: dict[tuple[str, str], str] = {}
 RTOL, ATOL_SHARE = 1e-4, 1e-4
 
 
@@ -52,10 +49,11 @@ def _load(name: str):
 def test_pass_alone_on_real_model(pass_name, model_name, tmp_path):
     model, shapes = _load(model_name)
     reference = model.copy()
-    needs_data = parse_pipeline(pass_name).steps[0].instantiate().requires_data()
-    data = RandomSource(input_specs(model), n=2, seed=0, input_shapes=shapes) if needs_data else None
-    record = PassManager(pass_name, data=data, input_shapes=shapes).run(model).records[0]
-    assert record.name == pass_name
+    instance = parse_pipeline(pass_name).steps[0].instantiate()
+    data = RandomSource(input_specs(model), n=2, seed=0, input_shapes=shapes) if instance.requires_data() else None
+    records = PassManager(pass_name, data=data, input_shapes=shapes).run(model).records
+    # The pass runs last, after exactly the preparation it declares (quant: fold-bn, canonicalize).
+    assert [r.name for r in records] == [*instance.preparation(), pass_name]
     assert_valid(model, tmp_path)
     feeds = random_feeds(reference, shapes, seed=3)
     want, got = run(reference, feeds), run(model, feeds)
