@@ -12,6 +12,9 @@ Run on the ``ModelProto`` before it becomes IR, so a broken file is refused with
   bytes, which fail much later, on export);
 - initializer names are unique within a graph, and no node writes an initializer's name (single
   assignment; graphsurgeon would otherwise silently let one of the two win);
+- every declared value type (graph inputs, outputs and value_info, in subgraphs too) names a
+  data type ONNX defines: ``UNDEFINED`` (0) or an unknown number is refused naming the tensor
+  (onnxruntime refuses both at load; graphc would otherwise fail on them much later);
 - every tensor (initializers, subgraph initializers, tensor attributes of ``Constant`` nodes) has a
   known data type, non-negative dims, and exactly the amount of data its dims ask for;
 - no tensor still points at external data (``load`` resolves external data from the model's path
@@ -107,6 +110,7 @@ def _check_graph(graph: onnx.GraphProto, ctx, opsets: dict[str, int], where: str
                 f"{where}graph input/output")
     _check_utf8([t.name for t in graph.initializer], f"{where}initializer")
     _check_utf8([graph.name, graph.doc_string], f"{where}graph")
+    _check_value_types(graph, where)
     for node in graph.node:
         _check_utf8([node.name, node.op_type, node.domain, *node.input, *node.output,
                      *(a.name for a in node.attribute)], f"{where}node")
@@ -126,6 +130,32 @@ def _check_graph(graph: onnx.GraphProto, ctx, opsets: dict[str, int], where: str
             label = f"{node.op_type} '{node.name}'" if node.name else f"a {node.op_type} node"
             raise ModelError(f"{where}tensor '{clash}' is both an initializer and the output of {label}")
         _check_node(node, ctx, opsets, where)
+
+
+def _check_value_types(graph: onnx.GraphProto, where: str) -> None:
+    for kind, values in (("graph input", graph.input), ("graph output", graph.output),
+                         ("value_info", graph.value_info)):
+        for value in values:
+            bad = _undefined_elem_type(value.type)
+            if bad is not None:
+                name = TensorProto.DataType.Name(bad) if bad in TensorProto.DataType.values() else "unknown"
+                raise ModelError(f"{where}{kind} '{value.name}' declares element type {bad} ({name}); "
+                                 "ONNX needs a defined tensor data type there")
+
+
+def _undefined_elem_type(vtype: onnx.TypeProto) -> int | None:
+    """The offending element type of a (possibly nested) type declaration, else None."""
+    which = vtype.WhichOneof("value")
+    if which in ("tensor_type", "sparse_tensor_type"):
+        elem = getattr(vtype, which).elem_type
+        return elem if elem not in _KNOWN_TYPES else None
+    if which == "sequence_type":
+        return _undefined_elem_type(vtype.sequence_type.elem_type)
+    if which == "optional_type":
+        return _undefined_elem_type(vtype.optional_type.elem_type)
+    if which == "map_type":
+        return _undefined_elem_type(vtype.map_type.value_type)
+    return None
 
 
 def _check_node(node: onnx.NodeProto, ctx, opsets: dict[str, int], where: str) -> None:

@@ -186,3 +186,60 @@ def test_verify_after_a_lossy_pass_needs_a_threshold(capsys, tmp_path):
     assert code == 2 and not out.exists()
     assert err.strip() == ("graphc: error: --verify after lossy passes (quant) needs a threshold: "
                            "--min-sqnr, --min-cosine or --min-top1")
+
+
+def _loop_model() -> onnx.ModelProto:
+    return onnx.load(str(Path(__file__).resolve().parents[1] / "data" / "bad" / "loop_subgraph.onnx"))
+
+
+def _set_elem_type(where: str, elem_type: int) -> onnx.ModelProto:
+    """The Loop model with one declared element type set to ``elem_type`` (0 = UNDEFINED)."""
+    model = _loop_model()
+    body = next(a.g for n in model.graph.node if n.op_type == "Loop" for a in n.attribute if a.name == "body")
+    if where == "value_info":
+        info = model.graph.value_info.add()
+        info.name = model.graph.node[0].output[0]
+        info.type.tensor_type.elem_type = elem_type
+        return model
+    value = {"input": model.graph.input[0], "output": model.graph.output[0],
+             "body-input": body.input[2], "body-output": body.output[1]}[where]
+    value.type.tensor_type.elem_type = elem_type
+    return model
+
+
+def test_fuzz_case_undefined_input_elem_type(capsys, tmp_path, outdir):
+    """Fuzz case (tests/property): loop_subgraph.onnx + flip_byte(50514, 42235, 8233);
+    replace_init_values(35073, 61435, 35371) left graph input 'x' with elem_type 0, and inspect
+    failed with an internal "TypeError: Cannot interpret '0' as a data type"."""
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "property"))
+    from mutations import BYTE_MUTATORS, GRAPH_MUTATORS, apply
+
+    names = [f.__name__ for f in GRAPH_MUTATORS] + [f.__name__ for f in BYTE_MUTATORS]
+    data = apply(_loop_model().SerializeToString(),
+                 [(names.index("flip_byte"), 50514, 42235, 8233),
+                  (names.index("replace_init_values"), 35073, 61435, 35371)])
+    path = tmp_path / "in" / "fuzz.onnx"
+    path.parent.mkdir()
+    path.write_bytes(data)
+    assert onnx.load(str(path)).graph.input[0].type.tensor_type.elem_type == 0  # the case is still this one
+    line = assert_rejected(capsys, ["inspect", path], outdir, path)
+    assert "graph input 'x' declares element type 0 (UNDEFINED)" in line
+    line = assert_rejected(capsys, ["opt", path, "-p", "cleanup,fold-bn", "-o", outdir / "x.onnx"], outdir, path)
+    assert "graph input 'x'" in line
+
+
+@pytest.mark.parametrize("where,label", [
+    ("input", "graph input 'x'"), ("output", "graph output 'y'"), ("value_info", "value_info 'step'"),
+    ("body-input", "Loop 'loop' > graph input 'acc_in'"),
+    ("body-output", "Loop 'loop' > graph output 'acc_out'")])
+@pytest.mark.parametrize("elem_type", [0, 999])
+def test_undefined_or_unknown_elem_type_is_named_at_load(capsys, tmp_path, outdir, where, label, elem_type):
+    """onnxruntime refuses all of these at load; graphc names the tensor (it used to fail later with
+    TypeError/ValueError/KeyError: 999, or accept a value it could not type)."""
+    path = tmp_path / "in" / "m.onnx"
+    path.parent.mkdir()
+    path.write_bytes(_set_elem_type(where, elem_type).SerializeToString())
+    for args in (["inspect", path], ["opt", path, "-p", "cleanup,fold-bn", "-o", outdir / "x.onnx"]):
+        line = assert_rejected(capsys, args, outdir, path)
+        assert f"{label} declares element type {elem_type}" in line, line
