@@ -3,8 +3,11 @@
 Sizes count the file and its external data; parameters and MACs come from
 :func:`graphc.ir.model_stats` (MACs need static shapes: nodes whose shapes stay unknown are listed
 under ``macs_unknown`` and their MACs are not in ``macs``; ``input_shapes`` fixes dynamic dims).
-When no shapes are given and the batch is the only dynamic dim of every input, MACs are counted
-for one sample (batch 1, ``macs_batch_1``: true), the number people compare models by.
+When no shapes are given and some input dims are dynamic, MACs are counted at the nominal shape
+the passes use (:mod:`graphc.calib.shapes`: batch 1, 224 for the other dynamic dims of image-like
+inputs, 128 for sequences), said in ``macs_shape`` (``None`` when nothing had to be chosen). When the
+batch is the only dynamic dim of every input that is one sample (``macs_batch_1``: true), the
+number people compare models by.
 Nodes outside the default ONNX domain are counted per domain: graphc's passes leave them as they
 are.
 """
@@ -21,6 +24,7 @@ from graphc.ir.model import Model, file_size
 from graphc.ir.stats import model_stats
 from graphc.ir.usedef import STANDARD_DOMAINS
 from graphc.calib.data import input_specs
+from graphc.calib.shapes import ConcreteShapes, concrete_input_shapes
 from graphc.verify.feeds import InputShapes, check_input_shapes
 
 
@@ -39,8 +43,8 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
     """Inputs, outputs, opsets, producer, op histogram, parameters, size and MACs of ``model``."""
     check_input_shapes(model, input_shapes)
     graph = model.graph
-    batch_1 = None if input_shapes else batch_one_shapes(model)
-    stats = model_stats(model, input_shapes or batch_1)
+    nominal = None if input_shapes else nominal_shapes(model)
+    stats = model_stats(model, input_shapes or (nominal.shapes if nominal else None))
     known = sorted((n for n in stats.per_node if n.macs), key=lambda n: -n.macs)
     custom = Counter(n.domain for n in graph.nodes if n.domain not in STANDARD_DOMAINS)
     return {
@@ -58,7 +62,8 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
         "params": stats.params,
         "weight_bytes": stats.weight_bytes,
         "macs": stats.macs,
-        "macs_batch_1": batch_1 is not None,
+        "macs_batch_1": nominal is not None and nominal.origin.startswith("batch 1"),
+        "macs_shape": nominal.describe() if nominal else None,
         "mac_nodes": len(stats.per_node),
         "macs_unknown": stats.unknown_macs,
         "top_macs": [{"name": n.name, "op": n.op, "macs": n.macs,
@@ -67,16 +72,13 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
     }
 
 
-def batch_one_shapes(model: Model) -> InputShapes | None:
-    """Batch-1 shapes when dim 0 is the only dynamic dim of every input (and of one at least)."""
-    shapes, dynamic = {}, False
-    for spec in input_specs(model):
-        rest = spec.shape[1:]
-        if not spec.shape or any(d is None for d in rest):
-            return None
-        dynamic |= spec.shape[0] is None
-        shapes[spec.name] = (1 if spec.shape[0] is None else spec.shape[0], *rest)
-    return shapes if dynamic else None
+def nominal_shapes(model: Model) -> ConcreteShapes | None:
+    """The passes' nominal shapes when some input dim is dynamic, else None (also None when an
+    input's rank is unknown: no shape can be made up for it)."""
+    if any(t.shape is None for t in model.graph.inputs if not isinstance(t, gs.Constant)):
+        return None
+    chosen = concrete_input_shapes(input_specs(model))
+    return chosen if chosen.origin else None
 
 
 def _shorten(text: str, limit: int = 120) -> str:

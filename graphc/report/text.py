@@ -62,7 +62,11 @@ def macs_text(summary: dict[str, Any]) -> str:
 
 
 def model_notes(summary: dict[str, Any]) -> list[str]:
-    notes = ["MACs are per sample (batch 1; the batch dim is dynamic)"] if summary.get("macs_batch_1") else []
+    notes = []
+    if summary.get("macs_batch_1"):
+        notes.append("MACs are per sample (batch 1; the batch dim is dynamic)")
+    elif summary.get("macs_shape"):
+        notes.append(f"MACs at nominal shape {summary['macs_shape']} (dims are dynamic; --input-shape to choose)")
     unknown = summary.get("macs_unknown") or []
     if unknown:
         notes.append(f"MACs unknown for {len(unknown)} of {summary['mac_nodes']} node(s): shapes are dynamic; "

@@ -97,12 +97,51 @@ def test_inspect_static_model(capsys, net):
     assert summary["file_bytes"] == net.stat().st_size and summary["op_histogram"]["Relu"] == 2
 
 
-def test_inspect_dynamic_model_says_macs_unknown(capsys, dynamic_net):
+def test_inspect_dynamic_model_counts_macs_at_the_nominal_shape(capsys, dynamic_net):
+    """Dynamic batch and spatial dims: MACs at the passes' nominal shape (batch 1, 224x224), said
+    in one line; the count is the conv net's, derived by hand (MACs per output element = C_in*k*k,
+    times output elements; the Gemm 6x5), not read from graphc."""
+    side = 224
+    expected = 4 * 3 * 9 * side * side + 6 * 4 * 9 * side * side + 6 * 5
     code, out, _ = cli(capsys, "inspect", dynamic_net)
     assert code == 0
-    assert "MACs unknown for 3 of 3 node(s)" in out and "--input-shape" in out
+    assert "MACs at nominal shape x:1x3x224x224 (dims are dynamic; --input-shape to choose)" in out
+    assert "MACs unknown" not in out
+    code, js, _ = cli(capsys, "inspect", dynamic_net, "--json")
+    summary = json.loads(js)
+    assert summary["macs"] == expected and summary["macs_unknown"] == []
+    assert summary["macs_shape"] == "x:1x3x224x224" and summary["macs_batch_1"] is False
     code, js, _ = cli(capsys, "inspect", dynamic_net, "--input-shape", "x:1x3x8x8", "--json")
-    assert code == 0 and json.loads(js)["macs"] == CONV_NET_MACS
+    assert code == 0 and json.loads(js)["macs"] == CONV_NET_MACS and json.loads(js)["macs_shape"] is None
+
+
+def test_inspect_ppocr_det_counts_macs_at_the_nominal_shape(capsys):
+    """PP-OCR det (dynamic N, H, W) used to print "MACs unknown": now the count at 1x3x224x224,
+    the same as asking for that shape, and the Conv MACs alone (from the ONNX graph with onnx's
+    own shape inference, C_in/groups*kh*kw per output element) are most of it."""
+    path = ppocr_model("det")
+    if path is None:
+        pytest.skip("PP-OCR det is not installed")
+    code, out, _ = cli(capsys, "inspect", path)
+    assert code == 0 and "MACs at nominal shape x:1x3x224x224" in out and "MACs unknown" not in out
+    _, js, _ = cli(capsys, "inspect", path, "--json")
+    _, given, _ = cli(capsys, "inspect", path, "--input-shape", "x:1x3x224x224", "--json")
+    assert json.loads(js)["macs"] == json.loads(given)["macs"] > 0
+    model = onnx.load(str(path))
+    model.graph.input[0].type.tensor_type.shape.Clear()
+    for d in (1, 3, 224, 224):
+        model.graph.input[0].type.tensor_type.shape.dim.add().dim_value = d
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    weights = {t.name: list(t.dims) for t in model.graph.initializer}  # paddle2onnx: Constant nodes
+    weights.update({n.output[0]: list(a.t.dims) for n in model.graph.node if n.op_type == "Constant"
+                    for a in n.attribute if a.name == "value"})
+    conv_macs = 0
+    for node in model.graph.node:
+        if node.op_type == "Conv":
+            _, cin_per_group, kh, kw = weights[node.input[1]]
+            conv_macs += int(np.prod(shapes[node.output[0]])) * cin_per_group * kh * kw
+    assert 0.7 * json.loads(js)["macs"] <= conv_macs <= json.loads(js)["macs"]
 
 
 def test_inspect_counts_macs_per_sample_when_only_the_batch_is_dynamic(capsys, tmp_path):
