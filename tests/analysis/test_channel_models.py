@@ -14,12 +14,14 @@ import os
 from pathlib import Path
 
 import numpy as np
+import onnx
 import pytest
 
 import graphc
 from channel_check import analyse, check_plan, random_subset
 from graphc.analysis.channel_rules import rules
 from graphc.ir import is_standard_op
+from independent_groups import derive_groups
 from support import MODELS, PPOCR_SHAPES, ppocr_model, random_feeds
 
 pytestmark = pytest.mark.real
@@ -29,13 +31,14 @@ ZOO = ["resnet_digits", "mobilenetv2_digits", "densenet_fpn", "conv_gemm_head", 
 #: where the zoo models are (models/, or GRAPHC_ZOO_DIR to test another build of them).
 ZOO_DIR = Path(os.environ.get("GRAPHC_ZOO_DIR", MODELS))
 FINAL_TOL = {"rec": (1e-5, 1e-4)}
-#: groups, prunable, inexact, blocked - and the block reasons - of the PP-OCR models.
-EXPECTED = {
-    "det": (38, 36, 0, 2, {"graph input 'x'", "graph output 'sigmoid_0.tmp_0'"}),
-    "rec": (28, 25, 0, 3, {"graph input 'x'", "ReduceMean 'p2o.ReduceMean.0' reduces the channel axis",
-                           "Softmax 'p2o.Softmax.2' normalizes over the channel axis"}),
-    "cls": (28, 26, 0, 2, {"graph input 'x'", "Softmax 'Softmax@0' normalizes over the channel axis"}),
-}
+#: PP-OCR rec (SVTR: Transpose/Reshape/MatMul attention) is beyond the independent derivation
+#: (independent_groups.py handles plain CNNs): its groups, prunable, inexact, blocked and block
+#: reasons are graphc's output, pinned; the invariants test below checks them against the weights.
+REC_EXPECTED = (28, 25, 0, 3, {"graph input 'x'", "ReduceMean 'p2o.ReduceMean.0' reduces the channel axis",
+                               "Softmax 'p2o.Softmax.2' normalizes over the channel axis"})
+#: block reasons of det and cls, by the definition: the input x, det's graph output, cls's Softmax.
+REASONS = {"det": {"graph input 'x'", "graph output 'sigmoid_0.tmp_0'"},
+           "cls": {"graph input 'x'", "Softmax 'Softmax@0' normalizes over the channel axis"}}
 _CACHE: dict = {}
 
 
@@ -83,14 +86,61 @@ def test_no_op_without_a_rule_passes_channels_through(name):
                 assert all(analysis.groups[g].blocked for g in analysis.slot_groups[key]), (node.op, key)
 
 
-@pytest.mark.parametrize("name", ["det", "rec", "cls"])
-def test_ppocr_group_counts_and_reasons(name):
+@pytest.mark.parametrize("name", ["det", "cls"])
+def test_ppocr_groups_match_an_independent_derivation(name):
+    """Count, sizes and blocked count of det's and cls's groups against independent_groups.py (a
+    union-find over the ONNX file with plain rules, not graphc's analysis); no group is inexact."""
     _, analysis, _ = _load(name)
-    groups, prunable, inexact, blocked, reasons = EXPECTED[name]
+    derived = derive_groups(onnx.load(str(ppocr_model(name))))
+    statuses = [g.status for g in analysis.groups]
+    assert sorted(g.size for g in analysis.groups) == derived.sizes
+    assert (statuses.count("blocked"), statuses.count("inexact")) == (derived.blocked, 0)
+    assert statuses.count("prunable") == len(derived.sizes) - derived.blocked
+    assert {g.blocked[0] for g in analysis.groups if g.blocked} == REASONS[name]
+
+
+def test_ppocr_rec_group_counts_and_reasons():
+    _, analysis, _ = _load("rec")
+    groups, prunable, inexact, blocked, reasons = REC_EXPECTED
     statuses = [g.status for g in analysis.groups]
     assert (len(statuses), statuses.count("prunable"), statuses.count("inexact"), statuses.count("blocked")) \
         == (groups, prunable, inexact, blocked)
     assert {g.blocked[0] for g in analysis.groups if g.blocked} == reasons
+
+
+@pytest.mark.parametrize("name", ["det", "rec", "cls"])
+def test_ppocr_weighted_layer_channels_are_split_exactly_among_their_groups(name):
+    """Every Conv (group 1), ConvTranspose, Gemm and constant-weight MatMul: the sizes of the
+    groups it produces add up to its output channel count read from the ONNX weights, and every
+    one of them is produced by some group. Not a MatMul whose output is reshaped (rec's qkv
+    projections, after their bias Add: with attention="heads" their group is the heads, 8 of them, not 360 channels)."""
+    model, analysis, _ = _load(name)
+    proto = onnx.load(str(ppocr_model(name)))
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    weights.update({n.output[0]: list(a.t.dims) for n in proto.graph.node if n.op_type == "Constant"
+                    for a in n.attribute if a.name == "value"})
+    produced: dict[str, int] = {}
+    for g in analysis.groups:
+        for node in {id(m.node): m.node for m in g.producers}.values():
+            produced[node.name] = produced.get(node.name, 0) + g.size
+    reshaped = {n.input[0] for n in proto.graph.node if n.op_type == "Reshape"}
+    reshaped |= {i for n in proto.graph.node if n.op_type == "Add" and n.output[0] in reshaped for i in n.input}
+    expected = {}
+    for node in proto.graph.node:
+        w = weights.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type == "MatMul" and node.output[0] in reshaped:
+            continue
+        group = next((a.i for a in node.attribute if a.name == "group"), 1)
+        if w is None or node.op_type == "Conv" and group != 1:
+            continue
+        if node.op_type == "Conv":
+            expected[node.name] = w[0]
+        elif node.op_type == "ConvTranspose":
+            expected[node.name] = w[1] * group
+        elif node.op_type in ("Gemm", "MatMul"):
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            expected[node.name] = w[0] if trans_b else w[-1]
+    assert expected and {k: produced.get(k) for k in expected} == expected
 
 
 @pytest.mark.slow
