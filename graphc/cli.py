@@ -428,7 +428,7 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     import graphc
-    from graphc.analysis.sensitivity import format_sensitivity, measure_sensitivity
+    from graphc.passes.prune.sensitivity import format_sensitivity, measure_sensitivity
     from graphc.build import image_options
     from graphc.calib.data import open_data
 

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 import logging
 
 from graphc.ir.model import Model
+from graphc.ir.op_kinds import LINEAR_OPS
 from graphc.ir.shapes import TensorInfo, infer_shapes
 
 log = logging.getLogger(__name__)
@@ -107,9 +108,6 @@ def _node_macs(node: gs.Node, shapes: dict[str, TensorInfo]) -> int | None:
     return None
 
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
 def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None,
                 *, measure: bool = True) -> ModelStats:
     """Statistics of ``model``. When static inference leaves MAC nodes unknown and every input
@@ -119,7 +117,7 @@ def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = 
     params, nbytes = count_params(graph)
     histogram = Counter(node.op for node in graph.nodes)
     shapes = infer_shapes(model, input_shapes)
-    mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
+    mac_nodes = [n for n in graph.nodes if n.op in LINEAR_OPS]
     unknown = [n for n in mac_nodes if node_macs(n, shapes) is None]
     # Measuring runs the model: never for graphs with loops, whose trip count the model decides.
     runs_safely = not any(n.op in ("Loop", "Scan", "If") for n in graph.nodes)

@@ -17,13 +17,13 @@ import pytest
 import graphc
 import graphc.cpu
 from graphc.analysis import analyze_channels, mask_channels
-from graphc.analysis.budget import group_keys
+from graphc.passes.prune.allocation import group_keys
 from graphc.calib.data import IterableSource, open_data
 from graphc.errors import DataError, OptionError, PassError
 from graphc.ir import infer_shapes, to_proto
 from graphc.ir.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
-from graphc.passes._prune_rounding import Rounding
+from graphc.passes.prune.rounding import Rounding
 from prune_nets import Net, conv_matmul, feeds, resnetish
 from support import MODELS, ROOT, assert_valid, op_count, run
 

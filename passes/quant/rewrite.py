@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, consumers, is_graph_output
 
-from graphc.passes._qdq_placement import (
+from graphc.passes.quant.placement import (
     ActivationQuant,
     AffineFold,
     BiasQuant,

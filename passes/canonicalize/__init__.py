@@ -4,14 +4,14 @@ often it fired, and patterns that matched but were left alone are counted with t
 
 Rules, in the order each round applies them (maths and exactness conditions in the modules):
 
-- activations (``_canonical_activations``): relu6, hardswish, hardsigmoid, silu, gelu, mish,
+- activations (``activations``): relu6, hardswish, hardsigmoid, silu, gelu, mish,
   layernorm - element-wise spellings -> the native op when the opset has it.
-- arithmetic (``_canonical_arithmetic``): identity (x*1, x+0, Identity-like no-ops), div_to_mul,
+- arithmetic (``arithmetic``): identity (x*1, x+0, Identity-like no-ops), div_to_mul,
   sub_to_add, affine_chain (Mul/Add chains by constants -> one Mul then one Add).
-- affine folding (``_canonical_affine``): fold_into_producer (fold-bn's Conv/Gemm/MatMul +
+- affine folding (``affine``): fold_into_producer (fold-bn's Conv/Gemm/MatMul +
   per-channel Mul/Add), fold_into_consumer (affine before a Conv/Gemm/MatMul, exact only without
   zero padding; otherwise only the scale is folded and one Add is left).
-- layout (``_canonical_arithmetic``): transpose_pair, transpose_to_reshape, reshape_chain.
+- layout (``arithmetic``): transpose_pair, transpose_to_reshape, reshape_chain.
 - then fold-constants (constant subgraphs, static Shape arithmetic), and the next round.
 
 After canonicalize, an affine map that could not be folded anywhere is exactly one ``Mul`` (by a
@@ -59,10 +59,10 @@ from graphc.ir import is_standard_op, node_label, toposort
 from graphc.passes.fold_constants import FoldConstants
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
-from . import _canonical_activations as act
-from . import _canonical_affine as affine
-from . import _canonical_arithmetic as arith
-from ._canonical_match import Fired, NeedsOpset, Rewriter, Rule, Skip
+from graphc.passes.canonicalize import activations as act
+from graphc.passes.canonicalize import affine
+from graphc.passes.canonicalize import arithmetic as arith
+from graphc.passes.canonicalize.match import Fired, NeedsOpset, Rewriter, Rule, Skip
 
 log = logging.getLogger(__name__)
 

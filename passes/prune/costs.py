@@ -11,9 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from graphc.analysis.budget import CostModel
+from graphc.passes.prune.allocation import CostModel
 from graphc.ir.shapes import infer_shapes
-from graphc.ir.stats import MAC_OPS, measure_missing_shapes, node_macs
+from graphc.ir.op_kinds import LINEAR_OPS
+from graphc.ir.stats import measure_missing_shapes, node_macs
 from graphc.passmanager import Context
 
 
@@ -48,7 +49,7 @@ def batch_one(ctx: Context) -> dict | None:
 def measured(ctx: Context, shapes: dict, concrete: dict) -> dict:
     """``shapes`` completed by one run on zeros where static inference lost a MAC layer's shapes
     (Reshape targets computed at run time)."""
-    unknown = [n for n in ctx.graph.nodes if n.op in MAC_OPS and node_macs(n, shapes) is None]
+    unknown = [n for n in ctx.graph.nodes if n.op in LINEAR_OPS and node_macs(n, shapes) is None]
     return measure_missing_shapes(ctx.model, shapes, unknown, concrete)
 
 

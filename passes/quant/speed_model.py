@@ -105,7 +105,7 @@ def op_class(node: gs.Node, fused_after_conv: bool) -> str | None:
     return None
 
 
-class CostModel:
+class SpeedModel:
     """Float and integer cost of each candidate, from element counts at concrete shapes."""
 
     def __init__(self, shapes: dict):
@@ -180,7 +180,7 @@ class CostModel:
         return fixed + per * self.elems(tensor)
 
 
-def integer_nodes(graph: gs.Graph, candidates: list[gs.Node], model: CostModel) -> tuple[set[int], dict]:
+def integer_nodes(graph: gs.Graph, candidates: list[gs.Node], model: SpeedModel) -> tuple[set[int], dict]:
     """Ids of the candidates the minimum cut puts on integers, and a summary of the estimate."""
     cand = {id(n): n for n in candidates}
     g = nx.DiGraph()

@@ -29,8 +29,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, is_standard_op
-
-from ._canonical_match import (
+from graphc.passes.canonicalize.match import (
     Fired,
     NeedsOpset,
     Outcome,

@@ -1,6 +1,6 @@
 """The multiple a pruned group's channel count is rounded to: ``round-to`` resolved.
 
-An integer is used as given, on every group (``graphc.analysis.budget.group_step`` turns it into a
+An integer is used as given, on every group (``graphc.passes.prune.allocation.group_step`` turns it into a
 per-group step). ``auto`` is the channel block of onnxruntime's NCHWc convolutions on this CPU
 (:func:`graphc.cpu.nchwc_block_width`: 16 with AVX-512, 8 with AVX2/AVX/SSE), because a count that
 is not a whole number of blocks is padded up to one at run time and the removed channels buy

@@ -48,7 +48,8 @@ import onnx_graphsurgeon as gs
 
 from graphc.analysis.channels import ChannelAnalysis, ChannelGroup, SlotKey
 from graphc.ir.shapes import TensorInfo
-from graphc.ir.stats import MAC_OPS, node_macs
+from graphc.ir.op_kinds import LINEAR_OPS
+from graphc.ir.stats import node_macs
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class CostModel:
 
         shapes = cost_shapes if cost_shapes is not None else {}
         for node in analysis.graph.nodes:
-            if node.op not in MAC_OPS:
+            if node.op not in LINEAR_OPS:
                 continue
             macs = node_macs(node, shapes)
             if macs is None:

@@ -34,7 +34,7 @@ Two rewrites keep chains of element-wise ops on integers (both lossless up to qu
   than a factor ``1 + 1/k``; for ``|b / (a s)| < 1``, ``b`` is dropped: an error below one step of
   ``y``). If the zero point leaves the integer range the Mul/Add stay, in float.
 
-Policy. With ``placement=auto`` (the default) the speed model (:mod:`graphc.passes._qdq_cost`)
+Policy. With ``placement=auto`` (the default) the speed model (:mod:`graphc.passes.quant.speed_model`)
 first picks which ops run on integers, by a minimum cut over estimated costs, and the planner
 quantizes exactly those (quantizing inputs the cut decided to convert). With ``placement=all``,
 "quantize where it removes conversions": anchors (Conv, Gemm, MatMul with a constant weight, and
@@ -56,11 +56,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.ir.op_kinds import LINEAR_OPS
 
 log = logging.getLogger(__name__)
 
-#: ops with integer kernels that take quantized weights.
-ANCHOR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: element-wise and pooling ops that onnxruntime runs as QLinear* kernels (requantizing).
 QLINEAR_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "Softmax",
                "LeakyRelu")
@@ -76,7 +75,7 @@ REWRITTEN_OPS = ("HardSigmoid", "HardSwish")
 DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
                "AveragePool", "MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                "Flatten", "Relu", "Clip", "HardSigmoid", "HardSwish")
-ALL_OPS = tuple(dict.fromkeys(ANCHOR_OPS + QLINEAR_OPS + SAME_SCALE_OPS + ABSORBED_OPS + REWRITTEN_OPS))
+ALL_OPS = tuple(dict.fromkeys(LINEAR_OPS + QLINEAR_OPS + SAME_SCALE_OPS + ABSORBED_OPS + REWRITTEN_OPS))
 
 FLOAT = np.dtype(np.float32)
 
@@ -220,10 +219,10 @@ class Planner:
                 self.plan.skip(f"{node.op} excluded by pattern", node)
                 continue
             if self.config.allowed is not None and id(node) not in self.config.allowed:
-                if node.op in ANCHOR_OPS or node.op in REWRITTEN_OPS:
+                if node.op in LINEAR_OPS or node.op in REWRITTEN_OPS:
                     self.plan.skip(f"{node.op} kept float: faster by the speed model", node)
                 continue
-            if node.op in ANCHOR_OPS:
+            if node.op in LINEAR_OPS:
                 self._anchor(node)
             elif node.op in QLINEAR_OPS:
                 self._qlinear(node)
@@ -560,5 +559,5 @@ def anchor_output_tensor(plan: Plan, node: gs.Node) -> gs.Tensor | None:
 
 __all__ = ["ActivationQuant", "WeightQuant", "BiasQuant", "AffineFold", "HardSigmoidRewrite", "Plan",
            "PlacementConfig",
-           "plan_quantization", "ALL_OPS", "DEFAULT_OPS", "ANCHOR_OPS", "QLINEAR_OPS",
+           "plan_quantization", "ALL_OPS", "DEFAULT_OPS", "QLINEAR_OPS",
            "SAME_SCALE_OPS", "ABSORBED_OPS", "producer"]

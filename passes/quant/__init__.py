@@ -4,20 +4,20 @@ on data, placed so that onnxruntime fuses it into integer kernels - and only whe
 What it does:
 
 1. Chooses which ops run on integers (``placement=auto``): a speed model measured on
-   onnxruntime's CPU kernels, solved exactly as a minimum cut (:mod:`graphc.passes._qdq_cost`).
+   onnxruntime's CPU kernels, solved exactly as a minimum cut (:mod:`graphc.passes.quant.speed_model`).
    Ops whose integer kernels are slower than float (depthwise Convs with few channels, uint8
    Resize/MaxPool between float ops, anything too small to repay its conversions) stay float, so
    the result is never slower than the float model by the model's estimate. ``placement=all``
    quantizes every op with an integer kernel instead.
 2. Raises the opset to 13 when needed (DequantizeLinear's per-channel ``axis`` needs opset 13).
-3. Plans the placement (:mod:`graphc.passes._qdq_placement`): Conv/Gemm/MatMul get quantized
+3. Plans the placement (:mod:`graphc.passes.quant.placement`): Conv/Gemm/MatMul get quantized
    weights (symmetric, per output channel) and int32 bias; their activation inputs get a Q/DQ
    pair; a Conv's Q sits after its Relu/Clip; HardSigmoid/HardSwish become saturating QLinearAdd
    (and QLinearMul); constant affine Mul/Add on quantized tensors fold into DQ parameters; ops
    that need equal scales (MaxPool, Resize, Reshape...) share one.
 4. Calibrates the planned activations on ``ctx.data`` (:func:`graphc.calib.calibrate`: one
    streaming onnxruntime pass, KL/percentile/MSE/min-max on 2048-bin histograms).
-5. Writes the Q/DQ nodes (:mod:`graphc.passes._qdq_rewrite`, which states the maths).
+5. Writes the Q/DQ nodes (:mod:`graphc.passes.quant.rewrite`, which states the maths).
 
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
@@ -35,15 +35,15 @@ import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
 from graphc.ir import is_standard_op, node_label
-from graphc.passes._qdq_cost import CostModel, integer_nodes
-from graphc.passes._qdq_placement import (
+from graphc.passes.quant.speed_model import SpeedModel, integer_nodes
+from graphc.passes.quant.placement import (
     ALL_OPS,
     DEFAULT_OPS,
     PlacementConfig,
     candidate_nodes,
     plan_quantization,
 )
-from graphc.passes._qdq_rewrite import QuantFormat, write_plan
+from graphc.passes.quant.rewrite import QuantFormat, write_plan
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -95,7 +95,7 @@ class Quantize(Pass):
                                   choices=("auto", "dq", "nbits"))
 
         def __post_init__(self):
-            from graphc.passes._quant_weights_only import check_options
+            from graphc.passes.quant.weights_only import check_options
             check_options(self)
 
     def requires_data(self) -> bool:
@@ -107,12 +107,12 @@ class Quantize(Pass):
             result.skip("model already has QuantizeLinear/DequantizeLinear nodes")
             return result
         if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
-            from graphc.passes._quant_weights_only import run_weights_only
+            from graphc.passes.quant.weights_only import run_weights_only
             return run_weights_only(self, graph, ctx)
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
         if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
-            from graphc.passes._quant_budget import run_with_budget
+            from graphc.passes.quant.error_budget import run_with_budget
             return run_with_budget(self, graph, ctx)
         return self.quantize(graph, ctx, result)
 
@@ -149,7 +149,7 @@ class Quantize(Pass):
         reference = ctx.model.copy() if opts.bias_correction else None
         writer = write_plan(graph, plan, ranges, fmt)
         if reference is not None:
-            from graphc.passes._quant_bias import correct_biases
+            from graphc.passes.quant.bias_correction import correct_biases
             correct_biases(graph, ctx, plan, reference, result, opts.samples)
         for op, n in Counter(node.op for node in plan.quantized).items():
             result.count(f"quantized_{op}", n)
@@ -190,7 +190,7 @@ class Quantize(Pass):
     @staticmethod
     def _speed_choice(graph: gs.Graph, ctx: Context, config: PlacementConfig) -> tuple[set[int], dict]:
         """The speed model's minimum cut: ids of the nodes worth running on integers."""
-        return integer_nodes(graph, candidate_nodes(graph, config), CostModel(_cost_shapes(ctx)))
+        return integer_nodes(graph, candidate_nodes(graph, config), SpeedModel(_cost_shapes(ctx)))
 
     def _calibrate(self, ctx: Context, plan, known: dict | None = None) -> dict:
         return self.calibrate_tensors(ctx, activation_names(plan), known)

@@ -1,7 +1,7 @@
 """Pruning sensitivity: the model's output error when one channel group alone is pruned.
 
 For every prunable group and every ratio ``r``, the ``round(r * size)`` least important channels
-(by ``criterion``, :mod:`graphc.analysis.importance`) are masked - their producers' output
+(by ``criterion``, :mod:`graphc.passes.prune.importance`) are masked - their producers' output
 weights and biases zeroed, which is what removal computes exactly (:mod:`removal`) - and the model
 is run on the calibration feeds. The error is the SQNR of all outputs together against the
 unpruned model, ``10 log10(sum ref^2 / sum (ref - got)^2)``; the budget solver's
@@ -24,9 +24,9 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from graphc.analysis.budget import group_keys, short_label
+from graphc.passes.prune.allocation import group_keys, short_label
 from graphc.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels
-from graphc.analysis.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
+from graphc.passes.prune.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
                                         group_importance, removal_order)
 from graphc.analysis.removal import mask_channels
 from graphc.errors import DataError, OptionError

@@ -67,6 +67,7 @@ from pathlib import Path
 import numpy as np
 
 from graphc.errors import DataError, PassError
+from graphc.ir.op_kinds import LINEAR_OPS
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
@@ -326,8 +327,6 @@ def candidate_units(quant_pass, graph, ctx: Context) -> dict[str, tuple[str, ...
     Add it starts), which go float with it; an integer op that no anchor feeds is a unit alone.
     Measured on PP-OCRv4 rec: the element-wise ops quantized without their anchors cost more
     accuracy (6.9 dB) than quantizing everything (16.8 dB), so they are never split off."""
-    from graphc.passes._qdq_placement import ANCHOR_OPS
-
     plan = quant_pass._plan(graph, ctx, PassResult(modified=False))
     unit_of: dict[int, str] = {}
     units: dict[str, list[str]] = {}
@@ -335,7 +334,7 @@ def candidate_units(quant_pass, graph, ctx: Context) -> dict[str, tuple[str, ...
         if not node.name:
             continue
         owner = node.name
-        if node.op not in ANCHOR_OPS:
+        if node.op not in LINEAR_OPS:
             for tensor in node.inputs:
                 producer = tensor.inputs[0] if tensor.inputs else None
                 if producer is not None and id(producer) in unit_of:

@@ -9,23 +9,23 @@ those channels' producers zeroed (``mask_channels``): the constants masked chann
 ``exact-borders=true`` (a one-channel border branch per padded consumer), else into the bias
 (approximate at borders, no extra nodes: the default, since pruning is lossy anyway).
 
-Which channels (``criterion``, :mod:`graphc.analysis.importance`): ``l1``, ``l2``, ``fpgm``,
+Which channels (``criterion``, :mod:`graphc.passes.prune.importance`): ``l1``, ``l2``, ``fpgm``,
 ``bn-scale``, or with ``--data`` ``activation``, ``wanda``, ``flap``; scores are aggregated over
 the group's members and normalized to shares of the group's importance.
 
-How many (:mod:`graphc.analysis.budget`): ``ratio`` removes that fraction of every group (default
+How many (:mod:`graphc.passes.prune.allocation`): ``ratio`` removes that fraction of every group (default
 0.25 when no target is given); ``flops`` / ``params`` keep that fraction of the original model's
 MACs / parameters, solved across all groups at once by ``allocation``: ``global`` (importance share
 per cost saved), ``uniform`` (one ratio, bisected) or ``sensitivity`` (each group's measured output
-error when pruned alone, :mod:`graphc.analysis.sensitivity`; needs ``--data``). Counts kept are
+error when pruned alone, :mod:`graphc.passes.prune.sensitivity`; needs ``--data``). Counts kept are
 multiples of ``round-to`` (per slot) and at least ``1 - max-ratio`` of the original; ``round-to=auto``
 (the default) is onnxruntime's NCHWc channel block on this CPU (16 with AVX-512, else 8 on x86),
-finer for groups narrower than one block (:mod:`passes._prune_rounding`). MACs are
+finer for groups narrower than one block (:mod:`graphc.passes.prune.rounding`). MACs are
 counted at ``--input-shape``, else at batch 1 when only the batch is dynamic, else at the first
 calibration sample's shapes; a ``flops`` target on a model whose MACs are still unknown is an error
 asking for ``--input-shape``.
 
-Repair (``reconstruct``, default on when ``--data`` is given; :mod:`graphc.analysis.reconstruct`):
+Repair (``reconstruct``, default on when ``--data`` is given; :mod:`graphc.passes.prune.reconstruct`):
 every Conv (groups 1) / Gemm / MatMul reading removed channels is refit by least squares on its
 calibration inputs, shrunk toward its kept weights, ``W' = (W C_{:K} + lambda W_K)(C_KK + lambda I)^-1``,
 and its bias gets the mean of what was lost, ``b' = b + W mu - W' mu_K`` (``refit=false``: bias
@@ -61,17 +61,17 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.analysis import ChannelGroups, remove_channels
-from graphc.analysis.budget import (Candidate, CostModel, bisect_uniform, feasible_counts, group_keys,
+from graphc.passes.prune.allocation import (Candidate, CostModel, bisect_uniform, feasible_counts, group_keys,
                                     group_step, solve_budget, uniform_counts)
-from graphc.analysis.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
+from graphc.passes.prune.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
                                         consumer_inputs, group_importance, removal_order, shares)
-from graphc.analysis.reconstruct import (DEFAULT_DAMPING, RefineJob, consumer_layout, current_intercept,
+from graphc.passes.prune.reconstruct import (DEFAULT_DAMPING, RefineJob, consumer_layout, current_intercept,
                                          refit_consumers, refit_to_original)
 from graphc.errors import DataError, PassError
 from graphc.ir import NameFactory, node_label
-from graphc.passes import _prune_costs as costs
-from graphc.passes import _prune_rewrite as rw
-from graphc.passes._prune_rounding import AUTO, META_ROUND_TO, Rounding, parse_round_to, resolve
+from graphc.passes.prune import costs
+from graphc.passes.prune import rewrite as rw
+from graphc.passes.prune.rounding import AUTO, META_ROUND_TO, Rounding, parse_round_to, resolve
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -282,7 +282,7 @@ class Prune(Pass):
             return {c.gid: c.counts[0] for c in candidates}
         curves = None
         if opts.allocation == "sensitivity":
-            from graphc.analysis.sensitivity import measure_sensitivity
+            from graphc.passes.prune.sensitivity import measure_sensitivity
 
             report = measure_sensitivity(ctx.model, data, criterion=opts.criterion, analysis=analysis,
                                          groups=[c.group for c in candidates], samples=opts.samples or 16)
@@ -329,7 +329,7 @@ class Prune(Pass):
         return out
 
     def _refine(self, ctx: Context, original, data, fits: list, names, result: PassResult) -> None:
-        """Refinement sweeps (graphc.analysis.reconstruct.refit_to_original) on the pruned graph:
+        """Refinement sweeps (graphc.passes.prune.reconstruct.refit_to_original) on the pruned graph:
         layers level by level, each after every repaired layer upstream of it."""
         ctx.graph.toposort()  # bias Adds appended after MatMuls must precede their readers here
         for _ in range(self.options.rounds):

@@ -19,8 +19,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, constant_value, consumers, is_graph_output, is_standard_op, producer
-
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from graphc.ir.op_kinds import FLOAT_DTYPES
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ stored as integers, activations stay float (no calibration of ranges; no Q on ac
 - ``bits=8``: each constant weight ``W`` becomes ``DequantizeLinear(q, s, 0)`` per output channel
   (``axis`` = the N axis: 1 for MatMul ``[K, N]`` and Gemm with ``transB=0``, 0 for Gemm with
   ``transB=1``), symmetric: ``s_n = max|W_:n| / 127``, ``q = clip(round(W / s_n), -127, 127)``
-  (the arithmetic of :func:`graphc.passes._qdq_rewrite.weight_params`). The consumer computes
+  (the arithmetic of :func:`graphc.passes.quant.rewrite.weight_params`). The consumer computes
   ``x @ (q s)``: in ONNX semantics the only error is the weight rounding, ``|W - q s| <= s / 2``.
   Needs opset 13. onnxruntime (1.32, graph optimizations on) fuses a MatMul's int8 DQ into an
   8-bit MatMulNBits with ``accuracy_level=4``, which also rounds the activations to int8: measured
