@@ -19,7 +19,6 @@ from graphc.ir.model import Model, to_proto
 
 log = logging.getLogger(__name__)
 
-Dim = "int | str | None"
 #: initializers with more elements than this are replaced by typed inputs for inference.
 _INLINE_LIMIT = 4096
 

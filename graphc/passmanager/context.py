@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from graphc.ir.model import Model
 from graphc.ir.opset import upgrade_opset
 from graphc.ir.shapes import TensorInfo, infer_shapes
+from graphc.stats import CostShapes, cost_shapes
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,17 @@ class ShapeAnalysis:
 
 
 class CostShapeAnalysis:
-    """Shapes for the user's ``input_shapes`` (``--input-shape``): for cost estimates only
-    (MACs, budgets). A rewrite must never depend on them - the saved model keeps its dynamic
-    inputs and must stay correct for every shape."""
+    """Shapes for cost estimates only (MACs, speed models, budgets), by the one policy of
+    :func:`graphc.stats.cost_shapes`: ``input_shapes`` (``--input-shape``), else batch 1, else the
+    first calibration sample's shapes; MAC layers inference lost are measured. A rewrite must
+    never depend on them - the saved model keeps its dynamic inputs and must stay correct for
+    every shape."""
 
     name = "shapes-for-cost"
 
     @classmethod
-    def compute(cls, ctx: "Context") -> dict[str, TensorInfo]:
-        return infer_shapes(ctx.model, ctx.input_shapes)
+    def compute(cls, ctx: "Context") -> CostShapes:
+        return cost_shapes(ctx.model, ctx.input_shapes, ctx.data)
 
 
 class Context:
@@ -92,8 +95,8 @@ class Context:
         return self.analysis(ShapeAnalysis)
 
     def cost_shapes(self) -> dict[str, TensorInfo]:
-        """Shapes at the user's ``input_shapes``; for MAC/budget estimates, never for rewrites."""
-        return self.analysis(CostShapeAnalysis)
+        """Shapes for MAC/budget estimates (:class:`CostShapeAnalysis`), never for rewrites."""
+        return self.analysis(CostShapeAnalysis).shapes
 
     def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
         for key in [k for k in self._cache if k not in preserved]:

@@ -23,11 +23,6 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def current_rss() -> int | None:
-    kb = _status_kb("VmRSS")
-    return kb * 1024 if kb is not None else None
-
-
 def peak_rss() -> int:
     """Process-wide peak RSS in bytes (since start or the last reset)."""
     kb = _status_kb("VmHWM")

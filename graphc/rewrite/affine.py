@@ -42,6 +42,8 @@ other way: with tiny variances (``s`` in the hundreds) and conv outputs far from
 unfolded model rounds ``y`` to float32 before BN subtracts ``mean``, an error of ``s ulp(y)``
 (~1e-5) that the folded model does not make; it is then closer to the exact (float64) result
 than the model it replaces (tested).
+
+Size: the maths above and one class (:class:`AffineFolder`: its checks, then its rewrites).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Callable, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import NameFactory, constant_value, consumers, is_graph_output, is_standard_op, producer
+from graphc.ir import NameFactory, bypass, constant_value, consumers, is_graph_output, is_standard_op, producer
 from graphc.ir.op_kinds import FLOAT_DTYPES
 
 
@@ -178,7 +178,6 @@ class Rewriter:
 
     def bypass(self, node: gs.Node, keep: gs.Tensor) -> bool:
         """Readers of ``node``'s output read ``keep`` instead; False if a graph output forbids it."""
-        from graphc.ir import bypass
         return bypass(self.graph, node, keep)
 
 

@@ -111,6 +111,11 @@ class CostModel:
                            tensor.name)
         return model
 
+    def params_only(self) -> "CostModel":
+        """This cost model without MACs (some layers' MACs are unknown): parameters only."""
+        self.items["macs"], self.fixed["macs"], self.by_group["macs"] = [], 0.0, {}
+        return self
+
     def _add(self, kind: str, base: float, factors: list[int | None], owner: str) -> None:
         factors = sorted({f for f in factors if f is not None})
         if not factors:

@@ -50,16 +50,22 @@ class Rounding:
         return {"option": "round-to", "value": self.block, "auto": self.auto, "why": self.why}
 
 
-def parse_round_to(value) -> int | str:
-    """``auto`` or an integer in 1..4096 (pipeline text gives a string, Python an int); else ValueError."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"round-to must be auto or an integer, got '{value}'") from None
+def parse_round_to(text: str) -> int | str:
+    """Pipeline text of ``round-to``: ``auto`` or an integer in 1..4096; else ValueError."""
+    lowered = text.strip().lower()
+    if lowered == AUTO:
+        return AUTO
+    try:
+        value = int(lowered)
+    except ValueError:
+        raise ValueError(f"round-to must be auto or an integer, got '{text}'") from None
+    return check_round_to(value)
+
+
+def check_round_to(value: int | str) -> int | str:
+    """``value`` if it is ``auto`` or an integer in 1..4096; else ValueError."""
+    if value == AUTO:
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"round-to must be auto or an integer, got {value!r}")
     if not 1 <= value <= MAX_ROUND_TO:

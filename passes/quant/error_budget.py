@@ -45,58 +45,24 @@ A layer is *sensitive* when quantizing it alone already spends a quarter of the 
 (solo SQNR below ``min_sqnr + 6 dB``) or alone breaks more than a quarter of the top-1 budget;
 the result keeps in float only the layers step 5 leaves, usually strictly fewer.
 
-Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
-feeds and the quant options (other than the budget), under ``$GRAPHC_CACHE_DIR`` or
-``~/.cache/graphc`` (``quant-budget/<digest>.json``): a second run with another budget re-uses
-the sensitivity sweep and every set already measured.
+The evaluations, their cache and worker processes are :mod:`graphc.passes.quant.evaluations`.
 """
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 import logging
-import os
-import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
-from pathlib import Path
-
-import numpy as np
 
 from graphc.errors import DataError, PassError
 from graphc.ir.op_kinds import LINEAR_OPS
+from graphc.ir.stats import node_macs
+from graphc.passes.quant.evaluations import CACHE_VERSION, Budget, Score  # noqa: F401 (re-exported)
+from graphc.passes.quant.quantizer import Quantizer
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
 
 #: solo SQNR below min_sqnr + this many dB: the layer alone spends a quarter of the noise budget.
 SENSITIVE_MARGIN_DB = 6.0
-WORKERS = 2
-MAX_FEEDS = 32
-CACHE_VERSION = 3
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("GRAPHC_CACHE_DIR") or Path.home() / ".cache" / "graphc")
-
-
-def literal_pattern(name: str) -> str:
-    """An fnmatch pattern that matches ``name`` only."""
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-@dataclass(frozen=True)
-class Score:
-    """One evaluation: output SQNR (dB) and top-1 disagreement (None: no class-score output)."""
-
-    sqnr: float
-    disagreement: float | None
-
-    def to_json(self) -> dict:
-        return {"sqnr": self.sqnr, "disagreement": self.disagreement}
 
 
 @dataclass(frozen=True)
@@ -128,206 +94,13 @@ def describe(score: Score) -> str:
     return text + (f", top-1 disagreement {score.disagreement:.2%}" if score.disagreement is not None else "")
 
 
-class EvaluationCache:
-    """``{sorted float layers: Score}`` in a JSON file, written after each batch of evaluations."""
-
-    def __init__(self, key: str):
-        self.path = cache_dir() / "quant-budget" / f"{key}.json"
-        self.values: dict[str, Score] = {}
-        self.hits = 0
-        try:
-            stored = json.loads(self.path.read_text())
-            if stored.get("version") == CACHE_VERSION:
-                self.values = {k: Score(float(v["sqnr"]), v["disagreement"])
-                               for k, v in stored["evaluations"].items()}
-        except (OSError, ValueError, KeyError, TypeError, AttributeError):
-            self.values = {}
-
-    @staticmethod
-    def key_of(float_layers) -> str:
-        return "\n".join(sorted(float_layers))
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"version": CACHE_VERSION,
-                       "evaluations": {k: v.to_json() for k, v in self.values.items()}}, f)
-        os.replace(tmp, self.path)
-
-
-@dataclass
-class Job:
-    """What every evaluation shares: the float model, feeds, the float outputs, the ranges."""
-
-    model_bytes: bytes
-    feeds: list[dict]
-    references: list[list[np.ndarray]]
-    ranges: dict
-    options: object
-    positions: frozenset[int] | None  # nodes the speed model puts on integers (None: placement=all)
-
-    def allowed(self, graph, float_layers) -> frozenset[int] | None:
-        return allowed_positions(self.positions, graph, float_layers)
-
-
-def allowed_positions(positions: frozenset[int] | None, graph, float_layers) -> frozenset[int] | None:
-    """The fixed placement minus the layers kept float: every evaluation and the final run
-    quantize exactly these nodes, so what was measured is what is written (None: placement=all)."""
-    if positions is None:
-        return None
-    names = set(float_layers)
-    return frozenset(i for i in positions if graph.nodes[i].name not in names)
-
-
-_WORKER_JOB: Job | None = None
-
-
-def _init_worker(job: Job) -> None:
-    global _WORKER_JOB
-    _WORKER_JOB = job
-
-
-def _evaluate_in_worker(float_layers: tuple[str, ...]) -> Score:
-    assert _WORKER_JOB is not None
-    return evaluate(_WORKER_JOB, float_layers)
-
-
-def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
-    """The score of the model quantized with ``job.options``, ``float_layers`` kept float."""
-    import graphc
-    from graphc.calib.data import open_data
-    from graphc.passes.quant import Quantize
-    from graphc.runtime import create_session, run_session
-    from graphc.verify.metrics import sqnr_from_sums
-    from graphc.verify.running import has_top1
-
-    model = graphc.load(job.model_bytes)
-    opts = _without_budget(job.options, float_layers)
-    ctx = Context(model, data=open_data(job.feeds, model))
-    Quantize(opts).quantize(model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
-                            positions=job.allowed(model.graph, float_layers))
-    model.graph.cleanup().toposort()
-    candidate = create_session(ctx.model, label="quantized model (budget)", spin=False)
-    signal = noise = 0.0
-    hits = positions = 0
-    for feed, reference in zip(job.feeds, job.references):
-        for r, c in zip(reference, run_session(candidate, feed)):
-            r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
-            signal += float(np.sum(r64 ** 2))
-            noise += float(np.sum((r64 - c64) ** 2))
-            if has_top1(np.asarray(r).dtype, np.shape(r)) and np.shape(c) == np.shape(r):
-                hits += int(np.count_nonzero(np.argmax(r, axis=-1) == np.argmax(c, axis=-1)))
-                positions += int(np.prod(np.shape(r)[:-1]))
-    return Score(sqnr_from_sums(signal, noise), 1.0 - hits / positions if positions else None)
-
-
-class Budget:
-    """Runs the evaluations (cached, in parallel where independent) for one quant pass run."""
-
-    def __init__(self, quant_pass, ctx: Context):
-        from graphc.ir import model_bytes
-
-        self.options = quant_pass.options
-        self.model_bytes = model_bytes(ctx.model)
-        self.feeds = [dict(f) for _, f in zip(range(self.options.samples or MAX_FEEDS), ctx.data)]
-        self.cache = EvaluationCache(self._digest())
-        self.runs = 0
-        self._job: Job | None = None
-        self._quant_pass, self._ctx = quant_pass, ctx
-        self._plan_ctx: Context | None = None
-        self.units: dict[str, tuple[str, ...]] = {}  # candidate -> its ops; solo plans calibrated up front
-
-    def job(self) -> Job:
-        """Float outputs and ranges, computed the first time an evaluation is not cached."""
-        if self._job is None:
-            import graphc
-            from graphc.calib.data import open_data
-            from graphc.passes.quant import activation_names
-            from graphc.runtime import create_session, run_session
-
-            session = create_session(self._ctx.model, label="float model (budget)", spin=False)
-            references = [[np.asarray(x) for x in run_session(session, feed)] for feed in self.feeds]
-            model = graphc.load(self.model_bytes)  # what the workers load: the same node order
-            if [n.op for n in model.graph.nodes] != [n.op for n in self._ctx.graph.nodes]:
-                raise PassError("quant budget: the model's nodes moved when serialized", node=None)
-            plan_ctx = Context(model, data=open_data(self.feeds, model))
-            quant = type(self._quant_pass)(_without_budget(self.options))
-            positions = quant.speed_positions(plan_ctx.graph, plan_ctx)
-            names = activation_names(quant._plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions))
-            for unit in self.units:  # the sweep's plans: a float layer moves some Q nodes
-                others = self.expand(x for x in self.units if x != unit)
-                names += activation_names(type(quant)(_without_budget(self.options, others))._plan(
-                    plan_ctx.graph, plan_ctx, PassResult(modified=False),
-                    allowed_positions(positions, plan_ctx.graph, others)))
-            ranges = quant.calibrate_tensors(plan_ctx, list(dict.fromkeys(names)))
-            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
-            self._plan_ctx = plan_ctx
-        return self._job
-
-    def speed_trim(self, float_units) -> list[str]:
-        """Integer ops the speed model would rather run float once ``float_units`` are float (an
-        int8 island between float layers pays two conversions for one integer kernel): the
-        fixed placement minus the float set, cut again by the speed model."""
-        job = self.job()
-        graph, ctx = self._plan_ctx.graph, self._plan_ctx
-        ops = self.expand(float_units)
-        allowed = job.allowed(graph, ops)
-        if allowed is None:  # placement=all: no speed model
-            return []
-        quant = type(self._quant_pass)(_without_budget(self.options, ops))
-        dropped = sorted(allowed - quant.speed_positions(graph, ctx))
-        names = [graph.nodes[i].name for i in dropped]
-        return [] if not all(names) else names
-
-    def _digest(self) -> str:
-        h = hashlib.sha256(self.model_bytes)
-        for feed in self.feeds:
-            for name in sorted(feed):
-                h.update(name.encode())
-                h.update(np.ascontiguousarray(feed[name]).tobytes())
-        h.update(repr(_without_budget(self.options)).encode())
-        return h.hexdigest()[:32]
-
-    def expand(self, units) -> tuple[str, ...]:
-        """The op names of candidate ``units``."""
-        return tuple(op for unit in units for op in self.units.get(unit, (unit,)))
-
-    def score(self, float_sets: list[tuple[str, ...]], desc: str = "") -> list[Score]:
-        """Scores of the float sets (of candidate names), cached by those names."""
-        todo = [s for s in dict.fromkeys(map(tuple, float_sets))
-                if EvaluationCache.key_of(s) not in self.cache.values]
-        self.cache.hits += len(set(map(tuple, float_sets))) - len(todo)
-        if len(todo) > 1 and WORKERS > 1:
-            try:
-                self._parallel(todo, desc)
-            except BrokenProcessPool as exc:  # e.g. a __main__ that spawned workers cannot import
-                log.warning("quant budget: worker processes failed (%s); evaluating in this process", exc)
-        for s in todo:
-            if EvaluationCache.key_of(s) not in self.cache.values:
-                self.cache.values[EvaluationCache.key_of(s)] = evaluate(self.job(), self.expand(s))
-        self.runs += len(todo)
-        if todo:
-            self.cache.save()
-        return [self.cache.values[EvaluationCache.key_of(s)] for s in float_sets]
-
-    def _parallel(self, todo: list[tuple[str, ...]], desc: str) -> None:
-        from graphc.progress import progress
-
-        with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(self.job(),)) as pool:
-            futures = {pool.submit(_evaluate_in_worker, self.expand(s)): s for s in todo}
-            for future in progress(as_completed(futures), total=len(futures), desc=desc, unit="layer"):
-                self.cache.values[EvaluationCache.key_of(futures[future])] = future.result()
-
-
-def candidate_units(quant_pass, graph, ctx: Context) -> dict[str, tuple[str, ...]]:
+def candidate_units(quant, graph, ctx: Context) -> dict[str, tuple[str, ...]]:
     """The candidates: each integer Conv/ConvTranspose/Gemm/MatMul (an *anchor*) with the integer
     ops it feeds on their first path (its activation, HardSigmoid/Mul of a HardSwish, the residual
     Add it starts), which go float with it; an integer op that no anchor feeds is a unit alone.
     Measured on PP-OCRv4 rec: the element-wise ops quantized without their anchors cost more
     accuracy (6.9 dB) than quantizing everything (16.8 dB), so they are never split off."""
-    plan = quant_pass._plan(graph, ctx, PassResult(modified=False))
+    plan = Quantizer(quant.options).plan(graph, ctx, PassResult(modified=False))
     unit_of: dict[int, str] = {}
     units: dict[str, list[str]] = {}
     for node in plan.quantized:  # topological order
@@ -346,21 +119,19 @@ def candidate_units(quant_pass, graph, ctx: Context) -> dict[str, tuple[str, ...
 
 
 def layer_costs(graph, ctx: Context, layers: list[str]) -> dict[str, int]:
-    """MACs of each layer at the calibration data's shapes (0 where unknown)."""
-    from graphc.ir.stats import node_macs
-    from graphc.passes.quant import _cost_shapes
-
-    shapes = _cost_shapes(ctx)
+    """MACs of each layer at the cost shapes (0 where unknown)."""
+    shapes = ctx.cost_shapes()
     wanted = set(layers)
     return {n.name: node_macs(n, shapes) or 0 for n in graph.nodes if n.name in wanted}
 
 
-def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> tuple[list[dict], Budget]:
+def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
+                        result: PassResult) -> tuple[list[dict], Budget]:
     """The layers to keep float, each as a details record with its reason, and the budget run."""
-    opts = quant_pass.options
+    opts = quantizer.options
     target = Target(opts.min_sqnr, opts.max_top1_drop)
-    budget = Budget(quant_pass, ctx)
-    budget.units = candidate_units(quant_pass, graph, ctx)
+    budget = Budget(quantizer, ctx)
+    budget.units = candidate_units(quantizer, graph, ctx)
     layers = list(budget.units)
     solo = dict(zip(layers, budget.score([tuple(x for x in layers if x != name) for name in layers],
                                          desc="quant sensitivity")))
@@ -425,16 +196,11 @@ def choose_float_layers(quant_pass, graph, ctx: Context, result: PassResult) -> 
         for name in trimmed], budget
 
 
-def _without_budget(options, float_layers=()):
-    return dataclasses.replace(options, min_sqnr=None, max_top1_drop=None,
-                               exclude=tuple(options.exclude) + tuple(literal_pattern(n) for n in float_layers))
-
-
-def run_with_budget(quant_pass, graph, ctx: Context) -> PassResult:
+def run_with_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:
     """The quant pass with a budget: choose the float layers, then quantize the rest with the
     placement every evaluation used."""
-    plain = type(quant_pass)(_without_budget(quant_pass.options))
-    if plain.unsupported_opset(ctx) or not plain._plan(graph, ctx, PassResult(modified=False)).quantized:
+    plain = quantizer.without_budget()
+    if plain.unsupported_opset(ctx) or not plain.plan(graph, ctx, PassResult(modified=False)).quantized:
         return plain.quantize(graph, ctx, PassResult(modified=False))  # skips, says why
     # the search runs on a copy at opset 13 (node positions stay put from here on); the model
     # itself is upgraded only if the budget leaves something to quantize
@@ -442,12 +208,12 @@ def run_with_budget(quant_pass, graph, ctx: Context) -> PassResult:
     work.original = ctx.original
     work.require_opset(13)
     scratch = PassResult(modified=False)
-    records, budget = choose_float_layers(quant_pass, work.graph, work, scratch)
+    records, budget = choose_float_layers(quantizer, work.graph, work, scratch)
     job = budget.job()
     kept = budget.expand(r["node"] for r in records)
-    final = type(quant_pass)(_without_budget(quant_pass.options, kept))
+    final = quantizer.keeping_float(kept)
     positions = job.allowed(work.graph, kept)
-    if final._plan(work.graph, work, PassResult(modified=False), positions).quantized:
+    if final.plan(work.graph, work, PassResult(modified=False), positions).quantized:
         upgraded = ctx.require_opset(13)
         if [n.op for n in ctx.graph.nodes] != [n.op for n in work.graph.nodes]:
             raise PassError("quant budget: upgrading the opset gave a different graph than on the copy")

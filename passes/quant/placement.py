@@ -45,6 +45,9 @@ dequantizations instead of adding quantizations. Either way graph outputs stay f
 anchor that needs an output Q produces them.
 
 The plan names tensors by object; nothing here mutates the graph.
+
+Size: the op tables, the plan's records and one walk that places them are one algorithm; the
+speed model and the rewrite are modules of their own.
 """
 from __future__ import annotations
 
@@ -543,18 +546,6 @@ def candidate_nodes(graph: gs.Graph, config: PlacementConfig) -> list[gs.Node]:
     """Nodes the planner may put on integers (before the speed model chooses)."""
     return [n for n in graph.nodes
             if is_standard_op(n) and n.op in config.ops and not excluded(n, config.exclude)]
-
-
-def anchor_output_tensor(plan: Plan, node: gs.Node) -> gs.Tensor | None:
-    """The tensor an anchor's Q sits on (after an absorbed Relu/Clip), if any."""
-    out = node.outputs[0]
-    if out.name in plan.activations:
-        return out
-    for user in consumers(out):
-        aq = plan.activations.get(user.outputs[0].name) if user.outputs else None
-        if aq is not None and aq.absorbed is user:
-            return aq.tensor
-    return None
 
 
 __all__ = ["ActivationQuant", "WeightQuant", "BiasQuant", "AffineFold", "HardSigmoidRewrite", "Plan",

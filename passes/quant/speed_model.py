@@ -36,8 +36,6 @@ from graphc.ir import consumers, is_graph_output, is_standard_op, producer
 #: a conversion: a QuantizeLinear or DequantizeLinear plus the layout change between the float
 #: (NCHWc) and integer (NHWC) kernels: fixed ns, ns per element.
 CONVERT_NS = (20000.0, 0.9)
-#: stand-in capacity for "never": larger than any model's total cost.
-NEVER = 1e15
 
 
 @dataclass(frozen=True)

@@ -140,7 +140,7 @@ def unpack_int4_blocks(packed: np.ndarray, scales: np.ndarray, k: int) -> np.nda
 def int4_constant(name: str, codes: np.ndarray) -> gs.Constant:
     """An INT4 constant of ``codes`` (values in [-8, 7]); :func:`graphc.ir.to_proto` packs it
     two per byte on export."""
-    import ml_dtypes
+    import ml_dtypes  # lazy: only int4 weights need it (it comes with onnx, not declared by graphc)
 
     return gs.Constant(name, codes.astype(ml_dtypes.int4))
 
@@ -270,7 +270,7 @@ def run_weights_only(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
 
 
 def _record_latency(reference, ctx: Context, result: PassResult) -> None:
-    from graphc.bench.latency import bench_feeds, compare_latency
+    from graphc.bench.latency import bench_feeds, compare_latency  # lazy: loads onnxruntime
 
     try:
         feed = bench_feeds(reference, ctx.data, input_shapes=ctx.input_shapes or None, seed=ctx.seed)

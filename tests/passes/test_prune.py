@@ -21,7 +21,7 @@ from graphc.passes.prune.allocation import group_keys
 from graphc.calib.data import IterableSource, open_data
 from graphc.errors import DataError, OptionError, PassError
 from graphc.ir import infer_shapes, to_proto
-from graphc.ir.stats import model_stats
+from graphc.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
 from graphc.passes.prune.rounding import Rounding
 from prune_nets import Net, conv_matmul, feeds, resnetish
@@ -366,9 +366,10 @@ def test_round_to_accepts_auto_and_integers():
     assert parse_pipeline("prune{round-to=AUTO}").text() == "prune{round-to=auto}"
     from graphc.passes.prune import Prune
 
-    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="8").round_to == 8
-    with pytest.raises(ValueError, match="round-to"):
-        Prune.Options(round_to=True)
+    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="auto").round_to == "auto"
+    for wrong in (True, "8", 0):  # the declared type is int | str ("auto"): no text in Python
+        with pytest.raises(ValueError, match="round-to"):
+            Prune.Options(round_to=wrong)
 
 
 @pytest.mark.parametrize("text", ["prune{criterion=activation}", "prune{reconstruct=true}",

@@ -28,7 +28,7 @@ from graphc.passes.quant.weights_only import (
     unpack_int4_blocks,
 )
 from graphc.passes.quant import Quantize
-from graphc.verify.metrics import sqnr_db
+from graphc.metrics import sqnr_db
 from support import MODELS, assert_valid, make_model, op_count, run
 
 RNG = np.random.default_rng(2)
