@@ -7,9 +7,12 @@ onnxruntime run on zeros of the concrete input shapes. That run is why this modu
 
 Cost shapes (:func:`cost_shapes`, served to passes as ``ctx.cost_shapes()``), in order: the user's
 ``--input-shape``; batch 1 when the batch is the only dynamic dim (or none is); the first
-calibration sample's shapes; else the declared shapes (dynamic dims stay unknown). MAC layers
-whose shapes are still unknown are then measured. These shapes are for estimates (MACs, speed
-models, budgets) only: a rewrite relies on ``ctx.shapes()``, which holds for every input.
+calibration sample's shapes; else the declared shapes (dynamic dims stay unknown). With
+``measure``, MAC layers whose shapes static inference lost are then measured (prune counts MACs
+so; quant's speed model reads static inference only, which keeps its placement as it was - on
+PP-OCRv4 rec, measured shapes would put 6 more ops on integers). These shapes are for estimates
+(MACs, speed models, budgets) only: a rewrite relies on ``ctx.shapes()``, which holds for every
+input.
 """
 from __future__ import annotations
 
@@ -54,7 +57,8 @@ class CostShapes:
     where: str
 
 
-def cost_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None, data: Any) -> CostShapes:
+def cost_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None, data: Any, *,
+                measure: bool = False) -> CostShapes:
     """The shapes costs are counted at (see the module docstring for the order)."""
     concrete = dict(input_shapes) if input_shapes else batch_one_shapes(model)
     where = "at --input-shape" if input_shapes else "at batch 1"
@@ -66,8 +70,9 @@ def cost_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None, d
     if concrete is None:
         return CostShapes(infer_shapes(model), "(the input has dynamic dims)")
     shapes = infer_shapes(model, concrete)
-    return CostShapes(measure_missing_shapes(model, shapes, unknown_mac_nodes(model.graph, shapes), concrete),
-                      where)
+    if measure:
+        shapes = measure_missing_shapes(model, shapes, unknown_mac_nodes(model.graph, shapes), concrete)
+    return CostShapes(shapes, where)
 
 
 def batch_one_shapes(model: Model) -> dict[str, tuple[int, ...]] | None:

@@ -49,15 +49,23 @@ class ShapeAnalysis:
 class CostShapeAnalysis:
     """Shapes for cost estimates only (MACs, speed models, budgets), by the one policy of
     :func:`graphc.stats.cost_shapes`: ``input_shapes`` (``--input-shape``), else batch 1, else the
-    first calibration sample's shapes; MAC layers inference lost are measured. A rewrite must
-    never depend on them - the saved model keeps its dynamic inputs and must stay correct for
-    every shape."""
+    first calibration sample's shapes. A rewrite must never depend on them - the saved model keeps
+    its dynamic inputs and must stay correct for every shape."""
 
     name = "shapes-for-cost"
+    measure = False
 
     @classmethod
     def compute(cls, ctx: "Context") -> CostShapes:
-        return cost_shapes(ctx.model, ctx.input_shapes, ctx.data)
+        return cost_shapes(ctx.model, ctx.input_shapes, ctx.data, measure=cls.measure)
+
+
+class MeasuredCostShapeAnalysis(CostShapeAnalysis):
+    """:class:`CostShapeAnalysis` with the MAC layers static inference lost measured by one
+    onnxruntime run on zeros (what MAC counts need)."""
+
+    name = "measured-shapes-for-cost"
+    measure = True
 
 
 class Context:
@@ -94,9 +102,10 @@ class Context:
         """Shapes valid for every input (declared dims); safe to base rewrites on."""
         return self.analysis(ShapeAnalysis)
 
-    def cost_shapes(self) -> dict[str, TensorInfo]:
-        """Shapes for MAC/budget estimates (:class:`CostShapeAnalysis`), never for rewrites."""
-        return self.analysis(CostShapeAnalysis).shapes
+    def cost_shapes(self, *, measured: bool = False) -> dict[str, TensorInfo]:
+        """Shapes for MAC/budget estimates (:class:`CostShapeAnalysis`; ``measured``:
+        :class:`MeasuredCostShapeAnalysis`), never for rewrites."""
+        return self.analysis(MeasuredCostShapeAnalysis if measured else CostShapeAnalysis).shapes
 
     def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
         for key in [k for k in self._cache if k not in preserved]:

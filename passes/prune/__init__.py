@@ -76,7 +76,7 @@ from graphc.passes.prune import rewrite as rw
 from graphc.passes.prune.rounding import AUTO, META_ROUND_TO, Rounding, check_round_to, parse_round_to, resolve
 from graphc.passes.prune.sensitivity import measure_sensitivity
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
-from graphc.passmanager.context import CostShapeAnalysis
+from graphc.passmanager.context import MeasuredCostShapeAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -239,7 +239,7 @@ class Prune(Pass):
         return out
 
     def _cost_model(self, ctx: Context, analysis, data) -> CostModel:
-        estimate = ctx.analysis(CostShapeAnalysis)
+        estimate = ctx.analysis(MeasuredCostShapeAnalysis)
         cost = CostModel.build(analysis, estimate.shapes)
         budget = self.options.budget
         if budget is not None and budget[0] == "macs" and cost.unknown_macs:
