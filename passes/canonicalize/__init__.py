@@ -37,15 +37,8 @@ either spelling - the optimized graphs of PP-OCRv4 det are identical node for no
 converter is not needed for speed in onnxruntime. LayerNormalization and Gelu chains are fused
 by onnxruntime itself at any opset, so they too gain nothing there from an upgrade.
 
-Measured (``python benchmarks/run.py canonicalize``; onnxruntime 1.32, 2 threads, fp32, each
-variant alternated with the original in one run; PP-OCRv4 det at 1x3x640x640 on a rendered text
-page; two runs on a shared 2-core machine): canonicalize 1.47x-1.63x faster than the original,
-``upgrade-opset=true`` (opset 12 -> 14, native HardSwish) 1.47x-1.56x - equal within noise in the
-same run, and both optimize to the same 185 onnxruntime nodes (original: 400). The HardSwish
-chains alone give 1.12x-1.14x, the affine folds alone 1.26x-1.37x. The version converter handled
-det (12 -> 14), rec (12 -> 17, adding LayerNormalization) and cls (11 -> 14) with outputs within
-rounding noise (max abs diff 2.9e-5, 2.0e-6, 0; onnxruntime's own fusions move det by 2.1e-5 on
-the same input).
+The speedups, with and without ``upgrade-opset``, per rule family, and the version converter's
+output differences are measured in BENCHMARKS.md (``python benchmarks/run.py canonicalize``).
 """
 from __future__ import annotations
 

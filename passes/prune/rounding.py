@@ -12,8 +12,7 @@ nothing. Two refinements under ``auto``:
   Conv's output channels up to a block and reads an input narrower than a block directly, and a
   grouped/depthwise Conv of such a width is not blocked at all. A group exactly one block wide keeps
   its block, as with an integer: pruning it below a block takes its depthwise Convs off the blocked
-  path. Measured (``mobilenetv2_digits``, ``flops=0.5``, AVX-512, batch 64): its 16-channel group
-  pruned to 8 gave 1.24-1.33x, kept at 16 (the budget taken elsewhere) 1.60-1.67x.
+  path (measured: BENCHMARKS.md, design notes).
 - The resolved block is recorded in the model metadata (``graphc.prune.round_to``) and reused by
   later ``auto`` runs on that model, so a re-run elsewhere (another ISA) keeps the same multiples
   and a met target stays a no-op.

@@ -19,8 +19,8 @@ with every earlier layer already corrected (later layers see corrected inputs, a
 
 Guard: the same run measures the SQNR of the model outputs on the calibration data; a layer's
 correction is kept only if it does not lower it (at 8 bits the shifts are a fraction of a step
-and a per-layer mean correction can move the outputs away from float; measured on
-resnet_digits, -1.2 dB without the guard). So the corrected model is never worse than the
+and a per-layer mean correction can move the outputs away from float: BENCHMARKS.md, design
+notes). So the corrected model is never worse than the
 uncorrected one on the calibration data; held-out data is checked in the tests. The
 reference is the float model just before Q/DQ insertion, tensors matched by name (the quant
 writer keeps them). A layer whose output is a graph output is renamed by the writer and is

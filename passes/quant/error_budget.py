@@ -98,8 +98,8 @@ def candidate_units(quant, graph, ctx: Context) -> dict[str, tuple[str, ...]]:
     """The candidates: each integer Conv/ConvTranspose/Gemm/MatMul (an *anchor*) with the integer
     ops it feeds on their first path (its activation, HardSigmoid/Mul of a HardSwish, the residual
     Add it starts), which go float with it; an integer op that no anchor feeds is a unit alone.
-    Measured on PP-OCRv4 rec: the element-wise ops quantized without their anchors cost more
-    accuracy (6.9 dB) than quantizing everything (16.8 dB), so they are never split off."""
+    Element-wise ops quantized without their anchors cost more accuracy than quantizing
+    everything (BENCHMARKS.md, design notes), so they are never split off."""
     plan = Quantizer(quant.options).plan(graph, ctx, PassResult(modified=False))
     unit_of: dict[int, str] = {}
     units: dict[str, list[str]] = {}

@@ -7,8 +7,8 @@ stored as integers, activations stay float (no calibration of ranges; no Q on ac
   (the arithmetic of :func:`graphc.passes.quant.rewrite.weight_params`). The consumer computes
   ``x @ (q s)``: in ONNX semantics the only error is the weight rounding, ``|W - q s| <= s / 2``.
   Needs opset 13. onnxruntime (1.32, graph optimizations on) fuses a MatMul's int8 DQ into an
-  8-bit MatMulNBits with ``accuracy_level=4``, which also rounds the activations to int8: measured
-  1.6-3.6 dB below the ONNX semantics (BENCHMARKS.md, weights-only section).
+  8-bit MatMulNBits with ``accuracy_level=4``, which also rounds the activations to int8: a few dB
+  below the ONNX semantics (measured in BENCHMARKS.md, weights-only section).
 - ``bits=4``: the ``[K, N]`` weight (a Gemm's transposed to ``[K, N]`` if ``transB=1``, its
   ``alpha`` folded in) is cut along K into blocks of ``block_size`` rows, ``k_blocks =
   ceil(K / block_size)``, the last block shorter when K is not a multiple. Each block ``b`` of
