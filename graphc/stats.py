@@ -26,7 +26,7 @@ import onnx_graphsurgeon as gs
 from graphc.calib.data import input_specs
 from graphc.ir.model import Model
 from graphc.ir.shapes import TensorInfo, infer_shapes
-from graphc.ir.stats import ModelStats, stats_at, unknown_mac_nodes
+from graphc.ir.stats import ModelStats, all_nodes, stats_at, unknown_mac_nodes
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = 
     has a concrete shape (declared or in ``input_shapes``), the missing shapes are measured by
     running the model once on zeros (``measure=False`` disables that)."""
     shapes = infer_shapes(model, input_shapes)
-    unknown = unknown_mac_nodes(model.graph, shapes)
+    unknown = unknown_mac_nodes(all_nodes(model.graph), shapes)
     # Measuring runs the model: never for graphs with loops, whose trip count the model decides.
     runs_safely = not any(n.op in ("Loop", "Scan", "If") for n in model.graph.nodes)
     if unknown and measure and runs_safely:
@@ -71,7 +71,7 @@ def cost_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None, d
         return CostShapes(infer_shapes(model), "(the input has dynamic dims)")
     shapes = infer_shapes(model, concrete)
     if measure:
-        shapes = measure_missing_shapes(model, shapes, unknown_mac_nodes(model.graph, shapes), concrete)
+        shapes = measure_missing_shapes(model, shapes, unknown_mac_nodes(model.graph.nodes, shapes), concrete)
     return CostShapes(shapes, where)
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from graphc.ir import is_standard_op, node_label
+from graphc.ir import NameFactory, is_standard_op, node_label, walk_graphs
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 from graphc.rewrite.affine import AffineFolder
 
@@ -38,7 +38,15 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        folder = AffineFolder(graph, ctx, result, batch_removals=True)
+        names = NameFactory(graph)  # one factory: names stay unique across every scope
+        for _, scope in list(walk_graphs(graph)):
+            self._fold_scope(scope, ctx, result, names)
+        result.modified = bool(result.stats)
+        return result
+
+    def _fold_scope(self, graph: gs.Graph, ctx: Context, result: PassResult, names: NameFactory) -> None:
+        """Fold to a fixpoint in one graph (the top graph or an If/Loop/Scan body)."""
+        folder = AffineFolder(graph, ctx, result, batch_removals=True, names=names)
         reasons: dict[int, tuple[gs.Node, list[str]]] = {}
         changed = True
         while changed:  # a fold can expose another (ConvTranspose -> Add -> BN); run to fixpoint
@@ -66,5 +74,3 @@ class FoldBatchNorm(Pass):
                 if node.op == "BatchNormalization":
                     folder.standalone_to_mul_add(node)
             folder.drop_removed()
-        result.modified = bool(result.stats)
-        return result

@@ -19,6 +19,7 @@ import onnx_graphsurgeon as gs
 from graphc.ir.model import Model
 from graphc.ir.op_kinds import LINEAR_OPS
 from graphc.ir.shapes import TensorInfo
+from graphc.ir.subgraphs import walk_graphs
 
 
 @dataclass
@@ -45,11 +46,13 @@ def count_params(graph: gs.Graph) -> tuple[int, int]:
     """(element count, bytes) of all floating-point and integer weights; scalars and shape
     constants (1-D int64) are counted too, they are negligible."""
     params = nbytes = 0
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant):
-            size = int(prod(tensor.shape)) if tensor.shape else 1
-            params += size
-            nbytes += size * _itemsize(tensor)
+    constants: dict[int, gs.Constant] = {}  # by object: a body lists the outer constants it reads
+    for _, scope in walk_graphs(graph):
+        constants.update((id(t), t) for t in scope.tensors().values() if isinstance(t, gs.Constant))
+    for tensor in constants.values():
+        size = int(prod(tensor.shape)) if tensor.shape else 1
+        params += size
+        nbytes += size * _itemsize(tensor)
     return params, nbytes
 
 
@@ -109,12 +112,19 @@ def stats_at(model: Model, shapes: dict[str, TensorInfo]) -> ModelStats:
     :func:`graphc.stats.model_stats` chooses the shapes and measures those inference lost."""
     graph = model.graph
     params, nbytes = count_params(graph)
-    histogram = Counter(node.op for node in graph.nodes)
-    per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in graph.nodes if n.op in LINEAR_OPS]
+    nodes = all_nodes(graph)
+    histogram = Counter(node.op for node in nodes)
+    per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in nodes if n.op in LINEAR_OPS]
     total = sum(n.macs for n in per_node if n.macs)
     return ModelStats(params, nbytes, dict(histogram.most_common()), total, per_node)
 
 
-def unknown_mac_nodes(graph: gs.Graph, shapes: dict[str, TensorInfo]) -> list[gs.Node]:
-    """The MAC layers whose MACs ``shapes`` leave unknown."""
-    return [n for n in graph.nodes if n.op in LINEAR_OPS and node_macs(n, shapes) is None]
+def unknown_mac_nodes(nodes: list[gs.Node], shapes: dict[str, TensorInfo]) -> list[gs.Node]:
+    """The MAC layers among ``nodes`` whose MACs ``shapes`` leave unknown."""
+    return [n for n in nodes if n.op in LINEAR_OPS and node_macs(n, shapes) is None]
+
+
+def all_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """The nodes of ``graph`` and of every If/Loop/Scan body in it (every branch counts, though
+    one runs: statistics describe the file)."""
+    return [node for _, scope in walk_graphs(graph) for node in scope.nodes]

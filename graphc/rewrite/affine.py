@@ -85,10 +85,11 @@ class LinearSite:
 
 
 class AffineFolder:
-    def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False):
+    def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False,
+                 names: NameFactory | None = None):
         self.graph = graph
         self.result = result
-        self.names = NameFactory(graph)
+        self.names = names or NameFactory(graph)
         # batch_removals: removed nodes leave graph.nodes at drop_removed() (one O(N) filter per
         # sweep instead of one per fold); canonicalize uses this class without batching.
         self._batch = batch_removals
