@@ -221,6 +221,7 @@ def open_data(spec: Any, model: Model, *, batch: int = 1, image_options: Any = N
                 raise DataError(f"{path}: data files must be .npz (keys = input names) or a folder")
             return NpzSource(path, specs, batch)
         if image_options is not None or _has_images(path):
+            # here, not at the top: calib.images imports this module (and Pillow)
             from graphc.calib.images import ImageFolderSource
 
             return ImageFolderSource(path, specs, image_options)

@@ -31,18 +31,12 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, is_standard_op
-from graphc.passes.fold_bn import (
-    LINEAR_OPS,
-    AffineFolder,
-    LinearSite,
-    conv_pads,
-    input_channel_maps,
-    per_channel_factor,
-)
+from graphc.ir.op_kinds import FLOAT_DTYPES, LINEAR_OPS
+from graphc.ir.padding import conv_pads
 from graphc.passmanager import PassResult
-
-from ._canonical_arithmetic import affine_chain_from, affine_step, merged_affine
-from ._canonical_match import FLOAT_DTYPES, Fired, Outcome, Rewriter, Skip
+from graphc.rewrite.affine import AffineFolder, LinearSite, input_channel_maps, per_channel_factor
+from graphc.passes.canonicalize.arithmetic import affine_chain_from, affine_step, merged_affine
+from graphc.passes.canonicalize.match import Fired, Outcome, Rewriter, Skip
 
 
 # -- producer side ------------------------------------------------------------------------------------

@@ -43,7 +43,7 @@ import onnx_graphsurgeon as gs
 from graphc.calib.channel_max import channel_absmax
 from graphc.ir import NameFactory, consumers, constant_value, is_standard_op, toposort
 from graphc.ir.model import Model
-from graphc.passes.fold_bn import conv_pads
+from graphc.ir.padding import conv_pads
 
 #: off: never; exact: only where exact for every input (no activation between the layers);
 #: data: also through Relu/LeakyRelu from the calibration minimum (exact on that data);

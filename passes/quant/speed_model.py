@@ -36,8 +36,6 @@ from graphc.ir import consumers, is_graph_output, is_standard_op, producer
 #: a conversion: a QuantizeLinear or DequantizeLinear plus the layout change between the float
 #: (NCHWc) and integer (NHWC) kernels: fixed ns, ns per element.
 CONVERT_NS = (20000.0, 0.9)
-#: stand-in capacity for "never": larger than any model's total cost.
-NEVER = 1e15
 
 
 @dataclass(frozen=True)
@@ -105,7 +103,7 @@ def op_class(node: gs.Node, fused_after_conv: bool) -> str | None:
     return None
 
 
-class CostModel:
+class SpeedModel:
     """Float and integer cost of each candidate, from element counts at concrete shapes."""
 
     def __init__(self, shapes: dict):
@@ -180,7 +178,7 @@ class CostModel:
         return fixed + per * self.elems(tensor)
 
 
-def integer_nodes(graph: gs.Graph, candidates: list[gs.Node], model: CostModel) -> tuple[set[int], dict]:
+def integer_nodes(graph: gs.Graph, candidates: list[gs.Node], model: SpeedModel) -> tuple[set[int], dict]:
     """Ids of the candidates the minimum cut puts on integers, and a summary of the estimate."""
     cand = {id(n): n for n in candidates}
     g = nx.DiGraph()

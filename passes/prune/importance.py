@@ -24,7 +24,7 @@ Aggregation and normalization: each member's scores are divided by their mean ov
 over its members, and :func:`shares` divides by the group's total. A channel's share is the
 fraction of its group's importance it carries: ``1/size`` when all channels are alike, whatever
 the group's size or weight scale. Global ranking compares shares (per unit of cost), see
-:mod:`graphc.analysis.budget`.
+:mod:`graphc.passes.prune.allocation`.
 """
 from __future__ import annotations
 

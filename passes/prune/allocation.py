@@ -48,7 +48,8 @@ import onnx_graphsurgeon as gs
 
 from graphc.analysis.channels import ChannelAnalysis, ChannelGroup, SlotKey
 from graphc.ir.shapes import TensorInfo
-from graphc.ir.stats import MAC_OPS, node_macs
+from graphc.ir.op_kinds import LINEAR_OPS
+from graphc.ir.stats import node_macs
 
 log = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ class CostModel:
 
         shapes = cost_shapes if cost_shapes is not None else {}
         for node in analysis.graph.nodes:
-            if node.op not in MAC_OPS:
+            if node.op not in LINEAR_OPS:
                 continue
             macs = node_macs(node, shapes)
             if macs is None:
@@ -109,6 +110,11 @@ class CostModel:
                 model._add("params", size, [axis_of((tensor.name, a)) for a in range(len(tensor.shape or ()))],
                            tensor.name)
         return model
+
+    def params_only(self) -> "CostModel":
+        """This cost model without MACs (some layers' MACs are unknown): parameters only."""
+        self.items["macs"], self.fixed["macs"], self.by_group["macs"] = [], 0.0, {}
+        return self
 
     def _add(self, kind: str, base: float, factors: list[int | None], owner: str) -> None:
         factors = sorted({f for f in factors if f is not None})

@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.analysis.importance import ConsumerInput
-from graphc.analysis.reconstruct import layer_weight
+from graphc.passes.prune.importance import ConsumerInput
+from graphc.passes.prune.reconstruct import layer_weight
 from graphc.ir import NameFactory
 
 

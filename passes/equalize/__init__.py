@@ -26,7 +26,7 @@ equalized only where it has plain Relu or no activation), intermediate tensors w
 readers or that are graph outputs (a residual Add reads the channel too: rescaling it would need
 every reader rescaled), shared or non-constant weights and biases, non-float32 weights.
 
-Bias absorption (``absorb-bias``, paper sec. 4.2; maths in :mod:`graphc.passes._equalize_bias`).
+Bias absorption (``absorb-bias``, paper sec. 4.2; maths in :mod:`graphc.passes.equalize.bias_absorption`).
 After scaling, part ``c`` of Conv1's bias moves into Conv2's bias (``b1' = b1 - c``,
 ``b2' = b2 + W2 c``) so that each channel of the tensor between them lies closer to 0, for the
 per-tensor activation range of ``quant``. Only into a Conv2 that reads no padding. ``c`` comes
@@ -56,8 +56,8 @@ import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
 from graphc.ir import NameFactory, consumers, is_graph_output, is_standard_op, node_label, producer
-from graphc.passes import _equalize_bias as bias
-from graphc.passes._equalize_bias import conv_input_view
+from graphc.passes.equalize import bias_absorption as bias
+from graphc.passes.equalize.bias_absorption import conv_input_view
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)

@@ -37,7 +37,7 @@ Two rewrites keep chains of element-wise ops on integers (both lossless up to qu
   integers of its own: a fold never starts from another fold's output (that is a DQ of *its*
   source's integers), so a chain broken by a second reader leaves the later part unfolded.
 
-Policy. With ``placement=auto`` (the default) the speed model (:mod:`graphc.passes._qdq_cost`)
+Policy. With ``placement=auto`` (the default) the speed model (:mod:`graphc.passes.quant.speed_model`)
 first picks which ops run on integers, by a minimum cut over estimated costs, and the planner
 quantizes exactly those (quantizing inputs the cut decided to convert). With ``placement=all``,
 "quantize where it removes conversions": anchors (Conv, Gemm, MatMul with a constant weight, and
@@ -48,6 +48,9 @@ dequantizations instead of adding quantizations. Either way graph outputs stay f
 anchor that needs an output Q produces them.
 
 The plan names tensors by object; nothing here mutates the graph.
+
+Size: the op tables, the plan's records and one walk that places them are one algorithm; the
+speed model and the rewrite are modules of their own.
 """
 from __future__ import annotations
 
@@ -59,11 +62,10 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.ir.op_kinds import LINEAR_OPS
 
 log = logging.getLogger(__name__)
 
-#: ops with integer kernels that take quantized weights.
-ANCHOR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 #: element-wise and pooling ops that onnxruntime runs as QLinear* kernels (requantizing).
 QLINEAR_OPS = ("Add", "Mul", "Concat", "GlobalAveragePool", "AveragePool", "Sigmoid", "Softmax",
                "LeakyRelu")
@@ -79,7 +81,7 @@ REWRITTEN_OPS = ("HardSigmoid", "HardSwish")
 DEFAULT_OPS = ("Conv", "Gemm", "MatMul", "Add", "Mul", "Concat", "GlobalAveragePool",
                "AveragePool", "MaxPool", "Resize", "Reshape", "Transpose", "Squeeze", "Unsqueeze",
                "Flatten", "Relu", "Clip", "HardSigmoid", "HardSwish")
-ALL_OPS = tuple(dict.fromkeys(ANCHOR_OPS + QLINEAR_OPS + SAME_SCALE_OPS + ABSORBED_OPS + REWRITTEN_OPS))
+ALL_OPS = tuple(dict.fromkeys(LINEAR_OPS + QLINEAR_OPS + SAME_SCALE_OPS + ABSORBED_OPS + REWRITTEN_OPS))
 
 FLOAT = np.dtype(np.float32)
 
@@ -223,10 +225,10 @@ class Planner:
                 self.plan.skip(f"{node.op} excluded by pattern", node)
                 continue
             if self.config.allowed is not None and id(node) not in self.config.allowed:
-                if node.op in ANCHOR_OPS or node.op in REWRITTEN_OPS:
+                if node.op in LINEAR_OPS or node.op in REWRITTEN_OPS:
                     self.plan.skip(f"{node.op} kept float: faster by the speed model", node)
                 continue
-            if node.op in ANCHOR_OPS:
+            if node.op in LINEAR_OPS:
                 self._anchor(node)
             elif node.op in QLINEAR_OPS:
                 self._qlinear(node)
@@ -565,19 +567,7 @@ def candidate_nodes(graph: gs.Graph, config: PlacementConfig) -> list[gs.Node]:
             if is_standard_op(n) and n.op in config.ops and not excluded(n, config.exclude)]
 
 
-def anchor_output_tensor(plan: Plan, node: gs.Node) -> gs.Tensor | None:
-    """The tensor an anchor's Q sits on (after an absorbed Relu/Clip), if any."""
-    out = node.outputs[0]
-    if out.name in plan.activations:
-        return out
-    for user in consumers(out):
-        aq = plan.activations.get(user.outputs[0].name) if user.outputs else None
-        if aq is not None and aq.absorbed is user:
-            return aq.tensor
-    return None
-
-
 __all__ = ["ActivationQuant", "WeightQuant", "BiasQuant", "AffineFold", "HardSigmoidRewrite", "Plan",
            "PlacementConfig",
-           "plan_quantization", "ALL_OPS", "DEFAULT_OPS", "ANCHOR_OPS", "QLINEAR_OPS",
+           "plan_quantization", "ALL_OPS", "DEFAULT_OPS", "QLINEAR_OPS",
            "SAME_SCALE_OPS", "ABSORBED_OPS", "producer"]

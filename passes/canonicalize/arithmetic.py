@@ -30,9 +30,8 @@ import onnx_graphsurgeon as gs
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from graphc.ir import constant_value, consumers, is_standard_op
-
-from ._canonical_match import (
-    FLOAT_DTYPES,
+from graphc.ir.op_kinds import FLOAT_DTYPES
+from graphc.passes.canonicalize.match import (
     Fired,
     Outcome,
     Rewriter,

@@ -20,6 +20,9 @@ single reader, and rewrites it to the op the ONNX spec defines by the same formu
               except NaN.
 - layernorm   ``(x - mean(x)) / sqrt(mean((x - mean(x))^2) + eps) * gamma + beta`` over trailing
               axes = LayerNormalization(axis, epsilon) (opset 17); gamma/beta optional.
+
+Size: one check and one rewrite per activation listed above, each short; they share the
+matching helpers of :mod:`graphc.passes.canonicalize.match`.
 """
 from __future__ import annotations
 
@@ -29,8 +32,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, is_standard_op
-
-from ._canonical_match import (
+from graphc.passes.canonicalize.match import (
     Fired,
     NeedsOpset,
     Outcome,

@@ -32,7 +32,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, consumers, is_graph_output
 
-from graphc.passes._qdq_placement import (
+from graphc.passes.quant.placement import (
     ActivationQuant,
     AffineFold,
     BiasQuant,
@@ -54,8 +54,6 @@ class QuantFormat:
     def act_dtype(self) -> type:
         return np.uint8 if self.activations == "u8" else np.int8
 
-    def weight_dtype(self) -> type:
-        return np.uint8 if self.weights == "u8" else np.int8
 
     def act_qrange(self) -> tuple[int, int]:
         if self.activations == "u8":

@@ -4,14 +4,14 @@ often it fired, and patterns that matched but were left alone are counted with t
 
 Rules, in the order each round applies them (maths and exactness conditions in the modules):
 
-- activations (``_canonical_activations``): relu6, hardswish, hardsigmoid, silu, gelu, mish,
+- activations (``activations``): relu6, hardswish, hardsigmoid, silu, gelu, mish,
   layernorm - element-wise spellings -> the native op when the opset has it.
-- arithmetic (``_canonical_arithmetic``): identity (x*1, x+0, Identity-like no-ops), div_to_mul,
+- arithmetic (``arithmetic``): identity (x*1, x+0, Identity-like no-ops), div_to_mul,
   sub_to_add, affine_chain (Mul/Add chains by constants -> one Mul then one Add).
-- affine folding (``_canonical_affine``): fold_into_producer (fold-bn's Conv/Gemm/MatMul +
+- affine folding (``affine``): fold_into_producer (fold-bn's Conv/Gemm/MatMul +
   per-channel Mul/Add), fold_into_consumer (affine before a Conv/Gemm/MatMul, exact only without
   zero padding; otherwise only the scale is folded and one Add is left).
-- layout (``_canonical_arithmetic``): transpose_pair, transpose_to_reshape, reshape_chain.
+- layout (``arithmetic``): transpose_pair, transpose_to_reshape, reshape_chain.
 - then fold-constants (constant subgraphs, static Shape arithmetic), and the next round.
 
 After canonicalize, an affine map that could not be folded anywhere is exactly one ``Mul`` (by a
@@ -37,15 +37,8 @@ either spelling - the optimized graphs of PP-OCRv4 det are identical node for no
 converter is not needed for speed in onnxruntime. LayerNormalization and Gelu chains are fused
 by onnxruntime itself at any opset, so they too gain nothing there from an upgrade.
 
-Measured (``python benchmarks/run.py canonicalize``; onnxruntime 1.32, 2 threads, fp32, each
-variant alternated with the original in one run; PP-OCRv4 det at 1x3x640x640 on a rendered text
-page; two runs on a shared 2-core machine): canonicalize 1.47x-1.63x faster than the original,
-``upgrade-opset=true`` (opset 12 -> 14, native HardSwish) 1.47x-1.56x - equal within noise in the
-same run, and both optimize to the same 185 onnxruntime nodes (original: 400). The HardSwish
-chains alone give 1.12x-1.14x, the affine folds alone 1.26x-1.37x. The version converter handled
-det (12 -> 14), rec (12 -> 17, adding LayerNormalization) and cls (11 -> 14) with outputs within
-rounding noise (max abs diff 2.9e-5, 2.0e-6, 0; onnxruntime's own fusions move det by 2.1e-5 on
-the same input).
+The speedups, with and without ``upgrade-opset``, per rule family, and the version converter's
+output differences are measured in BENCHMARKS.md (``python benchmarks/run.py canonicalize``).
 """
 from __future__ import annotations
 
@@ -59,10 +52,10 @@ from graphc.ir import NameFactory, is_standard_op, node_label, toposort, walk_gr
 from graphc.passes.fold_constants import FoldConstants
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
-from . import _canonical_activations as act
-from . import _canonical_affine as affine
-from . import _canonical_arithmetic as arith
-from ._canonical_match import Fired, NeedsOpset, Rewriter, Rule, Skip
+from graphc.passes.canonicalize import activations as act
+from graphc.passes.canonicalize import affine
+from graphc.passes.canonicalize import arithmetic as arith
+from graphc.passes.canonicalize.match import Fired, NeedsOpset, Rewriter, Rule, Skip
 
 log = logging.getLogger(__name__)
 

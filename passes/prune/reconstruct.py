@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from graphc.analysis.importance import ConsumerInput
+from graphc.passes.prune.importance import ConsumerInput
 from graphc.calib.moments import Layout, cross_moments, second_moments
 from graphc.ir.padding import explicit_pads
 from graphc.ir.shapes import TensorInfo

@@ -1,4 +1,5 @@
-"""Error metrics between a reference output and a candidate output.
+"""Error metrics between a reference output and a candidate output (numpy only: verification,
+calibration and the quant error budget all sum them the same way).
 
 - SQNR (dB): 10 log10( sum(ref^2) / sum((ref - got)^2) ); +inf when identical.
 - cosine similarity of the flattened outputs (1.0 when both are zero).
@@ -64,6 +65,3 @@ def top1_agreement(ref: np.ndarray, got: np.ndarray, axis: int = -1) -> float:
     return float(np.mean(np.argmax(ref, axis=axis) == np.argmax(got, axis=axis)))
 
 
-def within_tolerance(ref: np.ndarray, got: np.ndarray, rtol: float, atol: float) -> bool:
-    """numpy.allclose semantics: |got - ref| <= atol + rtol * |ref| everywhere (NaN fails)."""
-    return bool(np.allclose(np.asarray(got, np.float64), np.asarray(ref, np.float64), rtol=rtol, atol=atol))

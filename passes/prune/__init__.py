@@ -9,23 +9,24 @@ those channels' producers zeroed (``mask_channels``): the constants masked chann
 ``exact-borders=true`` (a one-channel border branch per padded consumer), else into the bias
 (approximate at borders, no extra nodes: the default, since pruning is lossy anyway).
 
-Which channels (``criterion``, :mod:`graphc.analysis.importance`): ``l1``, ``l2``, ``fpgm``,
+Which channels (``criterion``, :mod:`graphc.passes.prune.importance`): ``l1``, ``l2``, ``fpgm``,
 ``bn-scale``, or with ``--data`` ``activation``, ``wanda``, ``flap``; scores are aggregated over
 the group's members and normalized to shares of the group's importance.
 
-How many (:mod:`graphc.analysis.budget`): ``ratio`` removes that fraction of every group (default
+How many (:mod:`graphc.passes.prune.allocation`): ``ratio`` removes that fraction of every group (default
 0.25 when no target is given); ``flops`` / ``params`` keep that fraction of the original model's
 MACs / parameters, solved across all groups at once by ``allocation``: ``global`` (importance share
 per cost saved), ``uniform`` (one ratio, bisected) or ``sensitivity`` (each group's measured output
-error when pruned alone, :mod:`graphc.analysis.sensitivity`; needs ``--data``). Counts kept are
+error when pruned alone, :mod:`graphc.passes.prune.sensitivity`; needs ``--data``). Counts kept are
 multiples of ``round-to`` (per slot) and at least ``1 - max-ratio`` of the original; ``round-to=auto``
 (the default) is onnxruntime's NCHWc channel block on this CPU (16 with AVX-512, else 8 on x86),
-finer for groups narrower than one block (:mod:`passes._prune_rounding`). MACs are
+finer for groups narrower than one block (:mod:`graphc.passes.prune.rounding`). MACs are
 counted at ``--input-shape``, else at batch 1 when only the batch is dynamic, else at the first
-calibration sample's shapes; a ``flops`` target on a model whose MACs are still unknown is an error
-asking for ``--input-shape``.
+calibration sample's shapes, else a nominal shape (:mod:`graphc.calib.shapes`), said in one line
+that the report shows; a ``flops`` target on a model whose MACs are still unknown (e.g. a Loop) is an
+error asking for ``--input-shape``.
 
-Repair (``reconstruct``, default on when ``--data`` is given; :mod:`graphc.analysis.reconstruct`):
+Repair (``reconstruct``, default on when ``--data`` is given; :mod:`graphc.passes.prune.reconstruct`):
 every Conv (groups 1) / Gemm / MatMul reading removed channels is refit by least squares on its
 calibration inputs, shrunk toward its kept weights, ``W' = (W C_{:K} + lambda W_K)(C_KK + lambda I)^-1``,
 and its bias gets the mean of what was lost, ``b' = b + W mu - W' mu_K`` (``refit=false``: bias
@@ -49,6 +50,8 @@ per changed layer (channels, MACs and params before -> after; for refit layers t
 relative output error of that layer before and after repair). With data, ``calib_sqnr_db`` in the
 stats is the measured SQNR of the outputs against the model before the pass on the calibration data
 (in-sample: the repair was fitted on it; ``graphc opt --eval-data`` measures held-out data).
+Size: this docstring and the Options table are a third of the module; the steps are in the
+sibling modules (allocation, importance, sensitivity, reconstruct, rounding, rewrite).
 """
 from __future__ import annotations
 
@@ -61,18 +64,20 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.analysis import ChannelGroups, remove_channels
-from graphc.analysis.budget import (Candidate, CostModel, bisect_uniform, feasible_counts, group_keys,
+from graphc.calib.moments import channel_moments
+from graphc.passes.prune.allocation import (Candidate, CostModel, bisect_uniform, feasible_counts, group_keys,
                                     group_step, solve_budget, uniform_counts)
-from graphc.analysis.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
+from graphc.passes.prune.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
                                         consumer_inputs, group_importance, removal_order, shares)
-from graphc.analysis.reconstruct import (DEFAULT_DAMPING, RefineJob, consumer_layout, current_intercept,
+from graphc.passes.prune.reconstruct import (DEFAULT_DAMPING, RefineJob, consumer_layout, current_intercept,
                                          refit_consumers, refit_to_original)
 from graphc.errors import DataError, PassError
 from graphc.ir import NameFactory, node_label
-from graphc.passes import _prune_costs as costs
-from graphc.passes import _prune_rewrite as rw
-from graphc.passes._prune_rounding import AUTO, META_ROUND_TO, Rounding, parse_round_to, resolve
+from graphc.passes.prune import rewrite as rw
+from graphc.passes.prune.rounding import AUTO, META_ROUND_TO, Rounding, check_round_to, parse_round_to, resolve
+from graphc.passes.prune.sensitivity import measure_sensitivity
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+from graphc.passmanager.context import MeasuredCostShapeAnalysis
 
 log = logging.getLogger(__name__)
 
@@ -116,9 +121,10 @@ class Prune(Pass):
                                  choices=ALLOCATIONS)
         max_ratio: float = option(0.8, "never remove more than this fraction of a group's original channels",
                                   min=0.0, max=1.0)
-        round_to: str = option(AUTO, "kept channel counts are multiples of this: an integer 1..4096 (1: any "
+        round_to: int | str = option(AUTO, "kept channel counts are multiples of this: an integer 1..4096 (1: any "
                                "count) or auto, onnxruntime's NCHWc block on this CPU (16 with AVX-512, "
-                               "else 8 on x86), finer for groups narrower than one block")
+                               "else 8 on x86), finer for groups narrower than one block",
+                                     parse=parse_round_to)
         reconstruct: bool | None = option(None, "repair consumers on calibration data: least-squares refit "
                                           "and bias compensation (default: on when --data is given)")
         refit: bool = option(True, "with reconstruct: refit consumer weights (false: bias compensation only)")
@@ -134,7 +140,7 @@ class Prune(Pass):
                                          "them are left alone")
 
         def __post_init__(self):
-            object.__setattr__(self, "round_to", parse_round_to(self.round_to))
+            check_round_to(self.round_to)
             targets = [k for k in ("ratio", "flops", "params") if getattr(self, k) is not None]
             if len(targets) > 1:
                 raise ValueError(f"give one target (ratio=, flops= or params=), not {', '.join(targets)}")
@@ -234,22 +240,22 @@ class Prune(Pass):
         return out
 
     def _cost_model(self, ctx: Context, analysis, data) -> CostModel:
-        shapes, where = costs.cost_shapes(ctx, data)
-        cost = CostModel.build(analysis, shapes)
+        estimate = ctx.analysis(MeasuredCostShapeAnalysis)
+        if estimate.where not in ("at --input-shape", "at batch 1"):
+            ctx.note(f"prune counts MACs {estimate.where}")
+        cost = CostModel.build(analysis, estimate.shapes)
         budget = self.options.budget
         if budget is not None and budget[0] == "macs" and cost.unknown_macs:
             raise PassError(f"prune{{flops=...}} needs MACs, but the shapes of {len(cost.unknown_macs)} layer(s) "
-                            f"(e.g. '{cost.unknown_macs[0]}') are unknown {where}: give --input-shape "
+                            f"(e.g. '{cost.unknown_macs[0]}') are unknown {estimate.where}: give --input-shape "
                             "(or --data, whose first sample's shape is used)")
-        return cost if not cost.unknown_macs else costs.params_only(cost)
+        return cost if not cost.unknown_macs else cost.params_only()
 
     def _rank(self, ctx: Context, groups, keys, recorded, rounding: Rounding, data,
               result: PassResult) -> list[Candidate]:
         opts = self.options
         moments = None
         if opts.criterion in DATA_CRITERIA:
-            from graphc.calib.moments import channel_moments
-
             moments = channel_moments(ctx.model, data, activation_requests(groups))
         gammas = None
         if opts.criterion == "bn-scale":
@@ -282,8 +288,6 @@ class Prune(Pass):
             return {c.gid: c.counts[0] for c in candidates}
         curves = None
         if opts.allocation == "sensitivity":
-            from graphc.analysis.sensitivity import measure_sensitivity
-
             report = measure_sensitivity(ctx.model, data, criterion=opts.criterion, analysis=analysis,
                                          groups=[c.group for c in candidates], samples=opts.samples or 16)
             curves = report.curves()
@@ -329,7 +333,7 @@ class Prune(Pass):
         return out
 
     def _refine(self, ctx: Context, original, data, fits: list, names, result: PassResult) -> None:
-        """Refinement sweeps (graphc.analysis.reconstruct.refit_to_original) on the pruned graph:
+        """Refinement sweeps (graphc.passes.prune.reconstruct.refit_to_original) on the pruned graph:
         layers level by level, each after every repaired layer upstream of it."""
         ctx.graph.toposort()  # bias Adds appended after MatMuls must precede their readers here
         for _ in range(self.options.rounds):
@@ -391,7 +395,7 @@ class Prune(Pass):
             result.details.append(record)
 
     def _measure(self, before, ctx: Context, data, result: PassResult) -> None:
-        from graphc.verify import compare_models
+        from graphc.verify import compare_models  # lazy: loads onnxruntime
 
         report = compare_models(before, ctx.model, data=data, samples=None)
         values = [o.sqnr_db for o in report.outputs if o.sqnr_db is not None]

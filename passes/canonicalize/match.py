@@ -18,9 +18,8 @@ from typing import Callable, Union
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import NameFactory, constant_value, consumers, is_graph_output, is_standard_op, producer
-
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+from graphc.ir import NameFactory, bypass, constant_value, consumers, is_graph_output, is_standard_op, producer
+from graphc.ir.op_kinds import FLOAT_DTYPES
 
 
 @dataclass(frozen=True)
@@ -179,7 +178,6 @@ class Rewriter:
 
     def bypass(self, node: gs.Node, keep: gs.Tensor) -> bool:
         """Readers of ``node``'s output read ``keep`` instead; False if a graph output forbids it."""
-        from graphc.ir import bypass
         return bypass(self.graph, node, keep)
 
 

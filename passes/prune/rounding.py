@@ -1,6 +1,6 @@
 """The multiple a pruned group's channel count is rounded to: ``round-to`` resolved.
 
-An integer is used as given, on every group (``graphc.analysis.budget.group_step`` turns it into a
+An integer is used as given, on every group (``graphc.passes.prune.allocation.group_step`` turns it into a
 per-group step). ``auto`` is the channel block of onnxruntime's NCHWc convolutions on this CPU
 (:func:`graphc.cpu.nchwc_block_width`: 16 with AVX-512, 8 with AVX2/AVX/SSE), because a count that
 is not a whole number of blocks is padded up to one at run time and the removed channels buy
@@ -12,8 +12,7 @@ nothing. Two refinements under ``auto``:
   Conv's output channels up to a block and reads an input narrower than a block directly, and a
   grouped/depthwise Conv of such a width is not blocked at all. A group exactly one block wide keeps
   its block, as with an integer: pruning it below a block takes its depthwise Convs off the blocked
-  path. Measured (``mobilenetv2_digits``, ``flops=0.5``, AVX-512, batch 64): its 16-channel group
-  pruned to 8 gave 1.24-1.33x, kept at 16 (the budget taken elsewhere) 1.60-1.67x.
+  path (measured: BENCHMARKS.md, design notes).
 - The resolved block is recorded in the model metadata (``graphc.prune.round_to``) and reused by
   later ``auto`` runs on that model, so a re-run elsewhere (another ISA) keeps the same multiples
   and a met target stays a no-op.
@@ -50,16 +49,22 @@ class Rounding:
         return {"option": "round-to", "value": self.block, "auto": self.auto, "why": self.why}
 
 
-def parse_round_to(value) -> int | str:
-    """``auto`` or an integer in 1..4096 (pipeline text gives a string, Python an int); else ValueError."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text == AUTO:
-            return AUTO
-        try:
-            value = int(text)
-        except ValueError:
-            raise ValueError(f"round-to must be auto or an integer, got '{value}'") from None
+def parse_round_to(text: str) -> int | str:
+    """Pipeline text of ``round-to``: ``auto`` or an integer in 1..4096; else ValueError."""
+    lowered = text.strip().lower()
+    if lowered == AUTO:
+        return AUTO
+    try:
+        value = int(lowered)
+    except ValueError:
+        raise ValueError(f"round-to must be auto or an integer, got '{text}'") from None
+    return check_round_to(value)
+
+
+def check_round_to(value: int | str) -> int | str:
+    """``value`` if it is ``auto`` or an integer in 1..4096; else ValueError."""
+    if value == AUTO:
+        return value
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"round-to must be auto or an integer, got {value!r}")
     if not 1 <= value <= MAX_ROUND_TO:

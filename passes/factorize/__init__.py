@@ -26,7 +26,7 @@ A layer is rewritten only when its MACs drop by at least ``min-saving`` of what 
 With calibration data, the input second moment ``S = E[x x^T]`` of every candidate is measured
 once before any rewrite (:mod:`graphc.calib.moments`; im2col receptive fields for Conv), and
 (``whiten``) the decomposition is done on the weights whitened by ``S`` (ASVD / SVD-LLM;
-the maths is in ``_factorize_math``), which minimizes the output error rather than the weight
+the maths is in :mod:`graphc.passes.factorize.decomposition`), which minimizes the output error rather than the weight
 error. The error recorded per layer is then ``sqrt(tr(dA S dA^T) / tr(A S A^T))``: the layer's
 measured relative output error on the calibration data, with no extra model run; without
 data it is the relative weight error. Details per rewritten layer: node, op, method, rule,
@@ -51,8 +51,8 @@ from graphc.calib.moments import Layout, second_moments
 from graphc.errors import DataError
 from graphc.ir import NameFactory, constant_value, is_standard_op, node_label
 from graphc.ir.padding import explicit_pads
-from graphc.passes import _factorize_math as fm
-from graphc.passes import _factorize_rewrite as rw
+from graphc.passes.factorize import decomposition as fm
+from graphc.passes.factorize import rewrite as rw
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,7 @@
 """Pruning sensitivity: the model's output error when one channel group alone is pruned.
 
 For every prunable group and every ratio ``r``, the ``round(r * size)`` least important channels
-(by ``criterion``, :mod:`graphc.analysis.importance`) are masked - their producers' output
+(by ``criterion``, :mod:`graphc.passes.prune.importance`) are masked - their producers' output
 weights and biases zeroed, which is what removal computes exactly (:mod:`removal`) - and the model
 is run on the calibration feeds. The error is the SQNR of all outputs together against the
 unpruned model, ``10 log10(sum ref^2 / sum (ref - got)^2)``; the budget solver's
@@ -9,9 +9,9 @@ unpruned model, ``10 log10(sum ref^2 / sum (ref - got)^2)``; the budget solver's
 
 Cost: one onnxruntime session per (group, ratio) over ``samples`` feeds held in memory with their
 reference outputs. Cases run on ``workers`` threads (onnxruntime releases the GIL while it runs),
-one intra-op thread each, so two cores work in parallel; a progress bar counts cases. Like the
-calibration code, this module runs models (through :mod:`graphc.runtime`); passes call it, they
-do not create sessions themselves.
+one intra-op thread each, so two cores work in parallel; a progress bar counts cases. The models
+run through :mod:`graphc.verify.scores` (reference outputs once, then one score per case): no
+session is created here.
 """
 from __future__ import annotations
 
@@ -24,14 +24,15 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from graphc.analysis.budget import group_keys, short_label
 from graphc.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels
-from graphc.analysis.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
-                                        group_importance, removal_order)
 from graphc.analysis.removal import mask_channels
+from graphc.calib.moments import channel_moments
 from graphc.errors import DataError, OptionError
 from graphc.ir.model import Model
 from graphc.ir.shapes import infer_shapes
+from graphc.passes.prune.allocation import group_keys, short_label
+from graphc.passes.prune.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
+                                           group_importance, removal_order)
 from graphc.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -115,8 +116,6 @@ def measure_sensitivity(model: Model, data, *, ratios: Iterable[float] = DEFAULT
         raise DataError("no calibration samples: the data source is empty")
     moments = None
     if criterion in DATA_CRITERIA:
-        from graphc.calib.moments import channel_moments
-
         moments = channel_moments(model, feeds, activation_requests(groups))
     if criterion == "bn-scale" and gammas is None:
         gammas = bn_gammas(model.graph)
@@ -148,23 +147,16 @@ def _take(data, samples: int | None) -> list[dict[str, np.ndarray]]:
 
 
 def _run_cases(model: Model, feeds, cases, workers: int | None) -> None:
-    from graphc.runtime import create_session, run_session
+    from graphc.verify.scores import reference_outputs, score_outputs  # lazy: loads onnxruntime
 
-    reference = create_session(model, label="model", spin=False)
-    wanted = [o.name for o in model.graph.outputs]
-    refs = [[np.asarray(v, dtype=np.float64) for v in run_session(reference, f, wanted)] for f in feeds]
-    signal = sum(float(np.sum(np.square(v))) for out in refs for v in out)
+    refs = reference_outputs(model, feeds, label="model")
 
     def one(case) -> None:
         row, ratio, group, indices = case
         masked = model.copy()
         mask_channels(masked.graph, group, indices)
-        session = create_session(masked, threads=1, label="masked model", spin=False)
-        noise = 0.0
-        for feed, ref in zip(feeds, refs):
-            got = run_session(session, feed, wanted, label="masked model")
-            noise += sum(float(np.sum(np.square(r - np.asarray(g, dtype=np.float64)))) for r, g in zip(ref, got))
-        row.sqnr_db[ratio] = _sqnr(signal, noise)
+        score = score_outputs(masked, feeds, refs, label="masked model", threads=1)
+        row.sqnr_db[ratio] = score.sqnr  # +inf when exact (EXACT_DB), -inf without signal
 
     workers = workers or min(2, os.cpu_count() or 1)
     with progress_bar(len(cases), desc="sensitivity", unit="case") as bar:
@@ -176,14 +168,6 @@ def _run_cases(model: Model, feeds, cases, workers: int | None) -> None:
         with ThreadPoolExecutor(max_workers=workers) as pool:
             for _ in pool.map(one, cases):
                 bar.update(1)
-
-
-def _sqnr(signal: float, noise: float) -> float:
-    if noise <= 0:
-        return EXACT_DB
-    if signal <= 0:
-        return -EXACT_DB
-    return 10.0 * math.log10(signal / noise)
 
 
 def format_sensitivity(report: SensitivityReport, *, top: int | None = None) -> str:

@@ -19,8 +19,8 @@ with every earlier layer already corrected (later layers see corrected inputs, a
 
 Guard: the same run measures the SQNR of the model outputs on the calibration data; a layer's
 correction is kept only if it does not lower it (at 8 bits the shifts are a fraction of a step
-and a per-layer mean correction can move the outputs away from float; measured on
-resnet_digits, -1.2 dB without the guard). So the corrected model is never worse than the
+and a per-layer mean correction can move the outputs away from float: BENCHMARKS.md, design
+notes). So the corrected model is never worse than the
 uncorrected one on the calibration data; held-out data is checked in the tests. The
 reference is the float model just before Q/DQ insertion, tensors matched by name (the quant
 writer keeps them). A layer whose output is a graph output is renamed by the writer and is
@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.calib.output_shift import LayerOutput, OutputShift
 from graphc.ir import is_standard_op, node_label, producer
 from graphc.passmanager import Context, PassResult
 
@@ -47,13 +48,11 @@ class BiasLayer:
     node: gs.Node
     ints: gs.Constant          # int32 bias behind the DequantizeLinear
     scale: np.ndarray          # its scale (scalar or per channel)
-    output: "object"           # graphc.calib.output_shift.LayerOutput
+    output: LayerOutput
 
 
 def bias_layers(graph: gs.Graph, plan, reference_names: set[str], result: PassResult) -> list[BiasLayer]:
     """The layers to correct, in topological order of the graph (check only; nothing changes)."""
-    from graphc.calib.output_shift import LayerOutput
-
     order = {id(n): i for i, n in enumerate(graph.nodes)}
     layers = []
     for bq in plan.biases:
@@ -85,8 +84,6 @@ def corrected_ints(ints: np.ndarray, scale: np.ndarray, shift: np.ndarray) -> np
 def correct_biases(graph: gs.Graph, ctx: Context, plan, reference, result: PassResult,
                    max_samples: int | None) -> None:
     """Corrects the int32 biases of ``plan`` in place; ``reference`` is the float model."""
-    from graphc.calib.output_shift import OutputShift
-
     graph.toposort()
     names = {t.name for t in reference.graph.tensors().values() if isinstance(t, gs.Variable)}
     layers = bias_layers(graph, plan, names, result)

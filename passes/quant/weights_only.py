@@ -4,11 +4,11 @@ stored as integers, activations stay float (no calibration of ranges; no Q on ac
 - ``bits=8``: each constant weight ``W`` becomes ``DequantizeLinear(q, s, 0)`` per output channel
   (``axis`` = the N axis: 1 for MatMul ``[K, N]`` and Gemm with ``transB=0``, 0 for Gemm with
   ``transB=1``), symmetric: ``s_n = max|W_:n| / 127``, ``q = clip(round(W / s_n), -127, 127)``
-  (the arithmetic of :func:`graphc.passes._qdq_rewrite.weight_params`). The consumer computes
+  (the arithmetic of :func:`graphc.passes.quant.rewrite.weight_params`). The consumer computes
   ``x @ (q s)``: in ONNX semantics the only error is the weight rounding, ``|W - q s| <= s / 2``.
   Needs opset 13. onnxruntime (1.32, graph optimizations on) fuses a MatMul's int8 DQ into an
-  8-bit MatMulNBits with ``accuracy_level=4``, which also rounds the activations to int8: measured
-  1.6-3.6 dB below the ONNX semantics (BENCHMARKS.md, weights-only section).
+  8-bit MatMulNBits with ``accuracy_level=4``, which also rounds the activations to int8: a few dB
+  below the ONNX semantics (measured in BENCHMARKS.md, weights-only section).
 - ``bits=4``: the ``[K, N]`` weight (a Gemm's transposed to ``[K, N]`` if ``transB=1``, its
   ``alpha`` folded in) is cut along K into blocks of ``block_size`` rows, ``k_blocks =
   ceil(K / block_size)``, the last block shorter when K is not a multiple. Each block ``b`` of
@@ -140,7 +140,7 @@ def unpack_int4_blocks(packed: np.ndarray, scales: np.ndarray, k: int) -> np.nda
 def int4_constant(name: str, codes: np.ndarray) -> gs.Constant:
     """An INT4 constant of ``codes`` (values in [-8, 7]); :func:`graphc.ir.to_proto` packs it
     two per byte on export."""
-    import ml_dtypes
+    import ml_dtypes  # lazy: only int4 weights need it (it comes with onnx, not declared by graphc)
 
     return gs.Constant(name, codes.astype(ml_dtypes.int4))
 
@@ -270,7 +270,7 @@ def run_weights_only(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
 
 
 def _record_latency(reference, ctx: Context, result: PassResult) -> None:
-    from graphc.bench.latency import bench_feeds, compare_latency
+    from graphc.bench.latency import bench_feeds, compare_latency  # lazy: loads onnxruntime
 
     try:
         feed = bench_feeds(reference, ctx.data, input_shapes=ctx.input_shapes or None, seed=ctx.seed)
