@@ -38,8 +38,8 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
-from graphc.ir import external, weight_io
-from graphc.ir.structure import check_structure
+from graphc.ir import declarations, external, weight_io
+from graphc.ir.structure import check_structure, find_cycle_free_order
 from graphc.ir.validate import validate_proto
 
 log = logging.getLogger(__name__)
@@ -68,6 +68,9 @@ class Model:
     source: Path | None = None
     #: external data files the model was loaded from (never overwritten or removed by save).
     external_files: frozenset[Path] = frozenset()
+    #: graph inputs that have an initializer default (IR >= 4), by name: they stay inputs, and
+    #: the default is written back with them (callers may feed them or leave them out).
+    input_defaults: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def opset(self) -> int:
@@ -76,7 +79,7 @@ class Model:
 
     def copy(self) -> "Model":
         """A deep-enough copy: a new graph (tensors shared by value), same model fields."""
-        return from_proto(to_proto(self), source=self.source)
+        return from_proto(to_proto(self), source=self.source, infer=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -111,6 +114,8 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     try:
         light, raw = weight_io.split_model_file(path)
         proto = _parse_bytes(light, str(path))
+    except weight_io.CorruptTensorError as exc:
+        raise InputError(f"{path}: {exc}") from None
     except (weight_io.WireError, InputError):
         return _parse_bytes(path.read_bytes(), str(path)), {}
     outside = _weights_kept_outside(proto, raw)
@@ -152,19 +157,29 @@ def _parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
 
 
 def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: bool = True,
-               weights: dict[str, np.ndarray] | None = None) -> Model:
+               weights: dict[str, np.ndarray] | None = None, infer: bool = True) -> Model:
     """Build the IR from a ModelProto (external data already loaded). ``weights`` are values of
-    top-level initializers that ``proto`` leaves out (see ``load``)."""
+    top-level initializers that ``proto`` leaves out (see ``load``). With ``check``, the proto is
+    validated and (``infer``) its shape declarations repaired (:mod:`graphc.ir.declarations`)."""
     if len(proto.graph.node) == 0:
         raise ModelError("the graph has no nodes (empty graph)")
+    if len(proto.graph.output) == 0:
+        raise ModelError("the graph has no outputs (nothing it computes could be used)")
     if check:
-        validate_proto(proto, weights or ())
+        validate_proto(proto, {name: values.shape for name, values in (weights or {}).items()})
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # graphsurgeon raises bare exceptions on malformed protos
         raise ModelError(f"cannot import graph: {type(exc).__name__}: {exc}") from None
     if weights:
         _attach_weights(graph, weights)
+    if check:
+        check_structure(graph)
+        if infer:  # graphsurgeon keeps the file's node order: positions map back to the proto
+            position = {id(n): i for i, n in enumerate(graph.nodes)}
+            order = [position[id(n)] for n in find_cycle_free_order(graph)]
+            _apply_repairs(graph, declarations.repair_declarations(proto, weights or {}, order))
+    defaults = _inputs_with_defaults(proto, graph)
     opsets = {imp.domain or "": int(imp.version) for imp in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets.pop("ai.onnx")
@@ -179,11 +194,44 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         doc_string=proto.doc_string,
         metadata={p.key: p.value for p in proto.metadata_props},
         source=source,
+        input_defaults=defaults,
     )
     constant_nodes_to_constants(graph)
-    if check:
-        check_structure(graph)
     return model
+
+
+def _inputs_with_defaults(proto: onnx.ModelProto, graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Graph inputs that also have an initializer (IR >= 4: the initializer is a default the
+    caller may override). graphsurgeon imports them as constants; they become graph inputs
+    again, in the file's order, and the defaults are kept on the Model for export. In IR < 4
+    every initializer had to be listed as an input: those stay constants."""
+    if proto.ir_version < 4:
+        return {}
+    inits = {t.name for t in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name in inits]
+    if not names:
+        return {}
+    tensors = graph.tensors()
+    defaults: dict[str, np.ndarray] = {}
+    for name in names:
+        tensor = tensors.get(name)
+        if not isinstance(tensor, gs.Constant):
+            continue
+        defaults[name] = np.asarray(tensor.values)
+        tensor.to_variable(dtype=defaults[name].dtype, shape=list(defaults[name].shape))
+        tensor.type = "tensor_type"  # what Variable() sets and to_variable() does not
+    by_name = {**{t.name: t for t in graph.inputs}, **{n: tensors[n] for n in defaults}}
+    graph.inputs = [by_name[i.name] for i in proto.graph.input if i.name in by_name]
+    return defaults
+
+
+def _apply_repairs(graph: gs.Graph, repairs: declarations.Repairs) -> None:
+    repairs.log()
+    tensors = graph.tensors()
+    for name, shape in repairs.shapes.items():
+        tensor = tensors.get(name)
+        if isinstance(tensor, gs.Variable):
+            tensor.shape = shape
 
 
 def _attach_weights(graph: gs.Graph, weights: dict[str, np.ndarray]) -> None:
@@ -260,6 +308,7 @@ def to_proto(model: Model) -> onnx.ModelProto:
         proto = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:
         raise ModelError(f"cannot export graph: {type(exc).__name__}: {exc}") from None
+    _export_defaults(model, proto)
     # Intermediate shapes recorded by exporters go stale when passes change channel counts;
     # onnxruntime re-infers them, so the output carries only inputs' and outputs' declarations.
     del proto.graph.value_info[:]
@@ -282,6 +331,14 @@ def to_proto(model: Model) -> onnx.ModelProto:
     for key, value in sorted(model.metadata.items()):
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     return proto
+
+
+def _export_defaults(model: Model, proto: onnx.ModelProto) -> None:
+    """The defaults of graph inputs that are still inputs, as initializers of the same name."""
+    inputs = {i.name for i in proto.graph.input}
+    for name, values in model.input_defaults.items():
+        if name in inputs:
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(values, name))
 
 
 def _min_ir_version(opset: int) -> int:
