@@ -36,7 +36,7 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError, OutputError, RecipeError
-from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, save
+from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, require_savable, save
 from graphc.passmanager import PassManager, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
 
@@ -166,6 +166,7 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
     out = check_outputs(source, recipe.outputs.model, recipe.outputs.report)
     shapes = input_shapes(recipe)
     model = load(source)
+    require_savable(model)
     before = model_summary(model, path=source, input_shapes=shapes)
     images = image_options(recipe.image)
     data = recipe.data

@@ -16,9 +16,11 @@ A declaration contradicts inference only where both are definite: symbolic or un
 either side agree with anything. Graph inputs are the model's interface and are never changed.
 
 Then, with the inferred shapes: every Conv/ConvTranspose ``group`` divides its input's channel
-count (onnxruntime refuses the model otherwise), and the repaired model passes
-``onnx.checker.check_model(full_check=True)``; either failure is a :class:`ModelError` at load,
-before any pass runs, rather than a failure of the final check.
+count (onnxruntime refuses the model otherwise; a :class:`ModelError` at load). And the repaired
+model goes through ``onnx.checker.check_model(full_check=True)``: a model that still fails it (an
+output of a custom op with no shape, which inference cannot give one) can be inspected and
+analysed, but no valid result can be written from it, so ``Repairs.checker_error`` says why and
+``graphc opt`` refuses it before any pass runs, instead of failing at the final check.
 
 Inference runs on a light copy of the graph: large initializers become typed graph inputs (their
 values are never read by shape inference except for small integer shape tensors, which stay), so
@@ -52,6 +54,8 @@ class Repairs:
     filled: list[str] = field(default_factory=list)
     replaced: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    #: the first line of onnx.checker's complaint about the repaired input, if any.
+    checker_error: str | None = None
 
     def log(self) -> None:
         for names, what in ((self.filled, "graph output(s) declared without a shape; filled from shape "
@@ -60,6 +64,8 @@ class Repairs:
                             (self.dropped, "value-info shape(s) contradict shape inference; dropped")):
             if names:
                 log.warning("input: %d %s: %s", len(names), what, _listed(names))
+        if self.checker_error:  # INFO: opt refuses such a model with this reason in its one error line
+            log.info("input: fails onnx.checker (full_check) even after repairs: %s", self.checker_error)
 
 
 def _listed(names: list[str], limit: int = 5) -> str:
@@ -85,7 +91,7 @@ def repair_declarations(proto: onnx.ModelProto, outside: Mapping[str, np.ndarray
     types = {v.name: v.type for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     repairs = _decide(declared_outputs, declared_info, types)
     check_groups(proto.graph, types)
-    _check_repaired(light, list(proto.graph.output), inferred, repairs)
+    repairs.checker_error = _checker_error(light, list(proto.graph.output), inferred, repairs)
     return repairs
 
 
@@ -172,8 +178,8 @@ def check_groups(graph: onnx.GraphProto, types: Mapping[str, onnx.TypeProto]) ->
                              f"input '{node.input[0]}'")
 
 
-def _check_repaired(light: onnx.ModelProto, original: list, inferred: onnx.ModelProto,
-                    repairs: Repairs) -> None:
+def _checker_error(light: onnx.ModelProto, original: list, inferred: onnx.ModelProto,
+                   repairs: Repairs) -> str | None:
     """The full checker on the light copy with the output declarations after repair."""
     inferred_outputs = {o.name: o for o in inferred.graph.output}
     outputs = [inferred_outputs[o.name] if o.name in repairs.shapes else o for o in original]
@@ -182,7 +188,8 @@ def _check_repaired(light: onnx.ModelProto, original: list, inferred: onnx.Model
     try:
         onnx.checker.check_model(light, full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
-        raise ModelError(f"the input fails onnx.checker (full_check): {_first_line(exc)}") from None
+        return _first_line(exc)
+    return None
 
 
 def _first_line(exc: Exception) -> str:

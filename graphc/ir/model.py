@@ -71,6 +71,9 @@ class Model:
     #: graph inputs that have an initializer default (IR >= 4), by name: they stay inputs, and
     #: the default is written back with them (callers may feed them or leave them out).
     input_defaults: dict[str, np.ndarray] = field(default_factory=dict)
+    #: why the input (after load's repairs) fails onnx.checker, if it does: no valid result can be
+    #: saved from it (see :func:`require_savable`).
+    checker_error: str | None = None
 
     @property
     def opset(self) -> int:
@@ -173,12 +176,15 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         raise ModelError(f"cannot import graph: {type(exc).__name__}: {exc}") from None
     if weights:
         _attach_weights(graph, weights)
+    checker_error = None
     if check:
         check_structure(graph)
         if infer:  # graphsurgeon keeps the file's node order: positions map back to the proto
             position = {id(n): i for i, n in enumerate(graph.nodes)}
             order = [position[id(n)] for n in find_cycle_free_order(graph)]
-            _apply_repairs(graph, declarations.repair_declarations(proto, weights or {}, order))
+            repairs = declarations.repair_declarations(proto, weights or {}, order)
+            _apply_repairs(graph, repairs)
+            checker_error = repairs.checker_error
     defaults = _inputs_with_defaults(proto, graph)
     opsets = {imp.domain or "": int(imp.version) for imp in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
@@ -195,9 +201,18 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         metadata={p.key: p.value for p in proto.metadata_props},
         source=source,
         input_defaults=defaults,
+        checker_error=checker_error,
     )
     constant_nodes_to_constants(graph)
     return model
+
+
+def require_savable(model: Model) -> None:
+    """Refuse, before any work, a model whose results could never pass the final check."""
+    if model.checker_error:
+        where = f"{model.source}: " if model.source else ""
+        raise ModelError(f"{where}the input fails onnx.checker (full_check) even after graphc's repairs, "
+                         f"so no valid result can be written: {model.checker_error}")
 
 
 def _inputs_with_defaults(proto: onnx.ModelProto, graph: gs.Graph) -> dict[str, np.ndarray]:
@@ -375,7 +390,7 @@ def save(
         _write_proto(proto, weights, tmp_model, data_name)
         del proto
         if check:
-            _full_check(tmp_model)
+            _full_check(tmp_model, model.checker_error)
         if data_name is not None and (Path(tmp) / data_name).exists():
             os.replace(Path(tmp) / data_name, out.parent / data_name)
         os.replace(tmp_model, out)  # the atomic switch: old model+data, or new model+data
@@ -455,7 +470,7 @@ def _write_proto(proto: onnx.ModelProto, weights: list[tuple[str, np.ndarray]], 
         raise OutputError(f"{path.parent}: cannot write ({exc.strerror})") from None
 
 
-def _full_check(path: Path) -> None:
+def _full_check(path: Path, input_error: str | None = None) -> None:
     """``onnx.checker.check_model(full_check=True)`` on the written file, through its twin.
 
     The twin is the file's bytes re-read at wire level (which also proves the hand-written
@@ -476,7 +491,8 @@ def _full_check(path: Path) -> None:
         onnx.checker.check_model(str(target), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"result fails onnx.checker (full_check): {first}") from None
+        blame = " (the input fails it too)" if input_error == first else ""
+        raise ModelError(f"result fails onnx.checker (full_check): {first}{blame}") from None
     finally:
         if target != path:
             target.unlink()

@@ -73,15 +73,24 @@ def test_declarations_that_agree_are_kept(caplog):
     assert model.graph.tensors()["r"].shape == ["n", 4]
 
 
-def test_output_shape_that_cannot_be_repaired_is_refused_at_load():
+def test_output_shape_that_cannot_be_repaired(tmp_path, capfd):
     """An op of an unknown domain: inference cannot give the shape-less output a shape. The
-    result check would fail after the whole pipeline; load refuses instead, naming why."""
+    model loads (inspect and analyses work, with a warning), but ``opt`` refuses it before any
+    pass runs: the result check would fail after the whole pipeline."""
     nodes = [helper.make_node("Relu", ["x"], ["r"]), helper.make_node("Foo", ["r"], ["y"], domain="com.example")]
     proto = make_model(helper.make_graph(nodes, "g", [vi("x", TensorProto.FLOAT, [2])],
                                          [vi("y", TensorProto.FLOAT, None)]))
     proto.opset_import.append(helper.make_opsetid("com.example", 1))
-    with pytest.raises(ModelError, match="fails onnx.checker .*shape"):
-        graphc.load(proto)
+    assert "shape" in graphc.load(proto).checker_error
+    src, out = tmp_path / "m.onnx", tmp_path / "out.onnx"
+    onnx.save(proto, src)
+    assert main(["inspect", str(src)]) == 0
+    capfd.readouterr()
+    assert main(["opt", str(src), "-p", "cleanup", "-o", str(out)]) == 2
+    captured = capfd.readouterr()
+    lines = captured.err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("graphc: error: ") and "no valid result" in lines[0], lines
+    assert "cleanup" not in captured.out and not out.exists()
 
 
 def test_group_must_divide_input_channels_when_weight_fits():
