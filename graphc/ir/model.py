@@ -6,6 +6,11 @@ does not carry (IR version, metadata, producer, opset imports of other domains).
 Guarantees:
 - ``load`` never modifies the input; ``Constant`` nodes become graph constants, so passes see every
   weight the same way whatever the exporter did (Paddle2ONNX stores all weights as Constant nodes).
+- What can be checked at load is checked at load (:mod:`graphc.ir.validate`; a graph with no
+  outputs is refused), and shape declarations onnxruntime ignores but the checker enforces are
+  repaired, one warning per kind (:mod:`graphc.ir.declarations`).
+- Graph inputs that have an initializer (IR >= 4: a default the caller may override) stay graph
+  inputs, and their defaults are written back with them.
 - External data is resolved relative to the model's folder and refused when its ``location`` is
   absolute or escapes the folder (``..``).
 - ``save`` writes to a temporary file in the destination folder, checks it with
@@ -82,7 +87,9 @@ class Model:
 
     def copy(self) -> "Model":
         """A deep-enough copy: a new graph (tensors shared by value), same model fields."""
-        return from_proto(to_proto(self), source=self.source, infer=False)
+        copied = from_proto(to_proto(self), source=self.source, infer=False)
+        copied.checker_error = self.checker_error
+        return copied
 
 
 # ---------------------------------------------------------------------------------------------
