@@ -84,15 +84,27 @@ def repair_declarations(proto: onnx.ModelProto, outside: Mapping[str, np.ndarray
     declared_info = {v.name: _dims(v.type) for v in proto.graph.value_info}
     for out in light.graph.output:
         out.type.tensor_type.ClearField("shape")
-    try:
-        inferred = onnx.shape_inference.infer_shapes(light, strict_mode=False)
-    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
-        raise ModelError(f"shape inference fails on the input: {_first_line(exc)}") from None
+    inferred, strict_error = _infer(light)
     types = {v.name: v.type for v in [*inferred.graph.input, *inferred.graph.value_info, *inferred.graph.output]}
     repairs = _decide(declared_outputs, declared_info, types)
     check_groups(proto.graph, types)
-    repairs.checker_error = _checker_error(light, list(proto.graph.output), inferred, repairs)
+    repairs.checker_error = strict_error or _checker_error(light, list(proto.graph.output), inferred, repairs)
     return repairs
+
+
+def _infer(light: onnx.ModelProto) -> tuple[onnx.ModelProto, str | None]:
+    """Shapes as the full checker infers them (strict, types checked), and its complaint if it has
+    one; then again leniently, for the repairs. The outputs carry no declared shapes, so strict
+    inference only fails on what the repairs cannot fix, and the full check of the repaired model
+    reduces to this plus the plain checker."""
+    try:
+        return onnx.shape_inference.infer_shapes(light, check_type=True, strict_mode=True), None
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
+        strict_error = _first_line(exc)
+    try:
+        return onnx.shape_inference.infer_shapes(light, strict_mode=False), strict_error
+    except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError, RuntimeError) as exc:
+        raise ModelError(f"shape inference fails on the input: {_first_line(exc)}") from None
 
 
 def _light_copy(proto: onnx.ModelProto, outside: Mapping[str, np.ndarray],
@@ -180,13 +192,14 @@ def check_groups(graph: onnx.GraphProto, types: Mapping[str, onnx.TypeProto]) ->
 
 def _checker_error(light: onnx.ModelProto, original: list, inferred: onnx.ModelProto,
                    repairs: Repairs) -> str | None:
-    """The full checker on the light copy with the output declarations after repair."""
+    """The plain checker on the light copy with the output declarations after repair (strict
+    inference already ran in :func:`_infer`)."""
     inferred_outputs = {o.name: o for o in inferred.graph.output}
     outputs = [inferred_outputs[o.name] if o.name in repairs.shapes else o for o in original]
     del light.graph.output[:]
     light.graph.output.extend(outputs)
     try:
-        onnx.checker.check_model(light, full_check=True)
+        onnx.checker.check_model(light)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         return _first_line(exc)
     return None
