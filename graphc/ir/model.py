@@ -48,6 +48,7 @@ from graphc.ir import declarations, external, weight_io
 from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
                                       remove_abandoned_temp)
 from graphc.ir.structure import check_structure, find_cycle_free_order
+from graphc.ir.subgraphs import walk_graphs
 from graphc.ir.validate import validate_proto
 
 log = logging.getLogger(__name__)
@@ -214,7 +215,8 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         input_defaults=defaults,
         checker_error=checker_error,
     )
-    constant_nodes_to_constants(graph)
+    for _, scope in walk_graphs(graph):
+        constant_nodes_to_constants(scope)
     return model
 
 
