@@ -38,7 +38,7 @@ import onnx_graphsurgeon as gs
 from graphc.errors import DataError, RecipeError
 from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, require_savable, save
 from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
-from graphc.passmanager import PassManager, parse_pipeline
+from graphc.passmanager import PassManager, expand_preparation, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
 
 log = logging.getLogger(__name__)
@@ -239,7 +239,7 @@ def _checks_outputs(recipe: Recipe, labels: Any) -> bool:
 
 
 def _lossy_change(recipe: Recipe, run: Any) -> bool:
-    steps = parse_pipeline(recipe.pipeline).steps
+    steps = expand_preparation(parse_pipeline(recipe.pipeline)).steps
     # per instance: a pass may be exact under some options only (equalize{absorb-bias=data})
     return any(record.modified and not step.instantiate().exact for step, record in zip(steps, run.records))
 

@@ -1,17 +1,17 @@
 """Where the prune pass counts MACs: concrete input shapes and shapes measured where inference
 lost them.
 
-MACs need static shapes. In order: the user's ``--input-shape``; batch 1 when only the batch dim is
-dynamic; the first calibration sample's shapes. Shapes static inference cannot see (a Reshape
+MACs need static shapes: the user's ``--input-shape``, else the first calibration sample's shapes,
+else a nominal shape (batch 1, 224 for dynamic image sides; :mod:`graphc.calib.shapes`), said in
+one line (``ctx.note``) that the report shows. Shapes static inference cannot see (a Reshape
 target computed at run time) are measured by one run on zeros, as ``graphc stats`` does
 (:func:`graphc.ir.stats.measure_missing_shapes`). None of this reaches the rewrite, which relies
 on ``ctx.shapes()`` only.
 """
 from __future__ import annotations
 
-import numpy as np
-
 from graphc.analysis.budget import CostModel
+from graphc.calib.shapes import concrete_input_shapes
 from graphc.ir.shapes import infer_shapes
 from graphc.ir.stats import MAC_OPS, measure_missing_shapes, node_macs
 from graphc.passmanager import Context
@@ -19,30 +19,15 @@ from graphc.passmanager import Context
 
 def cost_shapes(ctx: Context, data):
     """Shapes to count MACs at, and where they came from (see the module docstring)."""
-    concrete = dict(ctx.input_shapes) if ctx.input_shapes else batch_one(ctx)
-    where = "at --input-shape" if ctx.input_shapes else "at batch 1"
-    if concrete is None and data is not None:
-        first = next(iter(data), None)
-        if first is not None:
-            concrete = {k: tuple(np.shape(v)) for k, v in first.items()}
-            where = "at the first calibration sample's shape"
-    if concrete is None:
-        return ctx.shapes(), "(the input has dynamic dims)"
-    shapes = ctx.cost_shapes() if ctx.input_shapes else infer_shapes(ctx.model, concrete)
-    return measured(ctx, shapes, concrete), where
-
-
-def batch_one(ctx: Context) -> dict | None:
-    """Every input's declared shape with a dynamic batch dim set to 1, or None if others are dynamic."""
     from graphc.calib.data import input_specs
 
-    concrete = {}
-    for spec in input_specs(ctx.model):
-        rest = spec.shape[1:]
-        if not spec.shape or any(d is None for d in rest):
-            return None
-        concrete[spec.name] = (1 if spec.shape[0] is None else spec.shape[0], *rest)
-    return concrete
+    concrete = concrete_input_shapes(input_specs(ctx.model), ctx.input_shapes, data)
+    origin = concrete.origin
+    if origin is not None and origin != "--input-shape":
+        ctx.note(f"prune counts MACs at {origin}")
+    where = {None: "at the declared shapes", "--input-shape": "at --input-shape"}.get(origin, f"at {origin}")
+    shapes = ctx.cost_shapes() if ctx.input_shapes else infer_shapes(ctx.model, concrete.shapes)
+    return measured(ctx, shapes, concrete.shapes), where
 
 
 def measured(ctx: Context, shapes: dict, concrete: dict) -> dict:

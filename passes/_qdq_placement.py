@@ -25,14 +25,17 @@ Two rewrites keep chains of element-wise ops on integers (both lossless up to qu
   the HardSigmoid, and the DQ that reads it uses the Q's scale times ``a``. onnxruntime runs the
   Add as QLinearAdd. HardSwish is ``x * HardSigmoid(x, 1/6, 1/2)``, so it becomes QLinearAdd then
   QLinearMul instead of DQ, HardSigmoid, Mul, Q in float.
-- **Affine maps folded into a DQ.** ``y = a h + b`` (a constant scalar ``Mul`` with ``a > 0``,
-  then optionally a constant scalar ``Add``; canonicalize leaves unfoldable affine maps in that
-  form) on a quantized ``h`` with scale ``s`` and zero point ``z`` is
+- **Affine maps folded into a DQ.** ``y = a h + b`` (a chain of constant scalar ``Mul`` by
+  positive constants and ``Add``, each the only reader of the one before, composed into one
+  ``a > 0`` and ``b``; canonicalize leaves unfoldable affine maps as one Mul then one Add) on a
+  quantized ``h`` with scale ``s`` and zero point ``z`` is
   ``a s (q - (z - b / (a s)))``: the Mul and Add disappear and readers of ``y`` read a DQ of
   ``h``'s integers with scale ``a s`` and zero point ``z - b / (a s)``. That zero point must be an
   integer, so ``h``'s scale is widened to ``b / (a k)`` with ``k = trunc(b / (a s))`` (by less
   than a factor ``1 + 1/k``; for ``|b / (a s)| < 1``, ``b`` is dropped: an error below one step of
-  ``y``). If the zero point leaves the integer range the Mul/Add stay, in float.
+  ``y``). If the zero point leaves the integer range the Mul/Add stay, in float. ``h`` must have
+  integers of its own: a fold never starts from another fold's output (that is a DQ of *its*
+  source's integers), so a chain broken by a second reader leaves the later part unfolded.
 
 Policy. With ``placement=auto`` (the default) the speed model (:mod:`graphc.passes._qdq_cost`)
 first picks which ops run on integers, by a minimum cut over estimated costs, and the planner
@@ -404,32 +407,48 @@ class Planner:
         source, value = operand
         if (not self._available(source) and not self._chosen(node)) or source.name in self.plan.provided:
             return False
+        if any(f.output is source for f in self.plan.folds):
+            # a fold's output is a DQ of its source's integers: it has no integers of its own
+            # to fold from (the chain through it stopped at a tensor with several readers)
+            return False
         if is_graph_output(self.graph, node.outputs[0]) or not self._keeps_shape(node, source):
             return False
         if not self._float_activation(node.outputs[0]):
             return False
-        nodes, scale, shift = [node], 1.0, 0.0
-        if node.op == "Mul":
-            if not value > 0:
-                return False
-            scale = value
-            users = consumers(node.outputs[0])
-            if (len(users) == 1 and is_standard_op(users[0], "Add") and "Add" in self.config.ops
-                    and not excluded(users[0], self.config.exclude)
-                    and (self.config.allowed is None or id(users[0]) in self.config.allowed)):
-                after = _scalar_operand(users[0])
-                if after is not None and after[0] is node.outputs[0] \
-                        and not is_graph_output(self.graph, users[0].outputs[0]):
-                    nodes.append(users[0])
-                    shift = after[1]
-        else:
-            shift = value
+        if node.op == "Mul" and not value > 0:
+            return False
+        nodes = [node]
+        scale, shift = (value, 0.0) if node.op == "Mul" else (1.0, value)
+        while (step := self._chain_step(nodes[-1])) is not None:
+            nodes.append(step[0])
+            scale, shift = step[1] * scale, step[1] * shift + step[2]
         out = nodes[-1].outputs[0]
         self._activation(source)
         self._activation(out)  # calibrated too: the fallback quantizes it on its own
         self.plan.folds.append(AffineFold(source, nodes, scale, shift, out))
         self.plan.quantized.extend(nodes)
         return True
+
+    def _chain_step(self, node: gs.Node) -> tuple[gs.Node, float, float] | None:
+        """(reader, c, d) when the only reader of ``node``'s output is a scalar Mul (``c > 0``,
+        ``d = 0``) or Add (``c = 1``, ``d`` its constant) that may join the fold: ``c y + d``."""
+        out = node.outputs[0]
+        users = consumers(out)
+        if len(users) != 1 or is_graph_output(self.graph, out):
+            return None
+        user = users[0]
+        if (not is_standard_op(user, "Mul", "Add") or user.op not in self.config.ops
+                or excluded(user, self.config.exclude)
+                or (self.config.allowed is not None and id(user) not in self.config.allowed)):
+            return None
+        operand = _scalar_operand(user)
+        if operand is None or operand[0] is not out or is_graph_output(self.graph, user.outputs[0]):
+            return None
+        if not self._keeps_shape(user, out) or not self._float_activation(user.outputs[0]):
+            return None
+        if user.op == "Mul":
+            return (user, operand[1], 0.0) if operand[1] > 0 else None
+        return user, 1.0, operand[1]
 
     def _keeps_shape(self, node: gs.Node, source: gs.Tensor) -> bool:
         """The scalar operand broadcasts without adding axes."""

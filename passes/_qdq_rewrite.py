@@ -224,6 +224,8 @@ class QdqWriter:
         ``source``'s integers, widening ``source``'s scale so the zero point is an integer.
         False (nothing changed) when impossible."""
         name = fold.source.name
+        if name in self.folded or not isinstance(fold.source, gs.Variable):
+            return False  # no integers of its own to read: its Q is never written
         params = self.params[name]
         s = float(params.scale)
         lo, nonneg, upper = self._bounds[name]

@@ -42,9 +42,9 @@ rewritten; MatMuls of two activations (attention scores) stay float, with a reas
 upgraded when nothing is rewritten. The pass records the format, the serialized model size before
 and after, and the latency of the float and the rewritten model (onnxruntime, one thread,
 alternating runs, medians) on the first calibration feed, or without data on a seeded random feed
-of the declared input shapes (``--input-shape`` for dynamic dims; a dynamic batch alone is 1):
-the latency of these kernels does not depend on the input values. Without data and with unknown
-shapes the latency is left out, with a reason; the size is always recorded.
+of the declared input shapes (``--input-shape`` for dynamic dims, else a nominal shape, said in a
+log line: :mod:`graphc.calib.shapes`): the latency of these kernels does not depend on the input
+values. The size is always recorded.
 """
 from __future__ import annotations
 

@@ -12,6 +12,7 @@ Sources never hold more than one feed at a time beyond what the user passed in.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -19,8 +20,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.calib.shapes import concrete_input_shapes
 from graphc.errors import DataError
 from graphc.ir.model import Model
+
+log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
 
@@ -176,19 +180,12 @@ class RandomSource(DataSource):
                  input_shapes: dict[str, tuple[int, ...]] | None = None):
         self.specs, self.n, self.seed = specs, n, seed
         self.description = f"random (seed {seed}, {n} samples)"
-        self.shapes = {}
-        for spec in specs:
-            given = (input_shapes or {}).get(spec.name)
-            if given is not None:
-                shape = tuple(given)
-            elif all(d is not None for d in spec.shape):
-                shape = spec.shape
-            elif spec.shape and all(d is not None for d in spec.shape[1:]):
-                shape = (1,) + tuple(spec.shape[1:])  # dynamic batch only
-            else:
-                raise DataError(f"input '{spec.name}' has dynamic dims {spec.shape}; give --input-shape "
-                                f"{spec.name}:1x... or --data")
-            self.shapes[spec.name] = shape
+        concrete = concrete_input_shapes(specs, input_shapes)
+        self.shapes = concrete.shapes
+        if concrete.origin and concrete.origin != "--input-shape":
+            self.description += f" at {concrete.origin}"
+            level = logging.INFO if concrete.origin.startswith("batch 1") else logging.WARNING
+            log.log(level, "random inputs at %s", concrete.origin)
 
     def __len__(self):
         return self.n

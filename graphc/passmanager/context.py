@@ -69,6 +69,9 @@ class Context:
         self.seed = seed
         self._cache: dict[str, Any] = {}
         self.original: Model | None = None  # set by the pass manager: the model before the pipeline
+        #: what passes decided on their own that the user should know (shapes assumed for
+        #: dynamic inputs): logged once each, listed in the run's notes and the report
+        self.notes: list[str] = []
 
     @property
     def graph(self) -> gs.Graph:
@@ -94,6 +97,12 @@ class Context:
     def cost_shapes(self) -> dict[str, TensorInfo]:
         """Shapes at the user's ``input_shapes``; for MAC/budget estimates, never for rewrites."""
         return self.analysis(CostShapeAnalysis)
+
+    def note(self, text: str) -> None:
+        """Say ``text`` once per run: a warning line now, and a line of the report's notes."""
+        if text not in self.notes:
+            self.notes.append(text)
+            log.warning("%s", text)
 
     def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
         for key in [k for k in self._cache if k not in preserved]:

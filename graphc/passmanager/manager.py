@@ -25,7 +25,7 @@ from graphc.ir.stats import all_nodes
 from graphc.passmanager.base import Pass, PassResult
 from graphc.passmanager.context import Context
 from graphc.passmanager.memory import PeakRss, process_peak_rss
-from graphc.passmanager.pipeline import Pipeline, parse_pipeline, pipeline_from_passes
+from graphc.passmanager.pipeline import Pipeline, expand_preparation, parse_pipeline, pipeline_from_passes
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +53,9 @@ class RunReport:
     records: list[PassRecord]
     #: the process's peak RSS from its start to the end of the run (load and every pass included)
     peak_rss_bytes: int | None = None
+    #: what the manager decided on its own (passes inserted for another's preparation, shapes
+    #: assumed for dynamic inputs)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -87,12 +90,16 @@ class PassManager:
         instruments: Iterable[Instrument] = (),
         seed: int = 0,
         verify_data: Any = None,
+        prepare: bool = True,
     ):
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
         elif not isinstance(pipeline, Pipeline):
             pipeline = pipeline_from_passes(list(pipeline))
-        self.pipeline = pipeline
+        #: ``prepare=False`` runs the pipeline exactly as written (a pass tested on its own)
+        self.pipeline = expand_preparation(pipeline) if prepare else pipeline
+        for note in self.pipeline.notes:
+            log.info("%s", note)
         self.data = data
         self.input_shapes = input_shapes
         self.verify_each = verify_each
@@ -119,7 +126,7 @@ class PassManager:
             done.append(spec.name)
         model.metadata["graphc.pipeline"] = self.pipeline.text()
         model.metadata["graphc.version"] = __version__
-        return RunReport(self.pipeline.text(), records, process_peak_rss())
+        return RunReport(self.pipeline.text(), records, process_peak_rss(), [*self.pipeline.notes, *ctx.notes])
 
     def _run_one(self, step: Pass, text: str, ctx: Context, done: list[str]) -> PassRecord:
         graph = ctx.graph

@@ -78,6 +78,7 @@ def build_report(*, input_path: str | os.PathLike, output_path: str | os.PathLik
         "output": str(output_path) if output_path is not None else None,
         "output_written": output_written,
         "pipeline": run.pipeline,
+        "notes": list(run.notes),
         "recipe": recipe or {},
         "summary": summarize(before, after, verify, task, timing),
         "gates": gates,

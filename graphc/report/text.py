@@ -124,7 +124,8 @@ def localization_lines(loc: dict[str, Any] | None) -> list[str]:
 
 
 def opt_text(report: dict[str, Any]) -> str:
-    lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}", ""]
+    lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}"]
+    lines += [f"  {note}" for note in report.get("notes") or []] + [""]
     lines += passes_table(report["passes"])
     lines += [""] + _table([SUMMARY_HEADER] + summary_rows(report))
     lines += model_notes(report["after"] or report["before"])
@@ -199,6 +200,7 @@ def passes_text(catalog: list[dict[str, Any]]) -> str:
     lines = []
     for p in catalog:
         kind = ("exact" if p["exact"] else "lossy") + (", needs --data" if p["needs_data"] else "")
+        kind += f", runs {','.join(p['prepares'])} first" if p.get("prepares") else ""
         lines.append(f"{p['name']}  ({kind})")
         lines.append(f"    {p['summary']}")
         for o in p["options"]:

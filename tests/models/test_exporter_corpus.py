@@ -26,8 +26,7 @@ EXACT = ["cleanup", "fold-constants", "fold-bn", "canonicalize", "fold-bn,canoni
 LOSSY = ["quant", "prune", "factorize"]
 MAX_BYTES = 300_000
 
-KNOWN = {("tf2onnx_classifier", "quant"):
-         "pass 'quant' failed: KeyError: 'model/ApplyActivation_1/AddV2_1:0' in write_fold (branch quantfirst)"}
+KNOWN: dict[tuple[str, str], str] = {}  # (model, pipeline) -> the known failure
 
 
 def case(name: str, pipeline: str):

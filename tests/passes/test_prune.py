@@ -25,7 +25,7 @@ from graphc.ir.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
 from graphc.passes._prune_rounding import Rounding
 from prune_nets import Net, conv_matmul, feeds, resnetish
-from support import MODELS, ROOT, assert_valid, op_count, run
+from support import MODELS, ROOT, assert_valid, op_count, run, sqnr_over
 
 try:  # BLAS threads fight over 2 shared cores; one thread is several times faster there
     from threadpoolctl import threadpool_limits
@@ -290,10 +290,10 @@ def test_max_ratio_caps_every_group():
     assert _weight_shapes(model)["b1"][0] == 8 and _weight_shapes(model)["down"][0] == 16
 
 
-def test_flops_on_a_dynamic_model_needs_a_shape():
+def test_flops_on_a_dynamic_model_counts_at_given_data_or_nominal_shapes():
     model = resnetish(dynamic=True)
-    with pytest.raises(PassError, match="--input-shape"):
-        _prune(model.copy(), "prune{flops=0.5}")
+    nominal = _prune(model.copy(), "prune{flops=0.5 round-to=8}")  # no shape, no data: 1x3x224x224
+    assert nominal.stats["macs_after"] <= 0.5 * nominal.stats["macs_before"]
     record = _prune(model.copy(), "prune{flops=0.5 round-to=8}", input_shapes={"x": (1, 3, 8, 8)})
     assert record.stats["macs_after"] <= 0.5 * record.stats["macs_before"]
     data = IterableSource([{"x": np.zeros((1, 3, 8, 8), np.float32)}])       # the first sample's shape
@@ -463,13 +463,21 @@ def test_ppocr_pruned_at_80_percent_flops_with_reconstruction(kind, tmp_path):
     import ppocr_data
 
     model = graphc.load(path)
+    reference = model.copy()
     samples = ppocr_data.feeds(kind, 6, seed=0, det_side=128)
     shapes = {"x": (1, 3, 96, 128)} if kind == "det" else None
     record = _prune(model, "prune{flops=0.8}", data=IterableSource(samples), input_shapes=shapes)
     assert record.stats["refit"] > 10
     assert 0.78 <= record.stats["macs_after"] / record.stats["macs_before"] <= 0.8
-    assert np.isfinite(record.stats["calib_sqnr_db"])
     assert_valid(model, tmp_path)
+    # the pass's own SQNR is the SQNR of the saved result on its calibration samples, recomputed
+    # here in onnxruntime; measured det 14.0 dB, cls 32.0 dB. On 2 held-out inputs the repair
+    # generalizes much less (measured det 6.0 dB, cls 0.75 dB: 6 samples overfit cls's refit).
+    own = sqnr_over(reference, model, samples)
+    assert record.stats["calib_sqnr_db"] == pytest.approx(own, abs=0.01)
+    assert own > {"det": 13.0, "cls": 30.0}[kind]
+    held_out = sqnr_over(reference, model, ppocr_data.feeds(kind, 2, seed=7, det_side=128))
+    assert held_out > {"det": 5.0, "cls": 0.5}[kind]
 
 
 # -- random graphs --------------------------------------------------------------------------------

@@ -250,7 +250,7 @@ def test_a_budget_that_keeps_every_layer_float_leaves_the_model_alone():
     raised, and the pass says so."""
     model = _chain(opset=11)
     before = [n.op for n in model.graph.nodes]
-    record = graphc.PassManager("quant{placement=all calib=minmax min-sqnr=150}",
+    record = graphc.PassManager("quant{placement=all calib=minmax min-sqnr=150}", prepare=False,
                                 data=open_data(_feeds(), model)).run(model).records[-1]
     assert record.modified is False and model.opset == 11
     assert [n.op for n in model.graph.nodes] == before
