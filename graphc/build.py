@@ -36,7 +36,7 @@ from typing import Any, Iterable
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError, RecipeError
-from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, save
+from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, require_savable, save
 from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 from graphc.passmanager import PassManager, expand_preparation, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
@@ -180,6 +180,7 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
     out = check_outputs(source, recipe.outputs.model, recipe.outputs.report, data_files(recipe))
     shapes = input_shapes(recipe)
     model = load(source)
+    require_savable(model)
     before = model_summary(model, path=source, input_shapes=shapes)
     images = image_options(recipe.image)
     data = recipe.data
