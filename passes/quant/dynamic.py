@@ -30,7 +30,8 @@ whose MACs at the cost shapes (``ctx.cost_shapes()``: ``--input-shape``, else ba
 
 Left float, with a reason: MatMuls of two activations (attention), non-2-D or non-float32
 weights, Gemm with ``transA``, Gemm whose ``C`` is computed at run time and scaled by ``beta``.
-Conv (ConvInteger) and LSTM/GRU (``com.microsoft.DynamicQuantizeLSTM``) are not rewritten in this
+Embedding tables (Gather of a constant float table) are stored as int8 rows
+(:mod:`graphc.passes.quant.embedding`). Conv (ConvInteger) and LSTM/GRU (``com.microsoft.DynamicQuantizeLSTM``) are not rewritten in this
 mode: not measured yet, so not claimed to pay.
 """
 from __future__ import annotations
@@ -43,6 +44,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, is_standard_op, node_label, node_macs
+from graphc.passes.quant.embedding import quantize_embeddings
 from graphc.passes.quant.weights_only import weight_kn, weight_of
 from graphc.passmanager import Context, PassResult
 
@@ -171,15 +173,14 @@ class DynamicWriter:
 
 
 def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
-    """The quant pass with ``activations=dynamic``: int8 weights, activations quantized at run time."""
+    """The quant pass with ``activations=dynamic``: int8 MatMul/Gemm weights with activations
+    quantized at run time, and int8 embedding tables (:mod:`graphc.passes.quant.embedding`)."""
     opts = quant_pass.options
     result = PassResult(modified=False)
-    if not dynamic_targets(graph, opts, ctx.cost_shapes(), PassResult(modified=False)):
-        dynamic_targets(graph, opts, ctx.cost_shapes(), result)  # the reasons, once
-        return result
-    if ctx.require_opset(DYNAMIC_OPSET):
+    if dynamic_targets(graph, opts, ctx.cost_shapes(), PassResult(modified=False)) \
+            and ctx.require_opset(DYNAMIC_OPSET):
         result.count("opset_upgraded_to", DYNAMIC_OPSET)
-        graph = ctx.graph
+        graph = ctx.graph  # new node objects
     targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result)
     writer = DynamicWriter(graph, opts.per_channel)
     for target in targets:
@@ -187,7 +188,13 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
         result.details.append({"node": target.node.name or node_label(target.node), "op": target.node.op,
                                "precision": "int8 dynamic"})
         writer.rewrite(target)
-    result.count("dynamic_quantize_linear", len(writer.quantized))
+    tables = quantize_embeddings(graph, opts.exclude, result)
+    if not targets and not tables:
+        return result
+    if writer.quantized:
+        result.count("dynamic_quantize_linear", len(writer.quantized))
+    if tables:
+        result.count("quantized_Gather", tables)
     graph.cleanup()
     result.stats["activations"] = "dynamic"
     result.modified = True

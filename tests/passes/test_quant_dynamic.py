@@ -233,3 +233,70 @@ def test_transformer_digits_accuracy_and_size(tmp_path):
     cosines = [_cosine(a, b) for a, b in zip(ref, got)]
     assert np.mean(cosines) > 0.999
     assert np.mean(ref.argmax(1) == got.argmax(1)) >= 0.99
+
+
+# -- embedding tables ------------------------------------------------------------------------------
+
+def _embedding_model(vocab=4096, dim=32):
+    """ids[2, 5] -> Gather(table[vocab, dim]) -> emb; a small table (10 x 4) -> pos; and a
+    Gather of a shape (int64 data) that is no embedding."""
+    table = (RNG.standard_normal((vocab, dim)) * np.linspace(0.01, 2.0, vocab)[:, None]).astype(np.float32)
+    small = RNG.standard_normal((10, 4)).astype(np.float32)
+    inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(small, "small"),
+             numpy_helper.from_array(np.array(1, np.int64), "one")]
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+             helper.make_node("Gather", ["small", "pos_ids"], ["pos"], name="pos_embed"),
+             helper.make_node("Shape", ["ids"], ["shape"], name="shape"),
+             helper.make_node("Gather", ["shape", "one"], ["length"], name="length")]
+    graph = helper.make_graph(
+        nodes, "emb", [helper.make_tensor_value_info("ids", TensorProto.INT64, [2, 5]),
+                       helper.make_tensor_value_info("pos_ids", TensorProto.INT64, [5])],
+        [helper.make_tensor_value_info("emb", TensorProto.FLOAT, [2, 5, dim]),
+         helper.make_tensor_value_info("pos", TensorProto.FLOAT, [5, 4]),
+         helper.make_tensor_value_info("length", TensorProto.INT64, [])], inits)
+    return graphc.load(make_model(graph, opset=13)), table
+
+
+def test_embedding_table_is_stored_as_int8_rows(tmp_path):
+    model, table = _embedding_model()
+    out, record = _quant(model, "quant{activations=dynamic}")
+    assert record.stats["quantized_Gather"] == 1 and "quantized_MatMul" not in record.stats
+    assert record.skipped == {"embedding: table smaller than 65536 elements": 1}
+    assert op_count(out, "Gather") == 4 and op_count(out, "Cast") == 1 and op_count(out, "Mul") == 1
+    path = assert_valid(out, tmp_path)
+    before = graphc.save(model, tmp_path / "float.onnx").stat().st_size
+    assert path.stat().st_size < 0.3 * before  # int8 rows + one float scale per row
+    ids = RNG.integers(0, 4096, (2, 5)).astype(np.int64)
+    feeds = {"ids": ids, "pos_ids": np.arange(5, dtype=np.int64)}
+    emb, pos, length = run(path, feeds)
+    ref_emb, ref_pos, ref_length = run(to_proto(model), feeds)
+    np.testing.assert_array_equal(pos, ref_pos)
+    assert length == ref_length
+    row_scale = np.abs(table.astype(np.float64)).max(axis=1) / 127  # independent of the pass
+    assert np.all(np.abs(emb - ref_emb) <= row_scale[ids][..., None] / 2 + 1e-6)
+    assert _cosine(emb, ref_emb) > 0.9999
+
+
+def test_embedding_stays_int8_in_the_onnxruntime_session(tmp_path):
+    """onnxruntime must not fold the table back to float when the session loads."""
+    model, _ = _embedding_model()
+    out, _ = _quant(model, "quant{activations=dynamic}")
+    path = graphc.save(out, tmp_path / "emb.onnx")
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+    ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    inits = {i.name: (i.data_type, tuple(i.dims)) for i in onnx.load(tmp_path / "opt.onnx").graph.initializer}
+    assert (TensorProto.INT8, (4096, 32)) in inits.values()
+    assert (TensorProto.FLOAT, (4096, 32)) not in inits.values()
+
+
+def test_embedding_second_run_and_exclude():
+    model, _ = _embedding_model(vocab=70000, dim=4)  # its [V, 1] row scales are large enough too
+    out, _ = _quant(model, "quant{activations=dynamic}")
+    again = out.copy()
+    result = Quantize(Quantize.Options(activations="dynamic")).run(again.graph, Context(again))
+    assert result.modified is False and len(again.graph.nodes) == len(out.graph.nodes)
+    out, record = _quant(model, "quant{activations=dynamic exclude=embed}")
+    assert record.modified is False and op_count(out, "Cast") == 0
