@@ -31,8 +31,9 @@ whose MACs at the cost shapes (``ctx.cost_shapes()``: ``--input-shape``, else ba
 Left float, with a reason: MatMuls of two activations (attention), non-2-D or non-float32
 weights, Gemm with ``transA``, Gemm whose ``C`` is computed at run time and scaled by ``beta``.
 Embedding tables (Gather of a constant float table) are stored as int8 rows
-(:mod:`graphc.passes.quant.embedding`). Conv (ConvInteger) and LSTM/GRU (``com.microsoft.DynamicQuantizeLSTM``) are not rewritten in this
-mode: not measured yet, so not claimed to pay.
+(:mod:`graphc.passes.quant.embedding`); LSTMs become onnxruntime's DynamicQuantizeLSTM
+(:mod:`graphc.passes.quant.recurrent`; GRU/RNN stay float: no integer kernel). Conv
+(ConvInteger) is not rewritten in this mode: not measured, so not claimed to pay.
 """
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, is_standard_op, node_label, node_macs
 from graphc.passes.quant.embedding import quantize_embeddings
+from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import weight_kn, weight_of
 from graphc.passmanager import Context, PassResult
 
@@ -189,8 +191,11 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
                                "precision": "int8 dynamic"})
         writer.rewrite(target)
     tables = quantize_embeddings(graph, opts.exclude, result)
-    if not targets and not tables:
+    lstms = quantize_lstms(graph, opts, result)
+    if not targets and not tables and not lstms:
         return result
+    if lstms:
+        result.count("quantized_LSTM", lstms)
     if writer.quantized:
         result.count("dynamic_quantize_linear", len(writer.quantized))
     if tables:

@@ -300,3 +300,57 @@ def test_embedding_second_run_and_exclude():
     assert result.modified is False and len(again.graph.nodes) == len(out.graph.nodes)
     out, record = _quant(model, "quant{activations=dynamic exclude=embed}")
     assert record.modified is False and op_count(out, "Cast") == 0
+
+
+# -- LSTM -> DynamicQuantizeLSTM -----------------------------------------------------------------
+
+def _lstm_model(hidden=64, inputs=48, gru=False):
+    """x[T=6, B=2, inputs] -> bidirectional LSTM (W, R, B constant) -> Y, Y_h; ``gru``: also a GRU."""
+    w = (RNG.standard_normal((2, 4 * hidden, inputs)) / inputs ** 0.5).astype(np.float32)
+    r = (RNG.standard_normal((2, 4 * hidden, hidden)) / hidden ** 0.5).astype(np.float32)
+    b = (RNG.standard_normal((2, 8 * hidden)) * 0.1).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W"), numpy_helper.from_array(r, "R"), numpy_helper.from_array(b, "B")]
+    nodes = [helper.make_node("LSTM", ["x", "W", "R", "B"], ["y", "y_h"], hidden_size=hidden,
+                              direction="bidirectional", name="lstm")]
+    outputs = [helper.make_tensor_value_info("y", TensorProto.FLOAT, [6, 2, 2, hidden]),
+               helper.make_tensor_value_info("y_h", TensorProto.FLOAT, [2, 2, hidden])]
+    if gru:
+        gw = (RNG.standard_normal((1, 3 * hidden, inputs)) / inputs ** 0.5).astype(np.float32)
+        gr = (RNG.standard_normal((1, 3 * hidden, hidden)) / hidden ** 0.5).astype(np.float32)
+        inits += [numpy_helper.from_array(gw, "GW"), numpy_helper.from_array(gr, "GR")]
+        nodes.append(helper.make_node("GRU", ["x", "GW", "GR"], ["g"], hidden_size=hidden, name="gru"))
+        outputs.append(helper.make_tensor_value_info("g", TensorProto.FLOAT, [6, 1, 2, hidden]))
+    graph = helper.make_graph(nodes, "rnn", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [6, 2, inputs])],
+                              outputs, inits)
+    return graphc.load(make_model(graph, opset=13)), w, r
+
+
+def test_lstm_becomes_dynamic_quantize_lstm(tmp_path):
+    model, w, r = _lstm_model(gru=True)
+    out, record = _quant(model, "quant{activations=dynamic}")
+    assert record.stats["quantized_LSTM"] == 1 and op_count(out, "LSTM") == 0
+    assert record.skipped == {"dynamic: GRU stays float (onnxruntime has no integer GRU kernel)": 1}
+    node = next(n for n in out.graph.nodes if n.op == "DynamicQuantizeLSTM")
+    assert node.domain == "com.microsoft" and node.attrs["hidden_size"] == 64 and len(node.inputs) == 12
+    wq, sw, rq, sr = (np.asarray(node.inputs[i].values) for i in (1, 8, 2, 10))
+    for q, s, orig in ((wq, sw, w), (rq, sr, r)):  # scales per gate unit, from the original weights
+        np.testing.assert_allclose(s, np.abs(orig).max(axis=2) / 127, rtol=1e-6)
+        assert q.dtype == np.int8 and q.shape == (2, orig.shape[2], orig.shape[1])
+        assert np.all(np.abs(q.transpose(0, 2, 1) * s[..., None].astype(np.float64) - orig) <= s[..., None] / 2 + 1e-7)
+    path = assert_valid(out, tmp_path)
+    x = RNG.standard_normal((6, 2, 48)).astype(np.float32)
+    ref, got = run(to_proto(model), {"x": x}), run(path, {"x": x})
+    np.testing.assert_array_equal(got[2], ref[2])  # the GRU is untouched
+    assert _cosine(got[0], ref[0]) > 0.999 and _cosine(got[1], ref[1]) > 0.999
+    again = out.copy()
+    result = Quantize(Quantize.Options(activations="dynamic")).run(again.graph, Context(again))
+    assert result.modified is False
+
+
+def test_small_lstm_stays_float_with_auto_placement():
+    model, _, _ = _lstm_model(hidden=16, inputs=16)
+    out, record = _quant(model, "quant{activations=dynamic}")
+    assert record.modified is False and op_count(out, "LSTM") == 1
+    assert record.skipped == {"dynamic: LSTM hidden_size below 64 (its integer kernel does not pay)": 1}
+    out, record = _quant(model, "quant{activations=dynamic placement=all}")
+    assert op_count(out, "DynamicQuantizeLSTM") == 1
