@@ -58,17 +58,18 @@ HIDDEN = 384
 FFN = 1536
 TOKENS = 128
 SEED = 0
+VOCAB, EMBED, LSTM_HIDDEN, CLASSES, STEPS = 30522, 128, 256, 8210, 40
 GRAPHC = [("graphc quant, no data", "quant"), ("graphc dynamic, all", "quant{activations=dynamic placement=all}")]
 ORT = [("ort quantize_dynamic", False), ("ort quantize_dynamic per_channel", True)]
-ROUNDS = {"batch 1": 400, "batch 64": 100, f"M={TOKENS}": 100}
+ROUNDS = {"batch 1": 400, "batch 64": 100, f"M={TOKENS}": 100, f"T={STEPS}": 40}
 WEIGHT_OPS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulIntegerToFloat", "DynamicQuantizeMatMul",
-              "MatMulInteger", "DynamicQuantizeLinear")
+              "MatMulInteger", "DynamicQuantizeLinear", "LSTM", "DynamicQuantizeLSTM", "Gather", "DequantizeLinear")
 
 
 class Row(NamedTuple):
     variant: str
     size_ratio: float
-    speed: dict[str, float]
+    speed: dict[str, tuple[float, float, float]]  # feed -> (median ratio, p25, p75 of per-round ratios)
     cosine: float
     agreement: float | None
     accuracy: float | None
@@ -91,6 +92,34 @@ def build_mlp_stack(layers: int = LAYERS, seed: int = SEED) -> bytes:
         h = out
     graph = helper.make_graph(nodes, "mlp_stack", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["M", HIDDEN])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["M", HIDDEN])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_quant_dynamic")
+    model.ir_version = 8
+    return model.SerializeToString()
+
+
+def build_sequence_model(seed: int = SEED) -> bytes:
+    """ids [T, 1] -> Gather(table [VOCAB, EMBED]) -> bidirectional LSTM (hidden LSTM_HIDDEN) ->
+    [T, 2 LSTM_HIDDEN] -> Gemm(W [CLASSES, 2 LSTM_HIDDEN], transB=1) + b: a recognizer's shape
+    with an embedding in front; seeded weights."""
+    rng = np.random.default_rng(seed)
+    h, e = LSTM_HIDDEN, EMBED
+
+    def normal(shape, fan_in):
+        return onnx.numpy_helper.from_array(rng.standard_normal(shape, dtype=np.float32) / np.float32(np.sqrt(fan_in)))
+
+    inits = {"table": normal((VOCAB, e), 1), "W": normal((2, 4 * h, e), e), "R": normal((2, 4 * h, h), h),
+             "head": normal((CLASSES, 2 * h), 2 * h), "head_b": normal((CLASSES,), 100),
+             "flat": onnx.numpy_helper.from_array(np.array([-1, 2 * h], np.int64))}
+    for name, tensor in inits.items():
+        tensor.name = name
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["emb"], name="embed"),
+             helper.make_node("LSTM", ["emb", "W", "R"], ["y"], hidden_size=h, direction="bidirectional", name="lstm"),
+             helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1, 3], name="to_tbdh"),
+             helper.make_node("Reshape", ["yt", "flat"], ["feat"], name="flatten"),
+             helper.make_node("Gemm", ["feat", "head", "head_b"], ["logits"], transB=1, name="head")]
+    graph = helper.make_graph(nodes, "sequence", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["T", 1])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["T", CLASSES])],
+                              list(inits.values()))
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="bench_quant_dynamic")
     model.ir_version = 8
     return model.SerializeToString()
@@ -137,44 +166,57 @@ def speedups(models: dict[str, bytes], timing_feeds: dict[str, dict]) -> dict[st
     for feed_label, feed in timing_feeds.items():
         for label, blob in models.items():
             if label == "float":
-                speed[label][feed_label] = 1.0
+                speed[label][feed_label] = (1.0, 1.0, 1.0)
                 continue
             log.info("quant dynamic: %s, %s", label, feed_label)
-            speed[label][feed_label] = compare_latency(models["float"], blob, feed, threads=THREADS, warmup=5,
-                                                       rounds=ROUNDS[feed_label]).ratio
-    speed["graphc vs ort"] = {
-        feed_label: compare_latency(models[ORT[1][0]], models[GRAPHC[1][0]], feed, threads=THREADS, warmup=5,
-                                    rounds=ROUNDS[feed_label]).ratio
-        for feed_label, feed in timing_feeds.items()}
+            speed[label][feed_label] = _ratio(models["float"], blob, feed, ROUNDS[feed_label])
+    speed["graphc vs ort"] = {feed_label: _ratio(models[ORT[1][0]], models[GRAPHC[1][0]], feed, ROUNDS[feed_label])
+                              for feed_label, feed in timing_feeds.items()}
     return speed
 
 
-def measure(models: dict[str, bytes], timing_feeds: dict, eval_feed: dict, labels) -> tuple[list[Row], dict]:
+def _ratio(a: bytes, b: bytes, feed: dict, rounds: int) -> tuple[float, float, float]:
+    """Median A / median B, and the 25th-75th percentiles of the per-round ratios."""
+    cmp = compare_latency(a, b, feed, threads=THREADS, warmup=5, rounds=rounds)
+    per_round = np.asarray(cmp.a.times_ms) / np.asarray(cmp.b.times_ms)
+    low, high = np.percentile(per_round, [25, 75])
+    return cmp.ratio, float(low), float(high)
+
+
+def measure(models: dict[str, bytes], timing_feeds: dict, eval_feed: dict, labels,
+            per_row: bool = False) -> tuple[list[Row], dict]:
+    """``labels`` (or ``per_row``): cosine and top-1 per output row; else one cosine overall."""
     reference = outputs(models["float"], eval_feed)
     speed = speedups(models, timing_feeds)
     rows = []
+    rowwise = labels is not None or per_row
     for label, blob in models.items():
         got = outputs(blob, eval_feed)
-        per_sample = np.mean([cosine(r, g) for r, g in zip(reference, got)]) if labels is not None \
-            else cosine(reference, got)
-        rows.append(Row(label, len(blob) / len(models["float"]), speed[label], float(per_sample),
-                        top1_agreement(reference, got) if labels is not None else None,
+        cos = np.mean([cosine(r, g) for r, g in zip(reference, got)]) if rowwise else cosine(reference, got)
+        rows.append(Row(label, len(blob) / len(models["float"]), speed[label], float(cos),
+                        top1_agreement(reference, got) if rowwise else None,
                         float(np.mean(np.argmax(got, -1) == labels)) if labels is not None else None,
                         weight_kernels(blob)))
     return rows, speed["graphc vs ort"]
 
 
+def _fmt_speed(speed: tuple[float, float, float]) -> str:
+    ratio, low, high = speed
+    return "1.00x" if (low, high) == (1.0, 1.0) else f"{ratio:.2f}x ({low:.2f}-{high:.2f})"
+
+
 def table(rows: list[Row]) -> str:
     feeds = list(rows[0].speed)
-    with_top1 = rows[0].agreement is not None
+    with_top1, with_acc = rows[0].agreement is not None, rows[0].accuracy is not None
     head = ["variant", "size vs float", *[f"speed vs float, {f}" for f in feeds], "cosine vs float"]
-    head += ["top-1 agreement", "top-1 accuracy"] if with_top1 else []
+    head += ["top-1 agreement"] if with_top1 else []
+    head += ["top-1 accuracy"] if with_acc else []
     head.append("onnxruntime runs")
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in rows:
-        cells = [r.variant, f"{r.size_ratio:.3f}x", *[f"{r.speed[f]:.2f}x" for f in feeds], f"{r.cosine:.5f}"]
-        if with_top1:
-            cells += [f"{r.agreement:.4f}", f"{100 * r.accuracy:.2f}%"]
+        cells = [r.variant, f"{r.size_ratio:.3f}x", *[_fmt_speed(r.speed[f]) for f in feeds], f"{r.cosine:.5f}"]
+        cells += [f"{r.agreement:.4f}"] if with_top1 else []
+        cells += [f"{100 * r.accuracy:.2f}%"] if with_acc else []
         cells.append(r.kernel)
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -184,10 +226,22 @@ def verdict(rows: list[Row], direct: dict[str, float]) -> str:
     """One sentence from the measured values: graphc's dynamic-all against ort per-channel."""
     by = {r.variant: r for r in rows}
     ours, theirs = by[GRAPHC[1][0]], by[ORT[1][0]]
-    speed = ", ".join(f"{ratio:.2f}x at {feed}" for feed, ratio in direct.items())
+    speed = ", ".join(f"{_fmt_speed(ratio)} at {feed}" for feed, ratio in direct.items())
+    same = all(low <= 1.0 <= high for _, low, high in direct.values())
     return (f"graphc `dynamic, all` against ort per-channel `quantize_dynamic`: size {ours.size_ratio / theirs.size_ratio:.2f}x "
             f"of ort's, cosine vs float {ours.cosine:.5f} against {theirs.cosine:.5f}, speed (ort median / graphc "
-            f"median, alternated directly) {speed}.")
+            f"median, alternated directly; per-round 25th-75th percentiles in brackets) {speed}"
+            + ("; the brackets hold 1.0: no speed difference this run can resolve." if same else "."))
+
+
+def _load_note(load: float) -> str:
+    """A sentence on how far to trust the timings, from the measured load."""
+    cpus = os.cpu_count() or 1
+    if load <= cpus:
+        return "The machine was not oversubscribed during the run."
+    return (f"The machine was oversubscribed (load {load:.1f} on {cpus} CPUs): rows that run the same kernels "
+            "can differ by more than their brackets, so read the speeds as rough; sizes, cosines and kernels "
+            "do not depend on the load.")
 
 
 def run() -> str:
@@ -199,17 +253,25 @@ def run() -> str:
         {"input": test["input"]}, test["labels"])
     x = np.random.default_rng(SEED + 1).standard_normal((TOKENS, HIDDEN), dtype=np.float32)
     stack, stack_direct = measure(variants(build_mlp_stack()), {f"M={TOKENS}": {"x": x}}, {"x": x}, None)
+    ids = np.random.default_rng(SEED + 2).integers(0, VOCAB, (STEPS, 1)).astype(np.int64)
+    sequence, sequence_direct = measure(variants(build_sequence_model()), {f"T={STEPS}": {"ids": ids}}, {"ids": ids},
+                                        None, per_row=True)
     load_after = os.getloadavg()[0]
     return (
         f"Float anchor = 1.00x. Speed = float median / variant median (alternated A/B, {THREADS} threads, > 1 is "
         f"faster). {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before and {load_after:.1f} after "
-        "the run. Last column: the weight ops in onnxruntime's optimized graph.\n\n"
+        "the run. Last column: the weight ops in onnxruntime's optimized graph. "
+        + _load_note(max(load_before, load_after)) + "\n\n"
         "**transformer_digits** (cosine = mean per-image cosine of the logits; top-1 on the 450 digits_test "
         "images; latency on one test image and on 64 calibration images):\n\n"
         + table(digits) + "\n\n" + verdict(digits, digits_direct)
         + f"\n\n**{LAYERS} x MLP block {HIDDEN}->{FFN}->{HIDDEN}** (synthetic, seeded; cosine and latency on a "
         f"[{TOKENS}, {HIDDEN}] normal input):\n\n"
-        + table(stack) + "\n\n" + verdict(stack, stack_direct) + "\n"
+        + table(stack) + "\n\n" + verdict(stack, stack_direct)
+        + f"\n\n**sequence model**: embedding {VOCAB}x{EMBED} (Gather), bidirectional LSTM hidden {LSTM_HIDDEN}, "
+        f"Gemm {2 * LSTM_HIDDEN}->{CLASSES} (synthetic, seeded; {STEPS} steps, batch 1; cosine = mean per-step cosine "
+        "of the logits, top-1 agreement = per-step argmax, as a greedy decoder reads it):\n\n"
+        + table(sequence) + "\n\n" + verdict(sequence, sequence_direct) + "\n"
     )
 
 

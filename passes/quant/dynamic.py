@@ -33,7 +33,9 @@ weights, Gemm with ``transA``, Gemm whose ``C`` is computed at run time and scal
 Embedding tables (Gather of a constant float table) are stored as int8 rows
 (:mod:`graphc.passes.quant.embedding`); LSTMs become onnxruntime's DynamicQuantizeLSTM
 (:mod:`graphc.passes.quant.recurrent`; GRU/RNN stay float: no integer kernel). Conv
-(ConvInteger) is not rewritten in this mode: not measured, so not claimed to pay.
+(ConvInteger) is not rewritten in this mode: a scratch measurement on an oversubscribed machine
+(load 14 on 2 CPUs) gave implausible ratios (12-14x on 3x3 Convs, 1.25x on a 1x1), so it is not
+claimed to pay until measured on a quiet one; static QDQ is the mode for Conv networks.
 """
 from __future__ import annotations
 
