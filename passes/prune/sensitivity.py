@@ -9,9 +9,9 @@ unpruned model, ``10 log10(sum ref^2 / sum (ref - got)^2)``; the budget solver's
 
 Cost: one onnxruntime session per (group, ratio) over ``samples`` feeds held in memory with their
 reference outputs. Cases run on ``workers`` threads (onnxruntime releases the GIL while it runs),
-one intra-op thread each, so two cores work in parallel; a progress bar counts cases. Like the
-calibration code, this module runs models (through :mod:`graphc.runtime`); passes call it, they
-do not create sessions themselves.
+one intra-op thread each, so two cores work in parallel; a progress bar counts cases. The models
+run through :mod:`graphc.verify.scores` (reference outputs once, then one score per case): no
+session is created here.
 """
 from __future__ import annotations
 

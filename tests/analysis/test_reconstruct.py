@@ -9,7 +9,7 @@ from graphc.passes.prune.reconstruct import removed_features, solve
 from graphc.calib.data import IterableSource
 from graphc.passmanager import PassManager
 from support import node_named, run
-from tiny import Net, image
+from nets import Net, image
 
 
 def _augmented(p: np.ndarray) -> np.ndarray:

@@ -24,7 +24,8 @@ from graphc.ir import infer_shapes, to_proto
 from graphc.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
 from graphc.passes.prune.rounding import Rounding
-from prune_nets import Net, conv_matmul, feeds, resnetish
+from nets import Net
+from prune_nets import conv_matmul, feeds, resnetish
 from support import MODELS, ROOT, assert_valid, op_count, run
 
 try:  # BLAS threads fight over 2 shared cores; one thread is several times faster there
@@ -107,7 +108,7 @@ def test_ratio_prunes_every_prunable_group_and_the_model_stays_valid(tmp_path):
 
 def test_a_model_without_prunable_groups_is_left_alone():
     n = Net(0)
-    y = n.conv("x", 3, 8, name="only")          # its output is the graph output: blocked
+    y = n.conv(n.input("x", (2, 3, 8, 8)), 3, 8, name="only")  # its output is the graph output: blocked
     model = n.model(y)
     before = _bytes(model)
     record = _prune(model, "prune{ratio=0.5}")

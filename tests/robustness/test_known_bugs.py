@@ -16,7 +16,6 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphc
-from graphc.ir import to_proto
 from graphc.stats import model_stats
 from support import make_model
 

@@ -1,4 +1,5 @@
-"""Tiny ONNX graphs for the channel-analysis tests, built with onnx.helper and random weights."""
+"""The test-net builder: tiny ONNX graphs built layer by layer with onnx.helper and seeded random
+weights (the channel-analysis tests, and the prune models of ``passes/prune_nets.py``)."""
 from __future__ import annotations
 
 import numpy as np
