@@ -117,6 +117,8 @@ class PassManager:
     def run(self, model: Model) -> RunReport:
         """Run every pass on ``model`` in place; returns the per-pass records."""
         steps = [(spec, spec.instantiate()) for spec in self.pipeline.steps]
+        if self.data is None:  # a pass that can do without the data substitutes itself
+            steps = [(spec, _without_data(step)) for spec, step in steps]
         needing = [spec.name for spec, step in steps if step.requires_data()]
         if needing and self.data is None:
             raise DataError(f"pass '{needing[0]}' needs calibration data (--data)")
@@ -172,3 +174,11 @@ class PassManager:
         except GraphcError as exc:
             raise StructureError(f"pass '{step.name}' left an invalid graph{after}: {exc}",
                                  pass_name=step.name) from None
+
+
+def _without_data(step: Pass) -> Pass:
+    """``step``, or what it runs instead when it needs data and there is none (:meth:`Pass.without_data`)."""
+    if not step.requires_data():
+        return step
+    substitute = step.without_data()
+    return substitute if substitute is not None else step

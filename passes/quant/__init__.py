@@ -22,6 +22,12 @@ What it does:
 Steps 1-5 are :class:`graphc.passes.quant.quantizer.Quantizer`, which the error budget
 (:mod:`graphc.passes.quant.error_budget`) calls too.
 
+``activations=dynamic`` is the other mode (:mod:`graphc.passes.quant.dynamic`): int8
+per-channel MatMul/Gemm weights, activations quantized at run time (DynamicQuantizeLinear +
+MatMulInteger, which onnxruntime fuses into its DynamicQuantizeMatMul kernel), no calibration.
+``-p quant`` without ``--data`` runs it by itself (one log line says so) unless an option needs
+data (an error budget, bias correction).
+
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
 are kept, so ``graphc verify --localize`` can compare the float and the QDQ model. A model that
@@ -29,6 +35,7 @@ already holds Q/DQ nodes is left alone.
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -36,6 +43,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
 from graphc.ir import is_standard_op
+from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
@@ -62,7 +70,10 @@ class Quantize(Pass):
         calib: str = option("kl", "range calibration method", choices=("kl", "minmax", "percentile", "mse"))
         percentile: float = option(99.99, "percentile of |x| kept by calib=percentile", min=50.0, max=100.0)
         bits: int = option(8, "integer bits of weights and activations", min=2, max=8)
-        activations: str = option("u8", "activation integer type", choices=("u8", "s8"))
+        activations: str = option("u8", "activation integers: u8/s8 static (ranges calibrated on --data); "
+                                  "dynamic (u8 ranges computed at run time, MatMul/Gemm only, no data "
+                                  "needed; chosen by itself when there is no --data)",
+                                  choices=("u8", "s8", "dynamic"))
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
         symmetric_activations: bool = option(False, "zero point 0 (s8) / 128 (u8) for activations")
@@ -93,13 +104,25 @@ class Quantize(Pass):
 
         def __post_init__(self):
             check_options(self)
+            check_dynamic_options(self)
 
     def preparation(self) -> tuple[str, ...]:
         # weights-only rewrites MatMul/Gemm weights alone: no kernel fusion depends on the form
         return self.prepares if self.options.prepare and not self.options.weights_only else ()
 
     def requires_data(self) -> bool:
-        return not self.options.weights_only  # weights-only calibrates nothing; data only times the result
+        # weights-only and dynamic calibrate nothing (weights-only: data only times the result)
+        return not self.options.weights_only and self.options.activations != "dynamic"
+
+    def without_data(self) -> "Quantize | None":
+        """Without --data, static quantization becomes dynamic (nothing to calibrate) unless an
+        option needs the data (an error budget, bias correction)."""
+        opts = self.options
+        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.bias_correction:
+            return None
+        log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
+                    "(activation ranges computed at run time; quant{activations=dynamic})")
+        return Quantize(dataclasses.replace(opts, activations="dynamic"))
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
@@ -108,6 +131,8 @@ class Quantize(Pass):
             return result
         if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
             return run_weights_only(self, graph, ctx)
+        if self.options.activations == "dynamic":  # ranges computed at run time; data unused
+            return run_dynamic(self, graph, ctx)
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
         if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:

@@ -387,13 +387,14 @@ def test_weights_only_cli_without_data(tmp_path, capsys):
 
 
 def test_static_quant_without_data_still_refused(tmp_path, capsys):
+    """Options that need data refuse without it (plain ``quant`` turns dynamic: test_quant_dynamic.py)."""
     model = _mlp()
     with pytest.raises(DataError, match=r"pass 'quant' needs calibration data \(--data\)"):
-        graphc.PassManager("cleanup,quant").run(model)
+        graphc.PassManager("cleanup,quant{min-sqnr=20}").run(model)
     assert op_count(model, "Identity") == 0 and model.metadata.get("graphc.pipeline") is None
     src = tmp_path / "in.onnx"
     graphc.save(model, src)
-    code = main(["opt", str(src), "-p", "quant", "-o", str(tmp_path / "out.onnx")])
+    code = main(["opt", str(src), "-p", "quant{bias-correction=true}", "-o", str(tmp_path / "out.onnx")])
     assert code == DataError.exit_code
     assert "pass 'quant' needs calibration data (--data)" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()
