@@ -8,7 +8,8 @@ emit. Folding is exact: the values are the ones the runtime would compute.
 
 Not folded (counted with the reason): random ops, nodes with subgraphs, ops of other domains,
 results larger than ``max-elements`` (folding them would bloat the file, e.g. ConstantOfShape),
-graph outputs, and ops the reference implementation cannot evaluate.
+graph outputs, ops the reference implementation cannot evaluate, and values onnxruntime refuses
+to compute (integer division by zero: folding would invent a result).
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import constant_value, consumers, is_graph_output, is_standard_op, node_label, walk_graphs
-from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
+from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node, runtime_refuses
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,10 @@ class FoldConstants(Pass):
             return False
         if any(is_graph_output(graph, out) for out in node.outputs):
             result.skip("result is a graph output")
+            return False
+        refused = runtime_refuses(node, values)
+        if refused:
+            result.skip(refused)
             return False
         if _predicted_elements(node, values) > self.options.max_elements:
             result.skip("result larger than max-elements")

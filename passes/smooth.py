@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.calib.channel_max import channel_absmax
 from graphc.errors import DataError
 from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer, toposort
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
@@ -78,8 +79,6 @@ class Smooth(Pass):
         sites = self._sites(graph, result)
         if not sites:
             return result
-        from graphc.calib.channel_max import channel_absmax
-
         ranges = channel_absmax(ctx.model, ctx.data, {s.x.name: -1 for s in sites},
                                 max_samples=self.options.samples)
         # Downstream sites first: a MatMul that reads one site and produces the next has its

@@ -66,6 +66,12 @@ class Pass:
         option such as ``quant{prepare=false}`` turns them off)."""
         return self.prepares
 
+    def without_data(self) -> "Pass | None":
+        """What to run instead when :meth:`requires_data` is True and there is no data: a pass
+        that needs none (``quant`` becomes dynamic quantization), or None to refuse the pipeline
+        (the default). It logs the substitution itself, in one line."""
+        return None
+
     def wants_original(self) -> bool:
         """True if this run reads ``ctx.original`` (the model before the pipeline), so the pass
         manager keeps a copy even without :meth:`requires_data` or ``verify_each``."""

@@ -1,13 +1,13 @@
 """What a model is, as data: the body of ``graphc inspect`` and the before/after of a report.
 
 Sizes count the file and its external data; parameters and MACs come from
-:func:`graphc.ir.model_stats` (MACs need static shapes: nodes whose shapes stay unknown are listed
+:func:`graphc.stats.model_stats` (MACs need static shapes: nodes whose shapes stay unknown are listed
 under ``macs_unknown`` and their MACs are not in ``macs``; ``input_shapes`` fixes dynamic dims).
-When no shapes are given and some input dims are dynamic, MACs are counted at the nominal shape
-the passes use (:mod:`graphc.calib.shapes`: batch 1, 224 for the other dynamic dims of image-like
-inputs, 128 for sequences), said in ``macs_shape`` (``None`` when nothing had to be chosen). When the
-batch is the only dynamic dim of every input that is one sample (``macs_batch_1``: true), the
-number people compare models by.
+When no shapes are given, MACs follow the cost-shape policy of :mod:`graphc.stats` without data:
+when the batch is the only dynamic dim of every input they are per sample (batch 1,
+``macs_batch_1``: true), the number people compare models by; when other dims are dynamic they
+are counted at the nominal shape (:mod:`graphc.calib.shapes`: batch 1, 224 for the other dynamic
+dims of image-like inputs, 128 for sequences), said in ``macs_shape`` (else ``None``).
 Nodes outside the default ONNX domain are counted per domain: graphc's passes leave them as they
 are.
 """
@@ -21,10 +21,10 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from graphc.ir.model import Model, file_size
-from graphc.ir.stats import model_stats
 from graphc.ir.usedef import STANDARD_DOMAINS
 from graphc.calib.data import input_specs
 from graphc.calib.shapes import ConcreteShapes, concrete_input_shapes
+from graphc.stats import batch_one_shapes, dynamic_batch, model_stats
 from graphc.verify.feeds import InputShapes, check_input_shapes
 
 
@@ -43,8 +43,9 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
     """Inputs, outputs, opsets, producer, op histogram, parameters, size and MACs of ``model``."""
     check_input_shapes(model, input_shapes)
     graph = model.graph
-    nominal = None if input_shapes else nominal_shapes(model)
-    stats = model_stats(model, input_shapes or (nominal.shapes if nominal else None))
+    batch_1 = batch_one_shapes(model) if not input_shapes and dynamic_batch(model) else None
+    nominal = None if input_shapes or batch_1 else nominal_shapes(model)
+    stats = model_stats(model, input_shapes or batch_1 or (nominal.shapes if nominal else None))
     known = sorted((n for n in stats.per_node if n.macs), key=lambda n: -n.macs)
     custom = Counter(n.domain for n in graph.nodes if n.domain not in STANDARD_DOMAINS)
     return {
@@ -62,7 +63,7 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
         "params": stats.params,
         "weight_bytes": stats.weight_bytes,
         "macs": stats.macs,
-        "macs_batch_1": nominal is not None and nominal.origin.startswith("batch 1"),
+        "macs_batch_1": batch_1 is not None,
         "macs_shape": nominal.describe() if nominal else None,
         "mac_nodes": len(stats.per_node),
         "macs_unknown": stats.unknown_macs,

@@ -50,10 +50,6 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any] | None) -> lis
     return rows
 
 
-def comparison_table(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
-    return _table(comparison_rows(before, after))
-
-
 def macs_text(summary: dict[str, Any]) -> str:
     """``1.23M``, ``1.23M + unknown`` or ``unknown`` (when dynamic shapes hide some nodes)."""
     if not summary.get("macs_unknown"):

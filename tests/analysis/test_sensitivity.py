@@ -10,8 +10,8 @@ import pytest
 
 import graphc
 from graphc.analysis import analyze_channels, mask_channels
-from graphc.analysis.importance import group_importance, removal_order
-from graphc.analysis.sensitivity import format_sensitivity, measure_sensitivity
+from graphc.passes.prune.importance import group_importance, removal_order
+from graphc.passes.prune.sensitivity import format_sensitivity, measure_sensitivity
 from graphc.calib.data import open_data
 from graphc.cli import main
 from graphc.errors import DataError, OptionError

@@ -17,14 +17,15 @@ import pytest
 import graphc
 import graphc.cpu
 from graphc.analysis import analyze_channels, mask_channels
-from graphc.analysis.budget import group_keys
+from graphc.passes.prune.allocation import group_keys
 from graphc.calib.data import IterableSource, open_data
 from graphc.errors import DataError, OptionError, PassError
 from graphc.ir import infer_shapes, to_proto
-from graphc.ir.stats import model_stats
+from graphc.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
-from graphc.passes._prune_rounding import Rounding
-from prune_nets import Net, conv_matmul, feeds, resnetish
+from graphc.passes.prune.rounding import Rounding
+from nets import Net
+from prune_nets import conv_matmul, feeds, resnetish
 from support import MODELS, ROOT, assert_valid, op_count, run, sqnr_over
 
 try:  # BLAS threads fight over 2 shared cores; one thread is several times faster there
@@ -107,7 +108,7 @@ def test_ratio_prunes_every_prunable_group_and_the_model_stays_valid(tmp_path):
 
 def test_a_model_without_prunable_groups_is_left_alone():
     n = Net(0)
-    y = n.conv("x", 3, 8, name="only")          # its output is the graph output: blocked
+    y = n.conv(n.input("x", (2, 3, 8, 8)), 3, 8, name="only")  # its output is the graph output: blocked
     model = n.model(y)
     before = _bytes(model)
     record = _prune(model, "prune{ratio=0.5}")
@@ -366,9 +367,10 @@ def test_round_to_accepts_auto_and_integers():
     assert parse_pipeline("prune{round-to=AUTO}").text() == "prune{round-to=auto}"
     from graphc.passes.prune import Prune
 
-    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="8").round_to == 8
-    with pytest.raises(ValueError, match="round-to"):
-        Prune.Options(round_to=True)
+    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="auto").round_to == "auto"
+    for wrong in (True, "8", 0):  # the declared type is int | str ("auto"): no text in Python
+        with pytest.raises(ValueError, match="round-to"):
+            Prune.Options(round_to=wrong)
 
 
 @pytest.mark.parametrize("text", ["prune{criterion=activation}", "prune{reconstruct=true}",

@@ -256,8 +256,13 @@ def test_second_run_is_not_modified():
 
 
 def test_needs_data():
+    """An error budget needs data; plain ``quant`` without data turns dynamic (MatMul/Gemm only,
+    so a Conv chain is left as it is: test_quant_dynamic.py)."""
     with pytest.raises(DataError, match="calibration data"):
-        graphc.PassManager("quant").run(_conv_chain())
+        graphc.PassManager("quant{min-sqnr=20}").run(_conv_chain())
+    model = _conv_chain()
+    report = graphc.PassManager("quant").run(model)
+    assert report.records[0].modified is False and op_count(model, "QuantizeLinear") == 0
 
 
 def test_opset_11_is_upgraded_for_per_channel(tmp_path):

@@ -10,7 +10,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import graphc
 from graphc.calib.data import open_data
-from graphc.passes import _quant_budget as QB
+from graphc.passes.quant import error_budget as QB
 from graphc.passmanager import Context
 from graphc.passmanager.pipeline import parse_pipeline
 from graphc.runtime import create_session, run_session

@@ -1,7 +1,7 @@
 """quant{weights-only=true bits=8|4}: MatMul/Gemm weights stored as int8 behind a
 DequantizeLinear, or as 4-bit blocks behind a block-wise DequantizeLinear-21 (int4-format=dq) or in
 com.microsoft.MatMulNBits (int4-format=nbits); activations stay float
-(passes/_quant_weights_only.py).
+(passes/quant/weights_only.py).
 
 SQNR bounds asserted on transformer_digits (450 held-out digits), measured: int8 41.3 dB
 (asserted > 35), int4 block 32 18.5 dB (asserted > 15; dq and nbits give the same weights),
@@ -21,14 +21,14 @@ from graphc.cli import main
 from graphc.errors import DataError, OptionError
 from graphc.passmanager import Context
 from graphc.passmanager.pipeline import parse_pipeline
-from graphc.passes._quant_weights_only import (
+from graphc.passes.quant.weights_only import (
     dequantize_int4_blocks,
     int4_blocks,
     pack_int4_blocks,
     unpack_int4_blocks,
 )
 from graphc.passes.quant import Quantize
-from graphc.verify.metrics import sqnr_db
+from graphc.metrics import sqnr_db
 from support import MODELS, assert_valid, make_model, op_count, run
 
 RNG = np.random.default_rng(2)
@@ -387,13 +387,14 @@ def test_weights_only_cli_without_data(tmp_path, capsys):
 
 
 def test_static_quant_without_data_still_refused(tmp_path, capsys):
+    """Options that need data refuse without it (plain ``quant`` turns dynamic: test_quant_dynamic.py)."""
     model = _mlp()
     with pytest.raises(DataError, match=r"pass 'quant' needs calibration data \(--data\)"):
-        graphc.PassManager("cleanup,quant").run(model)
+        graphc.PassManager("cleanup,quant{min-sqnr=20}").run(model)
     assert op_count(model, "Identity") == 0 and model.metadata.get("graphc.pipeline") is None
     src = tmp_path / "in.onnx"
     graphc.save(model, src)
-    code = main(["opt", str(src), "-p", "quant", "-o", str(tmp_path / "out.onnx")])
+    code = main(["opt", str(src), "-p", "quant{bias-correction=true}", "-o", str(tmp_path / "out.onnx")])
     assert code == DataError.exit_code
     assert "pass 'quant' needs calibration data (--data)" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()

@@ -133,7 +133,7 @@ def _run_cli(main, src: Path, out: Path) -> Outcome:
 
 
 def _run_api(src: Path, out: Path) -> Outcome:
-    from graphc.ir import model_stats
+    from graphc.stats import model_stats
 
     try:
         model = graphc.load(src)

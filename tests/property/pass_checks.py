@@ -29,7 +29,7 @@ from onnx import numpy_helper
 
 import graphc
 from graphc.analysis import analyze_channels, mask_channels
-from graphc.analysis.budget import group_keys
+from graphc.passes.prune.allocation import group_keys
 from graphc.calib.data import RandomSource, input_specs
 from graphc.ir import infer_shapes, to_proto
 from graphc.passmanager import PassManager

@@ -17,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphc
-from graphc.ir import model_stats, to_proto
+from graphc.stats import model_stats
 from support import make_model
 
 vi = helper.make_tensor_value_info

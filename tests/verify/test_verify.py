@@ -13,7 +13,7 @@ from graphc.errors import DataError, ModelError, VerificationError
 from graphc.ir.outputs import computed_tensors, with_outputs
 from graphc.verify import RunningMetrics, Tolerances, compare_models, shared_tensors
 from graphc.verify.localize import SharedTensor, chunks
-from graphc.verify.metrics import cosine, max_abs_error, max_rel_error, sqnr_db, top1_agreement
+from graphc.metrics import cosine, max_abs_error, max_rel_error, sqnr_db, top1_agreement
 from graphc.verify.tolerances import NOISE_FACTOR
 from tiny_nets import conv_net, scaled
 
