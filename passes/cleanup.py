@@ -23,7 +23,7 @@ import onnx_graphsurgeon as gs
 
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from graphc.ir import bypass, constant_value, consumers, is_standard_op, node_label, replace_uses
+from graphc.ir import bypass, constant_value, consumers, drop_detached, is_standard_op, node_label, replace_uses
 from graphc.ir.evaluate import NOT_FOLDABLE
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -83,11 +83,12 @@ class Cleanup(Pass):
             if node.op == "Dropout":
                 while len(node.outputs) > 1:
                     node.outputs.pop()
-            if bypass(graph, node):
+            if bypass(graph, node, drop=False):
                 result.count(f"{reason}_removed")
             else:
                 result.skip(f"{node.op} writes a graph output that its input cannot take over")
                 log.info("%s kept: it writes a graph output", node_label(node))
+        drop_detached(graph)  # once for all bypassed nodes
 
     # -- duplicates ------------------------------------------------------------------------
 

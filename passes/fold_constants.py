@@ -18,7 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import constant_value, consumers, is_graph_output, is_standard_op, node_label
+from graphc.ir import (constant_value, consumers, detach, drop_detached, is_graph_output, is_standard_op,
+                       node_label)
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -48,7 +49,9 @@ class FoldConstants(Pass):
             for node in list(graph.nodes):
                 if self._fold_shape_reader(graph, node, shapes, result) or self._fold(graph, node, ctx, result):
                     changed = True
-        graph.cleanup()
+            drop_detached(graph)  # folded nodes, once per sweep
+        if result.stats:
+            graph.cleanup()
         result.modified = bool(result.stats)
         result.preserved = frozenset({"shapes"})  # values, not shapes, changed
         return result
@@ -123,9 +126,7 @@ class FoldConstants(Pass):
             dtype = np.dtype(out.dtype) if out.dtype is not None else value.dtype
             # np.array keeps 0-d results 0-d (ascontiguousarray would make them 1-d)
             out.to_constant(np.array(value, dtype=dtype, order="C"))
-        node.inputs.clear()
-        node.outputs.clear()
-        graph.nodes.remove(node)
+        detach(node)  # run() drops detached nodes once per sweep
 
 
 def _predicted_elements(node: gs.Node, values: list) -> int:

@@ -40,6 +40,7 @@ from google.protobuf.message import DecodeError
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
 from graphc.ir import external, weight_io
 from graphc.ir.structure import check_structure
+from graphc.ir.usedef import drop_detached
 from graphc.ir.validate import validate_proto
 
 log = logging.getLogger(__name__)
@@ -215,8 +216,9 @@ def constant_nodes_to_constants(graph: gs.Graph) -> int:
             continue
         node.outputs.clear()
         out.to_constant(values)
-        graph.nodes.remove(node)
         replaced += 1
+    if replaced:  # one filter for all of them: list.remove per node is quadratic
+        drop_detached(graph)
     return replaced
 
 
