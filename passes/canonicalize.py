@@ -164,9 +164,11 @@ class Canonicalize(Pass):
             rw.flush()
             if needed:
                 break  # upgrade first: later rules would rewrite the pattern's pieces
-        graph.cleanup()
+        if changed:
+            graph.cleanup()
         if self.options.fold_constants:
-            toposort(graph)
+            if changed:
+                toposort(graph)
             folded = FoldConstants(FoldConstants.Options()).run(graph, ctx)
             for key, n in folded.stats.items():
                 result.count(f"fold_constants.{key}", n)

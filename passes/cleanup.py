@@ -51,7 +51,7 @@ class Cleanup(Pass):
         inputs_before = len(graph.inputs)
         # Subgraph (If/Loop/Scan body) inputs are part of the op's signature: never remove them.
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
-        if not self.options.keep_inputs:
+        if not self.options.keep_inputs and _has_unused_input(graph):
             graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         removed_nodes = nodes_before - len(graph.nodes)
         if removed_nodes:
@@ -124,6 +124,12 @@ class Cleanup(Pass):
             for old, new in zip(node.outputs, kept.outputs):
                 replace_uses(graph, old, new)
             result.count("duplicate_nodes")
+
+
+def _has_unused_input(graph: gs.Graph) -> bool:
+    """A graph input nothing reads (the second, input-removing cleanup is then worth its walk)."""
+    outputs = {id(t) for t in graph.outputs}
+    return any(not t.outputs and id(t) not in outputs for t in graph.inputs)
 
 
 def _dropout_is_noop(node: gs.Node) -> bool:

@@ -41,7 +41,9 @@ class FoldConstants(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        shapes = ctx.shapes() if self.options.shapes else {}
+        # shape inference walks the whole model: only worth it when there is a Shape/Size to fold
+        readers = self.options.shapes and any(is_standard_op(n, "Shape", "Size") for n in graph.nodes)
+        shapes = ctx.shapes() if readers else {}
         changed = True
         while changed:
             changed = False
