@@ -8,7 +8,11 @@ emit. Folding is exact: the values are the ones the runtime would compute.
 
 Not folded (counted with the reason): random ops, nodes with subgraphs, ops of other domains,
 results larger than ``max-elements`` (folding them would bloat the file, e.g. ConstantOfShape),
-graph outputs, and ops the reference implementation cannot evaluate.
+graph outputs, and ops the reference implementation cannot evaluate. Size and work are estimated
+*before* evaluating (``graphc.ir.evaluation_cost``: output shapes by ONNX shape inference, work
+by a per-op cost model): a node over ``max-elements`` or ``max-work``, or whose op has no cost
+model or whose output size is not known in advance, is never handed to the reference evaluator
+(whose Python kernels, e.g. GridSample, take ~0.6 ms per output element).
 """
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import onnx_graphsurgeon as gs
 from graphc.ir import (constant_value, consumers, detach, drop_detached, is_graph_output, is_standard_op,
                        node_label)
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
+from graphc.ir.evaluation_cost import evaluation_cost
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -37,6 +42,8 @@ class FoldConstants(Pass):
     @dataclass(frozen=True)
     class Options:
         max_elements: int = option(1 << 20, "largest folded result, in elements", min=1)
+        max_work: int = option(1 << 30, "most evaluation work per node, in about-ns units of "
+                                         "the reference evaluator (see graphc.ir.evaluation_cost)", min=1)
         shapes: bool = option(True, "fold Shape/Size of statically shaped tensors")
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
@@ -72,8 +79,7 @@ class FoldConstants(Pass):
         if any(is_graph_output(graph, out) for out in node.outputs):
             result.skip("result is a graph output")
             return False
-        if _predicted_elements(node, values) > self.options.max_elements:
-            result.skip("result larger than max-elements")
+        if not self._affordable(node, values, ctx, result):
             return False
         try:
             outputs = evaluate_node(node, values, ctx.opset)
@@ -87,6 +93,22 @@ class FoldConstants(Pass):
         self._replace(graph, node, outputs)
         result.count("folded_nodes")
         return True
+
+    def _affordable(self, node: gs.Node, values: list, ctx: Context, result: PassResult) -> bool:
+        """Refuse, before evaluating, a result too large or work too long (or not estimable)."""
+        cost = evaluation_cost(node, values, ctx.opset)
+        if cost.unknown is not None:
+            reason = f"{cost.unknown}; not evaluated"
+        elif cost.output_elements > self.options.max_elements:
+            reason = "result larger than max-elements"
+        elif cost.work > self.options.max_work:
+            reason = f"{node.op}: evaluation would exceed max-work"
+        else:
+            return True
+        result.skip(reason)
+        log.info("%s not folded: %s (estimated %d elements, work %d)", node_label(node), reason,
+                 cost.output_elements, cost.work)
+        return False
 
     def _fold_shape_reader(self, graph, node: gs.Node, shapes, result: PassResult) -> bool:
         """Shape/Size of a static tensor, or Shape -> Gather/Slice picking only static dims."""
@@ -129,25 +151,6 @@ class FoldConstants(Pass):
             # np.array keeps 0-d results 0-d (ascontiguousarray would make them 1-d)
             out.to_constant(np.array(value, dtype=dtype, order="C"))
         detach(node)  # run() drops detached nodes once per sweep
-
-
-def _predicted_elements(node: gs.Node, values: list) -> int:
-    """Size of the result of ops that build tensors from a shape, known before evaluating them
-    (so a ConstantOfShape of 2**40 elements is refused, not allocated); 0 when not predictable."""
-    try:
-        if node.op == "ConstantOfShape":
-            return int(np.prod(values[0].astype(np.float64)))
-        if node.op == "Expand":
-            shape = np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1]))
-            return int(np.prod(np.asarray(shape, np.float64)))
-        if node.op == "Tile":
-            return int(values[0].size * np.prod(values[1].astype(np.float64)))
-        if node.op == "Range":
-            start, limit, delta = (float(np.asarray(v).reshape(())) for v in values[:3])
-            return int(max(0.0, np.ceil((limit - start) / delta))) if delta else 0
-    except (ValueError, TypeError, OverflowError):
-        return 0
-    return 0
 
 
 def _picked_dims(user: gs.Node, dims: list) -> list[int] | None:
