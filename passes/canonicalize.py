@@ -150,7 +150,8 @@ class Canonicalize(Pass):
         rw = Rewriter(graph, ctx.opset, ctx.shapes(), max_opset=max_opset, ctx=ctx)
         changed, needed = False, 0
         for rule in rules:
-            for node in list(graph.nodes):
+            anchors = frozenset(rule.ops)  # one cheap filter per rule; the full check stays below
+            for node in [n for n in graph.nodes if n.op in anchors]:
                 if not node.outputs or not is_standard_op(node, *rule.ops) or id(node) in rw.protected:
                     continue  # removed earlier in this sweep, not an anchor, or a chain left alone
                 outcome = rule.apply(rw, node)
