@@ -61,6 +61,9 @@ class Cleanup(Pass):
         if len(graph.tensors()) != tensors_before:
             result.count("removed_tensors", tensors_before - len(graph.tensors()))
         result.modified = bool(result.stats)
+        # every rewrite here keeps the surviving tensors' shapes (a bypassed no-op's reader reads
+        # an equal-shaped input; merged duplicates are equal): no new whole-model shape inference
+        result.preserved = frozenset({"shapes"})
         return result
 
     # -- no-op nodes -----------------------------------------------------------------------
