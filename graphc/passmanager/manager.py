@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
 from graphc import __version__
-from graphc.errors import DataError, GraphcError, PassError, StructureError, VerificationError
+from graphc.errors import DataError, GraphcError, PassError, PassTimeoutError, StructureError, VerificationError
 from graphc.ir.model import Model
 from graphc.ir.structure import check_structure
 from graphc.passmanager.base import Pass, PassResult
 from graphc.passmanager.context import Context
+from graphc.passmanager.deadline import Deadline, DeadlineReached
 from graphc.passmanager.memory import PeakRss
 from graphc.passmanager.pipeline import Pipeline, parse_pipeline, pipeline_from_passes
 
@@ -83,6 +84,7 @@ class PassManager:
         instruments: Iterable[Instrument] = (),
         seed: int = 0,
         verify_data: Any = None,
+        max_seconds: float | None = None,
     ):
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
@@ -98,6 +100,10 @@ class PassManager:
         #: inputs for verify_each when they should not be calibration data (e.g. random feeds of
         #: given shapes, without handing random data to passes); default: ``data``.
         self.verify_data = verify_data
+        #: wall-clock limit of each pass (its post-pass check included); None: no limit
+        if max_seconds is not None and not max_seconds > 0:
+            raise ValueError(f"max_seconds must be positive, not {max_seconds}")
+        self.max_seconds = max_seconds
 
     def run(self, model: Model) -> RunReport:
         """Run every pass on ``model`` in place; returns the per-pass records."""
@@ -124,6 +130,33 @@ class PassManager:
         for inst in self.instruments:
             inst.before_pass(step, ctx)
         after = f" (after {', '.join(done)})" if done else ""
+        try:
+            with Deadline(self.max_seconds) as deadline:
+                result, wall, peak = self._run_pass(step, graph, ctx, after)
+                if not isinstance(result, PassResult):
+                    raise PassError(f"pass '{step.name}' returned {type(result).__name__}, not PassResult")
+                if result.modified:
+                    ctx.invalidate(result.preserved)
+                with _collector_paused():
+                    self._check(step, ctx, after)
+        except DeadlineReached:
+            raise PassTimeoutError(f"pass '{step.name}' stopped after {deadline.elapsed:.1f} s: over the "
+                                   f"limit of {self.max_seconds:g} s (max-seconds){after}",
+                                   pass_name=step.name) from None
+        record = PassRecord(step.name, text, result.modified, wall, peak, nodes_before,
+                            len(ctx.graph.nodes), result.stats, result.skipped, result.details)
+        if before is not None and result.modified:
+            record.verify = self._verify(step, before, ctx)
+        log.info("%s: %s in %.3fs, nodes %d -> %d %s", step.name,
+                 "modified" if result.modified else "unchanged", wall, nodes_before,
+                 record.nodes_after, result.stats)
+        for inst in self.instruments:
+            inst.after_pass(step, ctx, record)
+        return record
+
+    @staticmethod
+    def _run_pass(step: Pass, graph, ctx: Context, after: str) -> tuple[Any, float, int | None]:
+        """(result, wall seconds, peak RSS) of ``step.run``; failures become PassError."""
         with PeakRss() as rss, _collector_paused():
             start = time.perf_counter()
             try:
@@ -136,22 +169,7 @@ class PassManager:
                 raise PassError(f"pass '{step.name}' failed{after}: {type(exc).__name__}: {exc}",
                                 pass_name=step.name) from exc
             wall = time.perf_counter() - start
-        if not isinstance(result, PassResult):
-            raise PassError(f"pass '{step.name}' returned {type(result).__name__}, not PassResult")
-        if result.modified:
-            ctx.invalidate(result.preserved)
-        with _collector_paused():
-            self._check(step, ctx, after)
-        record = PassRecord(step.name, text, result.modified, wall, rss.peak, nodes_before,
-                            len(ctx.graph.nodes), result.stats, result.skipped, result.details)
-        if before is not None and result.modified:
-            record.verify = self._verify(step, before, ctx)
-        log.info("%s: %s in %.3fs, nodes %d -> %d %s", step.name,
-                 "modified" if result.modified else "unchanged", wall, nodes_before,
-                 record.nodes_after, result.stats)
-        for inst in self.instruments:
-            inst.after_pass(step, ctx, record)
-        return record
+        return result, wall, rss.peak
 
     def _check(self, step: Pass, ctx: Context, after: str) -> None:
         try:
@@ -177,7 +195,7 @@ def _collector_paused() -> Iterator[None]:
     """Python's cyclic garbage collector off for a block. A graph is a web of many small objects
     (nodes, tensors, their lists) that a pass allocates by the hundred thousand; each automatic
     collection re-walks the surviving ones, which doubled the time of cleanup,fold-constants,
-    canonicalize on a 20k-node chain. The garbage of the block is collected when it ends."""
+    canonicalize on a 20k-node chain. Automatic collection resumes when the block ends."""
     if not gc.isenabled():
         yield
         return
