@@ -31,12 +31,13 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import onnx_graphsurgeon as gs
 
-from graphc.errors import DataError, OutputError, RecipeError
+from graphc.errors import DataError, RecipeError
 from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, save
+from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 from graphc.passmanager import PassManager, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
 
@@ -124,27 +125,35 @@ def build(source: str | os.PathLike, recipe: Recipe, *, instruments: tuple = ())
 
 # -- before the pipeline --------------------------------------------------------------------------
 
-def check_outputs(source: Path, model_path: str | None, report_path: str | None) -> Path:
-    """The output path, after refusing what would overwrite the input or cannot be written."""
-    from graphc.report import report_format
+def check_outputs(source: Path, model_path: str | None, report_path: str | None,
+                  also_read: Iterable[tuple[str | os.PathLike, str]] = ()) -> Path:
+    """The output path, after refusing what cannot be written and what would write over, or
+    remove, the input model, its external data, ``also_read`` (``(path, what)``) or another
+    output (:mod:`graphc.ir.output_safety`)."""
+    from graphc.report import plot_folder, report_format
 
     if not model_path:
         raise RecipeError("no output model: give -o OUT or outputs.model in the recipe")
+    plan = OutputPlan(ProtectedFiles.of_model_file(source, others=also_read))
     out = Path(model_path)
-    if out.resolve() == source.resolve() or (out.exists() and source.exists() and out.samefile(source)):
-        raise OutputError(f"{out}: refusing to overwrite the input model")
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder")
+    plan.add_model(check_writable(out))
     if report_path is not None:
         report = Path(report_path)
-        report_format(report)
-        if report.resolve() in (source.resolve(), out.resolve()):
-            raise OutputError(f"{report}: the report would overwrite a model")
-        if not report.parent.is_dir():
-            raise OutputError(f"{report}: folder '{report.parent}' does not exist")
+        markdown = report_format(report) == "markdown"
+        plan.add(check_writable(report), "the report")
+        if markdown:
+            plan.add_folder(plot_folder(report), "the report's plots")
     return out
+
+
+def data_files(recipe: Recipe) -> list[tuple[str, str]]:
+    """The data files a build reads (``(path, what)``): outputs must leave them alone."""
+    d = recipe.data
+    found = [(d.calibration, "the calibration data"), (d.evaluation, "the evaluation data")]
+    if d.labels:
+        head = d.labels.rpartition(":")[0]
+        found.append((d.labels if Path(d.labels).exists() or not head else head, "the labels"))
+    return [(path, what) for path, what in found if path and Path(path).is_file()]
 
 
 def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
@@ -163,7 +172,7 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
         # exact tolerances would fail any lossy rewrite; say what to give instead of failing late
         raise RecipeError(f"--verify after lossy passes ({', '.join(dict.fromkeys(lossy))}) needs a threshold: "
                           "--min-sqnr, --min-cosine or --min-top1")
-    out = check_outputs(source, recipe.outputs.model, recipe.outputs.report)
+    out = check_outputs(source, recipe.outputs.model, recipe.outputs.report, data_files(recipe))
     shapes = input_shapes(recipe)
     model = load(source)
     before = model_summary(model, path=source, input_shapes=shapes)
@@ -384,7 +393,11 @@ class _PendingOutput:
         if weight_bytes(model) > IN_MEMORY_LIMIT:
             self.staging = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.staging."))
             log.info("the result is too large to verify in memory; staged in %s", self.staging)
-            save(model, self.staging / out.name)
+            try:
+                save(model, self.staging / out.name)
+            except BaseException:
+                self.discard()
+                raise
 
     def candidate(self) -> Model | Path:
         return self.model if self.staging is None else self.staging / self.out.name

@@ -317,12 +317,15 @@ def cmd_opt(args: argparse.Namespace) -> int:
     """Run the build step (:func:`graphc.build.build`). ``--input-shape`` feeds verification and
     MAC counts only: the passes see the model's declared shapes, so a dynamic model stays valid
     for every shape it declares."""
-    from graphc.build import build
+    from graphc.build import build, data_files
+    from graphc.ir.output_safety import OutputPlan, ProtectedFiles
     from graphc.recipe import save_recipe
     from graphc.report.text import opt_text
 
     recipe = opt_recipe(args)
     if args.write_recipe:
+        protected = ProtectedFiles.of_model_file(args.input, others=data_files(recipe))
+        OutputPlan(protected).add(args.write_recipe, "the recipe")
         path = save_recipe(recipe.rebased(Path.cwd()), args.write_recipe)
         _say(args, f"wrote {path}")
         return EXIT_OK
@@ -343,6 +346,10 @@ def cmd_inspect(args: argparse.Namespace) -> int:
         raise UsageError("--dot needs --groups")
     if args.groups and args.json:
         raise UsageError("--groups is text only; leave out --json")
+    if args.dot:
+        from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
+
+        OutputPlan(ProtectedFiles.of_model_file(args.input)).add(check_writable(args.dot), "the DOT graph")
     model = graphc.load(args.input)
     summary = model_summary(model, path=args.input, input_shapes=_shapes(args.input_shape), top=args.top)
     text = json.dumps(summary, indent=2, ensure_ascii=False) if args.json else inspect_text(summary)

@@ -27,6 +27,11 @@ class OutputError(GraphcError):
     """The output cannot be written where asked, or would overwrite the input."""
 
 
+class UnsafeOutputError(OutputError):
+    """An output would write over or remove what the run reads (the input model, its external
+    data), or over another output of the same run (:mod:`graphc.ir.output_safety`)."""
+
+
 class PipelineError(GraphcError):
     """The pipeline text does not parse, or names an unknown pass."""
 

@@ -17,16 +17,18 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import re
-import shutil
 from math import prod
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import onnx
 
+from google.protobuf.message import DecodeError
+
 from graphc.errors import InputError, UnsafeModelError
+from graphc.ir import weight_io
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +72,24 @@ def _entry(tensor: onnx.TensorProto, base: Path) -> tuple[Path, int, int | None]
             (length is not None and offset + length > size):
         raise InputError(f"{where}: external data {location!r} is shorter than offset+length")
     return target, offset, length
+
+
+def referenced_files(path: Path) -> list[Path]:
+    """The external-data files the model at ``path`` references, read from its structure only
+    (inline weights are skipped, not parsed). Locations that are unsafe or missing are left out:
+    loading refuses them. A file that does not parse references nothing (loading says why)."""
+    try:
+        proto = onnx.ModelProto.FromString(weight_io.split_model_file(path)[0])
+    except (OSError, weight_io.WireError, DecodeError, RuntimeError, ValueError):
+        return []
+    files = {}
+    for tensor in external_tensors(proto):
+        try:
+            target = _entry(tensor, path.parent.resolve())[0]
+        except (InputError, UnsafeModelError, OSError, ValueError):
+            continue
+        files.setdefault(target, None)
+    return list(files)
 
 
 def load_external(proto: onnx.ModelProto, base: Path) -> tuple[dict[str, np.ndarray], set[Path]]:
@@ -148,45 +168,24 @@ def data_file_name(model_name: str, proto: onnx.ModelProto, weights: list[tuple[
     return f"{model_name}.{digest.hexdigest()}.data"
 
 
+def is_data_file_name(name: str, model_name: str) -> bool:
+    """True when ``name`` is how a save of ``model_name`` names its external-data file."""
+    return re.fullmatch(re.escape(model_name) + r"\.[0-9a-f]{12}\.data", name) is not None
+
+
 def _stale_data_files(folder: Path, model_name: str, keep: str) -> list[Path]:
-    pattern = re.compile(re.escape(model_name) + r"\.[0-9a-f]{12}\.data")
-    return [p for p in folder.iterdir() if pattern.fullmatch(p.name) and p.name != keep]
+    return [p for p in folder.iterdir() if is_data_file_name(p.name, model_name) and p.name != keep]
 
 
-def remove_stale_data(folder: Path, model_name: str, keep: str | None, protected: set[str]) -> None:
+def remove_stale_data(folder: Path, model_name: str, keep: str | None,
+                      protected: Callable[[Path], bool]) -> None:
     """After the model switched: data files of earlier saves of this output are unreferenced.
-    ``protected`` names files the model in memory was loaded from; they are never removed."""
+    Files for which ``protected`` is true (what the model in memory was loaded from, seen through
+    symlinks and hard links) are never removed."""
     for path in _stale_data_files(folder, model_name, keep or ""):
-        if path.name in protected:
+        if protected(path):
             continue
         try:
             path.unlink()
         except OSError as exc:
             log.warning("could not remove stale data file %s: %s", path, exc)
-
-
-TEMP_MARK = ".graphc-tmp-"
-
-
-def temp_prefix(out: Path) -> str:
-    """Prefix of the hidden staging folder a save of ``out`` writes into (carries the pid)."""
-    return f".{out.name}{TEMP_MARK}{os.getpid()}-"
-
-
-def remove_abandoned_temp(out: Path) -> None:
-    """Staging folders left by a save of ``out`` whose process died (kill -9, power loss)."""
-    prefix = f".{out.name}{TEMP_MARK}"
-    for path in out.parent.glob(f"{prefix}*"):
-        pid = path.name[len(prefix):].split("-", 1)[0]
-        if pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

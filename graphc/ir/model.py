@@ -11,6 +11,9 @@ Guarantees:
 - ``save`` writes to a temporary file in the destination folder, checks it with
   ``onnx.checker.check_model(full_check=True)``, then renames it into place: a failed save leaves
   no file behind, and the destination is either the old file or the complete new one.
+- ``save`` never writes over or removes the file a model was loaded from or its external data
+  (seen through symlinks and hard links), and removes only the leftover temporary folders it
+  can prove it created (:mod:`graphc.ir.output_safety`).
 
 Memory: large top-level weights move between the file and numpy arrays without protobuf copies
 (:mod:`graphc.ir.weight_io`), so a loaded model costs about its weights once, and saving adds no
@@ -21,10 +24,8 @@ again would hold a second copy of the model).
 """
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Union
@@ -39,6 +40,8 @@ from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
 from graphc.ir import external, weight_io
+from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
+                                      remove_abandoned_temp)
 from graphc.ir.structure import check_structure
 from graphc.ir.usedef import drop_detached
 from graphc.ir.validate import validate_proto
@@ -77,7 +80,9 @@ class Model:
 
     def copy(self) -> "Model":
         """A deep-enough copy: a new graph (tensors shared by value), same model fields."""
-        return from_proto(to_proto(self), source=self.source)
+        copied = from_proto(to_proto(self), source=self.source)
+        copied.external_files = self.external_files
+        return copied
 
 
 # ---------------------------------------------------------------------------------------------
@@ -306,43 +311,34 @@ def save(
     ``external_data=None`` picks external data only when the model would not fit in protobuf.
     """
     out = Path(path)
-    _check_destination(model, out)
+    protected = ProtectedFiles.of_model(model.source, model.external_files)
+    _check_destination(out, protected)
     proto, weights = _to_proto_and_weights(model)
     nbytes = _weights_nbytes(proto) + sum(values.nbytes for _, values in weights)
     if external_data is None:
         external_data = nbytes > EXTERNAL_DATA_THRESHOLD
     elif not external_data and proto.ByteSize() + sum(v.nbytes for _, v in weights) > PROTOBUF_LIMIT:
         raise OutputError("model is larger than 2 GiB; save it with external data instead")
-    external.remove_abandoned_temp(out)
+    remove_abandoned_temp(out, protected)
     data_name = external.data_file_name(out.name, proto, weights) if external_data else None
-    with tempfile.TemporaryDirectory(dir=out.parent, prefix=external.temp_prefix(out)) as tmp:
-        tmp_model = Path(tmp) / out.name
+    with TempFolder.create(out) as tmp:
+        tmp_model = tmp / out.name
         _write_proto(proto, weights, tmp_model, data_name)
         del proto
         if check:
             _full_check(tmp_model)
-        if data_name is not None and (Path(tmp) / data_name).exists():
-            os.replace(Path(tmp) / data_name, out.parent / data_name)
+        if data_name is not None and (tmp / data_name).exists():
+            os.replace(tmp / data_name, out.parent / data_name)
         os.replace(tmp_model, out)  # the atomic switch: old model+data, or new model+data
-    _remove_stale_data(model, out, data_name)
+    external.remove_stale_data(out.parent, out.name, data_name,
+                               lambda p: protected.find(p) is not None)
     return out
 
 
-def _remove_stale_data(model: Model, out: Path, keep: str | None) -> None:
-    protected = {p.name for p in model.external_files if p.parent == out.parent.resolve()}
-    if keep is None or keep not in protected:
-        external.remove_stale_data(out.parent, out.name, keep, protected)
-
-
-def _check_destination(model: Model, out: Path) -> None:
-    if not out.parent.is_dir():
-        raise OutputError(f"{out}: folder '{out.parent}' does not exist")
-    if out.is_dir():
-        raise OutputError(f"{out}: is a folder")
-    if model.source is not None and out.exists():
-        with contextlib.suppress(OSError):
-            if out.samefile(model.source):
-                raise OutputError(f"{out}: refusing to overwrite the input model")
+def _check_destination(out: Path, protected: ProtectedFiles) -> None:
+    """Refuse, before any work, a destination that cannot be written or that would overwrite or
+    remove what the model was loaded from (the output-safety rule)."""
+    OutputPlan(protected).add_model(check_writable(out))
 
 
 def _weights_nbytes(proto: onnx.ModelProto) -> int:

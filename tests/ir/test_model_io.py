@@ -207,6 +207,9 @@ def test_same_model_saved_twice_is_byte_identical(tmp_path):
 
 
 def test_abandoned_staging_folder_of_a_dead_save_is_removed(tmp_path):
+    """A folder a dead save left, proven ours by its marker (see tests/ir/test_save_output_safety.py
+    for the folders that only look like ours and are kept)."""
+    import json
     import subprocess
     import sys
 
@@ -214,6 +217,8 @@ def test_abandoned_staging_folder_of_a_dead_save_is_removed(tmp_path):
     stale = tmp_path / f".m.onnx.graphc-tmp-{dead.stdout.strip()}-abc"
     stale.mkdir()
     (stale / "m.onnx").write_bytes(b"partial")
+    (stale / ".graphc-owner").write_text(json.dumps(
+        {"kind": "graphc temporary save folder", "pid": int(dead.stdout), "token": "abc"}))
     graphc.save(graphc.load(_conv_model_with_constant_node()), tmp_path / "m.onnx")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.onnx"]
 

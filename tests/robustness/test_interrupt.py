@@ -7,7 +7,7 @@ partial file, and - for SIGINT, where Python can clean up - no temp files are le
 
 ``graphc.save`` writes into a hidden temp folder ``.<name>.XXXX`` next to the destination and
 renames into place; SIGKILL gives it no chance to delete that folder, which is what the last test
-checks: the next save of the same output removes it (the folder name carries the dead pid).
+checks: the next save of the same output removes it (its marker names the dead pid).
 """
 from __future__ import annotations
 
@@ -101,12 +101,13 @@ def test_interrupted_save_leaves_no_partial_output(medium_model, tmp_path, sig, 
 
 @pytest.mark.slow
 def test_killed_save_leaves_no_temp_folder(medium_model, tmp_path):
-    """SIGKILL gives the save no chance to clean up: its staging folder (named with its pid)
-    stays until the next save of the same output, which removes it."""
+    """SIGKILL gives the save no chance to clean up: its staging folder (its marker names its
+    pid) stays until the next save of the same output, which removes it."""
     out = tmp_path / "out.onnx"
     proc = _start(medium_model, out, False)
     deadline = time.monotonic() + 120
-    while not any(p.name.startswith(".") for p in tmp_path.iterdir()):  # the save is writing
+    # the save is writing: its staging folder holds the marker that lets a later save remove it
+    while not any((p / ".graphc-owner").is_file() for p in tmp_path.iterdir() if p.name.startswith(".")):
         assert proc.poll() is None and time.monotonic() < deadline, "the save never started writing"
         time.sleep(0.001)
     proc.send_signal(signal.SIGKILL)
