@@ -79,7 +79,9 @@ class Cleanup(Pass):
             elif node.op == "Dropout" and _dropout_is_noop(node):
                 reason = "dropout"
             elif node.op in ("Reshape", "Transpose", "Cast"):
-                shapes = shapes if shapes is not None else ctx.shapes()
+                if shapes is None:
+                    drop_detached(graph)  # shape inference must see the graph without bypassed nodes
+                    shapes = ctx.shapes()
                 reason = _noop_reason(node, shapes)
             if reason is None:
                 continue

@@ -191,3 +191,19 @@ def test_canonicalize_transpose_pairs_are_linear(node_comparisons, tmp_path):
     assert node_comparisons[0] < N  # old code: ~N^2/8 comparisons
     path = assert_valid(model, tmp_path)
     assert_same_outputs(proto, path, random_feeds(proto), rtol=0, atol=0)
+
+
+def test_cleanup_infers_shapes_without_the_bypassed_nodes(tmp_path):
+    # the Identity is bypassed (left detached until the loop ends) before the Reshape asks for
+    # shapes: inference must not see the detached node, or the no-op Reshape survives one run
+    shape = numpy_helper.from_array(np.array([2, 3], np.int64), "shape")
+    nodes = [helper.make_node("Identity", ["x"], ["i"]), helper.make_node("Relu", ["i"], ["r"]),
+             helper.make_node("Reshape", ["r", "shape"], ["y"])]
+    proto = make_model(helper.make_graph(nodes, "g", [_vi("x", [2, 3])], [_vi("y", [2, 3])], [shape]), 13)
+    model = graphc.load(proto)
+    record = PassManager("cleanup").run(model).records[0]
+    assert record.stats["identity_removed"] == 1 and record.stats["noop_reshape_removed"] == 1
+    assert [n.op for n in model.graph.nodes] == ["Relu"]
+    path = assert_valid(model, tmp_path)
+    assert_same_outputs(proto, path, random_feeds(proto), rtol=0, atol=0)
+    assert not PassManager("cleanup").run(model).records[0].modified
