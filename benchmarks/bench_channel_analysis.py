@@ -110,7 +110,7 @@ def run() -> str:
     model = graphc.load(resnet50_proto())
     params = sum(int(np.prod(t.values.shape)) for t in model.graph.tensors().values()
                  if hasattr(t, "values"))
-    rows.append(("ResNet-50 (25.6M params, batch 1, 224x224)", measure(model), params))
+    rows.append((f"ResNet-50 ({params / 1e6:.1f}M params, batch 1, 224x224)", measure(model), params))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
     try:
         from support import ppocr_model
@@ -122,7 +122,7 @@ def run() -> str:
     except ImportError:
         pass
     lines = [
-        "Median of 5 alternated runs, one process. `analysis` = `analyze_channels` on shapes already "
+        f"Median of {ROUNDS} alternated runs, one process. `analysis` = `analyze_channels` on shapes already "
         "inferred (what `ctx.analysis(ChannelGroups)` costs when `ctx.shapes()` is cached); `first` = "
         "the first call on that model (the very first row also pays lazy imports); `load` "
         "(graphc.load of the in-memory proto) is the anchor.", "",

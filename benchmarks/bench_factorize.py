@@ -47,12 +47,13 @@ def _logits(source, x: np.ndarray) -> np.ndarray:
     return np.concatenate([run_session(session, {"input": x[i:i + 128]})[0] for i in range(0, len(x), 128)])
 
 
-def _row(name: str, pipeline: str, label: str, data, test, tmp: Path) -> list[str]:
+def _row(name: str, pipeline: str, label: str, data, test, tmp: Path) -> tuple[list[str], tuple | None]:
+    """The table row, and the (layer, ranks) the pass chose (None when it did not run)."""
     original = graphc.load(MODELS / name)
     model = graphc.load(MODELS / name)
     calib = open_data(data, original, batch=16) if data is not None else None
     if "max-error" in pipeline and calib is None:
-        return [f"`{name}`", label, "no", "needs --data"] + ["-"] * 7
+        return [f"`{name}`", label, "no", "needs --data"] + ["-"] * 7, None
     record = PassManager(pipeline, data=calib).run(model).records[0]
     path = graphc.save(model, tmp / f"{Path(name).stem}.{len(list(tmp.iterdir()))}.onnx")
     shapes = {"input": (1, 1, 16, 16)}
@@ -62,13 +63,14 @@ def _row(name: str, pipeline: str, label: str, data, test, tmp: Path) -> list[st
     latency = [compare_latency(MODELS / name, path, {"input": x[:batch]}, threads=2, rounds=rounds).ratio
                for batch, rounds in ((1, 5 * ROUNDS), (64, ROUNDS))]
     errors = [d["est_error"] for d in record.details]
+    chosen = tuple((d["node"], tuple(d["ranks"])) for d in record.details)
     return [
         f"`{name}`", label, "yes" if calib is not None else "no", str(len(record.details)),
         f"{after.macs / before.macs:.3f}", f"{after.params / before.params:.3f}",
         f"{latency[0]:.2f}", f"{latency[1]:.2f}", f"{sqnr_db(ref, got):.1f}",
         f"{100 * np.mean(ref.argmax(1) == labels):.2f} -> {100 * np.mean(got.argmax(1) == labels):.2f}",
         f"{np.mean(errors):.3f}" if errors else "-",
-    ]
+    ], chosen
 
 
 def run() -> str:
@@ -77,11 +79,13 @@ def run() -> str:
     if missing:
         raise FileNotFoundError(f"models/{missing[0]} is missing: run python models/build.py")
     test = dict(np.load(MODELS / "digits_test.npz"))
-    rows = []
+    rows, chosen = [], {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, pipeline, label in CASES:
             for data in (None, MODELS / "digits_calib.npz"):
-                rows.append(_row(name, pipeline, label, data, test, Path(tmp)))
+                row, ranks = _row(name, pipeline, label, data, test, Path(tmp))
+                rows.append(row)
+                chosen.setdefault((name, label), []).append(ranks)
     header = ["model", "factored", "--data", "layers", "MACs ratio", "params ratio",
               "latency ratio b1", "latency ratio b64", "logits SQNR dB", "test acc %", "mean layer error"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -92,7 +96,21 @@ def run() -> str:
         "weight error; with it, the relative output error of each layer on the calibration data. "
         "`min-saving` is the default 0.1: layers whose chosen rank would not save 10% of their "
         "MACs are left alone, so `layers` counts the ones rewritten. `max-error` needs data. "
-        "Rows with and without data factor the same layers at the same ranks (same graph shape): "
-        "the spread of their latency ratios is the timing noise of the machine.\n"
+        + _same_ranks_note(chosen) + "\n"
     )
     return "\n".join(lines) + notes
+
+
+def _same_ranks_note(chosen: dict) -> str:
+    """Which cases factor the same layers at the same ranks with and without data, as measured."""
+    both = {label: pair for (_, label), pair in chosen.items() if None not in pair}
+    same = [label for label, pair in both.items() if pair[0] == pair[1]]
+    differ = [label for label, pair in both.items() if pair[0] != pair[1]]
+    text = ""
+    if same:
+        text += (f"With and without data, {len(same)} of the {len(both)} cases run both ways factor the "
+                 f"same layers at the same ranks in this run ({'; '.join(same)}): same graph shape, so the "
+                 "spread of their latency ratios is the timing noise of the machine. ")
+    if differ:
+        text += f"With data the layers or ranks differ from those without for: {'; '.join(differ)}."
+    return text.strip()

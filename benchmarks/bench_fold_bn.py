@@ -3,23 +3,21 @@
 The model is generated in a temporary folder: a chain of ``BLOCKS`` blocks
 Conv3x3(C->C, bias) -> BatchNormalization -> Relu with C = ``CHANNELS`` (300 x 256 channels:
 about 708 MB of float32 weights). Each tool runs in a fresh subprocess, alternating graphc and
-onnxslim; peak RSS is the child's own high-water mark (``os.wait4`` rusage), so it includes
-interpreter and library start-up. Reported: medians, the time ratio, and peak RSS as a multiple
-of the model's file size.
+onnxslim; wall time and peak RSS of the whole process, start to exit, by
+:func:`graphc.bench.measure_process`, so both include interpreter and library start-up.
+Reported: medians, the time ratio, and peak RSS as a multiple of the model's file size.
 
     python benchmarks/run.py fold_bn                      # 3 alternated runs of each
     GRAPHC_BENCH_REPEATS=1 python benchmarks/run.py fold_bn
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -96,48 +94,18 @@ def _onnxslim_command(src: Path, dst: Path) -> list[str]:
     return [sys.executable, "-m", "onnxslim", str(src), str(dst)]
 
 
-#: runs in a tiny ``python -S`` process between the benchmark and the tool (see ``measure``).
-_LAUNCHER = r"""
-import json, os, subprocess, sys, time
-def hwm(path):
-    try:
-        with open(path) as fh:
-            for line in fh:
-                if line.startswith(("VmHWM:", "VmRSS:")):
-                    yield int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return
-start = time.perf_counter()
-proc = subprocess.Popen(sys.argv[1:], stdout=subprocess.DEVNULL)
-status_path, polled = "/proc/%d/status" % proc.pid, 0
-while True:
-    pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
-    if pid:
-        break
-    polled = max([polled, *hwm(status_path)])
-    time.sleep(0.002)
-print(json.dumps({"wall": time.perf_counter() - start, "code": os.waitstatus_to_exitcode(status),
-                  "peak": max(polled, usage.ru_maxrss * 1024)}))
-"""
-
-
 def measure(command: list[str]) -> tuple[float, int]:
-    """Wall seconds and peak RSS in bytes of one run of ``command`` in a fresh process.
+    """Wall seconds and peak RSS in bytes of one run of ``command`` (a Python program: the
+    graphc or onnxslim console script, or ``python -c``) in a fresh process, start to exit, by
+    :func:`graphc.bench.measure_process` (a small launcher in between, so the tool does not
+    inherit this process's peak; graphc's per-pass resets do not hide its load peak)."""
+    from graphc.bench.memory import measure_process, python_command
 
-    Two traps make the obvious ``os.wait4`` on our own child wrong: (1) at exec the kernel
-    folds the *pre-exec* memory of the child into its ``ru_maxrss``, and a child forked from
-    this benchmark process (which has generated a 700 MB model) starts with this process's
-    memory; (2) graphc's pass manager resets the kernel's high-water mark at each pass (to
-    attribute memory to passes), which also resets what ``ru_maxrss`` reports at exit, so the
-    load peak would go unseen. So a tiny launcher starts the tool, polls its VmHWM from /proc
-    every 2 ms, and reports the larger of that and the tool's ``ru_maxrss``."""
-    out = subprocess.run([sys.executable, "-S", "-c", _LAUNCHER, *command], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"launcher failed: {out.stderr.strip()[-2000:]}")
-    result = json.loads(out.stdout.strip().splitlines()[-1])
-    if result["code"] != 0:
-        raise RuntimeError(f"{command[0]} failed ({result['code']}): {out.stderr.strip()[-2000:]}")
-    return result["wall"], result["peak"]
+    args = command[1:] if command[0] == sys.executable else command
+    result = measure_process(python_command(*args))
+    if result.returncode != 0:
+        raise RuntimeError(f"{command[0]} failed ({result.returncode}): {result.stderr.strip()[-2000:]}")
+    return result.wall_s, result.peak_bytes
 
 
 def _count(path: Path, op: str) -> int:
@@ -191,7 +159,9 @@ def _table(src, size, tools, results) -> str:
         f"pipeline through `graphc.load` / `PassManager` / `graphc.save` in `python -c` (the CLI adds "
         f"its before/after model summaries); "
         f"onnxslim `{_shown(tools['onnxslim'][0](src, Path('out.onnx')))}`; each in a fresh process, "
-        f"{REPEATS} alternated runs, medians.",
+        f"{REPEATS} rounds of the three tools in turn (alternated), medians; wall time and peak RSS are "
+        "the whole process from start to exit (`graphc.bench.measure_process`), start-up included; "
+        "time ratio = median tool / median onnxslim.",
         "",
         "| tool | wall s | time vs onnxslim | peak RSS MB | peak RSS / model size | BN left | max abs error vs unfolded |",
         "|---|---|---|---|---|---|---|",

@@ -66,8 +66,9 @@ def main(argv: list[str]) -> int:
     header = (
         "# Benchmarks\n\nWritten by `make bench` (`python benchmarks/run.py`). Machine: "
         f"{platform.processor() or platform.machine()}, Python {platform.python_version()}, "
-        f"onnxruntime {onnxruntime.__version__}. Timings are medians of alternated runs in one "
-        "process; compare the ratios, not the absolute times.\n\n"
+        f"onnxruntime {onnxruntime.__version__}. Each section states how its timings and memory "
+        "figures were made (which runs were alternated, how many, in which processes); compare the "
+        "ratios, not the absolute times.\n\n"
     )
     # read the file again only now: a section another run wrote meanwhile is kept
     sections = _existing_sections() | sections

@@ -55,7 +55,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.errors import ModelError
-from graphc.ir import is_standard_op, node_label, toposort
+from graphc.ir import NameFactory, is_standard_op, node_label, toposort, walk_graphs
 from graphc.passes.fold_constants import FoldConstants
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -129,12 +129,13 @@ class Canonicalize(Pass):
                 break
         else:
             result.skip(f"no fixed point after {self.options.max_iterations} rounds (max-iterations)")
-        alive = {id(n) for n in graph.nodes}
+        nodes = [n for _, scope in walk_graphs(graph) for n in scope.nodes]
+        alive = {id(n) for n in nodes}
         for node, reason in skipped.values():
             if id(node) in alive:
                 result.skip(reason)
                 log.info("%s left alone: %s", node_label(node), reason)
-        for node in graph.nodes:
+        for node in nodes:
             if not is_standard_op(node):
                 result.skip("node of another domain left untouched")
         result.modified = bool(result.stats)
@@ -147,11 +148,34 @@ class Canonicalize(Pass):
         if fresh:
             ctx.invalidate()  # the previous round changed the graph: shapes are re-inferred
         max_opset = self.options.max_opset if upgrade else None
-        rw = Rewriter(graph, ctx.opset, ctx.shapes(), max_opset=max_opset, ctx=ctx)
+        names = NameFactory(graph)  # one factory: names stay unique across every scope
         changed, needed = False, 0
+        for _, scope in list(walk_graphs(graph)):  # the graph and its If/Loop/Scan bodies
+            rw = Rewriter(scope, ctx.opset, ctx.shapes(), max_opset=max_opset, ctx=ctx)
+            rw.names = names
+            scope_changed, needed = self._sweep(rw, rules, result, skipped, needed)
+            changed |= scope_changed
+            if needed:
+                break
+        if changed:
+            graph.cleanup()
+        if self.options.fold_constants:
+            if changed:
+                toposort(graph)
+            folded = FoldConstants(FoldConstants.Options()).run(graph, ctx)
+            for key, n in folded.stats.items():
+                result.count(f"fold_constants.{key}", n)
+            changed |= folded.modified
+        return changed, needed
+
+    @staticmethod
+    def _sweep(rw: Rewriter, rules: list[Rule], result: PassResult, skipped: dict,
+               needed: int) -> tuple[bool, int]:
+        """Every rule over one scope's nodes; returns (changed, opset a rule asked for)."""
+        changed = False
         for rule in rules:
             anchors = frozenset(rule.ops)  # one cheap filter per rule; the full check stays below
-            for node in [n for n in graph.nodes if n.op in anchors]:
+            for node in [n for n in rw.graph.nodes if n.op in anchors]:
                 if not node.outputs or not is_standard_op(node, *rule.ops) or id(node) in rw.protected:
                     continue  # removed earlier in this sweep, not an anchor, or a chain left alone
                 outcome = rule.apply(rw, node)
@@ -165,13 +189,4 @@ class Canonicalize(Pass):
             rw.flush()
             if needed:
                 break  # upgrade first: later rules would rewrite the pattern's pieces
-        if changed:
-            graph.cleanup()
-        if self.options.fold_constants:
-            if changed:
-                toposort(graph)
-            folded = FoldConstants(FoldConstants.Options()).run(graph, ctx)
-            for key, n in folded.stats.items():
-                result.count(f"fold_constants.{key}", n)
-            changed |= folded.modified
         return changed, needed

@@ -23,7 +23,8 @@ import onnx_graphsurgeon as gs
 
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from graphc.ir import bypass, constant_value, consumers, drop_detached, is_standard_op, node_label, replace_uses
+from graphc.ir import (bypass, constant_value, consumers, drop_detached, is_standard_op, node_label,
+                       replace_uses, walk_graphs)
 from graphc.ir.evaluate import NOT_FOLDABLE
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -42,10 +43,15 @@ class Cleanup(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        self._bypass_noops(graph, ctx, result)
+        scopes = [scope for _, scope in walk_graphs(graph)]  # the graph and its If/Loop/Scan bodies
+        for scope in scopes:
+            self._bypass_noops(scope, ctx, result)
         if self.options.dedupe:
+            # constants of the top graph only: a body's constant must not replace an outer one
+            # (it is not visible outside the body); outer constants are visible in every body
             self._merge_constants(graph, result)
-            self._merge_nodes(graph, result)
+            for scope in scopes:
+                self._merge_nodes(scope, result)
         nodes_before = len(graph.nodes)
         tensors_before = len(graph.tensors())
         inputs_before = len(graph.inputs)

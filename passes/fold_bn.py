@@ -66,6 +66,7 @@ from graphc.ir import (
     is_standard_op,
     node_label,
     producer,
+    walk_graphs,
 )
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -90,7 +91,15 @@ class FoldBatchNorm(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        folder = AffineFolder(graph, ctx, result, batch_removals=True)
+        names = NameFactory(graph)  # one factory: names stay unique across every scope
+        for _, scope in list(walk_graphs(graph)):
+            self._fold_scope(scope, ctx, result, names)
+        result.modified = bool(result.stats)
+        return result
+
+    def _fold_scope(self, graph: gs.Graph, ctx: Context, result: PassResult, names: NameFactory) -> None:
+        """Fold to a fixpoint in one graph (the top graph or an If/Loop/Scan body)."""
+        folder = AffineFolder(graph, ctx, result, batch_removals=True, names=names)
         reasons: dict[int, tuple[gs.Node, list[str]]] = {}
         changed = True
         while changed:  # a fold can expose another (ConvTranspose -> Add -> BN); run to fixpoint
@@ -118,8 +127,6 @@ class FoldBatchNorm(Pass):
                 if node.op == "BatchNormalization":
                     folder.standalone_to_mul_add(node)
             folder.drop_removed()
-        result.modified = bool(result.stats)
-        return result
 
 
 @dataclass
@@ -136,10 +143,11 @@ class LinearSite:
 
 
 class AffineFolder:
-    def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False):
+    def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False,
+                 names: NameFactory | None = None):
         self.graph = graph
         self.result = result
-        self.names = NameFactory(graph)
+        self.names = names or NameFactory(graph)
         # batch_removals: removed nodes leave graph.nodes at drop_removed() (one O(N) filter per
         # sweep instead of one per fold); canonicalize uses this class without batching.
         self._batch = batch_removals

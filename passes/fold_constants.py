@@ -23,7 +23,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import (constant_value, consumers, detach, drop_detached, is_graph_output, is_standard_op,
-                       node_label)
+                       node_label, walk_graphs)
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
 from graphc.ir.evaluation_cost import evaluation_cost
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
@@ -55,10 +55,11 @@ class FoldConstants(Pass):
         while changed:
             changed = False
             result.skipped.clear()  # the last sweep (nothing left to fold) says what stays, once
-            for node in list(graph.nodes):
-                if self._fold_shape_reader(graph, node, shapes, result) or self._fold(graph, node, ctx, result):
-                    changed = True
-            drop_detached(graph)  # folded nodes, once per sweep
+            for _, scope in list(walk_graphs(graph)):  # If/Loop/Scan bodies too
+                for node in list(scope.nodes):
+                    if self._fold_shape_reader(scope, node, shapes, result) or self._fold(scope, node, ctx, result):
+                        changed = True
+                drop_detached(scope)  # folded nodes, once per sweep
         if result.stats:
             graph.cleanup()
         result.modified = bool(result.stats)
@@ -136,6 +137,8 @@ class FoldConstants(Pass):
     def _fold_partial_shape(self, graph, node: gs.Node, dims: list, result: PassResult) -> bool:
         folded = False
         for user in consumers(node.outputs[0]):
+            if not any(n is user for n in graph.nodes):
+                continue  # a reader inside a body is rewritten only in its own scope
             picked = _picked_dims(user, dims)
             if picked is None or is_graph_output(graph, user.outputs[0]):
                 continue

@@ -71,6 +71,12 @@ class LatencyComparison:
         """Timed runs of each model."""
         return self.a.runs
 
+    def ratio_spread(self, low: float = 25, high: float = 75) -> tuple[float, float]:
+        """Percentiles of the per-round ratios A_i / B_i (round i timed A then B back to back)."""
+        per_round = np.asarray(self.a.times_ms) / np.asarray(self.b.times_ms)
+        lo, hi = np.percentile(per_round, [low, high])
+        return float(lo), float(hi)
+
     def to_dict(self) -> dict[str, Any]:
         return {"a": self.a.to_dict(), "b": self.b.to_dict(), "ratio": self.ratio,
                 "threads": self.threads, "warmup": self.warmup, "runs": self.runs}
@@ -79,14 +85,21 @@ class LatencyComparison:
 def alternate(run_a: Callable[[], Any], run_b: Callable[[], Any], *, warmup: int, rounds: int,
               clock: Clock = time.perf_counter) -> tuple[list[float], list[float]]:
     """Warm both up, then time ``rounds`` rounds of A then B; returns their times in ms."""
+    times = alternate_all({"a": run_a, "b": run_b}, warmup=warmup, rounds=rounds, clock=clock)
+    return times["a"], times["b"]
+
+
+def alternate_all(runs: dict[str, Callable[[], Any]], *, warmup: int, rounds: int,
+                  clock: Clock = time.perf_counter) -> dict[str, list[float]]:
+    """Warm every run up, then time ``rounds`` rounds of all of them in order; times in ms."""
     for _ in range(warmup):
-        run_a()
-        run_b()
-    times_a, times_b = [], []
+        for run in runs.values():
+            run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for _ in steps(rounds, "benchmark", unit="round"):
-        times_a.append(_timed(run_a, clock))
-        times_b.append(_timed(run_b, clock))
-    return times_a, times_b
+        for name, run in runs.items():
+            times[name].append(_timed(run, clock))
+    return times
 
 
 def _timed(run: Callable[[], Any], clock: Clock) -> float:
@@ -125,6 +138,22 @@ def compare_latency(a: SessionSource, b: SessionSource, feeds: Feed, *, threads:
                                threads, warmup)
     log.info("bench: A %.3f ms, B %.3f ms, ratio %.3f", result.median_a_ms, result.median_b_ms, result.ratio)
     return result
+
+
+def compare_all(models: dict[str, SessionSource], feeds: Feed, *, threads: int = 2, warmup: int = 5,
+                rounds: int = 30) -> dict[str, LatencyStats]:
+    """Time every model in ``models`` in one alternation (M1, M2, ..., M1, M2, ...) on the same
+    feeds; pair any two with :func:`pair` for a ratio whose rounds were timed side by side."""
+    _check_counts(warmup, rounds)
+    runs = {name: _runner(model, feeds, threads, name) for name, model in models.items()}
+    times = alternate_all(runs, warmup=warmup, rounds=rounds)
+    return {name: LatencyStats.from_times(t) for name, t in times.items()}
+
+
+def pair(stats: dict[str, LatencyStats], a: str, b: str, *, threads: int = 2,
+         warmup: int = 5) -> LatencyComparison:
+    """A against B out of one :func:`compare_all` run."""
+    return LatencyComparison(stats[a], stats[b], threads, warmup)
 
 
 def _check_counts(warmup: int, runs: int) -> None:

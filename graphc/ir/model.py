@@ -43,6 +43,7 @@ from graphc.ir import external, weight_io
 from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
                                       remove_abandoned_temp)
 from graphc.ir.structure import check_structure
+from graphc.ir.subgraphs import walk_graphs
 from graphc.ir.usedef import drop_detached
 from graphc.ir.validate import validate_proto
 
@@ -186,7 +187,8 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         metadata={p.key: p.value for p in proto.metadata_props},
         source=source,
     )
-    constant_nodes_to_constants(graph)
+    for _, scope in walk_graphs(graph):
+        constant_nodes_to_constants(scope)
     if check:
         check_structure(graph)
     return model

@@ -16,6 +16,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from graphc.ir.model import Model, to_proto
+from graphc.ir.subgraphs import walk_graphs
 
 log = logging.getLogger(__name__)
 
@@ -46,16 +47,28 @@ def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None =
             log.info("shape inference failed (%s); retrying with less", exc)
     info: dict[str, TensorInfo] = {}
     if inferred is not None:
-        graph = inferred.graph
-        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
-            info[vi.name] = _value_info(vi)
-    for name, tensor in model.graph.tensors().items():
+        for graph in _proto_scopes(inferred.graph):
+            for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+                info.setdefault(vi.name, _value_info(vi))
+    tensors: dict[str, gs.Tensor] = {}
+    for _, scope in walk_graphs(model.graph):  # names are unique across scopes
+        tensors.update(scope.tensors())
+    for name, tensor in tensors.items():
         if isinstance(tensor, gs.Constant):
             info[name] = TensorInfo(np.dtype(tensor.dtype), tuple(int(d) for d in tensor.shape))
         elif name not in info and tensor.shape is not None:
             dims = tuple(d if not isinstance(d, int) or d >= 0 else None for d in tensor.shape)
             info[name] = TensorInfo(_np_dtype(tensor.dtype), dims)
     return info
+
+
+def _proto_scopes(graph: onnx.GraphProto):
+    """``graph`` and every body nested in it (the top graph first, so its entries win)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in ([attr.g] if attr.type == onnx.AttributeProto.GRAPH else attr.graphs):
+                yield from _proto_scopes(sub)
 
 
 def _np_dtype(dtype) -> np.dtype | None:

@@ -20,6 +20,7 @@ import logging
 
 from graphc.ir.model import Model
 from graphc.ir.shapes import TensorInfo, infer_shapes
+from graphc.ir.subgraphs import walk_graphs
 
 log = logging.getLogger(__name__)
 
@@ -48,11 +49,13 @@ def count_params(graph: gs.Graph) -> tuple[int, int]:
     """(element count, bytes) of all floating-point and integer weights; scalars and shape
     constants (1-D int64) are counted too, they are negligible."""
     params = nbytes = 0
-    for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant):
-            size = int(prod(tensor.shape)) if tensor.shape else 1
-            params += size
-            nbytes += size * _itemsize(tensor)
+    constants: dict[int, gs.Constant] = {}  # by object: a body lists the outer constants it reads
+    for _, scope in walk_graphs(graph):
+        constants.update((id(t), t) for t in scope.tensors().values() if isinstance(t, gs.Constant))
+    for tensor in constants.values():
+        size = int(prod(tensor.shape)) if tensor.shape else 1
+        params += size
+        nbytes += size * _itemsize(tensor)
     return params, nbytes
 
 
@@ -117,9 +120,10 @@ def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = 
     running the model once on zeros (``measure=False`` disables that)."""
     graph = model.graph
     params, nbytes = count_params(graph)
-    histogram = Counter(node.op for node in graph.nodes)
+    nodes = all_nodes(graph)
+    histogram = Counter(node.op for node in nodes)
     shapes = infer_shapes(model, input_shapes)
-    mac_nodes = [n for n in graph.nodes if n.op in MAC_OPS]
+    mac_nodes = [n for n in nodes if n.op in MAC_OPS]
     unknown = [n for n in mac_nodes if node_macs(n, shapes) is None]
     # Measuring runs the model: never for graphs with loops, whose trip count the model decides.
     runs_safely = not any(n.op in ("Loop", "Scan", "If") for n in graph.nodes)
@@ -128,6 +132,12 @@ def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = 
     per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in mac_nodes]
     total = sum(n.macs for n in per_node if n.macs)
     return ModelStats(params, nbytes, dict(histogram.most_common()), total, per_node)
+
+
+def all_nodes(graph: gs.Graph) -> list[gs.Node]:
+    """The nodes of ``graph`` and of every If/Loop/Scan body in it (every branch counts, though
+    one runs: statistics describe the file)."""
+    return [node for _, scope in walk_graphs(graph) for node in scope.nodes]
 
 
 def _with_measured_shapes(model: Model, shapes: dict[str, TensorInfo], nodes: list[gs.Node],

@@ -12,6 +12,7 @@ import heapq
 import onnx_graphsurgeon as gs
 
 from graphc.errors import ModelError
+from graphc.ir.subgraphs import subgraphs, walk_graphs
 
 
 def node_label(node: gs.Node) -> str:
@@ -46,20 +47,12 @@ def check_structure(graph: gs.Graph, outer_names: frozenset[str] = frozenset()) 
             if inp.name == "" or isinstance(inp, gs.Constant) or inp.name in available:
                 continue
             raise ModelError(f"{node_label(node)} reads '{inp.name}', which nothing produces")
-        for sub in _subgraphs(node):
+        for _, sub in subgraphs(node):
             check_structure(sub, frozenset(available))
     for out in graph.outputs:
         if not (isinstance(out, gs.Constant) or out.name in available):
             raise ModelError(f"graph output '{out.name}' is not produced by any node")
     return find_cycle_free_order(graph)
-
-
-def _subgraphs(node: gs.Node):
-    for value in node.attrs.values():
-        if isinstance(value, gs.Graph):
-            yield value
-        elif isinstance(value, (list, tuple)):
-            yield from (v for v in value if isinstance(v, gs.Graph))
 
 
 def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
@@ -96,16 +89,18 @@ def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
 def _reads(node: gs.Node) -> list:
     """Tensors ``node`` depends on: its inputs, and outer tensors its subgraph bodies read
     (an If must come after the producer of a tensor its branches use)."""
-    subgraphs = list(_subgraphs(node)) if node.attrs else ()
-    if not subgraphs:
+    bodies = [sub for _, sub in subgraphs(node)] if node.attrs else ()
+    if not bodies:
         return node.inputs
     reads = list(node.inputs)
-    for sub in subgraphs:
+    for sub in bodies:
         for inner in sub.nodes:
             reads.extend(_reads(inner))
     return reads
 
 
 def toposort(graph: gs.Graph) -> None:
-    """Sort nodes topologically in place (stable for already sorted graphs)."""
-    graph.nodes = find_cycle_free_order(graph)
+    """Sort nodes topologically in place, in ``graph`` and every body nested in it (stable for
+    already sorted graphs)."""
+    for _, scope in list(walk_graphs(graph)):
+        scope.nodes = find_cycle_free_order(scope)

@@ -12,6 +12,8 @@ from typing import Iterable
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.ir.subgraphs import walk_graphs
+
 
 STANDARD_DOMAINS = (None, "", "ai.onnx")
 
@@ -70,10 +72,15 @@ def scalar_value(tensor: gs.Tensor) -> float | None:
 
 
 class NameFactory:
-    """Unique tensor and node names for one graph (collects existing names once)."""
+    """Unique tensor and node names for one graph and the bodies nested in it (collects existing
+    names once). Names must be unique across scopes, so a pass rewriting inside a body makes its
+    names with the factory of the top graph."""
 
     def __init__(self, graph: gs.Graph):
-        self._used = {t for t in graph.tensors().keys()} | {n.name for n in graph.nodes if n.name}
+        self._used: set[str] = set()
+        for _, scope in walk_graphs(graph):
+            self._used.update(scope.tensors().keys())
+            self._used.update(n.name for n in scope.nodes if n.name)
         self._counter = itertools.count()
 
     def __call__(self, base: str) -> str:
@@ -111,6 +118,8 @@ def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor | None = None, *, dro
         src = producer(keep)
         if src is None or is_graph_output(graph, keep) or len(consumers(keep)) != 1:
             return False
+        if not any(n is src for n in graph.nodes):
+            return False  # ``keep`` comes from an enclosing scope: it cannot write a body's output
         # keep's producer now writes ``out`` directly; ``node`` is dropped.
         idx = next(i for i, t in enumerate(src.outputs) if t is keep)
         detach(node)

@@ -2,7 +2,10 @@
 
 After every pass: the graph is topologically sorted and structurally checked (a pass that breaks
 it raises :class:`StructureError` naming the pass and the ones before it); cached analyses are
-invalidated unless preserved; wall time and the process's peak RSS during the pass are recorded.
+invalidated unless preserved; wall time and the process's peak RSS during the pass are recorded,
+and the run's :attr:`RunReport.peak_rss_bytes` is the process's peak from its start to the end of
+the run (loading the model and every pass: per-pass resets do not hide it, see
+:mod:`graphc.passmanager.memory`).
 With ``verify_each`` the model before and after each pass is run in onnxruntime on the same inputs;
 an exact pass outside tolerance raises :class:`VerificationError`, a lossy one records its error.
 The canonical pipeline text is written into the model's metadata (``graphc.pipeline``).
@@ -19,11 +22,12 @@ from typing import Any, Iterable, Iterator
 from graphc import __version__
 from graphc.errors import DataError, GraphcError, PassError, PassTimeoutError, StructureError, VerificationError
 from graphc.ir.model import Model
+from graphc.ir.stats import all_nodes
 from graphc.ir.structure import check_structure
 from graphc.passmanager.base import Pass, PassResult
 from graphc.passmanager.context import Context
 from graphc.passmanager.deadline import Deadline, DeadlineReached
-from graphc.passmanager.memory import PeakRss
+from graphc.passmanager.memory import PeakRss, process_peak_rss
 from graphc.passmanager.pipeline import Pipeline, parse_pipeline, pipeline_from_passes
 
 log = logging.getLogger(__name__)
@@ -50,6 +54,8 @@ class PassRecord:
 class RunReport:
     pipeline: str
     records: list[PassRecord]
+    #: the process's peak RSS from its start to the end of the run (load and every pass included)
+    peak_rss_bytes: int | None = None
 
     @property
     def modified(self) -> bool:
@@ -121,12 +127,12 @@ class PassManager:
             done.append(spec.name)
         model.metadata["graphc.pipeline"] = self.pipeline.text()
         model.metadata["graphc.version"] = __version__
-        return RunReport(self.pipeline.text(), records)
+        return RunReport(self.pipeline.text(), records, process_peak_rss())
 
     def _run_one(self, step: Pass, text: str, ctx: Context, done: list[str]) -> PassRecord:
         graph = ctx.graph
         before = ctx.model.copy() if self.verify_each else None
-        nodes_before = len(graph.nodes)
+        nodes_before = len(all_nodes(graph))  # If/Loop/Scan bodies included
         for inst in self.instruments:
             inst.before_pass(step, ctx)
         after = f" (after {', '.join(done)})" if done else ""
@@ -144,7 +150,7 @@ class PassManager:
                                    f"limit of {self.max_seconds:g} s (max-seconds){after}",
                                    pass_name=step.name) from None
         record = PassRecord(step.name, text, result.modified, wall, peak, nodes_before,
-                            len(ctx.graph.nodes), result.stats, result.skipped, result.details)
+                            len(all_nodes(ctx.graph)), result.stats, result.skipped, result.details)
         if before is not None and result.modified:
             record.verify = self._verify(step, before, ctx)
         log.info("%s: %s in %.3fs, nodes %d -> %d %s", step.name,

@@ -1,8 +1,21 @@
-"""Peak resident memory of the process during a block, from /proc (Linux).
+"""Peak resident memory of the process and of blocks inside it, from /proc (Linux).
 
-Writing "5" to /proc/self/clear_refs resets the kernel's high-water mark (VmHWM), so the peak
-read after the block belongs to the block alone. Where that is not possible the process-wide peak
-is reported; off Linux, None.
+The kernel keeps one high-water mark of the resident set per process (VmHWM). Writing "5" to
+/proc/self/clear_refs resets it to the current RSS, so the peak read after a block belongs to
+that block alone: the pass manager does this around each pass (:class:`PeakRss`).
+
+A reset erases the mark for everyone else, so every reset goes through :func:`reset_peak`, which
+first folds the mark it is about to erase into (a) the process-wide peak and (b) every block still
+open around it. Hence, exactly and without sampling:
+
+- ``PeakRss().peak`` = max(marks folded while the block was open, VmHWM at its end) - the peak
+  during the block, nested blocks included;
+- :func:`process_peak_rss` = max(every folded mark, VmHWM now) - the peak since the process
+  started, whatever was reset in between.
+
+Where clear_refs cannot be written the mark is never reset and every figure is process-wide
+since start; off Linux ``ru_maxrss`` stands in for VmHWM. A fresh process measured from outside
+(its whole life: imports, load, every pass, save) is :mod:`graphc.bench.memory`.
 """
 from __future__ import annotations
 
@@ -11,6 +24,11 @@ from pathlib import Path
 
 _STATUS = Path("/proc/self/status")
 _CLEAR_REFS = Path("/proc/self/clear_refs")
+
+#: highest VmHWM erased by a reset in this process (bytes)
+_folded_peak = 0
+#: blocks currently open (outermost first); each keeps the marks erased while it is open
+_open_blocks: list["PeakRss"] = []
 
 
 def _status_kb(field: str) -> int | None:
@@ -29,14 +47,28 @@ def current_rss() -> int | None:
 
 
 def peak_rss() -> int:
-    """Process-wide peak RSS in bytes (since start or the last reset)."""
+    """The kernel's high-water mark in bytes: since start or since the last reset."""
     kb = _status_kb("VmHWM")
     if kb is None:
         kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return kb * 1024
 
 
+def process_peak_rss() -> int:
+    """Peak RSS in bytes since the process started, resets included."""
+    return max(_folded_peak, peak_rss())
+
+
+def _fold(mark: int) -> None:
+    global _folded_peak
+    _folded_peak = max(_folded_peak, mark)
+    for block in _open_blocks:
+        block._folded = max(block._folded, mark)
+
+
 def reset_peak() -> bool:
+    """Reset the kernel's mark to the current RSS, keeping what it held (see the module doc)."""
+    _fold(peak_rss())
     try:
         _CLEAR_REFS.write_text("5")
         return True
@@ -49,10 +81,15 @@ class PeakRss:
 
     def __init__(self):
         self.peak: int | None = None
+        self._folded = 0
 
     def __enter__(self) -> "PeakRss":
-        reset_peak()
+        reset_peak()  # folds the mark so far into the blocks around this one
+        self._folded = 0
+        _open_blocks.append(self)
         return self
 
     def __exit__(self, *exc) -> None:
-        self.peak = peak_rss()
+        if self in _open_blocks:
+            _open_blocks.remove(self)
+        self.peak = max(self._folded, peak_rss())

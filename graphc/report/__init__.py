@@ -6,7 +6,7 @@ plots, and the CLI's text - renders the same data. Its top-level keys:
 
     schema, graphc_version, kind ("opt"), created, input, output, output_written, pipeline,
     recipe (the effective settings), summary (the five numbers: params, file_bytes, macs,
-    error, task, latency - each before/after), gates, passed, passes, wall_s, layers,
+    error, task, latency - each before/after), gates, passed, passes, wall_s, peak_rss_bytes, layers,
     histograms, before, after, verification, accuracy, latency
 
 ``before``/``after`` are :func:`graphc.report.model.model_summary` (what ``graphc inspect
@@ -84,6 +84,7 @@ def build_report(*, input_path: str | os.PathLike, output_path: str | os.PathLik
         "passed": _passed(verify, gates) if passed == "auto" else passed,
         "passes": [pass_record(r) for r in run.records],
         "wall_s": run.wall_s,
+        "peak_rss_bytes": run.peak_rss_bytes,
         "layers": layers or [],
         "histograms": histograms or [],
         "before": before,

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 import graphc
-from graphc.bench import LatencyStats, alternate, bench_feeds, compare_latency, measure_latency
+from graphc.bench import (LatencyComparison, LatencyStats, alternate, alternate_all, bench_feeds, compare_all,
+                          compare_latency, measure_latency, pair)
 from graphc.errors import DataError
 from tiny_nets import conv_net
 
@@ -28,6 +29,33 @@ def test_alternate_times_with_the_given_clock_in_ms():
     clock = lambda: next(ticks) * 0.001  # noqa: E731 - every call advances 1 ms
     times_a, times_b = alternate(lambda: None, lambda: None, warmup=0, rounds=2, clock=clock)
     assert times_a == pytest.approx([1.0, 1.0]) and times_b == pytest.approx([1.0, 1.0])
+
+
+def test_alternate_all_runs_every_model_in_turn():
+    log: list[str] = []
+    times = alternate_all({k: (lambda k=k: log.append(k)) for k in "abc"}, warmup=1, rounds=2)
+    assert log == list("abc") * 3
+    assert {k: len(v) for k, v in times.items()} == {"a": 2, "b": 2, "c": 2}
+
+
+def test_ratio_spread_is_of_the_per_round_ratios():
+    a = LatencyStats.from_times([2.0, 4.0, 6.0, 8.0, 10.0])
+    b = LatencyStats.from_times([1.0, 1.0, 2.0, 2.0, 10.0])  # per round: 2, 4, 3, 4, 1
+    low, high = LatencyComparison(a, b, 1, 0).ratio_spread(25, 75)
+    assert (low, high) == pytest.approx((2.0, 4.0))
+    assert LatencyComparison(a, b, 1, 0).ratio == pytest.approx(6.0 / 2.0)
+
+
+def test_compare_all_pairs_models_timed_in_one_alternation():
+    proto = conv_net()
+    feeds = bench_feeds(proto.SerializeToString())
+    cleaned = graphc.load(proto)
+    graphc.PassManager("cleanup").run(cleaned)
+    stats = compare_all({"orig": proto.SerializeToString(), "clean": cleaned}, feeds, threads=1, warmup=1,
+                        rounds=4)
+    assert stats["orig"].runs == stats["clean"].runs == 4
+    both = pair(stats, "orig", "clean")
+    assert both.ratio == pytest.approx(stats["orig"].median_ms / stats["clean"].median_ms)
 
 
 def test_latency_stats_percentiles():

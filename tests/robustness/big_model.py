@@ -6,8 +6,10 @@ layers are 2.25 GiB. The weights are written through ``numpy.memmap`` a block at
 generator never holds more than one 16 MiB block in memory.
 
 ``python tests/robustness/big_model.py run IN OUT``: load, ``cleanup,fold-bn``, save with
-external data, in this process; prints one JSON line with the wall time and the peak RSS (VmHWM)
-after each stage, for the parent to check.
+external data, in this process; prints one JSON line with the wall time and the process's peak RSS
+so far after each stage (:func:`graphc.passmanager.memory.process_peak_rss`: the pass manager's
+per-pass resets do not hide load). The parent runs it through :func:`graphc.bench.measure_process`,
+whose figure covers the whole process from start to exit.
 ``python tests/robustness/big_model.py stages IN``: the same, and the stages of the libraries
 underneath (onnx.load with external data, gs.import_onnx, gs.export_onnx, onnx.save_model
 external, onnx.checker on the path), each in a fresh process, to see where copies happen.
@@ -15,7 +17,6 @@ external, onnx.checker on the path), each in a fresh process, to see where copie
 from __future__ import annotations
 
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -78,28 +79,22 @@ def write_big_model(folder: Path, layers: int, features: int = FEATURES, name: s
 # -- measuring (child processes) ------------------------------------------------------------------
 
 
-def _hwm() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
 def run_pipeline(src: Path, out: Path) -> dict:
-    """load, cleanup+fold-bn, save with external data; times and peak RSS after each stage."""
+    """load, cleanup+fold-bn, save with external data; times and peak RSS so far after each stage."""
     import graphc
+    from graphc.passmanager.memory import process_peak_rss as peak_so_far
 
-    report = {"baseline_rss": _hwm()}
+    report = {"baseline_rss": peak_so_far()}
     start = time.perf_counter()
     model = graphc.load(src)
-    report["load_s"], report["after_load_rss"] = time.perf_counter() - start, _hwm()
+    report["load_s"], report["after_load_rss"] = time.perf_counter() - start, peak_so_far()
     t = time.perf_counter()
     run = graphc.PassManager("cleanup,fold-bn").run(model)
-    report["passes_s"], report["after_passes_rss"] = time.perf_counter() - t, _hwm()
+    report["passes_s"], report["after_passes_rss"] = time.perf_counter() - t, peak_so_far()
     report["stats"] = {r.name: r.stats for r in run.records}
     t = time.perf_counter()
     graphc.save(model, out, external_data=True)
-    report["save_s"], report["peak_rss"] = time.perf_counter() - t, _hwm()
+    report["save_s"], report["peak_rss"] = time.perf_counter() - t, peak_so_far()
     report["total_s"] = time.perf_counter() - start
     report["ops"] = sorted({n.op for n in model.graph.nodes})
     return report
@@ -122,15 +117,16 @@ _STAGES = {
 
 
 def measure_stages(src: Path, out_dir: Path) -> dict[str, dict]:
+    from graphc.bench.memory import measure_process, python_command
+
     results = {}
     for label, code in _STAGES.items():
         out = out_dir / "stage.onnx"
         script = (f"SRC, OUT = {str(src)!r}, {str(out)!r}\nimport time; _t = time.perf_counter()\n{code}\n"
-                  "import json; print(json.dumps({'s': time.perf_counter() - _t, 'peak': int([l for l in "
-                  "open('/proc/self/status') if l.startswith('VmHWM')][0].split()[1]) * 1024}))")
-        proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
-        results[label] = json.loads(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 \
-            else {"error": proc.stderr.strip().splitlines()[-1:]}
+                  "import json; print(json.dumps({'s': time.perf_counter() - _t}))")
+        proc = measure_process(python_command("-c", script))
+        results[label] = dict(json.loads(proc.stdout.strip().splitlines()[-1]), peak=proc.peak_bytes) \
+            if proc.returncode == 0 else {"error": proc.stderr.strip().splitlines()[-1:]}
         for p in out_dir.glob("stage.onnx*"):
             p.unlink()
         (out_dir / "o.data").unlink(missing_ok=True)

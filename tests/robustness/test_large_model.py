@@ -1,8 +1,10 @@
 """A model over 2 GiB (external data): load, ``cleanup,fold-bn``, save with external data.
 
 The model (tests/robustness/big_model.py: 9 x Gemm 8192x8192 + BN + Identity + Relu, 2.25 GiB of
-weights) is generated through numpy.memmap, then processed in a child process whose peak RSS
-(VmHWM) is read at the end, so the measurement is the pipeline's alone. Requirements: the result is
+weights) is generated through numpy.memmap, then processed in a fresh child process measured by
+:func:`graphc.bench.measure_process`: its peak RSS covers the whole child from start to exit -
+interpreter, imports, load, every pass, save - although the pass manager resets the kernel's mark
+at each pass (graphc keeps the marks it erases and the child reports them). Requirements: the result is
 a valid model with its data file next to it, every BN folded and every Identity gone, the folded
 weights right, the input untouched, no temp files - and peak RSS under 2x the weights (the weights
 may be held once, plus working room; not copied twice).
@@ -15,8 +17,6 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +24,7 @@ import onnx
 import pytest
 
 import big_model
+from graphc.bench.memory import measure_process, python_command
 
 pytestmark = pytest.mark.slow
 
@@ -61,10 +62,10 @@ def big_run(tmp_path_factory):
         out_dir = root / "out"
         out_dir.mkdir()
         out = out_dir / "big.opt.onnx"
-        proc = subprocess.run([sys.executable, big_model.__file__, "run", str(src), str(out)],
-                              capture_output=True, text=True, timeout=1800)
+        proc = measure_process(python_command(big_model.__file__, "run", str(src), str(out)), timeout=1800)
         assert proc.returncode == 0, proc.stderr[-2000:]
         report = json.loads(proc.stdout.strip().splitlines()[-1])
+        report["process_peak_rss"] = proc.peak_bytes
         yield {"src": src, "out": out, "report": report, "inputs": inputs}
     finally:
         shutil.rmtree(root, ignore_errors=True)  # pytest keeps old temp folders; 5 GB must not stay
@@ -106,9 +107,11 @@ def test_over_2gib_model_folded_weights_are_right(big_run):
 
 
 def test_over_2gib_model_peak_rss_under_twice_the_weights(big_run):
+    """The whole child process: load and every pass included (not the last pass's reset counter)."""
     report = big_run["report"]
     print(json.dumps({k: v for k, v in report.items() if k != "stats"}))
-    assert report["peak_rss"] < 2 * WEIGHTS, (
-        f"peak RSS {report['peak_rss'] / 2**30:.2f} GiB for {WEIGHTS / 2**30:.2f} GiB of weights "
+    assert report["process_peak_rss"] >= max(report["after_load_rss"], report["after_passes_rss"])
+    assert report["process_peak_rss"] < 2 * WEIGHTS, (
+        f"peak RSS {report['process_peak_rss'] / 2**30:.2f} GiB for {WEIGHTS / 2**30:.2f} GiB of weights "
         f"(after load {report['after_load_rss'] / 2**30:.2f}, after passes "
         f"{report['after_passes_rss'] / 2**30:.2f} GiB)")
