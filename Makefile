@@ -8,7 +8,7 @@ DEMO_MODEL := models/resnet_digits.onnx
 DEMO_DATA  := models/digits_calib.npz
 DEMO_OUT   := out
 
-.PHONY: demo test bench fuzz clean venv docs
+.PHONY: demo test test-each bench fuzz clean venv docs
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,14 @@ docs: $(VENV)/.base
 
 test: $(VENV)/.test
 	$(PY) -m pytest -q
+
+# Every tests/ folder and top-level test file alone, in its own process: a verdict that depends
+# on what ran before shows up as a difference from `make test`.
+test-each: $(VENV)/.test
+	@failed=""; for t in tests/*/ tests/test_*.py; do \
+	    $(PY) -m pytest -q -p no:cacheprovider $$t > /dev/null 2>&1; rc=$$?; \
+	    if [ $$rc -eq 0 ] || [ $$rc -eq 5 ]; then echo "pass  $$t"; else echo "FAIL  $$t"; failed="$$failed $$t"; fi; \
+	done; test -z "$$failed" || { echo "failed alone:$$failed"; exit 1; }
 
 bench: $(VENV)/.bench
 	$(PY) benchmarks/run.py

@@ -21,10 +21,10 @@ import numpy as np
 import graphc
 from graphc.bench import compare_latency
 from graphc.calib.data import open_data
-from graphc.ir import model_stats
+from graphc.stats import model_stats
 from graphc.passmanager import PassManager
 from graphc.runtime import create_session, run_session
-from graphc.verify.metrics import sqnr_db
+from graphc.metrics import sqnr_db
 
 TITLE = "factorize: low-rank factorization of the trained zoo"
 MODELS = Path(__file__).resolve().parents[1] / "models"

@@ -35,10 +35,10 @@ import graphc
 from graphc.bench import compare_all, pair
 from graphc.calib.data import IterableSource, open_data
 from graphc.cpu import nchwc_block_width
-from graphc.ir import model_stats
+from graphc.stats import model_stats
 from graphc.passmanager import PassManager
 from graphc.runtime import create_session, run_session
-from graphc.verify.metrics import sqnr_db
+from graphc.metrics import sqnr_db
 
 TITLE = "prune: structured pruning with least-squares repair"
 ROOT = Path(__file__).resolve().parents[1]

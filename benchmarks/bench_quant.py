@@ -267,7 +267,7 @@ def _ort_varying_shapes(kind: str, tmp: Path) -> str:
 
 def _accuracy(reference: str, candidate: str, kind: str) -> dict:
     from graphc.runtime import create_session
-    from graphc.verify.metrics import cosine, sqnr_db, top1_agreement
+    from graphc.metrics import cosine, sqnr_db, top1_agreement
 
     evaluation = ppocr_data.feeds(kind, 8 if kind == "det" else 24, seed=99,
                                   det_side=max(BENCH_SHAPES["det"][2:]))

@@ -126,7 +126,7 @@ def _outputs(path: str, feeds: list[dict]) -> list[np.ndarray]:
 
 
 def _accuracy(kind: str, reference: list[np.ndarray], got: list[np.ndarray]) -> dict:
-    from graphc.verify.metrics import sqnr_db
+    from graphc.metrics import sqnr_db
 
     flat_r = np.concatenate([x.ravel() for x in reference])
     flat_g = np.concatenate([x.ravel() for x in got])

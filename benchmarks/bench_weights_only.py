@@ -8,7 +8,7 @@ block). Block size 32 for int4. Two models:
 
 - ``models/transformer_digits.onnx`` (the zoo's trained transformer, 14 MatMul/Gemm weights);
   accuracy on the 450 images of ``models/digits_test.npz``: SQNR of the logits against the float
-  model (:func:`graphc.verify.metrics.sqnr_db`) and top-1 accuracy against the labels; latency at
+  model (:func:`graphc.metrics.sqnr_db`) and top-1 accuracy against the labels; latency at
   batch 1 (the first test image) and batch 64 (``models/digits_calib.npz``). Weights-only
   calibrates nothing, so the calibration set only serves as a batch of real inputs.
 - a synthetic chain of ``LAYERS`` MatMuls with ``HIDDEN`` x ``HIDDEN`` weights (seeded normal,
@@ -46,7 +46,7 @@ import graphc
 from graphc.bench import compare_latency
 from graphc.ir import model_bytes
 from graphc.runtime import create_session, run_session
-from graphc.verify.metrics import sqnr_db, top1_agreement
+from graphc.metrics import sqnr_db, top1_agreement
 
 TITLE = "quant weights-only: int8 / int4 weights, float activations (transformer_digits, 4 x MatMul 2048^2)"
 log = logging.getLogger("bench_weights_only")

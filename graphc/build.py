@@ -36,9 +36,9 @@ from typing import Any, Iterable
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError, RecipeError
-from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, save
+from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, require_savable, save
 from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
-from graphc.passmanager import PassManager, parse_pipeline
+from graphc.passmanager import PassManager, expand_preparation, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
 
 log = logging.getLogger(__name__)
@@ -81,6 +81,7 @@ class _Inputs:
     def feeds(self) -> Any:
         """Evaluation feeds: the first ``samples`` of the data, or seeded random ones (as
         :func:`graphc.verify.evaluation_data` makes them)."""
+        # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
         from graphc.calib.data import RandomSource
 
         if self.evaluation is not None:
@@ -99,6 +100,7 @@ class Measurements:
 
 def build(source: str | os.PathLike, recipe: Recipe, *, instruments: tuple = ()) -> BuildOutcome:
     """Run ``recipe`` on the model at ``source``; see the module docstring."""
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.report import model_summary
 
     inputs = _open_inputs(Path(source), recipe)
@@ -117,6 +119,7 @@ def build(source: str | os.PathLike, recipe: Recipe, *, instruments: tuple = ())
     after = model_summary(inputs.model, path=inputs.out if written else None, input_shapes=inputs.shapes)
     report = _report(recipe, inputs, run, after, measured, gates, written, passed)
     if recipe.outputs.report:
+        # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
         from graphc.report import write_report
 
         write_report(report, recipe.outputs.report)
@@ -130,6 +133,7 @@ def check_outputs(source: Path, model_path: str | None, report_path: str | None,
     """The output path, after refusing what cannot be written and what would write over, or
     remove, the input model, its external data, ``also_read`` (``(path, what)``) or another
     output (:mod:`graphc.ir.output_safety`)."""
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.report import plot_folder, report_format
 
     if not model_path:
@@ -157,6 +161,7 @@ def data_files(recipe: Recipe) -> list[tuple[str, str]]:
 
 
 def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.calib.data import input_specs, open_data
     from graphc.report import model_summary
     from graphc.verify.accuracy import has_labels, load_labels
@@ -175,6 +180,7 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
     out = check_outputs(source, recipe.outputs.model, recipe.outputs.report, data_files(recipe))
     shapes = input_shapes(recipe)
     model = load(source)
+    require_savable(model)
     before = model_summary(model, path=source, input_shapes=shapes)
     images = image_options(recipe.image)
     data = recipe.data
@@ -192,6 +198,7 @@ def image_options(settings: ImageSettings) -> Any:
              if getattr(settings, f.name) not in (None, ())}
     if not given:
         return None
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.calib.images import ImageOptions
 
     if "size" in given:
@@ -204,6 +211,7 @@ def _snapshots(recipe: Recipe, inputs: _Inputs) -> Any:
         return None
     if not any(step.instantiate().requires_data() for step in parse_pipeline(recipe.pipeline).steps):
         return None
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.report.histograms import CalibrationSnapshots
 
     return CalibrationSnapshots()
@@ -222,6 +230,7 @@ def _run_pipeline(recipe: Recipe, inputs: _Inputs, instruments: list[Any]) -> An
 
 
 def tolerances(recipe: Recipe) -> Any:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.verify import Tolerances
 
     g = recipe.gates
@@ -238,7 +247,7 @@ def _checks_outputs(recipe: Recipe, labels: Any) -> bool:
 
 
 def _lossy_change(recipe: Recipe, run: Any) -> bool:
-    steps = parse_pipeline(recipe.pipeline).steps
+    steps = expand_preparation(parse_pipeline(recipe.pipeline)).steps
     # per instance: a pass may be exact under some options only (equalize{absorb-bias=data})
     return any(record.modified and not step.instantiate().exact for step, record in zip(steps, run.records))
 
@@ -250,6 +259,7 @@ def _measure(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any, snapshot
     elif recipe.outputs.report or _lossy_change(recipe, run):
         m.verification = _unasked(_verify, recipe, inputs, candidate, False)
     if inputs.labels is not None:
+        # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
         from graphc.verify.accuracy import task_accuracy
 
         if inputs.evaluation is None:
@@ -260,6 +270,7 @@ def _measure(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any, snapshot
     if recipe.outputs.report:
         m.layers = _layers(recipe, inputs, candidate, run)
         if snapshots is not None and inputs.calibration is not None:
+            # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
             from graphc.report import pass_record
             from graphc.report.histograms import activation_histograms
 
@@ -288,6 +299,7 @@ def _unasked(measure: Any, *args: Any) -> Any:
 
 
 def _verify(recipe: Recipe, inputs: _Inputs, candidate: Any, checked: bool) -> Any:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.verify import Tolerances, compare_models
 
     tol = tolerances(recipe) if checked else Tolerances(exact=False)
@@ -297,6 +309,7 @@ def _verify(recipe: Recipe, inputs: _Inputs, candidate: Any, checked: bool) -> A
 
 
 def _latency(recipe: Recipe, inputs: _Inputs, candidate: Any) -> Any:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.bench import bench_feeds, compare_latency
 
     feeds = bench_feeds(inputs.source, inputs.evaluation, input_shapes=inputs.shapes, seed=recipe.data.seed)
@@ -305,6 +318,7 @@ def _latency(recipe: Recipe, inputs: _Inputs, candidate: Any) -> Any:
 
 
 def _layers(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any) -> list[dict[str, Any]]:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.report import pass_record
     from graphc.report.layers import layer_table
     from graphc.verify.layers import layer_errors
@@ -417,6 +431,7 @@ class _PendingOutput:
 
 def _report(recipe: Recipe, inputs: _Inputs, run: Any, after: dict[str, Any], m: Measurements,
             gates: list[dict[str, Any]], written: bool, passed: bool | None) -> dict[str, Any]:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.report import build_report
 
     return build_report(input_path=inputs.source, output_path=inputs.out, run=run, before=inputs.before,

@@ -14,6 +14,8 @@ Exit codes: 0 ok; 1 verification or a gate failed; 2 bad input or usage; 130 int
 are one line on stderr, ``graphc: error: <message>``; ``--debug`` adds the traceback. The human
 report goes to stdout (``-q`` silences it), logging to stderr (``-v`` for INFO), progress bars to
 stderr when it is a terminal (``-q`` turns them off).
+
+Size: the argument tables of every command and one thin handler each; the work is in the API.
 """
 from __future__ import annotations
 
@@ -49,6 +51,7 @@ class _Parser(argparse.ArgumentParser):
 
 def input_shape(text: str) -> tuple[str, tuple[int, ...]]:
     """``name:1x3x224x224`` (the name may itself contain colons)."""
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.recipe import parse_input_shape
 
     try:
@@ -143,6 +146,7 @@ IMAGE_FLAGS = {"image_size": "size", "image_height": "height", "image_max_width"
 
 
 def _image_settings(args: argparse.Namespace) -> Any:
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.recipe import ImageSettings
 
     return ImageSettings(**{key: getattr(args, dest) for dest, key in IMAGE_FLAGS.items()
@@ -280,6 +284,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands -------------------------------------------------------------------------------------
 
 def _tolerances(args: argparse.Namespace) -> Any:
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.verify import Tolerances
 
     return Tolerances.from_options(rtol=args.rtol, atol=args.atol, min_sqnr=args.min_sqnr,
@@ -303,6 +308,7 @@ OPT_FLAGS = {
 
 def opt_recipe(args: argparse.Namespace) -> Any:
     """The recipe file (if any) with every flag given on the command line put over it."""
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.recipe import Recipe, load_recipe
 
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
@@ -317,6 +323,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
     """Run the build step (:func:`graphc.build.build`). ``--input-shape`` feeds verification and
     MAC counts only: the passes see the model's declared shapes, so a dynamic model stays valid
     for every shape it declares."""
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.build import build, data_files
     from graphc.ir.output_safety import OutputPlan, ProtectedFiles
     from graphc.recipe import save_recipe
@@ -338,6 +345,7 @@ def cmd_opt(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
+    # lazy: a command imports only what it needs (CLI start-up time)
     import graphc
     from graphc.report import model_summary
     from graphc.report.text import inspect_text
@@ -347,6 +355,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     if args.groups and args.json:
         raise UsageError("--groups is text only; leave out --json")
     if args.dot:
+        # lazy: a command imports only what it needs (CLI start-up time)
         from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 
         OutputPlan(ProtectedFiles.of_model_file(args.input)).add(check_writable(args.dot), "the DOT graph")
@@ -361,6 +370,7 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _groups_text(model: Any, args: argparse.Namespace) -> str:
     """The channel-group report of :mod:`graphc.analysis` (and its DOT graph with --dot)."""
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.analysis import ChannelGroups, ChannelGroupsByHeadDim, format_groups, to_dot
     from graphc.passmanager import Context
 
@@ -372,6 +382,7 @@ def _groups_text(model: Any, args: argparse.Namespace) -> str:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.build import image_options
     from graphc.calib.data import open_data
     from graphc.report.text import verify_text
@@ -392,6 +403,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _verify_accuracy(args: argparse.Namespace, data: Any) -> dict[str, Any] | None:
     """Both models' accuracy when labels are given (or held by the --data .npz)."""
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.report import jsonable
     from graphc.verify.accuracy import has_labels, load_labels, task_accuracy
 
@@ -405,6 +417,7 @@ def _verify_accuracy(args: argparse.Namespace, data: Any) -> dict[str, Any] | No
 
 def cmd_bench(args: argparse.Namespace) -> int:
 
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.bench import bench_feeds, compare_latency, measure_latency
     from graphc.report.text import bench_text
 
@@ -421,6 +434,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_passes(args: argparse.Namespace) -> int:
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.report.markdown import passes_markdown
     from graphc.report.passes import pass_catalog
     from graphc.report.text import passes_text
@@ -434,8 +448,9 @@ def cmd_passes(args: argparse.Namespace) -> int:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    # lazy: a command imports only what it needs (CLI start-up time)
     import graphc
-    from graphc.analysis.sensitivity import format_sensitivity, measure_sensitivity
+    from graphc.passes.prune.sensitivity import format_sensitivity, measure_sensitivity
     from graphc.build import image_options
     from graphc.calib.data import open_data
 
@@ -479,6 +494,7 @@ def _error(message: str) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit code (see the module docstring)."""
+    # lazy: a command imports only what it needs (CLI start-up time)
     from graphc.progress import set_progress
 
     argv = list(sys.argv[1:] if argv is None else argv)

@@ -84,10 +84,11 @@ def _from_flags(flags: set[str], source: str) -> BlockWidth:
 def _numpy_features() -> set[str] | None:
     """numpy's runtime CPU dispatch table as lower-case flags (only the features present), or None."""
     try:
+        # numpy 2 moved its dispatch table (numpy 1: numpy.core); it may be missing
         from numpy._core._multiarray_umath import __cpu_features__ as table
     except ImportError:
         try:
-            from numpy.core._multiarray_umath import __cpu_features__ as table
+            from numpy.core._multiarray_umath import __cpu_features__ as table  # numpy 1
         except ImportError:
             return None
     present = {name.lower() for name, on in table.items() if on}

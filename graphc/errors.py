@@ -71,5 +71,3 @@ class VerificationError(GraphcError):
     exit_code = 1
 
 
-class GateError(VerificationError):
-    """A build-step gate (min SQNR, min speedup, ...) was not met."""

@@ -39,6 +39,7 @@ def progress(iterable: Iterable[T], *, total: int | None = None, desc: str = "",
         return iterable
     if total is None:
         total = _length(iterable)
+    # lazy: tqdm loads only when a bar is shown
     from tqdm import tqdm
 
     return tqdm(iterable, total=total, desc=desc, unit=unit, file=sys.stderr, leave=False,
@@ -63,6 +64,7 @@ def progress_bar(total: int | None, desc: str = "", unit: str = "it") -> Any:
     """A bar advanced by hand (``update(n)``, ``close()``, or use ``with``); a no-op when off."""
     if not progress_enabled():
         return _NoBar()
+    # lazy: tqdm loads only when a bar is shown
     from tqdm import tqdm
 
     return tqdm(total=total, desc=desc, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)

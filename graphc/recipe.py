@@ -86,7 +86,8 @@ class VerifySettings:
                            "gate needs it")
     each: bool = option(False, "compare before and after every pass (--verify-each)")
     rtol: float | None = option(None, "relative tolerance of exact mode (--rtol; default 1e-5)", min=0.0)
-    atol: float | None = option(None, "absolute tolerance of exact mode (--atol; default 1e-6)", min=0.0)
+    atol: float | None = option(None, "absolute tolerance of exact mode (--atol; default: measured per output, "
+                                "4x the reference's own spread across onnxruntime optimization levels, at least 1e-6)", min=0.0)
     localize: bool = option(False, "on failure, name the first diverging node (--localize)")
 
 

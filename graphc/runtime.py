@@ -16,6 +16,7 @@ from onnxruntime.capi import onnxruntime_pybind11_state as ort_state
 
 from graphc.errors import DataError, ModelError
 from graphc.ir.model import Model, model_bytes
+from graphc.ir.outputs import with_outputs
 
 SessionSource = Union[Model, bytes, str, os.PathLike]
 
@@ -103,8 +104,6 @@ def measure_shapes(
     For what static shape inference cannot see (Reshape targets computed at run time). Every graph
     input needs a concrete shape in ``input_shapes``; a missing one is a :class:`DataError`.
     """
-    from graphc.ir.outputs import with_outputs
-
     feeds = {}
     for tensor in model.graph.inputs:
         if tensor.name not in input_shapes:

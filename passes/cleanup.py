@@ -167,8 +167,8 @@ def _noop_reason(node: gs.Node, shapes) -> str | None:
                 return "noop_cast"
         return None
     target = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-    if src is None or not src.static or target is None:
-        return None
+    if src is None or not src.static or target is None or not np.issubdtype(target.dtype, np.integer):
+        return None  # a shape that is not integer (an invalid model) is not a no-op to remove
     target = [int(d) for d in target.reshape(-1)]
     allowzero = int(node.attrs.get("allowzero", 0))
     if len(target) != len(src.shape):

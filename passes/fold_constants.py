@@ -8,7 +8,8 @@ emit. Folding is exact: the values are the ones the runtime would compute.
 
 Not folded (counted with the reason): random ops, nodes with subgraphs, ops of other domains,
 results larger than ``max-elements`` (folding them would bloat the file, e.g. ConstantOfShape),
-graph outputs, and ops the reference implementation cannot evaluate. Size and work are estimated
+graph outputs, ops the reference implementation cannot evaluate, and values onnxruntime refuses
+to compute (integer division by zero: folding would invent a result). Size and work are estimated
 *before* evaluating (``graphc.ir.evaluation_cost``: output shapes by ONNX shape inference, work
 by a per-op cost model): a node over ``max-elements`` or ``max-work``, or whose op has no cost
 model or whose output size is not known in advance, is never handed to the reference evaluator
@@ -24,7 +25,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import (constant_value, consumers, detach, drop_detached, is_graph_output, is_standard_op,
                        node_label, walk_graphs)
-from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node
+from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node, runtime_refuses
 from graphc.ir.evaluation_cost import evaluation_cost
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -79,6 +80,10 @@ class FoldConstants(Pass):
             return False
         if any(is_graph_output(graph, out) for out in node.outputs):
             result.skip("result is a graph output")
+            return False
+        refused = runtime_refuses(node, values)
+        if refused:
+            result.skip(refused)
             return False
         if not self._affordable(node, values, ctx, result):
             return False

@@ -35,8 +35,9 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.calib.channel_max import channel_absmax
 from graphc.errors import DataError
-from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer, toposort
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -74,14 +75,17 @@ class Smooth(Pass):
         result = PassResult(modified=False)
         if ctx.data is None:
             raise DataError("pass 'smooth' needs calibration data (--data)")
+        toposort(graph)  # sites in graph order, upstream first (the rewrite walks them backwards)
         sites = self._sites(graph, result)
         if not sites:
             return result
-        from graphc.calib.channel_max import channel_absmax
-
         ranges = channel_absmax(ctx.model, ctx.data, {s.x.name: -1 for s in sites},
                                 max_samples=self.options.samples)
-        for site in sites:
+        # Downstream sites first: a MatMul that reads one site and produces the next has its
+        # columns divided by the later site's scale, and the earlier site's scale must be computed
+        # from those divided rows, or a second run finds it unbalanced again. The measured ranges
+        # stay valid: a site's activation depends only on upstream scales, which are undone at it.
+        for site in reversed(sites):
             s = _smoothing_scales(ranges[site.x.name], site.readers, self.options.alpha)
             if np.max(np.abs(s - 1.0)) <= self.options.tolerance:
                 continue

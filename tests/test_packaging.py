@@ -10,6 +10,7 @@ def test_every_package_dir_is_listed_in_pyproject():
     config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     listed = set(config["packages"])
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "graphc").rglob("__init__.py")}
+    found |= {".".join(("graphc",) + p.parent.relative_to(ROOT).parts) for p in (ROOT / "passes").rglob("__init__.py")}
     assert found <= listed, f"add to pyproject packages: {sorted(found - listed)}"
     assert config["package-dir"]["graphc.passes"] == "passes"
 

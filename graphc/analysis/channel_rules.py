@@ -51,6 +51,7 @@ def rules() -> dict:
     """op type -> rule (built on first use: the family modules import the helpers below)."""
     global _TABLE
     if _TABLE is None:
+        # here, not at the top: the rules_* modules import this one
         from graphc.analysis import (rules_elementwise as ew, rules_layers as ly, rules_layout as lo,
                                      rules_reductions as rd, rules_reshape as rs)
         table = {op: ew.elementwise for op in ew.UNARY + ew.BINARY}

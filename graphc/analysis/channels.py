@@ -30,6 +30,9 @@ per-channel constants (see :mod:`masked_values`) is inexact too, since removal c
 
 Cost: one visit per (node, slot); identity links are a slot-level union-find, other maps are
 vectorized element unions; groups come from a hash of the slots each class touches.
+
+Size: the analysis proper (slots, unions, groups, blocking reasons); the per-op rules are in
+``rules_*.py`` and the reports in ``group_report.py``.
 """
 from __future__ import annotations
 
@@ -194,8 +197,6 @@ class ChannelAnalysis:
     def group(self, gid: int) -> ChannelGroup:
         return self.groups[gid]
 
-    def groups_of(self, tensor: str, axis: int) -> list[ChannelGroup]:
-        return [self.groups[g] for g in self.slot_groups.get((tensor, axis), [])]
 
     @property
     def prunable(self) -> list[ChannelGroup]:
@@ -241,6 +242,7 @@ class ChannelAnalysis:
 
     def dependency_graph(self):
         """networkx MultiGraph of slots and links (see :mod:`group_report`)."""
+        # here, not at the top: these modules import this one
         from graphc.analysis.group_report import dependency_graph
 
         return dependency_graph(self)
@@ -292,6 +294,7 @@ class Builder:
     """Collects slots and links by visiting nodes from slots (a worklist), then unions them."""
 
     def __init__(self, analysis: ChannelAnalysis):
+        # here, not at the top: these modules import this one
         from graphc.analysis import channel_rules
 
         self.a = analysis

@@ -22,6 +22,9 @@ The result equals the masked model (producers' output weights and biases of thos
 zero, :func:`mask_channels`) up to float rounding. Several groups removed in one call are handled
 together (a Concat consumer may lose slices from two groups; a layer may lose inputs and outputs).
 The analysis is stale afterwards: recompute it (the pass manager drops it after a modifying pass).
+
+Size: one rewrite per member kind (producer rows, consumer columns, norms, shape constants,
+Concat slices) and the folding of masked constants, which must agree with each other.
 """
 from __future__ import annotations
 

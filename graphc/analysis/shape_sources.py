@@ -43,9 +43,6 @@ class DimElement:
     axis: int
 
 
-Element = "ConstElement | DimElement | None"
-
-
 def shape_elements(tensor: gs.Tensor, reader: gs.Node, rank_of) -> list | None:
     """Per-element sources of the 1-D (or 0-D) int tensor ``tensor``; None if its length is unknown.
 

@@ -25,6 +25,7 @@ def channel_absmax(model: Model, data: Iterable[dict[str, np.ndarray]],
     """``{tensor name: max |x| per channel}`` for ``tensors = {name: channel axis}``."""
     if not tensors:
         return {}
+    # lazy: loads onnxruntime
     from graphc.runtime import create_session, run_session
 
     inputs = {t.name for t in model.graph.inputs}

@@ -28,6 +28,10 @@ import numpy as np
 
 from graphc.calib.ranges import NUM_BINS, SignedHistogram
 from graphc.errors import DataError
+from graphc.ir.model import Model
+from graphc.ir.outputs import with_outputs
+from graphc.ir.shapes import infer_shapes
+from graphc.progress import progress_bar, progress_enabled
 
 log = logging.getLogger(__name__)
 
@@ -154,8 +158,6 @@ def collect_stats(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequenc
 
     Graph inputs among ``tensors`` are read from the feeds; the others are exposed as outputs.
     """
-    from graphc.ir.model import Model
-
     if not isinstance(model, Model):
         raise TypeError("collect_stats needs a graphc.ir.Model")
     tensors = list(dict.fromkeys(tensors))
@@ -183,8 +185,7 @@ def _run_chunk(model, data, chunk: list[str], collectors: dict[str, RangeCollect
     """One pass over ``data``: onnxruntime computes sample k+1 while a worker thread folds sample
     k into the histograms (onnxruntime and numpy release the GIL), so at most two samples'
     activations are alive."""
-    from graphc.ir.outputs import with_outputs
-    from graphc.runtime import create_session, run_session
+    from graphc.runtime import create_session, run_session  # lazy: loads onnxruntime
 
     label_model = "model (calibration)"
     session = (create_session(with_outputs(model, chunk), threads=threads, spin=False, label=label_model)
@@ -236,14 +237,10 @@ def _progress_bar(total: int | None, desc: str, enabled: bool | None) -> Any:
     """A tqdm bar on stderr (graphc.progress decides when bars show; ``enabled`` overrides)."""
     if enabled is False:
         return None
-    try:
-        from graphc.progress import progress_bar, progress_enabled
-    except ImportError:  # progress is a nicety
-        return None
     if enabled is None and not progress_enabled():
         return None
     if enabled:
-        from tqdm import tqdm
+        from tqdm import tqdm  # lazy: tqdm loads only when a bar is shown
 
         return tqdm(total=total, desc=desc, unit="sample", file=sys.stderr, leave=False)
     return progress_bar(total, desc, unit="sample")
@@ -272,8 +269,6 @@ def _chunks(model, data, names: list[str], memory_limit: int) -> list[list[str]]
 def _estimated_bytes(model, data, names: list[str]) -> dict[str, int]:
     """Bytes per sample of each tensor, from shapes inferred with the first sample's input shapes.
     Unknown shapes count as the largest known size (a pessimistic guess)."""
-    from graphc.ir.shapes import infer_shapes
-
     first = next(iter(data), None)
     input_shapes = {k: tuple(np.shape(v)) for k, v in first.items()} if first is not None else None
     info = infer_shapes(model, input_shapes)

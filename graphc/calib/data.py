@@ -12,6 +12,7 @@ Sources never hold more than one feed at a time beyond what the user passed in.
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator
@@ -19,8 +20,11 @@ from typing import Any, Callable, Iterable, Iterator
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.calib.shapes import concrete_input_shapes
 from graphc.errors import DataError
 from graphc.ir.model import Model
+
+log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
 
@@ -30,16 +34,17 @@ class InputSpec:
     name: str
     dtype: np.dtype
     shape: tuple  # ints for static dims, str/None for dynamic
+    ranked: bool = True  # False: the model does not declare the rank (shape is then ())
 
 
 def input_specs(model: Model) -> list[InputSpec]:
     specs = []
     for tensor in model.graph.inputs:
-        if isinstance(tensor, gs.Constant):
-            continue
+        if isinstance(tensor, gs.Constant) or tensor.name in model.input_defaults:
+            continue  # an input with a default need not be fed (onnxruntime then uses the default)
         dtype = np.dtype(tensor.dtype) if tensor.dtype is not None else np.dtype(np.float32)
         shape = tuple(d if isinstance(d, int) and d >= 0 else None for d in (tensor.shape or ()))
-        specs.append(InputSpec(tensor.name, dtype, shape))
+        specs.append(InputSpec(tensor.name, dtype, shape, ranked=tensor.shape is not None))
     return specs
 
 
@@ -81,7 +86,7 @@ def _check_feed(feed: Feed, specs: list[InputSpec], where: str) -> Feed:
     out = {}
     for spec in specs:
         arr = np.asarray(feed[spec.name])
-        if spec.shape and arr.ndim != len(spec.shape):
+        if (spec.shape or spec.ranked) and arr.ndim != len(spec.shape):
             raise DataError(f"{where}: input '{spec.name}' expects rank {len(spec.shape)}, got shape {arr.shape}")
         for i, (want, got) in enumerate(zip(spec.shape, arr.shape)):
             if want is not None and want != got:
@@ -95,6 +100,10 @@ def _check_feed(feed: Feed, specs: list[InputSpec], where: str) -> Feed:
 
 
 class NpzSource(DataSource):
+    """Each array is read per input: rank + 1 is one feed per entry, rank is a stack of samples
+    fed ``batch`` at a time, and a 0-d array (for a scalar input, or an input of unknown rank) is
+    the same value in every feed. The arrays that vary must agree on how many feeds they give."""
+
     def __init__(self, path: Path, specs: list[InputSpec], batch: int = 1):
         self.path, self.specs, self.batch = Path(path), specs, batch
         self.description = str(path)
@@ -106,10 +115,22 @@ class NpzSource(DataSource):
         for spec in specs:
             if spec.name not in self._shapes:
                 raise DataError(f"{path}: no array named '{spec.name}' (has: {', '.join(self._shapes) or 'none'})")
-        first = specs[0]
-        shape = self._shapes[first.name]
-        self._per_feed = len(first.shape) > 0 and len(shape) == len(first.shape) + 1
-        self._count = shape[0] if self._per_feed else -(-shape[0] // batch) if shape else 1
+        self._modes = {s.name: self._mode(s) for s in specs}
+        counts = {s.name: self._feeds(s) for s in specs if self._modes[s.name] != "same"}
+        if len(set(counts.values())) > 1:
+            raise DataError(f"{path}: arrays give different numbers of feeds: "
+                            + ", ".join(f"'{k}' {v}" for k, v in counts.items()))
+        self._count = next(iter(counts.values()), 1)
+
+    def _mode(self, spec: InputSpec) -> str:
+        rank = len(self._shapes[spec.name])
+        if rank == 0:
+            return "same"
+        return "per-feed" if rank == len(spec.shape) + 1 and (spec.shape or spec.ranked) else "stacked"
+
+    def _feeds(self, spec: InputSpec) -> int:
+        first = self._shapes[spec.name][0]
+        return first if self._modes[spec.name] == "per-feed" else -(-first // self.batch)
 
     def __len__(self):
         return self._count
@@ -118,10 +139,11 @@ class NpzSource(DataSource):
         with np.load(self.path, allow_pickle=False) as npz:
             arrays = {s.name: npz[s.name] for s in self.specs}
         for i in range(self._count):
-            if self._per_feed:
-                feed = {k: v[i] for k, v in arrays.items()}
-            else:
-                feed = {k: v[i * self.batch:(i + 1) * self.batch] for k, v in arrays.items()}
+            feed = {}
+            for name, values in arrays.items():
+                mode = self._modes[name]
+                feed[name] = values if mode == "same" else values[i] if mode == "per-feed" \
+                    else values[i * self.batch:(i + 1) * self.batch]
             yield _check_feed(feed, self.specs, f"{self.path}[{i}]")
 
 
@@ -158,19 +180,12 @@ class RandomSource(DataSource):
                  input_shapes: dict[str, tuple[int, ...]] | None = None):
         self.specs, self.n, self.seed = specs, n, seed
         self.description = f"random (seed {seed}, {n} samples)"
-        self.shapes = {}
-        for spec in specs:
-            given = (input_shapes or {}).get(spec.name)
-            if given is not None:
-                shape = tuple(given)
-            elif all(d is not None for d in spec.shape):
-                shape = spec.shape
-            elif spec.shape and all(d is not None for d in spec.shape[1:]):
-                shape = (1,) + tuple(spec.shape[1:])  # dynamic batch only
-            else:
-                raise DataError(f"input '{spec.name}' has dynamic dims {spec.shape}; give --input-shape "
-                                f"{spec.name}:1x... or --data")
-            self.shapes[spec.name] = shape
+        concrete = concrete_input_shapes(specs, input_shapes)
+        self.shapes = concrete.shapes
+        if concrete.origin and concrete.origin != "--input-shape":
+            self.description += f" at {concrete.origin}"
+            level = logging.INFO if concrete.origin.startswith("batch 1") else logging.WARNING
+            log.log(level, "random inputs at %s", concrete.origin)
 
     def __len__(self):
         return self.n
@@ -224,6 +239,7 @@ def open_data(spec: Any, model: Model, *, batch: int = 1, image_options: Any = N
                 raise DataError(f"{path}: data files must be .npz (keys = input names) or a folder")
             return NpzSource(path, specs, batch)
         if image_options is not None or _has_images(path):
+            # here, not at the top: calib.images imports this module (and Pillow)
             from graphc.calib.images import ImageFolderSource
 
             return ImageFolderSource(path, specs, image_options)

@@ -104,6 +104,7 @@ class ImageFolderSource(DataSource):
 
 def load_image(path, options: ImageOptions, declared: tuple = (None, None, None)) -> np.ndarray:
     """The model input for one image file: float32, batch of one, in ``options.layout``."""
+    # lazy: Pillow loads only for image data
     from PIL import Image, UnidentifiedImageError
 
     channels, dh, dw = declared
@@ -126,6 +127,7 @@ def load_image(path, options: ImageOptions, declared: tuple = (None, None, None)
 
 
 def _resized(img, options: ImageOptions, dh, dw):
+    # lazy: Pillow loads only for image data
     from PIL import Image
 
     w, h = img.size

@@ -137,6 +137,7 @@ def second_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
     ``counts_out``, if given, receives ``{key: number of samples (rows) averaged}``."""
     if not requests:
         return {}
+    # lazy: loads onnxruntime
     from graphc.runtime import create_session, run_session
 
     unique = list(dict.fromkeys(requests.values()))  # equal requests are accumulated once
@@ -187,6 +188,7 @@ def channel_moments(model: Model, data: Iterable[dict[str, np.ndarray]],
     """``{tensor name: ChannelMoments}`` for ``tensors = {name: channel axis}``, in one session."""
     if not tensors:
         return {}
+    # lazy: loads onnxruntime
     from graphc.runtime import create_session, run_session
 
     inputs = {t.name for t in model.graph.inputs}
@@ -225,6 +227,7 @@ def cross_moments(model_x: Model, model_y: Model, data: Iterable[dict[str, np.nd
     how a layer of a rewritten model is fitted to the original's outputs (pruning's refit)."""
     if not requests:
         return {}
+    # lazy: loads onnxruntime
     from graphc.runtime import create_session, run_session
 
     sessions = []

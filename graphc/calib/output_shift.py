@@ -20,6 +20,7 @@ import numpy as np
 from graphc.errors import DataError
 from graphc.ir.model import Model
 from graphc.ir.outputs import with_outputs
+from graphc.metrics import sqnr_from_sums
 from graphc.progress import progress
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ class OutputShift:
     """Measures ``E[y_q - y_f]`` per channel; the reference session is opened once."""
 
     def __init__(self, reference: Model, layers: Iterable[LayerOutput]):
-        from graphc.runtime import create_session
+        from graphc.runtime import create_session  # lazy: onnxruntime loads on first use
 
         self.outputs = [t.name for t in reference.graph.outputs]
         self.names = self.outputs + sorted({layer.reference for layer in layers} - set(self.outputs))
@@ -49,8 +50,7 @@ class OutputShift:
                 max_samples: int | None = None) -> tuple[dict[str, np.ndarray], float]:
         """``{candidate tensor name: mean shift per channel}`` over at most ``max_samples`` feeds,
         and the SQNR (dB) of the candidate's graph outputs."""
-        from graphc.verify.metrics import sqnr_from_sums
-        from graphc.runtime import create_session, run_session
+        from graphc.runtime import create_session, run_session  # lazy: onnxruntime loads on first use
 
         outputs = [t.name for t in candidate.graph.outputs]
         fetched = outputs + [layer.candidate for layer in layers if layer.candidate not in outputs]

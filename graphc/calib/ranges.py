@@ -42,12 +42,12 @@ Solvers (T is never above the observed extreme):
   the full range. And the threshold is never below the 99.9th percentile: KL models each group's
   values as spread evenly, so a point mass (a Conv's bias over the zero padding of a text line:
   one value per channel, thousands of times) looks costly to cover and KL would clip several
-  percent of the values to avoid it; on PP-OCRv4 rec that costs 3 dB of output SQNR.
+  percent of the values to avoid it, at a cost in output SQNR (BENCHMARKS.md, design notes).
 
   Every candidate is evaluated at once: inside a group ``Q`` is constant, so the divergence is
   ``(1/N) [sum_j h_j log h_j - sum_g H_g log(avg_g)] + log(Q_i / N)`` with prefix sums of
   ``h``, ``h log h`` and non-zero counts; the work is ``candidates x levels``, not
-  ``candidates x bins`` (about 1 ms per tensor for 2048 bins).
+  ``candidates x bins``.
 
 **Levels.** KL and MSE need the number of codes the quantizer puts on [0, T]. Symmetric int8 has
 128 magnitudes (0..127): 128 (``2^(b-1)``). An asymmetric quantizer of [lo, hi] spends

@@ -16,6 +16,17 @@ NOT_FOLDABLE = frozenset({
 })
 
 
+def runtime_refuses(node: gs.Node, inputs: list[np.ndarray | None]) -> str | None:
+    """Why onnxruntime would refuse to compute ``node`` on these values, if it would: then the
+    node must not be folded (numpy's reference gives an integer division by zero a value, 0,
+    where onnxruntime raises "Integer divide by zero")."""
+    if node.op in ("Div", "Mod") and len(inputs) > 1:
+        divisor = inputs[1]
+        if divisor is not None and np.issubdtype(divisor.dtype, np.integer) and not np.all(divisor):
+            return f"{node.op}: integer division by zero (onnxruntime refuses it; not folded)"
+    return None
+
+
 def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
     """Outputs of ``node`` for the given input values (None for an omitted optional input).
     Callers bound the work first (:func:`graphc.ir.evaluation_cost.evaluation_cost`)."""

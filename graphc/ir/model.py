@@ -6,6 +6,11 @@ does not carry (IR version, metadata, producer, opset imports of other domains).
 Guarantees:
 - ``load`` never modifies the input; ``Constant`` nodes become graph constants, so passes see every
   weight the same way whatever the exporter did (Paddle2ONNX stores all weights as Constant nodes).
+- What can be checked at load is checked at load (:mod:`graphc.ir.validate`; a graph with no
+  outputs is refused), and shape declarations onnxruntime ignores but the checker enforces are
+  repaired, one warning per kind (:mod:`graphc.ir.declarations`).
+- Graph inputs that have an initializer (IR >= 4: a default the caller may override) stay graph
+  inputs, and their defaults are written back with them.
 - External data is resolved relative to the model's folder and refused when its ``location`` is
   absolute or escapes the folder (``..``).
 - ``save`` writes to a temporary file in the destination folder, checks it with
@@ -39,10 +44,10 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
-from graphc.ir import external, weight_io
+from graphc.ir import declarations, external, weight_io
 from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
                                       remove_abandoned_temp)
-from graphc.ir.structure import check_structure
+from graphc.ir.structure import check_structure, find_cycle_free_order
 from graphc.ir.subgraphs import walk_graphs
 from graphc.ir.usedef import drop_detached
 from graphc.ir.validate import validate_proto
@@ -73,6 +78,12 @@ class Model:
     source: Path | None = None
     #: external data files the model was loaded from (never overwritten or removed by save).
     external_files: frozenset[Path] = frozenset()
+    #: graph inputs that have an initializer default (IR >= 4), by name: they stay inputs, and
+    #: the default is written back with them (callers may feed them or leave them out).
+    input_defaults: dict[str, np.ndarray] = field(default_factory=dict)
+    #: why the input (after load's repairs) fails onnx.checker, if it does: no valid result can be
+    #: saved from it (see :func:`require_savable`).
+    checker_error: str | None = None
 
     @property
     def opset(self) -> int:
@@ -81,8 +92,9 @@ class Model:
 
     def copy(self) -> "Model":
         """A deep-enough copy: a new graph (tensors shared by value), same model fields."""
-        copied = from_proto(to_proto(self), source=self.source)
+        copied = from_proto(to_proto(self), source=self.source, infer=False)
         copied.external_files = self.external_files
+        copied.checker_error = self.checker_error
         return copied
 
 
@@ -118,6 +130,8 @@ def _read_model(path: Path) -> tuple[onnx.ModelProto, dict[str, np.ndarray]]:
     try:
         light, raw = weight_io.split_model_file(path)
         proto = _parse_bytes(light, str(path))
+    except weight_io.CorruptTensorError as exc:
+        raise InputError(f"{path}: {exc}") from None
     except (weight_io.WireError, InputError):
         return _parse_bytes(path.read_bytes(), str(path)), {}
     outside = _weights_kept_outside(proto, raw)
@@ -159,19 +173,32 @@ def _parse_bytes(data: bytes, what: str) -> onnx.ModelProto:
 
 
 def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: bool = True,
-               weights: dict[str, np.ndarray] | None = None) -> Model:
+               weights: dict[str, np.ndarray] | None = None, infer: bool = True) -> Model:
     """Build the IR from a ModelProto (external data already loaded). ``weights`` are values of
-    top-level initializers that ``proto`` leaves out (see ``load``)."""
+    top-level initializers that ``proto`` leaves out (see ``load``). With ``check``, the proto is
+    validated and (``infer``) its shape declarations repaired (:mod:`graphc.ir.declarations`)."""
     if len(proto.graph.node) == 0:
         raise ModelError("the graph has no nodes (empty graph)")
+    if len(proto.graph.output) == 0:
+        raise ModelError("the graph has no outputs (nothing it computes could be used)")
     if check:
-        validate_proto(proto, weights or ())
+        validate_proto(proto, {name: values.shape for name, values in (weights or {}).items()})
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # graphsurgeon raises bare exceptions on malformed protos
         raise ModelError(f"cannot import graph: {type(exc).__name__}: {exc}") from None
     if weights:
         _attach_weights(graph, weights)
+    checker_error = None
+    if check:
+        check_structure(graph)
+        if infer:  # graphsurgeon keeps the file's node order: positions map back to the proto
+            position = {id(n): i for i, n in enumerate(graph.nodes)}
+            order = [position[id(n)] for n in find_cycle_free_order(graph)]
+            repairs = declarations.repair_declarations(proto, weights or {}, order)
+            _apply_repairs(graph, repairs)
+            checker_error = repairs.checker_error
+    defaults = _inputs_with_defaults(proto, graph)
     opsets = {imp.domain or "": int(imp.version) for imp in proto.opset_import}
     if "" not in opsets and "ai.onnx" in opsets:
         opsets[""] = opsets.pop("ai.onnx")
@@ -186,12 +213,54 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         doc_string=proto.doc_string,
         metadata={p.key: p.value for p in proto.metadata_props},
         source=source,
+        input_defaults=defaults,
+        checker_error=checker_error,
     )
     for _, scope in walk_graphs(graph):
         constant_nodes_to_constants(scope)
-    if check:
-        check_structure(graph)
     return model
+
+
+def require_savable(model: Model) -> None:
+    """Refuse, before any work, a model whose results could never pass the final check."""
+    if model.checker_error:
+        where = f"{model.source}: " if model.source else ""
+        raise ModelError(f"{where}the input fails onnx.checker (full_check) even after graphc's repairs, "
+                         f"so no valid result can be written: {model.checker_error}")
+
+
+def _inputs_with_defaults(proto: onnx.ModelProto, graph: gs.Graph) -> dict[str, np.ndarray]:
+    """Graph inputs that also have an initializer (IR >= 4: the initializer is a default the
+    caller may override). graphsurgeon imports them as constants; they become graph inputs
+    again, in the file's order, and the defaults are kept on the Model for export. In IR < 4
+    every initializer had to be listed as an input: those stay constants."""
+    if proto.ir_version < 4:
+        return {}
+    inits = {t.name for t in proto.graph.initializer}
+    names = [i.name for i in proto.graph.input if i.name in inits]
+    if not names:
+        return {}
+    tensors = graph.tensors()
+    defaults: dict[str, np.ndarray] = {}
+    for name in names:
+        tensor = tensors.get(name)
+        if not isinstance(tensor, gs.Constant):
+            continue
+        defaults[name] = np.asarray(tensor.values)
+        tensor.to_variable(dtype=defaults[name].dtype, shape=list(defaults[name].shape))
+        tensor.type = "tensor_type"  # what Variable() sets and to_variable() does not
+    by_name = {**{t.name: t for t in graph.inputs}, **{n: tensors[n] for n in defaults}}
+    graph.inputs = [by_name[i.name] for i in proto.graph.input if i.name in by_name]
+    return defaults
+
+
+def _apply_repairs(graph: gs.Graph, repairs: declarations.Repairs) -> None:
+    repairs.log()
+    tensors = graph.tensors()
+    for name, shape in repairs.shapes.items():
+        tensor = tensors.get(name)
+        if isinstance(tensor, gs.Variable):
+            tensor.shape = shape
 
 
 def _attach_weights(graph: gs.Graph, weights: dict[str, np.ndarray]) -> None:
@@ -269,6 +338,7 @@ def to_proto(model: Model) -> onnx.ModelProto:
         proto = gs.export_onnx(graph, do_type_check=False)
     except Exception as exc:
         raise ModelError(f"cannot export graph: {type(exc).__name__}: {exc}") from None
+    _export_defaults(model, proto)
     # Intermediate shapes recorded by exporters go stale when passes change channel counts;
     # onnxruntime re-infers them, so the output carries only inputs' and outputs' declarations.
     del proto.graph.value_info[:]
@@ -291,6 +361,14 @@ def to_proto(model: Model) -> onnx.ModelProto:
     for key, value in sorted(model.metadata.items()):
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
     return proto
+
+
+def _export_defaults(model: Model, proto: onnx.ModelProto) -> None:
+    """The defaults of graph inputs that are still inputs, as initializers of the same name."""
+    inputs = {i.name for i in proto.graph.input}
+    for name, values in model.input_defaults.items():
+        if name in inputs:
+            proto.graph.initializer.append(onnx.numpy_helper.from_array(values, name))
 
 
 def _min_ir_version(opset: int) -> int:
@@ -328,7 +406,7 @@ def save(
         _write_proto(proto, weights, tmp_model, data_name)
         del proto
         if check:
-            _full_check(tmp_model)
+            _full_check(tmp_model, model.checker_error)
         if data_name is not None and (tmp / data_name).exists():
             os.replace(tmp / data_name, out.parent / data_name)
         os.replace(tmp_model, out)  # the atomic switch: old model+data, or new model+data
@@ -398,7 +476,7 @@ def _write_proto(proto: onnx.ModelProto, weights: list[tuple[str, np.ndarray]], 
         raise OutputError(f"{path.parent}: cannot write ({exc.strerror})") from None
 
 
-def _full_check(path: Path) -> None:
+def _full_check(path: Path, input_error: str | None = None) -> None:
     """``onnx.checker.check_model(full_check=True)`` on the written file, through its twin.
 
     The twin is the file's bytes re-read at wire level (which also proves the hand-written
@@ -419,7 +497,8 @@ def _full_check(path: Path) -> None:
         onnx.checker.check_model(str(target), full_check=True)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelError(f"result fails onnx.checker (full_check): {first}") from None
+        blame = " (the input fails it too)" if input_error == first else ""
+        raise ModelError(f"result fails onnx.checker (full_check): {first}{blame}") from None
     finally:
         if target != path:
             target.unlink()

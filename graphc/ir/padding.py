@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 
@@ -33,3 +34,14 @@ def explicit_pads(node: gs.Node, kernel: Sequence[int], in_spatial: Sequence | N
         begins.append(small if auto == "SAME_UPPER" else large)
         ends.append(large if auto == "SAME_UPPER" else small)
     return begins + ends
+
+def conv_pads(conv: gs.Node, weight: np.ndarray) -> bool:
+    """True if the Conv may pad its input."""
+    auto_pad = conv.attrs.get("auto_pad", "NOTSET")
+    auto_pad = auto_pad.decode() if isinstance(auto_pad, bytes) else str(auto_pad)
+    if auto_pad == "VALID":
+        return False
+    if auto_pad in ("SAME_UPPER", "SAME_LOWER"):
+        dilations = conv.attrs.get("dilations") or [1] * (weight.ndim - 2)
+        return any((k - 1) * d + 1 > 1 for k, d in zip(weight.shape[2:], dilations))
+    return any(int(p) != 0 for p in conv.attrs.get("pads", []) or [])

@@ -20,7 +20,6 @@ from graphc.ir.subgraphs import walk_graphs
 
 log = logging.getLogger(__name__)
 
-Dim = "int | str | None"
 #: initializers with more elements than this are replaced by typed inputs for inference.
 _INLINE_LIMIT = 4096
 

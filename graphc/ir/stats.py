@@ -16,13 +16,10 @@ from math import prod
 import numpy as np
 import onnx_graphsurgeon as gs
 
-import logging
-
 from graphc.ir.model import Model
-from graphc.ir.shapes import TensorInfo, infer_shapes
+from graphc.ir.op_kinds import LINEAR_OPS
+from graphc.ir.shapes import TensorInfo
 from graphc.ir.subgraphs import walk_graphs
-
-log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -110,66 +107,24 @@ def _node_macs(node: gs.Node, shapes: dict[str, TensorInfo]) -> int | None:
     return None
 
 
-MAC_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
-
-
-def model_stats(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None,
-                *, measure: bool = True) -> ModelStats:
-    """Statistics of ``model``. When static inference leaves MAC nodes unknown and every input
-    has a concrete shape (declared or in ``input_shapes``), the missing shapes are measured by
-    running the model once on zeros (``measure=False`` disables that)."""
+def stats_at(model: Model, shapes: dict[str, TensorInfo]) -> ModelStats:
+    """Statistics of ``model`` with MACs counted at ``shapes`` (``None`` where they are unknown).
+    :func:`graphc.stats.model_stats` chooses the shapes and measures those inference lost."""
     graph = model.graph
     params, nbytes = count_params(graph)
     nodes = all_nodes(graph)
     histogram = Counter(node.op for node in nodes)
-    shapes = infer_shapes(model, input_shapes)
-    mac_nodes = [n for n in nodes if n.op in MAC_OPS]
-    unknown = [n for n in mac_nodes if node_macs(n, shapes) is None]
-    # Measuring runs the model: never for graphs with loops, whose trip count the model decides.
-    runs_safely = not any(n.op in ("Loop", "Scan", "If") for n in graph.nodes)
-    if unknown and measure and runs_safely:
-        shapes = _with_measured_shapes(model, shapes, unknown, input_shapes or {})
-    per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in mac_nodes]
+    per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in nodes if n.op in LINEAR_OPS]
     total = sum(n.macs for n in per_node if n.macs)
     return ModelStats(params, nbytes, dict(histogram.most_common()), total, per_node)
+
+
+def unknown_mac_nodes(nodes: list[gs.Node], shapes: dict[str, TensorInfo]) -> list[gs.Node]:
+    """The MAC layers among ``nodes`` whose MACs ``shapes`` leave unknown."""
+    return [n for n in nodes if n.op in LINEAR_OPS and node_macs(n, shapes) is None]
 
 
 def all_nodes(graph: gs.Graph) -> list[gs.Node]:
     """The nodes of ``graph`` and of every If/Loop/Scan body in it (every branch counts, though
     one runs: statistics describe the file)."""
     return [node for _, scope in walk_graphs(graph) for node in scope.nodes]
-
-
-def _with_measured_shapes(model: Model, shapes: dict[str, TensorInfo], nodes: list[gs.Node],
-                          input_shapes: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
-    concrete = {}
-    for tensor in model.graph.inputs:
-        given = input_shapes.get(tensor.name)
-        info = shapes.get(tensor.name)
-        if given is None and (info is None or not info.static):
-            return shapes  # a dynamic input without a given shape: nothing to measure with
-        concrete[tensor.name] = tuple(given if given is not None else info.shape)
-    return measure_missing_shapes(model, shapes, nodes, concrete)
-
-
-def measure_missing_shapes(model: Model, shapes: dict[str, TensorInfo], nodes: list[gs.Node],
-                           concrete: dict[str, tuple[int, ...]]) -> dict[str, TensorInfo]:
-    """``shapes`` with the first input and output of ``nodes`` (MAC layers whose shapes inference
-    lost) measured by one run on zeros of the ``concrete`` input shapes; unchanged when an input
-    has no concrete shape or the model cannot run."""
-    names = sorted({t.name for n in nodes for t in list(n.inputs[:1]) + list(n.outputs[:1])
-                    if isinstance(t, gs.Variable) and t.inputs})
-    if not names or any(t.name not in concrete for t in model.graph.inputs):
-        return shapes
-    from graphc.runtime import measure_shapes  # runs onnxruntime once
-
-    try:
-        measured = measure_shapes(model, concrete, names)
-    except Exception as exc:  # a model onnxruntime cannot run keeps its unknowns
-        log.info("could not measure shapes for MACs: %s", exc)
-        return shapes
-    merged = dict(shapes)
-    for name, shape in measured.items():
-        old = shapes.get(name)
-        merged[name] = TensorInfo(old.dtype if old else None, shape)
-    return merged

@@ -13,7 +13,11 @@ Run on the ``ModelProto`` before it becomes IR, so a broken file is refused with
 - initializer names are unique within a graph, and no node writes an initializer's name (single
   assignment; graphsurgeon would otherwise silently let one of the two win);
 - every tensor (initializers, subgraph initializers, tensor attributes of ``Constant`` nodes) has a
-  known data type, non-negative dims, and exactly the amount of data its dims ask for;
+  known data type, non-negative dims, and exactly the amount of data its dims ask for; string
+  tensors hold UTF-8 (ONNX strings are UTF-8; numpy and onnxruntime decode them as such);
+- a Conv/ConvTranspose ``group`` is at least 1 and divides the channel count its constant weight
+  fixes (output channels of a Conv, input channels of a ConvTranspose); whether it divides the
+  input's channels needs shapes and is checked by :mod:`graphc.ir.declarations`;
 - no tensor still points at external data (``load`` resolves external data from the model's path
   after checking where it lives; a proto handed over with unresolved references is refused, so
   nothing is read from a location graphc did not check).
@@ -24,7 +28,7 @@ The checks read the proto only: no full serialization, so they stay cheap on mod
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Mapping
 
 import onnx
 from onnx import AttributeProto, TensorProto
@@ -63,10 +67,10 @@ _DATA_FIELDS = ("float_data", "int32_data", "string_data", "int64_data", "double
 _KNOWN_TYPES = set(TensorProto.DataType.values()) - {TensorProto.UNDEFINED}
 
 
-def validate_proto(proto: onnx.ModelProto, outside: Iterable[str] = ()) -> None:
+def validate_proto(proto: onnx.ModelProto, outside: Mapping[str, tuple[int, ...]] | None = None) -> None:
     """Raise :class:`ModelError` (or :class:`UnsafeModelError`) naming the first problem found.
-    ``outside`` names top-level initializers that ``load`` kept out of the proto (their values were
-    read straight into arrays), so name clashes with them are caught too."""
+    ``outside`` maps top-level initializers that ``load`` kept out of the proto (their values were
+    read straight into arrays) to their dims, so name clashes with them are caught too."""
     _check_utf8([proto.producer_name, proto.producer_version, proto.domain, proto.doc_string,
                  *(p.key for p in proto.metadata_props), *(p.value for p in proto.metadata_props),
                  *(i.domain for i in proto.opset_import)], "model field")
@@ -74,7 +78,7 @@ def validate_proto(proto: onnx.ModelProto, outside: Iterable[str] = ()) -> None:
     ctx = onnx.checker.C.CheckerContext()
     ctx.ir_version = min(max(int(proto.ir_version), 3), onnx.IR_VERSION)
     ctx.opset_imports = opsets
-    _check_graph(proto.graph, ctx, opsets, "", list(outside))
+    _check_graph(proto.graph, ctx, opsets, "", dict(outside or {}))
 
 
 def _check_opsets(proto: onnx.ModelProto) -> dict[str, int]:
@@ -102,7 +106,8 @@ def _check_utf8(names, what: str) -> None:
 
 
 def _check_graph(graph: onnx.GraphProto, ctx, opsets: dict[str, int], where: str,
-                 outside: list[str] = ()) -> None:
+                 outside: dict[str, tuple[int, ...]] | None = None) -> None:
+    outside = outside or {}
     _check_utf8([v.name for v in list(graph.input) + list(graph.output) + list(graph.value_info)],
                 f"{where}graph input/output")
     _check_utf8([t.name for t in graph.initializer], f"{where}initializer")
@@ -115,20 +120,23 @@ def _check_graph(graph: onnx.GraphProto, ctx, opsets: dict[str, int], where: str
         if name in seen:
             raise ModelError(f"{where}initializer '{name}' is defined twice")
         seen.add(name)
+    weight_dims = dict(outside)
     for tensor in graph.initializer:
         if tensor.name in seen:
             raise ModelError(f"{where}initializer '{tensor.name}' is defined twice")
         seen.add(tensor.name)
         check_tensor(tensor, f"{where}initializer '{tensor.name}'")
+        weight_dims[tensor.name] = tuple(tensor.dims)
     for node in graph.node:
         clash = next((o for o in node.output if o in seen), None)
         if clash is not None:
             label = f"{node.op_type} '{node.name}'" if node.name else f"a {node.op_type} node"
             raise ModelError(f"{where}tensor '{clash}' is both an initializer and the output of {label}")
-        _check_node(node, ctx, opsets, where)
+        _check_node(node, ctx, opsets, where, weight_dims)
 
 
-def _check_node(node: onnx.NodeProto, ctx, opsets: dict[str, int], where: str) -> None:
+def _check_node(node: onnx.NodeProto, ctx, opsets: dict[str, int], where: str,
+                weight_dims: dict[str, tuple[int, ...]]) -> None:
     label = f"{where}{node.op_type} '{node.name}'" if node.name else f"{where}{node.op_type} node"
     subgraphs = []
     for attr in node.attribute:
@@ -143,6 +151,8 @@ def _check_node(node: onnx.NodeProto, ctx, opsets: dict[str, int], where: str) -
             subgraphs.extend(attr.graphs)
     if node.domain in STANDARD_DOMAINS:
         _check_node_schema(node, ctx, label)
+        if node.op_type in ("Conv", "ConvTranspose"):
+            _check_group(node, label, weight_dims)
     for sub in subgraphs:
         _check_graph(sub, ctx, opsets, f"{label} > ")
 
@@ -166,6 +176,20 @@ def _check_node_schema(node: onnx.NodeProto, ctx, label: str) -> None:
         raise ModelError(f"{label}: fails the ONNX checker (its message is not valid UTF-8)") from None
 
 
+def _check_group(node: onnx.NodeProto, label: str, weight_dims: dict[str, tuple[int, ...]]) -> None:
+    """``group`` >= 1 and dividing the channels the weight fixes: W is [M, C/group, k...] for a
+    Conv (M % group == 0) and [C, M/group, k...] for a ConvTranspose (C % group == 0)."""
+    attr = next((a for a in node.attribute if a.name == "group"), None)
+    group = attr.i if attr is not None else 1
+    if group < 1:
+        raise ModelError(f"{label}: group {group} is not a positive number")
+    dims = weight_dims.get(node.input[1]) if len(node.input) > 1 else None
+    if dims and dims[0] % group:
+        kind = "output" if node.op_type == "Conv" else "input"
+        raise ModelError(f"{label}: group {group} does not divide the {dims[0]} {kind} channels of "
+                         f"its weight '{node.input[1]}'")
+
+
 def check_tensor(tensor: TensorProto, what: str) -> None:
     """Data type known, dims non-negative, and exactly as much data as the dims ask for."""
     if tensor.data_location == TensorProto.EXTERNAL:
@@ -187,6 +211,8 @@ def check_tensor(tensor: TensorProto, what: str) -> None:
             raise ModelError(f"{what} has {actual} bytes of data, but dims {list(tensor.dims)} of "
                              f"{TensorProto.DataType.Name(tensor.data_type)} need {expected}")
         return
+    if tensor.data_type == TensorProto.STRING:
+        _check_strings(tensor, what)
     present = [f for f in _DATA_FIELDS if len(getattr(tensor, f))]
     field, per_element = _TYPED_FIELD.get(tensor.data_type, (None, 1))
     if field is None:
@@ -198,3 +224,12 @@ def check_tensor(tensor: TensorProto, what: str) -> None:
                          f"{', '.join(present)}")
     if actual != expected:
         raise ModelError(f"{what} has {actual} values, but dims {list(tensor.dims)} need {expected}")
+
+
+def _check_strings(tensor: TensorProto, what: str) -> None:
+    for i, value in enumerate(tensor.string_data):
+        try:
+            value.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise ModelError(f"{what}: string element {i} is not valid UTF-8 (byte {value[exc.start]:#04x} "
+                             f"at position {exc.start})") from None

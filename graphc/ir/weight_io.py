@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+from google.protobuf.message import DecodeError
 from onnx import TensorProto
 
 #: initializers whose raw data is at least this large bypass protobuf (the size onnx itself
 #: uses as the external-data threshold).
 MIN_STREAMED_BYTES = 1024
 
-_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA = 7, 5, 9
+_MODEL_GRAPH, _GRAPH_INITIALIZER, _TENSOR_RAW_DATA, _TENSOR_NAME = 7, 5, 9, 8
 _VARINT, _FIXED64, _LEN, _FIXED32 = 0, 1, 2, 5
 
 #: ONNX data types whose raw data is the little-endian numpy buffer, one element per item.
@@ -49,6 +50,15 @@ _ONNX_TYPE = {np.dtype(v): k for k, v in _STREAMABLE.items()}
 class WireError(ValueError):
     """The file is not protobuf wire format that this module can split (the caller falls back
     to a plain protobuf parse, which reports the problem properly)."""
+
+
+class CorruptTensorError(WireError):
+    """A top-level initializer's framing is sound but its own fields do not parse as a
+    TensorProto (``name`` is its name when that field could be read, else its position)."""
+
+    def __init__(self, name: str, reason: str):
+        self.name = name
+        super().__init__(f"initializer {name} is corrupt: its fields do not parse as a TensorProto ({reason})")
 
 
 @dataclass(frozen=True)
@@ -105,7 +115,7 @@ def _split_graph(reader: "_Reader", end: int, min_bytes: int, raw: list[RawTenso
         if field == _GRAPH_INITIALIZER and wire == _LEN:
             length = reader.varint()
             value_start = reader.pos
-            found = _split_tensor(reader, value_start + length, min_bytes)
+            found = _split_tensor(reader, value_start + length, min_bytes, len(raw))
             if found is not None:
                 raw.append(found)
                 continue
@@ -118,7 +128,7 @@ def _split_graph(reader: "_Reader", end: int, min_bytes: int, raw: list[RawTenso
     return bytes(graph)
 
 
-def _split_tensor(reader: "_Reader", end: int, min_bytes: int) -> RawTensor | None:
+def _split_tensor(reader: "_Reader", end: int, min_bytes: int, index: int) -> RawTensor | None:
     """Scan one TensorProto; if its raw data is large and plain, return where it lies."""
     stub = bytearray()
     data = None
@@ -136,7 +146,10 @@ def _split_tensor(reader: "_Reader", end: int, min_bytes: int) -> RawTensor | No
         raise WireError("initializer overruns its length")
     if data is None or data[1] < min_bytes:
         return None
-    tensor = TensorProto.FromString(bytes(stub))
+    try:
+        tensor = TensorProto.FromString(bytes(stub))
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise CorruptTensorError(_stub_name(bytes(stub), index), str(exc) or type(exc).__name__) from None
     plain = (tensor.data_type in _STREAMABLE and tensor.data_location != TensorProto.EXTERNAL
              and not tensor.HasField("segment") and not tensor.external_data
              and not any(len(getattr(tensor, f)) for f in ("float_data", "int32_data", "string_data",
@@ -144,6 +157,21 @@ def _split_tensor(reader: "_Reader", end: int, min_bytes: int) -> RawTensor | No
     if not plain or any(d < 0 for d in tensor.dims) or math.prod(tensor.dims) * np.dtype(_STREAMABLE[tensor.data_type]).itemsize != data[1]:
         return None  # left to protobuf (and to the load-time validation, which names the problem)
     return RawTensor(tensor.name, tensor.data_type, tuple(int(d) for d in tensor.dims), data[0], data[1])
+
+
+def _stub_name(stub: bytes, index: int) -> str:
+    """The tensor's ``name`` field (8) read at wire level, for errors; else its position."""
+    reader = _Reader(io.BytesIO(stub), len(stub))
+    try:
+        while reader.pos < len(stub):
+            field, wire = reader.key()
+            if field == _TENSOR_NAME and wire == _LEN:
+                length = reader.varint()
+                return repr(reader.read_from(reader.pos, reader.pos + length).decode("utf-8", "replace"))
+            reader.skip(wire)
+    except WireError:
+        pass
+    return f"#{index + 1} of those over {MIN_STREAMED_BYTES} bytes"
 
 
 def read_raw(fh: io.BufferedReader, tensor: RawTensor) -> np.ndarray:

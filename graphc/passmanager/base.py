@@ -43,6 +43,11 @@ class Pass:
     #: True if the pass may read calibration data (ctx.data): ``graphc passes`` and the docs say
     #: so. Whether one configured instance cannot run without it is :meth:`requires_data`.
     needs_data: ClassVar[bool] = False
+    #: passes that put the graph in the form this pass is built for (quant: fold-bn,canonicalize,
+    #: whose canonical form is what integer kernels fuse on). The pass manager inserts those not
+    #: already earlier in the pipeline, just before this pass; :meth:`preparation` may opt out
+    #: (by convention through a boolean option ``prepare``).
+    prepares: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, options: Any = None):
         self.options = options if options is not None else self.Options()
@@ -55,6 +60,17 @@ class Pass:
         the pipeline before any pass runs. Default: ``needs_data``. A pass whose options make the
         data optional overrides it (``quant{weights-only=true}`` calibrates nothing)."""
         return self.needs_data
+
+    def preparation(self) -> tuple[str, ...]:
+        """The passes of :attr:`prepares` this configured instance wants run before it (an
+        option such as ``quant{prepare=false}`` turns them off)."""
+        return self.prepares
+
+    def without_data(self) -> "Pass | None":
+        """What to run instead when :meth:`requires_data` is True and there is no data: a pass
+        that needs none (``quant`` becomes dynamic quantization), or None to refuse the pipeline
+        (the default). It logs the substitution itself, in one line."""
+        return None
 
     def wants_original(self) -> bool:
         """True if this run reads ``ctx.original`` (the model before the pipeline), so the pass

@@ -21,6 +21,7 @@ import onnx_graphsurgeon as gs
 from graphc.ir.model import Model
 from graphc.ir.opset import upgrade_opset
 from graphc.ir.shapes import TensorInfo, infer_shapes
+from graphc.stats import CostShapes, cost_shapes
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +47,25 @@ class ShapeAnalysis:
 
 
 class CostShapeAnalysis:
-    """Shapes for the user's ``input_shapes`` (``--input-shape``): for cost estimates only
-    (MACs, budgets). A rewrite must never depend on them - the saved model keeps its dynamic
-    inputs and must stay correct for every shape."""
+    """Shapes for cost estimates only (MACs, speed models, budgets), by the one policy of
+    :func:`graphc.stats.cost_shapes`: ``input_shapes`` (``--input-shape``), else batch 1, else the
+    first calibration sample's shapes. A rewrite must never depend on them - the saved model keeps
+    its dynamic inputs and must stay correct for every shape."""
 
     name = "shapes-for-cost"
+    measure = False
 
     @classmethod
-    def compute(cls, ctx: "Context") -> dict[str, TensorInfo]:
-        return infer_shapes(ctx.model, ctx.input_shapes)
+    def compute(cls, ctx: "Context") -> CostShapes:
+        return cost_shapes(ctx.model, ctx.input_shapes, ctx.data, measure=cls.measure)
+
+
+class MeasuredCostShapeAnalysis(CostShapeAnalysis):
+    """:class:`CostShapeAnalysis` with the MAC layers static inference lost measured by one
+    onnxruntime run on zeros (what MAC counts need)."""
+
+    name = "measured-shapes-for-cost"
+    measure = True
 
 
 class Context:
@@ -69,6 +80,9 @@ class Context:
         self.seed = seed
         self._cache: dict[str, Any] = {}
         self.original: Model | None = None  # set by the pass manager: the model before the pipeline
+        #: what passes decided on their own that the user should know (shapes assumed for
+        #: dynamic inputs): logged once each, listed in the run's notes and the report
+        self.notes: list[str] = []
 
     @property
     def graph(self) -> gs.Graph:
@@ -91,9 +105,16 @@ class Context:
         """Shapes valid for every input (declared dims); safe to base rewrites on."""
         return self.analysis(ShapeAnalysis)
 
-    def cost_shapes(self) -> dict[str, TensorInfo]:
-        """Shapes at the user's ``input_shapes``; for MAC/budget estimates, never for rewrites."""
-        return self.analysis(CostShapeAnalysis)
+    def cost_shapes(self, *, measured: bool = False) -> dict[str, TensorInfo]:
+        """Shapes for MAC/budget estimates (:class:`CostShapeAnalysis`; ``measured``:
+        :class:`MeasuredCostShapeAnalysis`), never for rewrites."""
+        return self.analysis(MeasuredCostShapeAnalysis if measured else CostShapeAnalysis).shapes
+
+    def note(self, text: str) -> None:
+        """Say ``text`` once per run: a warning line now, and a line of the report's notes."""
+        if text not in self.notes:
+            self.notes.append(text)
+            log.warning("%s", text)
 
     def invalidate(self, preserved: frozenset[str] = frozenset()) -> None:
         for key in [k for k in self._cache if k not in preserved]:

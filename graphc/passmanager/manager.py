@@ -6,8 +6,9 @@ invalidated unless preserved; wall time and the process's peak RSS during the pa
 and the run's :attr:`RunReport.peak_rss_bytes` is the process's peak from its start to the end of
 the run (loading the model and every pass: per-pass resets do not hide it, see
 :mod:`graphc.passmanager.memory`).
-With ``verify_each`` the model before and after each pass is run in onnxruntime on the same inputs;
-an exact pass outside tolerance raises :class:`VerificationError`, a lossy one records its error.
+With ``verify_each`` the :class:`~graphc.passmanager.verify_each.VerifyEach` instrument runs the
+model before and after each pass in onnxruntime on the same inputs; an exact pass outside
+tolerance raises :class:`VerificationError`, a lossy one records its error.
 The canonical pipeline text is written into the model's metadata (``graphc.pipeline``).
 """
 from __future__ import annotations
@@ -19,8 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator
 
-from graphc import __version__
-from graphc.errors import DataError, GraphcError, PassError, PassTimeoutError, StructureError, VerificationError
+from graphc.errors import DataError, GraphcError, PassError, PassTimeoutError, StructureError
 from graphc.ir.model import Model
 from graphc.ir.stats import all_nodes
 from graphc.ir.structure import check_structure
@@ -28,7 +28,8 @@ from graphc.passmanager.base import Pass, PassResult
 from graphc.passmanager.context import Context
 from graphc.passmanager.deadline import Deadline, DeadlineReached
 from graphc.passmanager.memory import PeakRss, process_peak_rss
-from graphc.passmanager.pipeline import Pipeline, parse_pipeline, pipeline_from_passes
+from graphc.passmanager.pipeline import Pipeline, expand_preparation, parse_pipeline, pipeline_from_passes
+from graphc.version import __version__
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,9 @@ class RunReport:
     records: list[PassRecord]
     #: the process's peak RSS from its start to the end of the run (load and every pass included)
     peak_rss_bytes: int | None = None
+    #: what the manager decided on its own (passes inserted for another's preparation, shapes
+    #: assumed for dynamic inputs)
+    notes: list[str] = field(default_factory=list)
 
     @property
     def modified(self) -> bool:
@@ -68,6 +72,9 @@ class RunReport:
 
 class Instrument:
     """Hooks around each pass; subclass and pass instances to :class:`PassManager`."""
+
+    #: True: the pass manager keeps a copy of the model before the pipeline (``ctx.original``).
+    keeps_original = False
 
     def before_pass(self, step: Pass, ctx: Context) -> None:
         pass
@@ -90,35 +97,42 @@ class PassManager:
         instruments: Iterable[Instrument] = (),
         seed: int = 0,
         verify_data: Any = None,
+        prepare: bool = True,
         max_seconds: float | None = None,
     ):
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
         elif not isinstance(pipeline, Pipeline):
             pipeline = pipeline_from_passes(list(pipeline))
-        self.pipeline = pipeline
+        #: ``prepare=False`` runs the pipeline exactly as written (a pass tested on its own)
+        self.pipeline = expand_preparation(pipeline) if prepare else pipeline
+        for note in self.pipeline.notes:
+            log.info("%s", note)
         self.data = data
         self.input_shapes = input_shapes
-        self.verify_each = verify_each
-        self.tolerances = tolerances
         self.instruments = list(instruments)
         self.seed = seed
-        #: inputs for verify_each when they should not be calibration data (e.g. random feeds of
-        #: given shapes, without handing random data to passes); default: ``data``.
-        self.verify_data = verify_data
         #: wall-clock limit of each pass (its post-pass check included); None: no limit
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, not {max_seconds}")
         self.max_seconds = max_seconds
+        if verify_each:  # first, so that the other instruments see each record's verify report
+            # lazy: the instrument loads onnxruntime, which runs without verify-each never need
+            from graphc.passmanager.verify_each import VerifyEach
+
+            self.instruments.insert(0, VerifyEach(tolerances, verify_data, seed))
 
     def run(self, model: Model) -> RunReport:
         """Run every pass on ``model`` in place; returns the per-pass records."""
         steps = [(spec, spec.instantiate()) for spec in self.pipeline.steps]
+        if self.data is None:  # a pass that can do without the data substitutes itself
+            steps = [(spec, _without_data(step)) for spec, step in steps]
         needing = [spec.name for spec, step in steps if step.requires_data()]
         if needing and self.data is None:
             raise DataError(f"pass '{needing[0]}' needs calibration data (--data)")
         ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
-        keep = self.verify_each or any(step.requires_data() or step.wants_original() for _, step in steps)
+        keep = any(inst.keeps_original for inst in self.instruments) or any(
+            step.requires_data() or step.wants_original() for _, step in steps)
         ctx.original = model.copy() if keep else None
         records = []
         done: list[str] = []
@@ -127,11 +141,10 @@ class PassManager:
             done.append(spec.name)
         model.metadata["graphc.pipeline"] = self.pipeline.text()
         model.metadata["graphc.version"] = __version__
-        return RunReport(self.pipeline.text(), records, process_peak_rss())
+        return RunReport(self.pipeline.text(), records, process_peak_rss(), [*self.pipeline.notes, *ctx.notes])
 
     def _run_one(self, step: Pass, text: str, ctx: Context, done: list[str]) -> PassRecord:
         graph = ctx.graph
-        before = ctx.model.copy() if self.verify_each else None
         nodes_before = len(all_nodes(graph))  # If/Loop/Scan bodies included
         for inst in self.instruments:
             inst.before_pass(step, ctx)
@@ -151,13 +164,11 @@ class PassManager:
                                    pass_name=step.name) from None
         record = PassRecord(step.name, text, result.modified, wall, peak, nodes_before,
                             len(all_nodes(ctx.graph)), result.stats, result.skipped, result.details)
-        if before is not None and result.modified:
-            record.verify = self._verify(step, before, ctx)
+        for inst in self.instruments:
+            inst.after_pass(step, ctx, record)
         log.info("%s: %s in %.3fs, nodes %d -> %d %s", step.name,
                  "modified" if result.modified else "unchanged", wall, nodes_before,
                  record.nodes_after, result.stats)
-        for inst in self.instruments:
-            inst.after_pass(step, ctx, record)
         return record
 
     @staticmethod
@@ -184,16 +195,13 @@ class PassManager:
             raise StructureError(f"pass '{step.name}' left an invalid graph{after}: {exc}",
                                  pass_name=step.name) from None
 
-    def _verify(self, step: Pass, before: Model, ctx: Context):
-        from graphc.verify import Tolerances, compare_models
 
-        tolerances = self.tolerances or Tolerances()
-        data = self.verify_data if self.verify_data is not None else ctx.data
-        report = compare_models(before, ctx.model, data=data, tolerances=tolerances,
-                                input_shapes=ctx.input_shapes, seed=self.seed)
-        if step.exact and not report.passed:
-            raise VerificationError(f"pass '{step.name}' changed the outputs: {report.summary()}")
-        return report
+def _without_data(step: Pass) -> Pass:
+    """``step``, or what it runs instead when it needs data and there is none (:meth:`Pass.without_data`)."""
+    if not step.requires_data():
+        return step
+    substitute = step.without_data()
+    return substitute if substitute is not None else step
 
 
 @contextlib.contextmanager

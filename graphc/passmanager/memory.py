@@ -41,11 +41,6 @@ def _status_kb(field: str) -> int | None:
     return None
 
 
-def current_rss() -> int | None:
-    kb = _status_kb("VmRSS")
-    return kb * 1024 if kb is not None else None
-
-
 def peak_rss() -> int:
     """The kernel's high-water mark in bytes: since start or since the last reset."""
     kb = _status_kb("VmHWM")

@@ -9,7 +9,9 @@
 Pipeline text spells an option as ``key=value``; option names use dashes (``round-to``) for
 fields with underscores (``round_to``). Values parse by the field's annotated type: bool
 (true/false), int, float, str, tuple[str, ...] / tuple[int, ...] / tuple[float, ...]
-(comma-separated), and ``X | None`` (``none`` for None).
+(comma-separated), and ``X | None`` (``none`` for None). An option whose text needs more than its
+type says (``round-to``: ``auto`` or an integer, declared ``int | str``) gives a ``parse`` hook,
+``text -> value`` raising ValueError; the value is then what the pass reads, unchanged.
 """
 from __future__ import annotations
 
@@ -19,15 +21,16 @@ import math
 import types
 import typing
 from dataclasses import MISSING, dataclass
-from typing import Any
+from typing import Any, Callable
 
 from graphc.errors import OptionError
 
 
 def option(default: Any, doc: str, *, min: float | None = None, max: float | None = None,
-           choices: tuple | None = None) -> Any:
-    """Declare an option field with its doc, range and allowed values."""
-    meta = {"doc": doc, "min": min, "max": max, "choices": choices}
+           choices: tuple | None = None, parse: Callable[[str], Any] | None = None) -> Any:
+    """Declare an option field with its doc, range and allowed values; ``parse`` turns pipeline
+    text into the declared type where the type alone cannot (ValueError for bad text)."""
+    meta = {"doc": doc, "min": min, "max": max, "choices": choices, "parse": parse}
     if isinstance(default, (list, dict, set)):
         raise TypeError("option defaults must be immutable (use a tuple)")
     return dataclasses.field(default=default, metadata=meta)
@@ -50,6 +53,7 @@ class OptionSpec:
     min: float | None
     max: float | None
     choices: tuple | None
+    parse: Callable[[str], Any] | None = None
 
     @property
     def type_name(self) -> str:
@@ -65,7 +69,7 @@ def option_specs(options_cls: type) -> list[OptionSpec]:
         specs.append(OptionSpec(
             key=f.name.replace("_", "-"), field=f.name, type=hints[f.name], default=default,
             doc=meta.get("doc", ""), min=meta.get("min"), max=meta.get("max"),
-            choices=meta.get("choices"),
+            choices=meta.get("choices"), parse=meta.get("parse"),
         ))
     return specs
 
@@ -75,14 +79,22 @@ def _type_name(tp: Any) -> str:
     if origin is tuple:
         return f"list of {_type_name(typing.get_args(tp)[0])}"
     if origin in (typing.Union, types.UnionType):
-        args = [a for a in typing.get_args(tp) if a is not type(None)]
-        return f"{_type_name(args[0])} or none"
+        args = typing.get_args(tp)
+        names = [_type_name(a) for a in args if a is not type(None)]
+        return " or ".join(names + (["none"] if type(None) in args else []))
     return getattr(tp, "__name__", str(tp))
 
 
 def parse_value(spec: OptionSpec, text: str, pass_name: str) -> Any:
-    """Convert pipeline text to the option's type and check its range."""
-    value = _convert(spec.type, text.strip(), f"{pass_name}{{{spec.key}}}")
+    """Convert pipeline text to the option's type (or by its ``parse`` hook) and check its range."""
+    where = f"{pass_name}{{{spec.key}}}"
+    if spec.parse is not None:
+        try:
+            value = spec.parse(text.strip())
+        except ValueError as exc:
+            raise OptionError(f"{where}: {exc}") from None
+    else:
+        value = _convert(spec.type, text.strip(), where)
     check_value(spec, value, pass_name)
     return value
 

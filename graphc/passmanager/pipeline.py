@@ -12,7 +12,7 @@ explicitly set options in declaration order, values normalized; ``parse(print(p)
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.errors import OptionError, PipelineError
@@ -53,6 +53,8 @@ def _quote(text: str) -> str:
 @dataclass(frozen=True)
 class Pipeline:
     steps: tuple[PassSpec, ...]
+    #: what :func:`expand_preparation` inserted, one line each ("quant requires fold-bn: inserted")
+    notes: tuple[str, ...] = field(default=(), compare=False)
 
     def text(self) -> str:
         return ",".join(step.text() for step in self.steps)
@@ -142,6 +144,25 @@ def parse_pipeline(text: str) -> Pipeline:
             raise sc.error(f"expected ',' or end of pipeline, found '{sc.peek()}'")
         sc.pos += 1
     return Pipeline(tuple(steps))
+
+
+def expand_preparation(pipeline: Pipeline) -> Pipeline:
+    """The pipeline with each pass's :meth:`Pass.preparation` inserted just before it, in the
+    declared order, where that pass does not already run earlier (with any options). Inserted
+    passes take their default options; the printed pipeline shows them like written ones."""
+    steps: list[PassSpec] = []
+    notes = list(pipeline.notes)
+    for spec in pipeline.steps:
+        missing = [name for name in spec.instantiate().preparation()
+                   if name not in {s.name for s in steps}]
+        for name in missing:
+            cls = get_pass(name)
+            steps.append(PassSpec(name, cls, cls.Options(), ()))
+        if missing:
+            notes.append(f"{spec.name} requires {','.join(missing)}: inserted "
+                         f"({spec.name}{{prepare=false}} to leave them out)")
+        steps.append(spec)
+    return Pipeline(tuple(steps), tuple(notes))
 
 
 def pipeline_from_passes(passes: list[Pass]) -> Pipeline:

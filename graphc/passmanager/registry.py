@@ -1,7 +1,9 @@
 """The pass registry, filled by the ``@register_pass`` decorator.
 
-Built-in passes live in ``graphc.passes`` (one module per pass); they are imported on the first
-lookup, so adding a pass is adding a module.
+Passes are found in the packages named by :func:`add_pass_package` (``graphc`` names its built-in
+``graphc.passes``; the pass manager sits below the passes and never imports them): every module
+and subpackage there is imported on the first lookup, so adding a pass is adding a module or a
+package.
 """
 from __future__ import annotations
 
@@ -13,7 +15,8 @@ from graphc.passmanager.base import Pass
 from graphc.passmanager.options import did_you_mean
 
 _REGISTRY: dict[str, type[Pass]] = {}
-_builtins_loaded = False
+_PACKAGES: list[str] = []
+_loaded: set[str] = set()
 
 
 def register_pass(cls: type[Pass]) -> type[Pass]:
@@ -27,16 +30,20 @@ def register_pass(cls: type[Pass]) -> type[Pass]:
     return cls
 
 
-def _load_builtins() -> None:
-    global _builtins_loaded
-    if _builtins_loaded:
-        return
-    _builtins_loaded = True
-    import graphc.passes as package
+def add_pass_package(name: str) -> None:
+    """Look for passes in package ``name`` (its modules and subpackages are imported on the first
+    registry lookup)."""
+    if name not in _PACKAGES:
+        _PACKAGES.append(name)
 
-    for info in pkgutil.iter_modules(package.__path__):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"graphc.passes.{info.name}")
+
+def _load_builtins() -> None:
+    for name in [p for p in _PACKAGES if p not in _loaded]:
+        _loaded.add(name)
+        package = importlib.import_module(name)
+        for info in pkgutil.iter_modules(package.__path__):
+            if not info.name.startswith("_"):
+                importlib.import_module(f"{name}.{info.name}")
 
 
 def get_pass(name: str) -> type[Pass]:

@@ -78,6 +78,7 @@ def build_report(*, input_path: str | os.PathLike, output_path: str | os.PathLik
         "output": str(output_path) if output_path is not None else None,
         "output_written": output_written,
         "pipeline": run.pipeline,
+        "notes": list(run.notes),
         "recipe": recipe or {},
         "summary": summarize(before, after, verify, task, timing),
         "gates": gates,
@@ -117,9 +118,11 @@ def render(report: dict[str, Any], fmt: str, *, plots: list[Any] | None = None,
     if fmt == "json":
         return json.dumps(report, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     if fmt == "html":
+        # lazy: the writers (and matplotlib) load only for the format asked for
         from graphc.report.html import render_html
 
         return render_html(report, plots or [])
+    # lazy: the writers (and matplotlib) load only for the format asked for
     from graphc.report.markdown import render_markdown
 
     return render_markdown(report, plots or [], plot_folder)
@@ -136,6 +139,7 @@ def write_report(report: dict[str, Any], path: str | os.PathLike) -> Path:
         raise OutputError(f"{out}: folder '{out.parent}' does not exist")
     plots, folder = [], None
     if fmt != "json":
+        # lazy: the writers (and matplotlib) load only for the format asked for
         from graphc.report.plots import report_plots
 
         plots = report_plots(report)

@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from graphc.calib.collect import collect_stats
 from graphc.ir.model import Model
 from graphc.passmanager import Instrument
 
@@ -66,8 +67,6 @@ def _clipping(entry: dict[str, Any]) -> float:
 def activation_histograms(snapshots: CalibrationSnapshots, passes: list[dict[str, Any]], data: Any, *,
                           chosen: tuple[str, ...] = (), limit: int = 3) -> list[dict[str, Any]]:
     """Histograms of chosen calibrated tensors for each snapshotted pass (see the module docstring)."""
-    from graphc.calib.collect import collect_stats
-
     out = []
     for index, model in sorted(snapshots.models.items()):
         record = passes[index]

@@ -173,6 +173,3 @@ def detail_text(detail: dict[str, Any]) -> str:
     return ", ".join(parts[:4]) or "changed"
 
 
-def channels_changed(rows: list[dict[str, Any]]) -> bool:
-    return any(r["channels_after"] is not None and r["channels"] is not None
-               and r["channels_after"] != r["channels"] for r in rows)

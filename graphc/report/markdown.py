@@ -107,6 +107,8 @@ def passes_markdown(catalog: list[dict[str, Any]]) -> str:
              "exclude=head.*}`.", ""]
     for p in catalog:
         kind = ("exact" if p["exact"] else "lossy") + (", needs calibration data" if p["needs_data"] else "")
+        if p.get("prepares"):
+            kind += f"; runs {','.join(p['prepares'])} first unless the pipeline does earlier"
         lines += [f"## `{p['name']}`", "", f"{p['summary']} ({kind})", ""]
         if p["options"]:
             rows = [[f"`{o['key']}`", o["type"], f"`{o['default']}`" if o["default"] else "(empty)",

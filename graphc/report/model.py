@@ -1,7 +1,7 @@
 """What a model is, as data: the body of ``graphc inspect`` and the before/after of a report.
 
 Sizes count the file and its external data; parameters and MACs come from
-:func:`graphc.ir.model_stats` (MACs need static shapes: nodes whose shapes stay unknown are listed
+:func:`graphc.stats.model_stats` (MACs need static shapes: nodes whose shapes stay unknown are listed
 under ``macs_unknown`` and their MACs are not in ``macs``; ``input_shapes`` fixes dynamic dims).
 When no shapes are given and the batch is the only dynamic dim of every input, MACs are counted
 for one sample (batch 1, ``macs_batch_1``: true), the number people compare models by.
@@ -18,9 +18,8 @@ from typing import Any
 import onnx_graphsurgeon as gs
 
 from graphc.ir.model import Model, file_size
-from graphc.ir.stats import model_stats
 from graphc.ir.usedef import STANDARD_DOMAINS
-from graphc.calib.data import input_specs
+from graphc.stats import batch_one_shapes, dynamic_batch, model_stats
 from graphc.verify.feeds import InputShapes, check_input_shapes
 
 
@@ -39,7 +38,7 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
     """Inputs, outputs, opsets, producer, op histogram, parameters, size and MACs of ``model``."""
     check_input_shapes(model, input_shapes)
     graph = model.graph
-    batch_1 = None if input_shapes else batch_one_shapes(model)
+    batch_1 = batch_one_shapes(model) if not input_shapes and dynamic_batch(model) else None
     stats = model_stats(model, input_shapes or batch_1)
     known = sorted((n for n in stats.per_node if n.macs), key=lambda n: -n.macs)
     custom = Counter(n.domain for n in graph.nodes if n.domain not in STANDARD_DOMAINS)
@@ -65,18 +64,6 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
                       "share": n.macs / stats.macs if stats.macs else 0.0} for n in known[:top]],
         "metadata": {k: _shorten(v) for k, v in sorted(model.metadata.items())},
     }
-
-
-def batch_one_shapes(model: Model) -> InputShapes | None:
-    """Batch-1 shapes when dim 0 is the only dynamic dim of every input (and of one at least)."""
-    shapes, dynamic = {}, False
-    for spec in input_specs(model):
-        rest = spec.shape[1:]
-        if not spec.shape or any(d is None for d in rest):
-            return None
-        dynamic |= spec.shape[0] is None
-        shapes[spec.name] = (1 if spec.shape[0] is None else spec.shape[0], *rest)
-    return shapes if dynamic else None
 
 
 def _shorten(text: str, limit: int = 120) -> str:

@@ -24,7 +24,7 @@ def pass_catalog() -> list[dict[str, Any]]:
                 "doc": spec.doc,
             })
         catalog.append({"name": cls.name, "summary": cls.summary, "exact": bool(cls.exact),
-                        "needs_data": bool(cls.needs_data), "options": options})
+                        "needs_data": bool(cls.needs_data), "prepares": list(cls.prepares), "options": options})
     return catalog
 
 

@@ -40,6 +40,7 @@ def report_plots(report: dict[str, Any]) -> list[Plot]:
 
 
 def _figure(width: float, height: float):
+    # lazy: matplotlib is slow to import
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(width, height), dpi=100)

@@ -50,10 +50,6 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any] | None) -> lis
     return rows
 
 
-def comparison_table(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
-    return _table(comparison_rows(before, after))
-
-
 def macs_text(summary: dict[str, Any]) -> str:
     """``1.23M``, ``1.23M + unknown`` or ``unknown`` (when dynamic shapes hide some nodes)."""
     if not summary.get("macs_unknown"):
@@ -124,7 +120,8 @@ def localization_lines(loc: dict[str, Any] | None) -> list[str]:
 
 
 def opt_text(report: dict[str, Any]) -> str:
-    lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}", ""]
+    lines = [f"graphc opt: {report['input']} -> {report['output']}", f"pipeline: {report['pipeline']}"]
+    lines += [f"  {note}" for note in report.get("notes") or []] + [""]
     lines += passes_table(report["passes"])
     lines += [""] + _table([SUMMARY_HEADER] + summary_rows(report))
     lines += model_notes(report["after"] or report["before"])
@@ -199,6 +196,7 @@ def passes_text(catalog: list[dict[str, Any]]) -> str:
     lines = []
     for p in catalog:
         kind = ("exact" if p["exact"] else "lossy") + (", needs --data" if p["needs_data"] else "")
+        kind += f", runs {','.join(p['prepares'])} first" if p.get("prepares") else ""
         lines.append(f"{p['name']}  ({kind})")
         lines.append(f"    {p['summary']}")
         for o in p["options"]:

@@ -20,6 +20,7 @@ from graphc.progress import progress
 from graphc.runtime import create_session, run_session
 from graphc.verify.feeds import InputShapes, ModelInput, evaluation_data, open_model
 from graphc.verify.localize import Localization, localize_divergence
+from graphc.verify.noise import measure_noise, noise_note, widened
 from graphc.verify.running import RunningMetrics, TensorMetrics, json_number
 from graphc.verify.tolerances import Tolerances
 
@@ -120,25 +121,40 @@ def compare_models(
     cand_model, cand_src = open_model(candidate)
     source = evaluation_data(ref_model, data, input_shapes=input_shapes, samples=samples, seed=seed)
     pairs, matched_by = match_outputs(ref_model, cand_model)
-    running = _run_outputs(ref_src, cand_src, pairs, source, tolerances, optimize)
+    per_output, note = _output_tolerances(ref_src, pairs, source, tolerances)
+    running = _run_outputs(ref_src, cand_src, pairs, source, per_output, optimize)
     outputs = [r.result() for r in running]
     report = VerifyReport(passed=all(o.passed for o in outputs), outputs=outputs,
                           samples=running[0].samples if running else 0, tolerances=tolerances,
                           data=source.description, matched_by=matched_by)
+    if note:
+        report.notes.append(note)
     if matched_by == "position":
         report.notes.append("output names differ; outputs matched by position")
     if localize and not report.passed:
-        report.localization = localize_divergence(ref_model, cand_model, source, tolerances,
+        widest = max(per_output, key=lambda t: t.atol, default=tolerances)
+        report.localization = localize_divergence(ref_model, cand_model, source, widest,
                                                   input_shapes=input_shapes, chunk_size=chunk_size,
                                                   optimize=optimize)
     log.info("verify: %s", report.summary())
     return report
 
 
-def _run_outputs(ref_src, cand_src, pairs, source, tolerances, optimize) -> list[RunningMetrics]:
+def _output_tolerances(ref_src, pairs, source, tolerances: Tolerances) -> tuple[list[Tolerances], str]:
+    """One Tolerances per output pair: as given, or with the atol measured from the reference's
+    own noise (:mod:`graphc.verify.noise`), and the note that says so."""
+    if not tolerances.measures_noise:
+        return [tolerances] * len(pairs), ""
+    noise = measure_noise(ref_src, [r for r, _ in pairs], source)
+    note = noise_note(tolerances, noise)
+    log.info("verify: %s", note)
+    return [widened(tolerances, noise[r]) for r, _ in pairs], note
+
+
+def _run_outputs(ref_src, cand_src, pairs, source, per_output: list[Tolerances], optimize) -> list[RunningMetrics]:
     ref_session = create_session(ref_src, optimize=optimize, label="reference", spin=False)
     cand_session = create_session(cand_src, optimize=optimize, label="candidate", spin=False)
-    running = [RunningMetrics(r, c, tolerances) for r, c in pairs]
+    running = [RunningMetrics(r, c, tol) for (r, c), tol in zip(pairs, per_output)]
     count = 0
     for feed in progress(source, desc="verifying", unit="sample"):
         ref_values = run_session(ref_session, feed, [r for r, _ in pairs], label="reference")

@@ -3,7 +3,7 @@
 Per sample, :class:`RunningMetrics` adds to running sums (sum ref^2, sum (ref-got)^2, sum ref*got,
 sum got^2), keeps the running maxima of the absolute and relative errors, counts elements outside
 rtol/atol and top-1 agreements. At the end SQNR and cosine are computed from the sums, so they
-equal the metrics of all samples concatenated (see :mod:`graphc.verify.metrics`).
+equal the metrics of all samples concatenated (see :mod:`graphc.metrics`).
 
 Non-finite values: sums and maxima use the positions where both tensors are finite; positions
 where they are not and differ (NaN vs number, +inf vs -inf) are counted as ``nonfinite`` and fail
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from graphc.verify.metrics import (
+from graphc.metrics import (
     cosine_from_sums,
     max_abs_error,
     max_rel_error,

@@ -11,6 +11,10 @@ Two modes, chosen by what the user asks for:
   (how many elements fall outside them) but do not fail the comparison. This is the check for
   quantization, pruning and factorization, whose outputs are expected to move.
 
+Without explicit rtol/atol the CLI's and recipes' exact mode measures its atol per output
+(``noise_factor``): the reference's own spread between onnxruntime's optimization levels on the
+same data, times :data:`NOISE_FACTOR`, never below ``atol`` (:mod:`graphc.verify.noise`).
+
 ``exact=True`` forces both checks; ``exact=False`` forces the lossy rule (with no threshold given
 the comparison then always passes and is only a measurement).
 
@@ -25,6 +29,9 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+#: the ``noise_factor`` of the defaults the CLI and recipes use (see :mod:`graphc.verify.noise`).
+NOISE_FACTOR = 4.0
+
 
 @dataclass(frozen=True)
 class Tolerances:
@@ -35,6 +42,9 @@ class Tolerances:
     min_top1: float | None = None
     #: None: exact unless a ``min_*`` threshold is given; True/False force the mode.
     exact: bool | None = None
+    #: exact mode: widen each output's atol to this many times the reference's own spread
+    #: between onnxruntime's optimization levels (:mod:`graphc.verify.noise`); None: atol as is.
+    noise_factor: float | None = None
 
     @classmethod
     def from_options(cls, *, rtol: float | None = None, atol: float | None = None,
@@ -46,7 +56,8 @@ class Tolerances:
         thresholds = any(v is not None for v in (min_sqnr, min_cosine, min_top1))
         return cls(rtol=cls.rtol if rtol is None else rtol, atol=cls.atol if atol is None else atol,
                    min_sqnr=min_sqnr, min_cosine=min_cosine, min_top1=min_top1,
-                   exact=True if explicit and thresholds else None)
+                   exact=True if explicit and thresholds else None,
+                   noise_factor=None if explicit or thresholds else NOISE_FACTOR)
 
     def __post_init__(self) -> None:
         if self.rtol < 0 or self.atol < 0:
@@ -67,12 +78,18 @@ class Tolerances:
         """True when rtol/atol decide (exact mode)."""
         return self.exact if self.exact is not None else not self.thresholds
 
+    @property
+    def measures_noise(self) -> bool:
+        """True when each output's atol is measured (exact mode with a ``noise_factor``)."""
+        return self.elementwise and self.noise_factor is not None
+
     def for_intermediates(self) -> "Tolerances":
         """The budget for intermediate tensors (no top-1; see the module docstring)."""
         return dataclasses.replace(self, min_top1=None, exact=self.elementwise)
 
     def describe(self) -> str:
-        parts = [f"rtol={self.rtol:g} atol={self.atol:g}"] if self.elementwise else []
+        atol = f"max({self.atol:g}, {self.noise_factor:g} x ORT noise)" if self.measures_noise else f"{self.atol:g}"
+        parts = [f"rtol={self.rtol:g} atol={atol}"] if self.elementwise else []
         labels = {"min_sqnr": "SQNR >= {:g} dB", "min_cosine": "cosine >= {:g}", "min_top1": "top-1 >= {:g}"}
         parts += [labels[k].format(v) for k, v in self.thresholds.items()]
         return ", ".join(parts) if parts else "no thresholds (measurement only)"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from channel_check import analyse, assert_groups_exact, masked_and_removed, assert_equivalent
-from tiny import Net, image
+from nets import Net, image
 from support import node_named, random_feeds
 
 

@@ -9,7 +9,7 @@ from channel_check import analyse, assert_equivalent, masked_and_removed
 from graphc.analysis import mask_channels, remove_channels
 from graphc.errors import PassError
 from support import node_named, op_count, random_feeds, run
-from tiny import Net, image
+from nets import Net, image
 
 
 def _group(analysis, producer):

@@ -7,7 +7,7 @@ import numpy as np
 from graphc.analysis import (ChannelGroups, ChannelGroupsByHeadDim, dependency_graph, format_groups,
                              to_dot)
 from graphc.passmanager import Context
-from tiny import Net, image
+from nets import Net, image
 from channel_check import analyse
 
 

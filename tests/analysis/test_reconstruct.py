@@ -1,15 +1,15 @@
-"""Least-squares consumer refit and bias compensation (graphc.analysis.reconstruct) against direct
+"""Least-squares consumer refit and bias compensation (graphc.passes.prune.reconstruct) against direct
 numpy least squares: on explicit data, and end to end through prune on a tiny Conv graph."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from graphc.analysis.reconstruct import removed_features, solve
+from graphc.passes.prune.reconstruct import removed_features, solve
 from graphc.calib.data import IterableSource
 from graphc.passmanager import PassManager
 from support import node_named, run
-from tiny import Net, image
+from nets import Net, image
 
 
 def _augmented(p: np.ndarray) -> np.ndarray:

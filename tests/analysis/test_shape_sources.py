@@ -10,7 +10,7 @@ from graphc.analysis.shape_sources import ConstElement, DimElement, shape_elemen
 from graphc.ir import infer_shapes
 from graphc.ir.structure import find_cycle_free_order
 from support import node_named
-from tiny import Net, image
+from nets import Net, image
 
 
 @pytest.mark.parametrize("ins,outs,blocks", [

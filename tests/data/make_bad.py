@@ -17,7 +17,9 @@ Everything is seeded: running the script again gives byte-identical files
   onnxruntime can execute it (then outputs before and after the exact passes must agree and
   ``verify f f`` exits 0; otherwise ``verify`` exits 2). ``keep`` lists ops that no pass may
   remove or change (nodes carrying subgraphs, ops of unknown domains). ``skip_run`` marks files
-  that must never be executed (they would allocate terabytes).
+  that must never be executed (they would allocate terabytes). ``repaired`` marks files that
+  fail ``onnx.checker`` only by their shape declarations (onnxruntime runs them): graphc repairs
+  the declarations at load and its results pass the checker.
 """
 from __future__ import annotations
 
@@ -35,9 +37,9 @@ OUT = HERE / "bad"
 F = TensorProto.FLOAT
 
 
-def _entry(file, expect, why, *, error=None, runs=True, keep=(), skip_run=False, extra=()):
+def _entry(file, expect, why, *, error=None, runs=True, keep=(), skip_run=False, extra=(), repaired=False):
     return {"file": file, "expect": expect, "why": why, "error": error, "runs": runs,
-            "keep": tuple(keep), "skip_run": skip_run, "extra": tuple(extra)}
+            "keep": tuple(keep), "skip_run": skip_run, "extra": tuple(extra), "repaired": repaired}
 
 
 MANIFEST = [
@@ -116,6 +118,17 @@ MANIFEST = [
            error="nothing produces"),
     _entry("deep_nesting.onnx", "reject", "If nodes nested 200 deep (recursion bomb)",
            error="not an ONNX model"),
+    _entry("string_not_utf8.onnx", "reject", "a string initializer holding bytes that are not UTF-8",
+           error="string element 1 is not valid UTF-8"),
+    _entry("big_corrupt_nested.onnx", "reject",
+           "1.7 KiB Conv weight whose nested 'segment' message is corrupt (framing intact)",
+           error="initializer 'w' is corrupt"),
+    _entry("conv_group_indivisible.onnx", "reject", "Conv group 2 over an input of 3 channels",
+           error="group 2 does not divide the 3 channels"),
+    _entry("conv_group_negative.onnx", "reject", "Conv group -1", error="group -1 is not a positive"),
+    _entry("conv_group_weight.onnx", "reject", "Conv group 3 with a weight of 4 output channels",
+           error="group 3 does not divide the 4 output channels"),
+    _entry("no_outputs.onnx", "reject", "a graph with nodes but no outputs", error="no outputs"),
     # -- external data that must be refused ----------------------------------------------------
     _entry("ext_absolute.onnx", "reject", "external data location '/etc/passwd'", error="refused"),
     _entry("ext_dotdot.onnx", "reject", "external data location '../outside.bin'", error="refused"),
@@ -161,6 +174,21 @@ MANIFEST = [
            "ConstantOfShape of 2^40 floats feeding a ReduceSum (folding must not allocate it)",
            skip_run=True),
     _entry("ext_ok.onnx", "accept", "valid external data next to the model", extra=("ext_ok.onnx.data",)),
+    _entry("scalar_input.onnx", "accept", "a 0-d (scalar) graph input scaling the Conv input"),
+    _entry("input_with_default.onnx", "accept",
+           "a graph input that also has an initializer (a default callers may override)"),
+    _entry("int_div_by_zero.onnx", "accept",
+           "integer Div of constants by a divisor holding 0 (onnxruntime refuses it; not folded)",
+           runs=False, keep=("Div",)),
+    _entry("shapeless_output_conv_bn.onnx", "accept",
+           "Conv+BN whose graph output has no shape (as onnx-graphsurgeon writes)", repaired=True),
+    _entry("shapeless_output_convtranspose_bn.onnx", "accept",
+           "ConvTranspose+BN whose graph output has no shape", repaired=True),
+    _entry("shapeless_output_gemm_bn.onnx", "accept", "Gemm+BN whose graph output has no shape",
+           repaired=True),
+    _entry("wrong_declared_shapes.onnx", "accept",
+           "output declared [1, seqlen] (really [1, 4, 8, 8]); value-info of 0 dims for the Conv output",
+           repaired=True),
 ]
 
 
@@ -367,6 +395,76 @@ def build_all() -> dict[str, bytes]:
     files["shared_conv_weight.onnx"] = _shared_conv_weight().SerializeToString()
     files["conv_output_is_graph_output.onnx"] = _conv_output_is_graph_output().SerializeToString()
     files["constant_of_shape_bomb.onnx"] = _constant_of_shape_bomb().SerializeToString()
+    files.update(_issue15_files())
+    files.update(_declaration_files())
+    return files
+
+
+def _issue15_files() -> dict[str, bytes]:
+    """Malformed-but-parseable inputs, and valid ones graphc used to change (issue 15)."""
+    files = {}
+    text = helper.make_tensor("text", TensorProto.STRING, [2], [b"ok", b"SSSS"])
+    m = _model([helper.make_node("Identity", ["text"], ["t"], name="id"), helper.make_node("Relu", ["x"], ["y"], name="relu")],
+               [_vi("x", [2])], [_vi("y", [2]), _vi("t", [2], TensorProto.STRING)], [text])
+    files["string_not_utf8.onnx"] = m.SerializeToString().replace(b"SSSS", b"S\xff\xfeS")
+    m = big_conv_bn_relu()
+    _init(m, "w").segment.begin, _init(m, "w").segment.end = 123456, 654321
+    segment = TensorProto.Segment(begin=123456, end=654321).SerializeToString()
+    corrupt = b"\x08" + b"\xff" * (len(segment) - 1)  # a varint that never ends inside the field
+    files["big_corrupt_nested.onnx"] = m.SerializeToString().replace(segment, corrupt)
+    for name, group, out_channels in (("conv_group_indivisible", 2, 4), ("conv_group_negative", -1, 4),
+                                      ("conv_group_weight", 3, 4)):
+        w = np.random.default_rng(9).standard_normal((out_channels, 1, 3, 3)).astype(np.float32)
+        m = _model([helper.make_node("Conv", ["x", "w"], ["c"], name="conv", group=group, pads=[1, 1, 1, 1]),
+                    helper.make_node("Relu", ["c"], ["y"], name="relu")],
+                   [_vi("x", [1, 3, 8, 8])], [_vi("y", [1, out_channels, 8, 8])], [numpy_helper.from_array(w, "w")])
+        files[f"{name}.onnx"] = m.SerializeToString()
+    files["no_outputs.onnx"] = _model([helper.make_node("Relu", ["x"], ["y"], name="relu")],
+                                      [_vi("x", [2])], []).SerializeToString()
+    w = np.random.default_rng(10).standard_normal((4, 3, 3, 3)).astype(np.float32)
+    files["scalar_input.onnx"] = _model(
+        [helper.make_node("Mul", ["x", "gain"], ["m"], name="gain"),
+         helper.make_node("Conv", ["m", "w"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        [_vi("x", [1, 3, 8, 8]), _vi("gain", [])], [_vi("y", [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w")]).SerializeToString()
+    files["input_with_default.onnx"] = _model(
+        [helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1, 1, 1, 1]),
+         helper.make_node("Add", ["c", "offset"], ["y"], name="add")],
+        [_vi("x", [1, 3, 8, 8]), _vi("offset", [1, 4, 1, 1])], [_vi("y", [1, 4, 8, 8])],
+        [numpy_helper.from_array(w, "w"),
+         numpy_helper.from_array(np.full((1, 4, 1, 1), 0.5, np.float32), "offset")]).SerializeToString()
+    files["int_div_by_zero.onnx"] = _model(
+        [helper.make_node("Div", ["num", "den"], ["q"], name="div"), helper.make_node("Add", ["x", "q"], ["y"], name="add")],
+        [_vi("x", [2], TensorProto.INT64)], [_vi("y", [2], TensorProto.INT64)],
+        [numpy_helper.from_array(np.array([4, 5], np.int64), "num"),
+         numpy_helper.from_array(np.array([0, 1], np.int64), "den")]).SerializeToString()
+    return files
+
+
+def _bn_after(op: str, rng) -> onnx.ModelProto:
+    """``op`` -> BatchNormalization, the graph output declared without a shape."""
+    if op == "Gemm":
+        node = helper.make_node("Gemm", ["x", "w"], ["c"], name="gemm", transB=1)
+        x, w = _vi("x", [2, 6]), rng.standard_normal((4, 6)) / np.sqrt(6)
+    else:  # weights at He-init scale, as trained layers have: outputs of order 1
+        node = helper.make_node(op, ["x", "w"], ["c"], name=op.lower(), pads=[1, 1, 1, 1])
+        x = _vi("x", [1, 3, 8, 8])
+        w = rng.standard_normal((4, 3, 3, 3) if op == "Conv" else (3, 4, 3, 3)) * np.sqrt(2 / 27)
+    bn = helper.make_node("BatchNormalization", ["c", "scale", "bias", "mean", "var"], ["y"], name="bn")
+    params = {k: v for k, v in _weights(rng).items() if k not in ("w", "b")}
+    inits = [numpy_helper.from_array(w.astype(np.float32), "w")] + [numpy_helper.from_array(v, k) for k, v in params.items()]
+    return _model([node, bn], [x], [helper.make_tensor_value_info("y", F, None)], inits)
+
+
+def _declaration_files() -> dict[str, bytes]:
+    """Models whose only problem is what they declare about shapes (onnxruntime runs them)."""
+    rng = np.random.default_rng(11)
+    files = {f"shapeless_output_{op.lower()}_bn.onnx": _bn_after(op, rng).SerializeToString()
+             for op in ("Conv", "ConvTranspose", "Gemm")}
+    m = conv_bn_relu(seed=12)
+    m.graph.output[0].CopyFrom(_vi("y", [1, "seqlen"]))
+    m.graph.value_info.append(_vi("c", [0, 0, 8, 8]))
+    files["wrong_declared_shapes.onnx"] = m.SerializeToString()
     return files
 
 

@@ -3,7 +3,8 @@ import numpy as np
 from onnx import TensorProto, helper, numpy_helper
 
 import graphc
-from graphc.ir import infer_shapes, model_stats, upgrade_opset
+from graphc.ir import infer_shapes, upgrade_opset
+from graphc.stats import model_stats
 from support import assert_same_outputs, make_model, random_feeds
 
 

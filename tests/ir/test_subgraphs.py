@@ -11,6 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 import graphc
 from graphc.ir import NameFactory, toposort, walk_graphs
 from graphc.passmanager import PassManager
+from graphc.stats import model_stats
 from support import assert_same_outputs, assert_valid, make_model
 
 RTOL, ATOL = 1e-5, 1e-6
@@ -200,7 +201,7 @@ def test_vad_if_model_branch_bns_fold_exactly(tmp_path, pipeline):
 
 def test_stats_and_pass_records_count_body_nodes_and_weights():
     model = graphc.load(bn_model())
-    stats = graphc.ir.model_stats(model)
+    stats = model_stats(model)
     assert stats.op_histogram == {"Conv": 2, "BatchNormalization": 2, "If": 1}
     assert stats.params == 2 * (4 * 4 * 3 * 3 + 4 * 4)
     record = PassManager("fold-bn").run(model).records[0]

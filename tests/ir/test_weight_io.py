@@ -89,14 +89,16 @@ def test_external_data_is_written_from_the_arrays(tmp_path):
 
 
 def test_initializer_that_is_also_a_graph_input_loads_as_from_the_proto(tmp_path):
-    """Such weights are not split off: graphsurgeon sees them exactly as in the file."""
+    """Such weights are not split off: graphsurgeon sees them exactly as in the file. They are
+    inputs with a default (issue 15): they stay inputs and keep their default."""
     proto = _conv_chain(blocks=1)
     proto.graph.input.append(helper.make_tensor_value_info("w0", TensorProto.FLOAT, [16, 16, 3, 3]))
     path = tmp_path / "m.onnx"
     onnx.save(proto, path)
     from_file, from_proto = graphc.load(path), graphc.load(proto)
     assert [t.name for t in from_file.graph.inputs] == [t.name for t in from_proto.graph.inputs]
-    np.testing.assert_array_equal(from_file.graph.tensors()["w0"].values, from_proto.graph.tensors()["w0"].values)
+    assert "w0" in [t.name for t in from_file.graph.inputs]
+    np.testing.assert_array_equal(from_file.input_defaults["w0"], from_proto.input_defaults["w0"])
     _same_initializers(proto, onnx.load(str(graphc.save(from_file, tmp_path / "out.onnx"))))
 
 

@@ -26,16 +26,11 @@ EXACT = ["cleanup", "fold-constants", "fold-bn", "canonicalize", "fold-bn,canoni
 LOSSY = ["quant", "prune", "factorize"]
 MAX_BYTES = 300_000
 
-NO_SHAPE = "load-time fill of a shape-less graph output (branch inputs): result fails onnx.checker"
-WRONG_RANK = "load-time repair of an output declared with the wrong rank (branch inputs): result fails onnx.checker"
-MALFORMED = {"conv_bn_noshape": NO_SHAPE, "convtranspose_bn_noshape": NO_SHAPE, "gemm_bn_noshape": NO_SHAPE,
-             "wrong_rank_output": WRONG_RANK}
-KNOWN = {("tf2onnx_classifier", "quant"):
-         "pass 'quant' failed: KeyError: 'model/ApplyActivation_1/AddV2_1:0' in write_fold (branch quantfirst)"}
+KNOWN: dict[tuple[str, str], str] = {}  # (model, pipeline) -> the known failure
 
 
 def case(name: str, pipeline: str):
-    reason = MALFORMED.get(name) or KNOWN.get((name, pipeline))
+    reason = KNOWN.get((name, pipeline))
     marks = [pytest.mark.xfail(strict=True, reason=reason)] if reason else []
     return pytest.param(name, pipeline, marks=marks, id=f"{name}-{pipeline}")
 

@@ -124,3 +124,14 @@ def test_real_models_exact(ppocr, tmp_path):
     out = assert_valid(model, tmp_path)
     feeds = random_feeds(proto, {"x": PPOCR_SHAPES[kind]})
     assert_same_outputs(proto, out, feeds, rtol=1e-5, atol=1e-6)
+
+
+def test_reshape_with_a_float_shape_is_left_alone():
+    """An invalid Reshape whose shape constant is float (here NaN) is not a no-op to bypass; cleanup
+    used to raise ValueError converting NaN to int (found by tests/property's fuzz oracle)."""
+    shape = numpy_helper.from_array(np.array([np.nan, 8], np.float32), "shape")
+    nodes = [helper.make_node("Reshape", ["x", "shape"], ["y"])]
+    proto = make_model(helper.make_graph(nodes, "g", [_vi("x", [1, 8])], [_vi("y", [1, 8])], [shape]))
+    model, record = _run(proto)
+    assert [n.op for n in model.graph.nodes] == ["Reshape"]
+    assert not record.modified

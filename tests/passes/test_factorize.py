@@ -420,7 +420,7 @@ def test_conv_never_made_more_expensive(method, rule):
     ("factorize{method=dw rank=0.2}", _conv(_weights(32, 8, 3, 3), (1, 8, 8, 8), pads=[1, 1, 1, 1])),
 ])
 def test_recorded_costs_match_model_stats(pipeline, proto):
-    from graphc.ir import model_stats
+    from graphc.stats import model_stats
 
     model, record = _run(proto, pipeline)
     (detail,) = record.details

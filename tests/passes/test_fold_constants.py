@@ -94,3 +94,32 @@ def test_dequantized_weights_stay_quantized(tmp_path):
     assert record.skipped == {"DequantizeLinear of a constant kept: folding would store the weight in float again": 1}
     assert_same_outputs(reference, model, random_feeds(model))
     assert_valid(model, tmp_path)
+
+
+def _division(divisor: list[int], op: str = "Div"):
+    nodes = [helper.make_node(op, ["num", "den"], ["q"]), helper.make_node("Add", ["x", "q"], ["y"])]
+    inits = [numpy_helper.from_array(np.array([7, -9], np.int64), "num"),
+             numpy_helper.from_array(np.array(divisor, np.int64), "den")]
+    return make_model(helper.make_graph(nodes, "g", [_vi("x", [2], TensorProto.INT64)],
+                                        [_vi("y", [2], TensorProto.INT64)], inits))
+
+
+def test_integer_division_by_zero_not_folded(tmp_path):
+    """numpy's reference gives 7 // 0 a value; onnxruntime refuses the model. Folding would
+    invent a result, so the node stays (and the result is refused exactly as the input is)."""
+    for op in ("Div", "Mod"):
+        proto = _division([0, 2], op)
+        model = graphc.load(proto)
+        record = PassManager("fold-constants").run(model).records[0]
+        assert not record.modified and op_count(model, op) == 1
+        assert any("division by zero" in reason for reason in record.skipped), record.skipped
+        graphc.save(model, tmp_path / f"{op}.onnx")  # full checker (onnxruntime refuses it, as the input)
+
+
+def test_integer_division_by_nonzero_folded(tmp_path):
+    proto = _division([3, 2])
+    model = graphc.load(proto)
+    assert PassManager("fold-constants").run(model).records[0].stats["folded_nodes"] == 1
+    assert op_count(model, "Div") == 0
+    path = assert_valid(model, tmp_path)
+    assert_same_outputs(proto, path, {"x": np.array([1, 2], np.int64)}, rtol=0, atol=0)

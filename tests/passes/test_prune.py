@@ -17,15 +17,16 @@ import pytest
 import graphc
 import graphc.cpu
 from graphc.analysis import analyze_channels, mask_channels
-from graphc.analysis.budget import group_keys
+from graphc.passes.prune.allocation import group_keys
 from graphc.calib.data import IterableSource, open_data
 from graphc.errors import DataError, OptionError, PassError
 from graphc.ir import infer_shapes, to_proto
-from graphc.ir.stats import model_stats
+from graphc.stats import model_stats
 from graphc.passmanager import PassManager, parse_pipeline
-from graphc.passes._prune_rounding import Rounding
-from prune_nets import Net, conv_matmul, feeds, resnetish
-from support import MODELS, ROOT, assert_valid, op_count, run
+from graphc.passes.prune.rounding import Rounding
+from nets import Net
+from prune_nets import conv_matmul, feeds, resnetish
+from support import MODELS, ROOT, assert_valid, op_count, run, sqnr_over
 
 try:  # BLAS threads fight over 2 shared cores; one thread is several times faster there
     from threadpoolctl import threadpool_limits
@@ -107,7 +108,7 @@ def test_ratio_prunes_every_prunable_group_and_the_model_stays_valid(tmp_path):
 
 def test_a_model_without_prunable_groups_is_left_alone():
     n = Net(0)
-    y = n.conv("x", 3, 8, name="only")          # its output is the graph output: blocked
+    y = n.conv(n.input("x", (2, 3, 8, 8)), 3, 8, name="only")  # its output is the graph output: blocked
     model = n.model(y)
     before = _bytes(model)
     record = _prune(model, "prune{ratio=0.5}")
@@ -290,10 +291,10 @@ def test_max_ratio_caps_every_group():
     assert _weight_shapes(model)["b1"][0] == 8 and _weight_shapes(model)["down"][0] == 16
 
 
-def test_flops_on_a_dynamic_model_needs_a_shape():
+def test_flops_on_a_dynamic_model_counts_at_given_data_or_nominal_shapes():
     model = resnetish(dynamic=True)
-    with pytest.raises(PassError, match="--input-shape"):
-        _prune(model.copy(), "prune{flops=0.5}")
+    nominal = _prune(model.copy(), "prune{flops=0.5 round-to=8}")  # no shape, no data: 1x3x224x224
+    assert nominal.stats["macs_after"] <= 0.5 * nominal.stats["macs_before"]
     record = _prune(model.copy(), "prune{flops=0.5 round-to=8}", input_shapes={"x": (1, 3, 8, 8)})
     assert record.stats["macs_after"] <= 0.5 * record.stats["macs_before"]
     data = IterableSource([{"x": np.zeros((1, 3, 8, 8), np.float32)}])       # the first sample's shape
@@ -366,9 +367,10 @@ def test_round_to_accepts_auto_and_integers():
     assert parse_pipeline("prune{round-to=AUTO}").text() == "prune{round-to=auto}"
     from graphc.passes.prune import Prune
 
-    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="8").round_to == 8
-    with pytest.raises(ValueError, match="round-to"):
-        Prune.Options(round_to=True)
+    assert Prune.Options(round_to=4).round_to == 4 and Prune.Options(round_to="auto").round_to == "auto"
+    for wrong in (True, "8", 0):  # the declared type is int | str ("auto"): no text in Python
+        with pytest.raises(ValueError, match="round-to"):
+            Prune.Options(round_to=wrong)
 
 
 @pytest.mark.parametrize("text", ["prune{criterion=activation}", "prune{reconstruct=true}",
@@ -463,13 +465,21 @@ def test_ppocr_pruned_at_80_percent_flops_with_reconstruction(kind, tmp_path):
     import ppocr_data
 
     model = graphc.load(path)
+    reference = model.copy()
     samples = ppocr_data.feeds(kind, 6, seed=0, det_side=128)
     shapes = {"x": (1, 3, 96, 128)} if kind == "det" else None
     record = _prune(model, "prune{flops=0.8}", data=IterableSource(samples), input_shapes=shapes)
     assert record.stats["refit"] > 10
     assert 0.78 <= record.stats["macs_after"] / record.stats["macs_before"] <= 0.8
-    assert np.isfinite(record.stats["calib_sqnr_db"])
     assert_valid(model, tmp_path)
+    # the pass's own SQNR is the SQNR of the saved result on its calibration samples, recomputed
+    # here in onnxruntime; measured det 14.0 dB, cls 32.0 dB. On 2 held-out inputs the repair
+    # generalizes much less (measured det 6.0 dB, cls 0.75 dB: 6 samples overfit cls's refit).
+    own = sqnr_over(reference, model, samples)
+    assert record.stats["calib_sqnr_db"] == pytest.approx(own, abs=0.01)
+    assert own > {"det": 13.0, "cls": 30.0}[kind]
+    held_out = sqnr_over(reference, model, ppocr_data.feeds(kind, 2, seed=7, det_side=128))
+    assert held_out > {"det": 5.0, "cls": 0.5}[kind]
 
 
 # -- random graphs --------------------------------------------------------------------------------

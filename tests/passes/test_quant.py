@@ -45,7 +45,8 @@ def _feeds(shape, n=8, name="x"):
 
 def _quantize(model, feeds, pipeline="quant{placement=all}"):
     reference = model.copy()
-    report = graphc.PassManager(pipeline, data=open_data(feeds, model)).run(model)
+    # quant's own rewrites, on graphs as built: without its fold-bn,canonicalize preparation
+    report = graphc.PassManager(pipeline, data=open_data(feeds, model), prepare=False).run(model)
     return reference, report.records[-1]
 
 
@@ -255,8 +256,13 @@ def test_second_run_is_not_modified():
 
 
 def test_needs_data():
+    """An error budget needs data; plain ``quant`` without data turns dynamic (MatMul/Gemm only,
+    so a Conv chain is left as it is: test_quant_dynamic.py)."""
     with pytest.raises(DataError, match="calibration data"):
-        graphc.PassManager("quant").run(_conv_chain())
+        graphc.PassManager("quant{min-sqnr=20}").run(_conv_chain())
+    model = _conv_chain()
+    report = graphc.PassManager("quant").run(model)
+    assert report.records[0].modified is False and op_count(model, "QuantizeLinear") == 0
 
 
 def test_opset_11_is_upgraded_for_per_channel(tmp_path):
@@ -405,7 +411,9 @@ def test_ppocr_models_quantize(ppocr, tmp_path):
     graphc.PassManager("fold-bn,canonicalize,quant{placement=all}", data=open_data(feeds, model)).run(model)
     assert_valid(model, tmp_path)
     evaluation = ppocr_data.feeds(kind, 2, seed=7, det_side=320)
-    assert sqnr_over(reference, model, evaluation) > {"det": 10.0, "rec": 5.0, "cls": 20.0}[kind]
+    # measured (2 held-out pages/lines): det 16.9 dB, rec 11.3 dB (onnxruntime's own quantizer reaches
+    # 6.5 dB on rec), cls 109.8 dB (its 2-way softmax saturates); bounds set just under
+    assert sqnr_over(reference, model, evaluation) > {"det": 15.0, "rec": 10.0, "cls": 50.0}[kind]
 
 
 # ---------------------------------------------------------------------------------------------

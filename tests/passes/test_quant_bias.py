@@ -1,5 +1,5 @@
 """quant{bias-correction=true}: the int32 biases of quantized Conv/Gemm layers absorb the mean
-output shift measured on calibration data (passes/_quant_bias.py).
+output shift measured on calibration data (passes/quant/bias_correction.py).
 
 Asserted: corrected biases keep their scale and differ from the plain QDQ model's; the model stays
 valid and runs; output SQNR against float never drops on the calibration data (the pass's guard)

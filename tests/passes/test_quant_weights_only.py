@@ -1,7 +1,7 @@
 """quant{weights-only=true bits=8|4}: MatMul/Gemm weights stored as int8 behind a
 DequantizeLinear, or as 4-bit blocks behind a block-wise DequantizeLinear-21 (int4-format=dq) or in
 com.microsoft.MatMulNBits (int4-format=nbits); activations stay float
-(passes/_quant_weights_only.py).
+(passes/quant/weights_only.py).
 
 SQNR bounds asserted on transformer_digits (450 held-out digits), measured: int8 41.3 dB
 (asserted > 35), int4 block 32 18.5 dB (asserted > 15; dq and nbits give the same weights),
@@ -21,14 +21,14 @@ from graphc.cli import main
 from graphc.errors import DataError, OptionError
 from graphc.passmanager import Context
 from graphc.passmanager.pipeline import parse_pipeline
-from graphc.passes._quant_weights_only import (
+from graphc.passes.quant.weights_only import (
     dequantize_int4_blocks,
     int4_blocks,
     pack_int4_blocks,
     unpack_int4_blocks,
 )
 from graphc.passes.quant import Quantize
-from graphc.verify.metrics import sqnr_db
+from graphc.metrics import sqnr_db
 from support import MODELS, assert_valid, make_model, op_count, run
 
 RNG = np.random.default_rng(2)
@@ -81,8 +81,10 @@ def test_bad_options_rejected_at_parse_time(options):
 
 
 def test_good_options_parse():
-    parse_pipeline("quant{weights-only=true bits=4 block-size=64}")
-    parse_pipeline("quant{bits=5}")  # bits=5 stays valid for static QDQ
+    options = parse_pipeline("quant{weights-only=true bits=4 block-size=64}").steps[0].instantiate().options
+    assert (options.weights_only, options.bits, options.block_size, options.int4_format) == (True, 4, 64, "auto")
+    static = parse_pipeline("quant{bits=5}").steps[0].instantiate().options  # bits=5 stays valid for static QDQ
+    assert (static.weights_only, static.bits) == (False, 5)
 
 
 def test_int8_rewrites_constant_weights_only(tmp_path):
@@ -238,8 +240,18 @@ def test_int4_dq_and_nbits_store_the_same_weights():
         codes, scales = int4_blocks(w, block)
         assert codes.min() >= -7 and codes.max() <= 7 and scales.shape == (-(-k // block), 7)
         packed, flat_scales = pack_int4_blocks(w, block)
-        np.testing.assert_array_equal(dequantize_int4_blocks(codes, scales, block),
-                                      unpack_int4_blocks(packed, flat_scales, k))
+        dense = dequantize_int4_blocks(codes, scales, block)
+        np.testing.assert_array_equal(dense, unpack_int4_blocks(packed, flat_scales, k))
+        # against the original weights: every weight within half a step of its block's scale, the
+        # block's largest |w| exactly representable (code +-7), and the codes of the reference
+        step = np.repeat(scales.astype(np.float64), block, axis=0)[:k]
+        assert (np.abs(dense - w) <= step / 2 * (1 + 1e-6)).all()
+        for b in range(scales.shape[0]):
+            rows = slice(b * block, min(k, (b + 1) * block))
+            np.testing.assert_allclose(np.abs(dense[rows]).max(axis=0), np.abs(w[rows]).max(axis=0), rtol=1e-6)
+        want_codes, want_scales = _blockwise_reference(w, block)
+        np.testing.assert_array_equal(codes, want_codes)
+        np.testing.assert_array_equal(scales, want_scales)
 
 
 def test_int4_dq_onnxruntime_fuses_into_matmulnbits(tmp_path):
@@ -345,12 +357,14 @@ def test_weights_only_runs_without_data_and_times_a_random_feed():
     assert Quantize().requires_data() is True  # static QDQ calibrates ranges
 
 
-def test_weights_only_without_data_and_shapes_skips_the_latency():
+def test_weights_only_without_data_and_shapes_times_a_nominal_shape(caplog):
     model = _mlp(opset=21, batch="N")
-    model.graph.inputs[0].shape = ["N", "T", 40]  # only a dynamic batch would be filled in with 1
-    result = Quantize(parse_pipeline(DQ4).steps[0].options).run(model.graph, Context(model))
-    assert result.modified and "latency_ms" not in result.stats and result.stats["size_ratio"] < 1
-    assert result.skipped["weights-only: latency not measured (no data, and input shapes unknown)"] == 1
+    model.graph.inputs[0].shape = ["N", "T", 40]  # dynamic T: a nominal length (128) is timed
+    with caplog.at_level("WARNING", logger="graphc"):
+        result = Quantize(parse_pipeline(DQ4).steps[0].options).run(model.graph, Context(model))
+    assert result.modified and result.stats["latency_ms"] > 0 and result.stats["size_ratio"] < 1
+    assert result.stats["latency_feed"] == "random"
+    assert "random inputs at a nominal shape (x:1x128x40" in caplog.text
     result = Quantize(parse_pipeline(DQ4).steps[0].options).run(
         _mlp(opset=21, batch="N").graph, Context(_mlp(opset=21, batch="N"), input_shapes={"x": (2, 3, 40)}))
     assert result.stats["latency_feed"] == "random"
@@ -373,13 +387,14 @@ def test_weights_only_cli_without_data(tmp_path, capsys):
 
 
 def test_static_quant_without_data_still_refused(tmp_path, capsys):
+    """Options that need data refuse without it (plain ``quant`` turns dynamic: test_quant_dynamic.py)."""
     model = _mlp()
     with pytest.raises(DataError, match=r"pass 'quant' needs calibration data \(--data\)"):
-        graphc.PassManager("cleanup,quant").run(model)
+        graphc.PassManager("cleanup,quant{min-sqnr=20}").run(model)
     assert op_count(model, "Identity") == 0 and model.metadata.get("graphc.pipeline") is None
     src = tmp_path / "in.onnx"
     graphc.save(model, src)
-    code = main(["opt", str(src), "-p", "quant", "-o", str(tmp_path / "out.onnx")])
+    code = main(["opt", str(src), "-p", "quant{bias-correction=true}", "-o", str(tmp_path / "out.onnx")])
     assert code == DataError.exit_code
     assert "pass 'quant' needs calibration data (--data)" in capsys.readouterr().err
     assert not (tmp_path / "out.onnx").exists()

@@ -7,10 +7,10 @@ PassManager, save). A case ends in one of:
 - ``rejected``: exit 2 with exactly one stderr line ``graphc: error: ...`` (API: a GraphcError);
 - ``crash``: anything else - an exception that is not graphc's, the CLI's "internal error",
   a traceback or several lines on stderr, an output file left after a failure, leftover temp
-  files, the input changed, or a case running longer than ``TIME_LIMIT_S``.
-
-``wrapped`` marks a rejection whose message is the pass manager wrapping a foreign exception
-(``pass 'x' failed: ValueError: ...``): not a crash for the user, but a bug in a pass.
+  files, the input changed, or a case running longer than ``TIME_LIMIT_S``; and a Python
+  exception from inside a pass that the pass manager wrapped (``pass 'x' failed: KeyError: ...``,
+  ``wrapped=True``): the user sees one clean line, but a pass that meets input it cannot handle
+  must say so with a typed error naming the node, not fall over.
 """
 from __future__ import annotations
 
@@ -126,12 +126,14 @@ def _run_cli(main, src: Path, out: Path) -> Outcome:
             return Outcome("crash", f"{argv[0]}: stderr is not one 'graphc: error:' line: {message[:300]}")
         if "internal error" in lines[0] or "Traceback" in lines[0]:
             return Outcome("crash", f"{argv[0]}: {lines[0]}")
-        return Outcome("rejected", f"{argv[0]}: {lines[0]}", wrapped=bool(_WRAPPED.search(lines[0])))
+        if _WRAPPED.search(lines[0]):
+            return Outcome("crash", f"{argv[0]}: a pass raised a Python exception: {lines[0]}", wrapped=True)
+        return Outcome("rejected", f"{argv[0]}: {lines[0]}")
     return Outcome("ok")
 
 
 def _run_api(src: Path, out: Path) -> Outcome:
-    from graphc.ir import model_stats
+    from graphc.stats import model_stats
 
     try:
         model = graphc.load(src)
@@ -142,7 +144,10 @@ def _run_api(src: Path, out: Path) -> Outcome:
         raise
     except GraphcError as exc:
         message = " ".join(str(exc).split())
-        return Outcome("rejected", f"{type(exc).__name__}: {message}", wrapped=bool(_WRAPPED.search(message)))
+        cause = exc.__cause__
+        if cause is not None and not isinstance(cause, GraphcError):
+            return Outcome("crash", f"a pass raised {type(cause).__name__}: {message}", wrapped=True)
+        return Outcome("rejected", f"{type(exc).__name__}: {message}")
     except Exception as exc:  # noqa: BLE001 - the finding
         return Outcome("crash", f"{type(exc).__name__}: {exc}")
     return Outcome("ok")

@@ -1,8 +1,9 @@
 """Random valid ONNX graphs for property tests: Conv/BN/Gemm/MatMul/Add/Mul/Concat/Reshape chains.
 
 A graph is described by a *recipe* (opset, input shape, a list of layer choices, a seed for the
-weights) so hypothesis can shrink a failing case to a short chain; :func:`build_model` turns it
-into a ``ModelProto`` that passes the full ONNX checker and runs in onnxruntime.
+weights, the menu), drawn by :func:`random_recipe` from a seeded numpy generator, and printed with
+a failure so it replays exactly; :func:`build_model` turns it into a ``ModelProto`` that passes the
+full ONNX checker and runs in onnxruntime.
 
 The layers cover what the passes rewrite and what must stop them: BatchNormalization after
 Conv/Gemm/MatMul (fold-bn), per-channel Mul/Add, Identity / no-op Reshape / identity Transpose
@@ -12,6 +13,11 @@ grouped and depthwise Conv, strides, padding, Gemm alpha/beta/transB, rank-2 Bat
 
 Weights are scaled like trained ones (std 1/sqrt(fan-in), BN variance in [0.5, 2]), so the
 outputs stay O(1) and rtol 1e-5 / atol 1e-6 measures rewrites, not float overflow.
+
+Menus (``MENUS``): a recipe drawn for one pass (``random_recipe(rng, menu="fold-bn")``) picks its
+layers from that pass's menu, so the graphs are ones the pass applies to (Conv+BN for fold-bn,
+MatMul chains for smooth, low-rank weights for factorize, Conv -> Relu -> Conv for equalize);
+``menu="any"`` is the whole distribution above.
 """
 from __future__ import annotations
 
@@ -19,7 +25,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 
 #: layer kinds by the rank of the current tensor; repeats weight the draw towards what passes fold.
@@ -32,44 +37,65 @@ OPSETS = (11, 13, 17, 21)
 
 
 @dataclass(frozen=True)
+class Menu:
+    """The layers a pass's graphs are drawn from (by the rank of the current tensor)."""
+
+    rank4: tuple[str, ...]
+    rank2: tuple[str, ...]
+    rank2_share: float = 0.2        # chance that the input is rank 2 (rank 4 when rank4 is empty: never)
+    min_layers: int = 1
+    min_features: int = 1           # smallest rank-2 input width
+
+
+#: per pass: layers that pass rewrites, mixed with layers it must step around.
+MENUS: dict[str, Menu] = {
+    "any": Menu(RANK4_LAYERS, RANK2_LAYERS),
+    "cleanup": Menu(("identity", "identity", "noop_reshape", "noop_reshape", "transpose", "conv", "act", "output"),
+                    ("identity", "identity", "gemm", "act", "output"), min_layers=3),
+    "fold-constants": Menu(("const_expr", "const_expr", "shape_chain", "conv", "act"),
+                           ("const_expr", "const_expr", "gemm", "act"), min_layers=2),
+    "fold-bn": Menu(("conv_bn", "conv_bn", "conv_bn", "act"), ("gemm_bn", "matmul_bn", "act"), min_layers=2),
+    "canonicalize": Menu(("conv", "mul_const", "add_const", "mul_const", "act"),
+                         ("gemm", "matmul", "mul_const", "add_const"), min_layers=3),
+    "equalize": Menu(("conv", "conv_relu"), (), min_layers=2),
+    "smooth": Menu((), ("matmul", "matmul", "gemm"), rank2_share=1.0, min_layers=2),
+    "quant": Menu(("conv", "conv_relu"), ("gemm", "matmul", "act"), min_layers=2),
+    "factorize": Menu((), ("lowrank_matmul", "lowrank_gemm"), rank2_share=1.0, min_features=8),
+    "prune": Menu(("conv", "conv_relu", "conv_bn"), ("gemm", "matmul"), min_layers=3),
+}
+
+
+@dataclass(frozen=True)
 class Recipe:
     opset: int
     shape: tuple[int, ...]          # input shape, rank 4 (NCHW) or rank 2 (NF)
     layers: tuple[tuple[int, int], ...]  # (layer kind, an integer choosing its variant)
     seed: int
+    menu: str = "any"               # the key in MENUS the layer kinds index into
 
     def __str__(self) -> str:
         body = " ".join(f"{k}:{v}" for k, v in self.layers)
-        return f"opset {self.opset} x{list(self.shape)} seed {self.seed}: {body}"
+        menu = "" if self.menu == "any" else f" menu {self.menu}"
+        return f"opset {self.opset} x{list(self.shape)} seed {self.seed}{menu}: {body}"
 
 
-@st.composite
-def recipes(draw, max_layers: int = 8) -> Recipe:
-    """Hypothesis strategy of graph recipes (layers valid for whatever rank is current)."""
-    opset = draw(st.sampled_from(OPSETS))
-    if draw(st.integers(0, 4)) == 0:
-        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 24)))
-    else:
-        shape = (draw(st.integers(1, 2)), draw(st.integers(1, 6)), draw(st.integers(1, 7)),
-                 draw(st.integers(1, 7)))
-    count = draw(st.integers(1, max_layers))
-    # Each layer is drawn as a (kind index, variant) pair; the builder maps the index onto the
-    # layers valid for the current rank, so every drawn recipe builds.
-    layers = tuple((draw(st.integers(0, 1000)), draw(st.integers(0, 1000))) for _ in range(count))
-    seed = draw(st.integers(0, 2**16))
-    return Recipe(opset, shape, layers, seed)
-
-
-def random_recipe(rng: np.random.Generator, max_layers: int = 8) -> Recipe:
-    """The same distribution without hypothesis (benchmarks, fuzz seeds)."""
+def random_recipe(rng: np.random.Generator, max_layers: int = 8, menu: str = "any") -> Recipe:
+    """A recipe from ``menu`` (property tests, benchmarks, fuzz seeds): a pure function of the
+    generator's state, whatever else ran in the process. With ``menu="any"`` the draws are those of
+    earlier versions (same generator calls, same order)."""
+    m = MENUS[menu]
     opset = int(rng.choice(OPSETS))
-    if rng.integers(0, 5) == 0:
-        shape = (int(rng.integers(1, 3)), int(rng.integers(1, 25)))
+    if menu == "any":
+        rank2 = rng.integers(0, 5) == 0
+    else:
+        rank2 = not m.rank4 or (bool(m.rank2) and rng.random() < m.rank2_share)
+    if rank2:
+        shape = (int(rng.integers(1, 3)), int(rng.integers(m.min_features, 25)))
     else:
         shape = (int(rng.integers(1, 3)), int(rng.integers(1, 7)), int(rng.integers(1, 8)), int(rng.integers(1, 8)))
     layers = tuple((int(rng.integers(0, 1001)), int(rng.integers(0, 1001)))
-                   for _ in range(int(rng.integers(1, max_layers + 1))))
-    return Recipe(opset, shape, layers, int(rng.integers(0, 2**16)))
+                   for _ in range(int(rng.integers(m.min_layers, max(m.min_layers, max_layers) + 1))))
+    return Recipe(opset, shape, layers, int(rng.integers(0, 2**16)), menu)
 
 
 @dataclass
@@ -121,8 +147,10 @@ class GraphBuilder:
     # -- building --------------------------------------------------------------------------
 
     def build(self) -> onnx.ModelProto:
+        menu = MENUS[self.recipe.menu]
         for kind, variant in self.recipe.layers:
-            names = RANK4_LAYERS if len(self.cur.shape) == 4 else RANK2_LAYERS
+            names = menu.rank4 if len(self.cur.shape) == 4 else menu.rank2
+            names = names or (RANK4_LAYERS if len(self.cur.shape) == 4 else RANK2_LAYERS)
             getattr(self, f"_layer_{names[kind % len(names)]}")(variant)
         outputs = [self.cur] + [v for v in self.extra_outputs if v.name != self.cur.name]
         graph = helper.make_graph(
@@ -156,6 +184,10 @@ class GraphBuilder:
         ho, wo = (h + 2 * pad - k) // stride + 1, (w + 2 * pad - k) // stride + 1
         self._node("Conv", inputs, (n, co, ho, wo), kernel_shape=[k, k], pads=[pad] * 4,
                    strides=[stride, stride], group=group)
+
+    def _layer_conv_relu(self, v: int) -> None:
+        self._layer_conv(v)
+        self._node("Relu", [self.cur.name], self.cur.shape)
 
     def _layer_conv_bn(self, v: int) -> None:
         self._layer_conv(v)
@@ -309,6 +341,34 @@ class GraphBuilder:
         fo = 1 + v % 32
         weight = self._const("w", self._f32(f, fo, scale=1 / np.sqrt(f)))
         self._node("MatMul", [self.cur.name, weight], (n, fo))
+
+    def _low_rank(self, rows: int, cols: int, v: int) -> np.ndarray:
+        """A rank-r weight (r = 1..3, singular values within a factor 2 of each other) plus noise
+        1e-5 of its norm: energy=0.99 keeps exactly the r components, so a factorized layer's
+        relative output error is about 1e-5 (100 dB); a chain of them loses part of that (a layer's
+        input lies in the previous layer's r-dimensional range, not aligned with its own)."""
+        r = min(1 + v % 3, rows, cols)
+        left = np.linalg.qr(self.rng.standard_normal((rows, r)))[0]
+        right = np.linalg.qr(self.rng.standard_normal((cols, r)))[0]
+        sigma = self.rng.uniform(0.5, 1.0, r)
+        w = (left * sigma) @ right.T * np.sqrt(cols / np.sum(sigma ** 2))  # outputs of unit variance
+        noise = self.rng.standard_normal((rows, cols))
+        return (w + noise * 1e-5 * np.linalg.norm(w) / np.linalg.norm(noise)).astype(np.float32)
+
+    def _layer_lowrank_matmul(self, v: int) -> None:
+        n, f = self.cur.shape
+        fo = 8 + v % 17
+        weight = self._const("w", self._low_rank(f, fo, v // 17))
+        self._node("MatMul", [self.cur.name, weight], (n, fo))
+
+    def _layer_lowrank_gemm(self, v: int) -> None:
+        n, f = self.cur.shape
+        fo, trans_b = 8 + v % 17, (v // 17) % 2
+        w = self._low_rank(f, fo, v // 34)
+        inputs = [self.cur.name, self._const("w", w.T.copy() if trans_b else w)]
+        if (v // 102) % 2:
+            inputs.append(self._const("c", self._f32(fo, scale=0.5)))
+        self._node("Gemm", inputs, (n, fo), transB=trans_b)
 
     def _layer_to_rank4(self, v: int) -> None:
         n, f = self.cur.shape

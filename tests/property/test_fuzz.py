@@ -4,10 +4,14 @@ Seeds are the zoo (models/*.onnx), random graphs and the valid corpus files with
 (tests/property/mutations.py); each case applies one to three protobuf- or graph-level mutations
 and runs tests/property/fuzz_target.py. Any outcome other than success or a clean one-line
 rejection (exit 2, ``graphc: error: ...``, no output, input unchanged) fails, with the seed and the
-mutations that reproduce it.
+mutations that reproduce it. A pass that raises a Python exception (KeyError, IndexError...) is a
+crash too, even though the pass manager wraps it into a one-line PassError for the user: a clean
+refusal is a typed error raised on purpose.
 
-``make test`` runs ``GRAPHC_FUZZ_EXAMPLES`` (default 100) derandomized cases, so CI sees the
-same ones every run; ``make fuzz`` sets it to 2000 and explores new cases on every run.
+``make test`` runs 100 cases drawn by a seeded numpy generator, so CI sees the same ones every run
+whatever ran before (hypothesis, even derandomized, mixes literals of the modules already imported
+into its draws, so its cases depend on the test order); ``make fuzz`` sets ``GRAPHC_FUZZ_EXAMPLES``
+to 2000 and explores new cases with hypothesis (which shrinks a failure) on every run.
 Cases per minute are measured by ``python benchmarks/run.py robustness``.
 """
 from __future__ import annotations
@@ -18,6 +22,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, note, settings
 from hypothesis import strategies as st
@@ -34,33 +39,38 @@ STEPS = st.lists(st.tuples(st.integers(0, KINDS - 1), st.integers(0, 2**16), st.
                            st.integers(0, 2**16)), min_size=1, max_size=3)
 
 
+def fixed_cases(count: int, seed: int = 2024) -> list[tuple[int, list[tuple[int, int, int, int]]]]:
+    """``count`` (seed index, mutations) pairs, a pure function of ``seed``."""
+    rng = np.random.default_rng(seed)
+    return [(int(rng.integers(len(SEEDS))),
+             [(int(rng.integers(KINDS)), *(int(v) for v in rng.integers(0, 2**16 + 1, 3)))
+              for _ in range(int(rng.integers(1, 4)))]) for _ in range(count)]
+
+
 def test_fuzz_inspect_and_opt_never_crash(record_property):
     outcomes: Counter[str] = Counter()
-    wrapped: Counter[str] = Counter()
 
-    @settings(max_examples=EXAMPLES, deadline=None, database=None, derandomize=not EXPLORE,
-              print_blob=True, suppress_health_check=list(HealthCheck))
-    @given(seed=st.integers(0, len(SEEDS) - 1), steps=STEPS)
     def case(seed: int, steps) -> None:
         name, data = SEEDS[seed]
-        note(f"seed {name}; mutations: {describe(steps)}")
+        if EXPLORE:
+            note(f"seed {name}; mutations: {describe(steps)}")
         with tempfile.TemporaryDirectory(prefix="graphc-fuzz-") as tmp:
             outcome = run_case(apply(data, steps), Path(tmp))
         outcomes[outcome.kind] += 1
-        if outcome.wrapped:
-            wrapped[outcome.detail.split(": ", 2)[-1][:120]] += 1
-        assert outcome.kind != "crash", f"{name} + [{describe(steps)}]: {outcome.detail}"
+        assert outcome.kind != "crash", f"seed {name} + mutations [{describe(steps)}]: {outcome.detail}"
 
     start = time.perf_counter()
-    case()
+    if EXPLORE:
+        settings(max_examples=EXAMPLES, deadline=None, database=None, print_blob=True,
+                 suppress_health_check=list(HealthCheck))(given(seed=st.integers(0, len(SEEDS) - 1), steps=STEPS)(case))()
+    else:
+        for seed, steps in fixed_cases(EXAMPLES):
+            case(seed, steps)
     minutes = (time.perf_counter() - start) / 60
     total = sum(outcomes.values())
     record_property("fuzz_cases", total)
     record_property("fuzz_cases_per_minute", round(total / minutes, 1) if minutes else None)
-    print(f"fuzz: {total} cases in {minutes * 60:.1f} s ({total / minutes:.0f}/min): {dict(outcomes)}; "
-          f"pass crashes wrapped as PassError: {sum(wrapped.values())}")
-    for message, count in wrapped.most_common(10):
-        print(f"  {count} x {message}")
+    print(f"fuzz: {total} cases in {minutes * 60:.1f} s ({total / minutes:.0f}/min): {dict(outcomes)}")
 
 
 #: seeds that fail for a known bug (strict xfail: delete the entry once it is fixed).

@@ -9,6 +9,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -16,7 +17,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphc
-from graphc.ir import model_stats, to_proto
+from graphc.stats import model_stats
 from support import make_model
 
 vi = helper.make_tensor_value_info
@@ -48,14 +49,20 @@ def test_stats_of_a_float8_weight():
                                          [w8, numpy_helper.from_array(np.array(1.0, np.float32), "s")]), 19)
     proto.ir_version = 9
     onnx.checker.check_model(proto, full_check=True)
-    model_stats(graphc.load(proto))
+    stats = model_stats(graphc.load(proto))
+    # by definition: 4 float8 values (1 byte each) and the float32 scale (4 bytes)
+    assert stats.params == 5 and stats.weight_bytes == 4 * 1 + 4
+    assert stats.op_histogram == {"DequantizeLinear": 1, "Add": 1} and stats.macs == 0
 
 
 def test_stats_of_a_gemm_with_a_rank1_input():
     proto = make_model(helper.make_graph(
         [helper.make_node("Gemm", ["x", "w"], ["y"])], "g", [vi("x", TensorProto.FLOAT, [4])],
         [vi("y", TensorProto.FLOAT, [3])], [numpy_helper.from_array(np.ones((4, 3), np.float32), "w")]))
-    model_stats(graphc.load(proto))
+    stats = model_stats(graphc.load(proto))
+    assert stats.params == 4 * 3 and stats.weight_bytes == 4 * 3 * 4
+    (node,) = stats.per_node
+    assert node.op == "Gemm" and node.macs in (None, 4 * 3)  # unknown, or the vector-matrix product's 12
 
 
 def _endless_loop_model() -> onnx.ModelProto:
@@ -82,3 +89,19 @@ def test_inspect_does_not_run_a_hostile_model(tmp_path):
     except subprocess.TimeoutExpired:
         pytest.fail("graphc inspect still runs after 20 s")
     assert proc.returncode in (0, 2)
+
+
+@pytest.mark.xfail(strict=True, reason="prune{exact-borders=true}: the border branch's Slice makes a second "
+                   "group with the same producers ('conv14|conv20|conv4#1'), not in the recorded metadata, so a "
+                   "second run prunes it (found by tests/property; skipped there via KNOWN_BUGS['prune'])")
+def test_prune_exact_borders_rerun_is_a_no_op():
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "property"))
+    from random_graphs import Recipe, build_model  # tests/property is not on the test path
+
+    recipe = Recipe(opset=21, shape=(1, 4, 3, 1), layers=((779, 231), (481, 777), (680, 337), (864, 551)),
+                    seed=30157, menu="prune")
+    model = graphc.load(build_model(recipe))
+    first = graphc.PassManager("prune{exact-borders=true}").run(model).records[0]
+    assert first.stats["border_corrections"] == 1 and first.stats["channels_removed"] == 1
+    again = graphc.PassManager("prune{exact-borders=true}").run(model).records[0]
+    assert not again.modified, again.stats

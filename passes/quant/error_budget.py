@@ -1,0 +1,236 @@
+"""Error budget for ``quant{min-sqnr=...}`` and ``quant{max-top1-drop=...}``: which layers stay in
+float so that the quantized model meets the budget on the calibration data, chosen from measured
+per-layer sensitivity.
+
+Metrics (each *evaluation* quantizes the model with a given set of layers kept in float and runs
+it on the calibration feeds, against the float model's outputs computed once):
+
+- SQNR of all model outputs, ``10 log10(sum r^2 / sum (r - q)^2)`` summed over outputs and feeds;
+- top-1 disagreement: the fraction of positions whose argmax over the class axis differs from the
+  float model's, pooled over the outputs that hold class scores (float ``[N, C]`` or per-step
+  ``[N, T, C]``, :func:`graphc.verify.running.has_top1`): for a CTC recognizer every time step
+  is a position.
+
+A budget is met when every given bound holds (``SQNR >= min_sqnr``, ``disagreement <=
+max_top1_drop``).
+
+Procedure:
+
+1. Candidates (:func:`candidate_units`): each Conv/Gemm/MatMul the plain pass puts on integers,
+   together with the integer element-wise ops it feeds (they go float with it), and integer ops
+   no such layer feeds. The placement the speed model chose for the whole model is held fixed:
+   an evaluation quantizes exactly that placement minus its float set, and so does the final
+   result - what was measured is what is written.
+   The activations are calibrated once, on the float model (ranges do not depend on which layers
+   are float), and every evaluation re-uses them.
+2. Sensitivity: each candidate quantized alone (every other candidate float). These evaluations
+   are independent and run in a ``ProcessPoolExecutor`` (``workers`` processes, spawned, each
+   given the model, feeds, reference outputs and ranges once), under a progress bar. A layer's
+   sensitivity is its solo SQNR (continuous, so it orders layers even where the top-1
+   disagreement of one layer alone is 0).
+3. Everything quantized; if the budget is met, nothing stays float.
+4. Keep: the shortest run of the most sensitive candidates (lowest solo SQNR first) whose being
+   float meets the budget, found by bisection over the run's length (a handful of evaluations
+   where adding one layer at a time would take one per layer).
+5. Greedy leave-out: try quantizing each float layer again, the most expensive (MACs) first, and
+   keep it quantized when the budget still holds - interactions (two layers whose errors cancel
+   or add) are accounted for by measuring, not by summing; the cheap layers are the ones left
+   float.
+6. Speed trim: with those layers float, the speed model cuts the rest of the placement again;
+   integer ops it now finds slower than float (islands between float layers, which pay a
+   conversion on each side) go float too, when the budget still holds measured that way - so
+   the budget never buys accuracy with a model slower than the float one by the speed model.
+
+A layer is *sensitive* when quantizing it alone already spends a quarter of the noise budget
+(solo SQNR below ``min_sqnr + 6 dB``) or alone breaks more than a quarter of the top-1 budget;
+the result keeps in float only the layers step 5 leaves, usually strictly fewer.
+
+The evaluations, their cache and worker processes are :mod:`graphc.passes.quant.evaluations`.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from graphc.errors import DataError, PassError
+from graphc.ir.op_kinds import LINEAR_OPS
+from graphc.ir.stats import node_macs
+from graphc.passes.quant.evaluations import CACHE_VERSION, Budget, Score  # noqa: F401 (re-exported)
+from graphc.passes.quant.quantizer import Quantizer
+from graphc.passmanager import Context, PassResult
+
+log = logging.getLogger(__name__)
+
+#: solo SQNR below min_sqnr + this many dB: the layer alone spends a quarter of the noise budget.
+SENSITIVE_MARGIN_DB = 6.0
+
+
+@dataclass(frozen=True)
+class Target:
+    min_sqnr: float | None
+    max_top1_drop: float | None
+
+    def met(self, score: Score) -> bool:
+        if self.min_sqnr is not None and not score.sqnr >= self.min_sqnr:
+            return False
+        if self.max_top1_drop is not None and not (score.disagreement or 0.0) <= self.max_top1_drop:
+            return False
+        return True
+
+    def sensitive(self, solo: Score) -> bool:
+        if self.min_sqnr is not None and solo.sqnr < self.min_sqnr + SENSITIVE_MARGIN_DB:
+            return True
+        return self.max_top1_drop is not None and (solo.disagreement or 0.0) > self.max_top1_drop / 4
+
+    def text(self) -> str:
+        parts = [f"min-sqnr={self.min_sqnr:g}"] if self.min_sqnr is not None else []
+        if self.max_top1_drop is not None:
+            parts.append(f"max-top1-drop={self.max_top1_drop:g}")
+        return " ".join(parts)
+
+
+def describe(score: Score) -> str:
+    text = f"{score.sqnr:.1f} dB"
+    return text + (f", top-1 disagreement {score.disagreement:.2%}" if score.disagreement is not None else "")
+
+
+def candidate_units(quant, graph, ctx: Context) -> dict[str, tuple[str, ...]]:
+    """The candidates: each integer Conv/ConvTranspose/Gemm/MatMul (an *anchor*) with the integer
+    ops it feeds on their first path (its activation, HardSigmoid/Mul of a HardSwish, the residual
+    Add it starts), which go float with it; an integer op that no anchor feeds is a unit alone.
+    Element-wise ops quantized without their anchors cost more accuracy than quantizing
+    everything (BENCHMARKS.md, design notes), so they are never split off."""
+    plan = Quantizer(quant.options).plan(graph, ctx, PassResult(modified=False))
+    unit_of: dict[int, str] = {}
+    units: dict[str, list[str]] = {}
+    for node in plan.quantized:  # topological order
+        if not node.name:
+            continue
+        owner = node.name
+        if node.op not in LINEAR_OPS:
+            for tensor in node.inputs:
+                producer = tensor.inputs[0] if tensor.inputs else None
+                if producer is not None and id(producer) in unit_of:
+                    owner = unit_of[id(producer)]
+                    break
+        unit_of[id(node)] = owner
+        units.setdefault(owner, []).append(node.name)
+    return {name: tuple(ops) for name, ops in units.items()}
+
+
+def layer_costs(graph, ctx: Context, layers: list[str]) -> dict[str, int]:
+    """MACs of each layer at the cost shapes (0 where unknown)."""
+    shapes = ctx.cost_shapes()
+    wanted = set(layers)
+    return {n.name: node_macs(n, shapes) or 0 for n in graph.nodes if n.name in wanted}
+
+
+def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
+                        result: PassResult) -> tuple[list[dict], Budget]:
+    """The layers to keep float, each as a details record with its reason, and the budget run."""
+    opts = quantizer.options
+    target = Target(opts.min_sqnr, opts.max_top1_drop)
+    budget = Budget(quantizer, ctx)
+    budget.units = candidate_units(quantizer, graph, ctx)
+    layers = list(budget.units)
+    solo = dict(zip(layers, budget.score([tuple(x for x in layers if x != name) for name in layers],
+                                         desc="quant sensitivity")))
+    current = all_quantized = budget.score([()])[0]
+    if target.max_top1_drop is not None and current.disagreement is None:
+        raise DataError("quant: max-top1-drop needs a model output with class scores ([N, C] or "
+                        "[N, T, C] floats); this model has none - use min-sqnr")
+    kept: list[str] = []
+    if not target.met(current):
+        # the shortest prefix of the most-sensitive-first order that meets the budget, by
+        # bisection (all layers float is the float model itself, which meets any budget)
+        order = sorted(layers, key=lambda n: solo[n].sqnr)
+        lo, hi, best = 0, len(order), Score(float("inf"), 0.0)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            score = budget.score([tuple(order[:mid])])[0]
+            log.info("quant budget: %d most sensitive float: %s", mid, describe(score))
+            if target.met(score):
+                hi, best = mid, score
+            else:
+                lo = mid
+        kept, current = order[:hi], best if hi < len(order) else budget.score([tuple(order)])[0]
+    costs = layer_costs(graph, ctx, kept)
+    for name in sorted(kept, key=lambda n: (-costs.get(n, 0), -solo[n].sqnr)):  # leave-out, dearest first
+        trial = tuple(x for x in kept if x != name)
+        value = budget.score([trial])[0]
+        log.info("quant budget: %s quantized again: %s", name, describe(value))
+        if target.met(value):
+            kept, current = list(trial), value
+    trimmed: list[str] = budget.speed_trim(kept) if kept else []
+    if trimmed:
+        value = budget.score([tuple(kept) + tuple(trimmed)])[0]
+        log.info("quant budget: %d ops the speed model moves to float too: %s", len(trimmed), describe(value))
+        if not target.met(value):
+            trimmed = []
+        else:
+            current = value
+    sensitive = [n for n in layers if target.sensitive(solo[n])]
+    result.stats.update({"budget": target.text(), "budget_sqnr_all_quantized": round(all_quantized.sqnr, 2),
+                         "budget_sqnr": round(current.sqnr, 2), "budget_layers": len(layers),
+                         "budget_sensitive_layers": len(sensitive), "budget_float_layers": len(kept),
+                         "budget_speed_trimmed": len(trimmed),
+                         "budget_evaluations_run": budget.runs, "budget_evaluations_cached": budget.cache.hits})
+    if opts.min_sqnr is not None:
+        result.stats["budget_min_sqnr"] = opts.min_sqnr
+    if current.disagreement is not None:
+        result.stats["budget_top1_disagreement_all_quantized"] = round(all_quantized.disagreement, 5)
+        result.stats["budget_top1_disagreement"] = round(current.disagreement, 5)
+    if opts.max_top1_drop is not None:
+        result.stats["budget_max_top1_drop"] = opts.max_top1_drop
+    if not target.met(current):
+        result.skip(f"{target.text()}: not met even with {len(kept)} layers float ({describe(current)})")
+    return [{"node": name, "precision": "float",
+             "reason": f"{target.text()}: quantized alone {describe(solo[name])}; all quantized "
+                       f"{describe(all_quantized)}, with it float {describe(current)}",
+             "solo_sqnr": round(solo[name].sqnr, 2),
+             **({"solo_top1_disagreement": round(solo[name].disagreement, 5)}
+                if solo[name].disagreement is not None else {}),
+             "macs": costs.get(name, 0), "ops": list(budget.units[name])} for name in kept] + [
+        {"node": name, "precision": "float", "reason": f"{target.text()}: its neighbours are float, so the "
+         f"speed model finds it slower on integers; measured with it float {describe(current)}"}
+        for name in trimmed], budget
+
+
+def run_with_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:
+    """The quant pass with a budget: choose the float layers, then quantize the rest with the
+    placement every evaluation used."""
+    plain = quantizer.without_budget()
+    if plain.unsupported_opset(ctx) or not plain.plan(graph, ctx, PassResult(modified=False)).quantized:
+        return plain.quantize(graph, ctx, PassResult(modified=False))  # skips, says why
+    # the search runs on a copy at opset 13 (node positions stay put from here on); the model
+    # itself is upgraded only if the budget leaves something to quantize
+    work = Context(ctx.model.copy(), data=ctx.data, input_shapes=ctx.input_shapes, seed=ctx.seed)
+    work.original = ctx.original
+    work.require_opset(13)
+    scratch = PassResult(modified=False)
+    records, budget = choose_float_layers(quantizer, work.graph, work, scratch)
+    job = budget.job()
+    kept = budget.expand(r["node"] for r in records)
+    final = quantizer.keeping_float(kept)
+    positions = job.allowed(work.graph, kept)
+    if final.plan(work.graph, work, PassResult(modified=False), positions).quantized:
+        upgraded = ctx.require_opset(13)
+        if [n.op for n in ctx.graph.nodes] != [n.op for n in work.graph.nodes]:
+            raise PassError("quant budget: upgrading the opset gave a different graph than on the copy")
+        result = final.quantize(ctx.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
+                                positions=positions)
+        if upgraded:
+            result.count("opset_upgraded_to", 13)
+    else:  # every layer float: the model is left as it was (no opset upgrade either)
+        result = PassResult(modified=False)
+        result.skip(f"{scratch.stats['budget']}: every layer stays float")
+    result.stats.update(scratch.stats)
+    for reason, n in scratch.skipped.items():
+        result.skipped[reason] = result.skipped.get(reason, 0) + n
+    # the budget's own record (with the measured sensitivity) replaces the generic
+    # "excluded by pattern" one the inner run wrote for the same layer
+    budget_nodes = set(kept)
+    result.details[:] = [d for d in result.details
+                         if not (d.get("precision") == "float" and d.get("node") in budget_nodes)]
+    result.details.extend(records)
+    return result

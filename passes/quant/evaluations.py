@@ -1,0 +1,226 @@
+"""The evaluations of the quant error budget (:mod:`graphc.passes.quant.error_budget`): each
+quantizes the model with a given set of layers kept in float and scores its outputs against the
+float model's, computed once (:mod:`graphc.verify.scores`: output SQNR and top-1 disagreement).
+
+What every evaluation shares (:class:`Job`: the float model's bytes, the feeds, the reference
+outputs, the activation ranges calibrated once on the float model, the fixed placement) is built
+on the first evaluation that is not cached. Independent evaluations run in a
+``ProcessPoolExecutor`` (``WORKERS`` processes, spawned, each given the job once).
+
+Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
+feeds and the quant options (other than the budget), under ``$GRAPHC_CACHE_DIR`` or
+``~/.cache/graphc`` (``quant-budget/<digest>.json``): a second run with another budget re-uses
+the sensitivity sweep and every set already measured.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import numpy as np
+
+from graphc.calib.data import open_data
+from graphc.errors import PassError
+from graphc.ir import load, model_bytes
+from graphc.passes.quant.quantizer import Quantizer, activation_names
+from graphc.passmanager import Context, PassResult
+from graphc.progress import progress
+
+log = logging.getLogger(__name__)
+
+WORKERS = 2
+MAX_FEEDS = 32
+CACHE_VERSION = 3
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("GRAPHC_CACHE_DIR") or Path.home() / ".cache" / "graphc")
+
+
+@dataclass(frozen=True)
+class Score:
+    """One evaluation: output SQNR (dB) and top-1 disagreement (None: no class-score output)."""
+
+    sqnr: float
+    disagreement: float | None
+
+    def to_json(self) -> dict:
+        return {"sqnr": self.sqnr, "disagreement": self.disagreement}
+
+
+class EvaluationCache:
+    """``{sorted float layers: Score}`` in a JSON file, written after each batch of evaluations."""
+
+    def __init__(self, key: str):
+        self.path = cache_dir() / "quant-budget" / f"{key}.json"
+        self.values: dict[str, Score] = {}
+        self.hits = 0
+        try:
+            stored = json.loads(self.path.read_text())
+            if stored.get("version") == CACHE_VERSION:
+                self.values = {k: Score(float(v["sqnr"]), v["disagreement"])
+                               for k, v in stored["evaluations"].items()}
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
+            self.values = {}
+
+    @staticmethod
+    def key_of(float_layers) -> str:
+        return "\n".join(sorted(float_layers))
+
+    def save(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, suffix=".tmp")
+        with os.fdopen(fd, "w") as f:
+            json.dump({"version": CACHE_VERSION,
+                       "evaluations": {k: v.to_json() for k, v in self.values.items()}}, f)
+        os.replace(tmp, self.path)
+
+
+@dataclass
+class Job:
+    """What every evaluation shares: the float model, feeds, the float outputs, the ranges."""
+
+    model_bytes: bytes
+    feeds: list[dict]
+    references: list[list[np.ndarray]]
+    ranges: dict
+    options: object
+    positions: frozenset[int] | None  # nodes the speed model puts on integers (None: placement=all)
+
+    def allowed(self, graph, float_layers) -> frozenset[int] | None:
+        return allowed_positions(self.positions, graph, float_layers)
+
+
+def allowed_positions(positions: frozenset[int] | None, graph, float_layers) -> frozenset[int] | None:
+    """The fixed placement minus the layers kept float: every evaluation and the final run
+    quantize exactly these nodes, so what was measured is what is written (None: placement=all)."""
+    if positions is None:
+        return None
+    names = set(float_layers)
+    return frozenset(i for i in positions if graph.nodes[i].name not in names)
+
+
+_WORKER_JOB: Job | None = None
+
+
+def _init_worker(job: Job) -> None:
+    global _WORKER_JOB
+    _WORKER_JOB = job
+
+
+def _evaluate_in_worker(float_layers: tuple[str, ...]) -> Score:
+    assert _WORKER_JOB is not None
+    return evaluate(_WORKER_JOB, float_layers)
+
+
+def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
+    """The score of the model quantized with ``job.options``, ``float_layers`` kept float."""
+    from graphc.verify.scores import score_outputs  # lazy: loads onnxruntime
+
+    model = load(job.model_bytes)
+    ctx = Context(model, data=open_data(job.feeds, model))
+    Quantizer(job.options).keeping_float(float_layers).quantize(
+        model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
+        positions=job.allowed(model.graph, float_layers))
+    model.graph.cleanup().toposort()
+    score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)")
+    return Score(score.sqnr, score.disagreement)
+
+
+class Budget:
+    """Runs the evaluations (cached, in parallel where independent) for one quant pass run."""
+
+    def __init__(self, quantizer: Quantizer, ctx: Context):
+        self.options = quantizer.options
+        self.model_bytes = model_bytes(ctx.model)
+        self.feeds = [dict(f) for _, f in zip(range(self.options.samples or MAX_FEEDS), ctx.data)]
+        self.cache = EvaluationCache(self._digest())
+        self.runs = 0
+        self._job: Job | None = None
+        self._ctx = ctx
+        self._plan_ctx: Context | None = None
+        self.units: dict[str, tuple[str, ...]] = {}  # candidate -> its ops; solo plans calibrated up front
+
+    def job(self) -> Job:
+        """Float outputs and ranges, computed the first time an evaluation is not cached."""
+        if self._job is None:
+            from graphc.verify.scores import reference_outputs  # lazy: loads onnxruntime
+
+            references = reference_outputs(self._ctx.model, self.feeds, label="float model (budget)")
+            model = load(self.model_bytes)  # what the workers load: the same node order
+            if [n.op for n in model.graph.nodes] != [n.op for n in self._ctx.graph.nodes]:
+                raise PassError("quant budget: the model's nodes moved when serialized", node=None)
+            plan_ctx = Context(model, data=open_data(self.feeds, model))
+            quant = Quantizer(self.options).without_budget()
+            positions = quant.speed_positions(plan_ctx.graph, plan_ctx)
+            names = activation_names(quant.plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions))
+            for unit in self.units:  # the sweep's plans: a float layer moves some Q nodes
+                others = self.expand(x for x in self.units if x != unit)
+                names += activation_names(quant.keeping_float(others).plan(
+                    plan_ctx.graph, plan_ctx, PassResult(modified=False),
+                    allowed_positions(positions, plan_ctx.graph, others)))
+            ranges = quant.calibrate(plan_ctx, list(dict.fromkeys(names)))
+            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
+            self._plan_ctx = plan_ctx
+        return self._job
+
+    def speed_trim(self, float_units) -> list[str]:
+        """Integer ops the speed model would rather run float once ``float_units`` are float (an
+        int8 island between float layers pays two conversions for one integer kernel): the
+        fixed placement minus the float set, cut again by the speed model."""
+        job = self.job()
+        graph, ctx = self._plan_ctx.graph, self._plan_ctx
+        ops = self.expand(float_units)
+        allowed = job.allowed(graph, ops)
+        if allowed is None:  # placement=all: no speed model
+            return []
+        quant = Quantizer(self.options).keeping_float(ops)
+        dropped = sorted(allowed - quant.speed_positions(graph, ctx))
+        names = [graph.nodes[i].name for i in dropped]
+        return [] if not all(names) else names
+
+    def _digest(self) -> str:
+        h = hashlib.sha256(self.model_bytes)
+        for feed in self.feeds:
+            for name in sorted(feed):
+                h.update(name.encode())
+                h.update(np.ascontiguousarray(feed[name]).tobytes())
+        h.update(repr(Quantizer(self.options).without_budget().options).encode())
+        return h.hexdigest()[:32]
+
+    def expand(self, units) -> tuple[str, ...]:
+        """The op names of candidate ``units``."""
+        return tuple(op for unit in units for op in self.units.get(unit, (unit,)))
+
+    def score(self, float_sets: list[tuple[str, ...]], desc: str = "") -> list[Score]:
+        """Scores of the float sets (of candidate names), cached by those names."""
+        todo = [s for s in dict.fromkeys(map(tuple, float_sets))
+                if EvaluationCache.key_of(s) not in self.cache.values]
+        self.cache.hits += len(set(map(tuple, float_sets))) - len(todo)
+        if len(todo) > 1 and WORKERS > 1:
+            try:
+                self._parallel(todo, desc)
+            except BrokenProcessPool as exc:  # e.g. a __main__ that spawned workers cannot import
+                log.warning("quant budget: worker processes failed (%s); evaluating in this process", exc)
+        for s in todo:
+            if EvaluationCache.key_of(s) not in self.cache.values:
+                self.cache.values[EvaluationCache.key_of(s)] = evaluate(self.job(), self.expand(s))
+        self.runs += len(todo)
+        if todo:
+            self.cache.save()
+        return [self.cache.values[EvaluationCache.key_of(s)] for s in float_sets]
+
+    def _parallel(self, todo: list[tuple[str, ...]], desc: str) -> None:
+        with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn"), initializer=_init_worker,
+                                 initargs=(self.job(),)) as pool:
+            futures = {pool.submit(_evaluate_in_worker, self.expand(s)): s for s in todo}
+            for future in progress(as_completed(futures), total=len(futures), desc=desc, unit="layer"):
+                self.cache.values[EvaluationCache.key_of(futures[future])] = future.result()
