@@ -61,6 +61,10 @@ class StructureError(PassError):
     """A pass left the graph structurally invalid (caught by the post-pass check)."""
 
 
+class PassTimeoutError(PassError):
+    """A pass ran longer than its wall-clock limit (``max_seconds``, ``--max-seconds``)."""
+
+
 class VerificationError(GraphcError):
     """Numeric verification failed: the candidate's outputs are outside tolerance."""
 

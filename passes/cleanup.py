@@ -23,7 +23,8 @@ import onnx_graphsurgeon as gs
 
 from onnx.helper import tensor_dtype_to_np_dtype
 
-from graphc.ir import bypass, constant_value, consumers, is_standard_op, node_label, replace_uses, walk_graphs
+from graphc.ir import (bypass, constant_value, consumers, drop_detached, is_standard_op, node_label,
+                       replace_uses, walk_graphs)
 from graphc.ir.evaluate import NOT_FOLDABLE
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -56,7 +57,7 @@ class Cleanup(Pass):
         inputs_before = len(graph.inputs)
         # Subgraph (If/Loop/Scan body) inputs are part of the op's signature: never remove them.
         graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
-        if not self.options.keep_inputs:
+        if not self.options.keep_inputs and _has_unused_input(graph):
             graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         removed_nodes = nodes_before - len(graph.nodes)
         if removed_nodes:
@@ -66,6 +67,9 @@ class Cleanup(Pass):
         if len(graph.tensors()) != tensors_before:
             result.count("removed_tensors", tensors_before - len(graph.tensors()))
         result.modified = bool(result.stats)
+        # every rewrite here keeps the surviving tensors' shapes (a bypassed no-op's reader reads
+        # an equal-shaped input; merged duplicates are equal): no new whole-model shape inference
+        result.preserved = frozenset({"shapes"})
         return result
 
     # -- no-op nodes -----------------------------------------------------------------------
@@ -81,18 +85,21 @@ class Cleanup(Pass):
             elif node.op == "Dropout" and _dropout_is_noop(node):
                 reason = "dropout"
             elif node.op in ("Reshape", "Transpose", "Cast"):
-                shapes = shapes if shapes is not None else ctx.shapes()
+                if shapes is None:
+                    drop_detached(graph)  # shape inference must see the graph without bypassed nodes
+                    shapes = ctx.shapes()
                 reason = _noop_reason(node, shapes)
             if reason is None:
                 continue
             if node.op == "Dropout":
                 while len(node.outputs) > 1:
                     node.outputs.pop()
-            if bypass(graph, node):
+            if bypass(graph, node, drop=False):
                 result.count(f"{reason}_removed")
             else:
                 result.skip(f"{node.op} writes a graph output that its input cannot take over")
                 log.info("%s kept: it writes a graph output", node_label(node))
+        drop_detached(graph)  # once for all bypassed nodes
 
     # -- duplicates ------------------------------------------------------------------------
 
@@ -128,6 +135,12 @@ class Cleanup(Pass):
             for old, new in zip(node.outputs, kept.outputs):
                 replace_uses(graph, old, new)
             result.count("duplicate_nodes")
+
+
+def _has_unused_input(graph: gs.Graph) -> bool:
+    """A graph input nothing reads (the second, input-removing cleanup is then worth its walk)."""
+    outputs = {id(t) for t in graph.outputs}
+    return any(not t.outputs and id(t) not in outputs for t in graph.inputs)
 
 
 def _dropout_is_noop(node: gs.Node) -> bool:

@@ -9,7 +9,11 @@ emit. Folding is exact: the values are the ones the runtime would compute.
 Not folded (counted with the reason): random ops, nodes with subgraphs, ops of other domains,
 results larger than ``max-elements`` (folding them would bloat the file, e.g. ConstantOfShape),
 graph outputs, ops the reference implementation cannot evaluate, and values onnxruntime refuses
-to compute (integer division by zero: folding would invent a result).
+to compute (integer division by zero: folding would invent a result). Size and work are estimated
+*before* evaluating (``graphc.ir.evaluation_cost``: output shapes by ONNX shape inference, work
+by a per-op cost model): a node over ``max-elements`` or ``max-work``, or whose op has no cost
+model or whose output size is not known in advance, is never handed to the reference evaluator
+(whose Python kernels, e.g. GridSample, take ~0.6 ms per output element).
 """
 from __future__ import annotations
 
@@ -19,8 +23,10 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import constant_value, consumers, is_graph_output, is_standard_op, node_label, walk_graphs
+from graphc.ir import (constant_value, consumers, detach, drop_detached, is_graph_output, is_standard_op,
+                       node_label, walk_graphs)
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node, runtime_refuses
+from graphc.ir.evaluation_cost import evaluation_cost
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -37,11 +43,15 @@ class FoldConstants(Pass):
     @dataclass(frozen=True)
     class Options:
         max_elements: int = option(1 << 20, "largest folded result, in elements", min=1)
+        max_work: int = option(1 << 30, "most evaluation work per node, in about-ns units of "
+                                         "the reference evaluator (see graphc.ir.evaluation_cost)", min=1)
         shapes: bool = option(True, "fold Shape/Size of statically shaped tensors")
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        shapes = ctx.shapes() if self.options.shapes else {}
+        # shape inference walks the whole model: only worth it when there is a Shape/Size to fold
+        readers = self.options.shapes and any(is_standard_op(n, "Shape", "Size") for n in graph.nodes)
+        shapes = ctx.shapes() if readers else {}
         changed = True
         while changed:
             changed = False
@@ -50,7 +60,9 @@ class FoldConstants(Pass):
                 for node in list(scope.nodes):
                     if self._fold_shape_reader(scope, node, shapes, result) or self._fold(scope, node, ctx, result):
                         changed = True
-        graph.cleanup()
+                drop_detached(scope)  # folded nodes, once per sweep
+        if result.stats:
+            graph.cleanup()
         result.modified = bool(result.stats)
         result.preserved = frozenset({"shapes"})  # values, not shapes, changed
         return result
@@ -73,8 +85,7 @@ class FoldConstants(Pass):
         if refused:
             result.skip(refused)
             return False
-        if _predicted_elements(node, values) > self.options.max_elements:
-            result.skip("result larger than max-elements")
+        if not self._affordable(node, values, ctx, result):
             return False
         try:
             outputs = evaluate_node(node, values, ctx.opset)
@@ -88,6 +99,22 @@ class FoldConstants(Pass):
         self._replace(graph, node, outputs)
         result.count("folded_nodes")
         return True
+
+    def _affordable(self, node: gs.Node, values: list, ctx: Context, result: PassResult) -> bool:
+        """Refuse, before evaluating, a result too large or work too long (or not estimable)."""
+        cost = evaluation_cost(node, values, ctx.opset)
+        if cost.unknown is not None:
+            reason = f"{cost.unknown}; not evaluated"
+        elif cost.output_elements > self.options.max_elements:
+            reason = "result larger than max-elements"
+        elif cost.work > self.options.max_work:
+            reason = f"{node.op}: evaluation would exceed max-work"
+        else:
+            return True
+        result.skip(reason)
+        log.info("%s not folded: %s (estimated %d elements, work %d)", node_label(node), reason,
+                 cost.output_elements, cost.work)
+        return False
 
     def _fold_shape_reader(self, graph, node: gs.Node, shapes, result: PassResult) -> bool:
         """Shape/Size of a static tensor, or Shape -> Gather/Slice picking only static dims."""
@@ -131,28 +158,7 @@ class FoldConstants(Pass):
             dtype = np.dtype(out.dtype) if out.dtype is not None else value.dtype
             # np.array keeps 0-d results 0-d (ascontiguousarray would make them 1-d)
             out.to_constant(np.array(value, dtype=dtype, order="C"))
-        node.inputs.clear()
-        node.outputs.clear()
-        graph.nodes.remove(node)
-
-
-def _predicted_elements(node: gs.Node, values: list) -> int:
-    """Size of the result of ops that build tensors from a shape, known before evaluating them
-    (so a ConstantOfShape of 2**40 elements is refused, not allocated); 0 when not predictable."""
-    try:
-        if node.op == "ConstantOfShape":
-            return int(np.prod(values[0].astype(np.float64)))
-        if node.op == "Expand":
-            shape = np.broadcast_shapes(values[0].shape, tuple(int(d) for d in values[1]))
-            return int(np.prod(np.asarray(shape, np.float64)))
-        if node.op == "Tile":
-            return int(values[0].size * np.prod(values[1].astype(np.float64)))
-        if node.op == "Range":
-            start, limit, delta = (float(np.asarray(v).reshape(())) for v in values[:3])
-            return int(max(0.0, np.ceil((limit - start) / delta))) if delta else 0
-    except (ValueError, TypeError, OverflowError):
-        return 0
-    return 0
+        detach(node)  # run() drops detached nodes once per sweep
 
 
 def _picked_dims(user: gs.Node, dims: list) -> list[int] | None:

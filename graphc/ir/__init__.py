@@ -10,6 +10,8 @@ from graphc.ir.usedef import (
     bypass,
     constant_value,
     consumers,
+    detach,
+    drop_detached,
     is_constant,
     is_graph_input,
     is_graph_output,
@@ -25,6 +27,6 @@ __all__ = [
     "Model", "load", "save", "from_proto", "to_proto", "model_bytes", "file_size",
     "upgrade_opset", "TensorInfo", "infer_shapes", "ModelStats", "all_nodes", "stats_at", "node_macs",
     "check_structure", "node_label", "toposort", "NameFactory", "bypass", "constant_value",
-    "consumers", "is_constant", "is_graph_input", "is_graph_output", "is_standard_op", "only_consumer", "producer",
-    "remove_nodes", "replace_uses", "scalar_value", "subgraphs", "walk_graphs",
+    "consumers", "detach", "drop_detached", "is_constant", "is_graph_input", "is_graph_output", "is_standard_op",
+    "only_consumer", "producer", "remove_nodes", "replace_uses", "scalar_value", "subgraphs", "walk_graphs",
 ]

@@ -28,21 +28,35 @@ def runtime_refuses(node: gs.Node, inputs: list[np.ndarray | None]) -> str | Non
 
 
 def evaluate_node(node: gs.Node, inputs: list[np.ndarray | None], opset: int) -> list[np.ndarray]:
-    """Outputs of ``node`` for the given input values (None for an omitted optional input)."""
+    """Outputs of ``node`` for the given input values (None for an omitted optional input).
+    Callers bound the work first (:func:`graphc.ir.evaluation_cost.evaluation_cost`)."""
+    model = one_node_model(node, inputs, opset)
+    feeds = {f"in{i}": v for i, v in enumerate(inputs) if v is not None}
+    results = ReferenceEvaluator(model).run(None, feeds)
+    return [np.asarray(r) for r in results]
+
+
+def one_node_model(node: gs.Node, inputs: list[np.ndarray | None], opset: int, *,
+                   values_up_to: int = -1) -> onnx.ModelProto:
+    """A model of ``node`` alone, reading graph inputs ``in0``, ``in1``, ... (typed and shaped
+    like ``inputs``). Inputs of at most ``values_up_to`` elements are initializers instead, so
+    shape inference sees their values (a Reshape's target, a Tile's repeats)."""
     names = [f"in{i}" if v is not None else "" for i, v in enumerate(inputs)]
     out_names = [f"out{i}" for i in range(len(node.outputs))]
     attrs = {k: _attr_value(v) for k, v in node.attrs.items()}
     proto_node = onnx.helper.make_node(node.op, names, out_names, domain=node.domain or "", **attrs)
-    graph_inputs = [
-        onnx.helper.make_tensor_value_info(n, onnx.helper.np_dtype_to_tensor_dtype(v.dtype), v.shape)
-        for n, v in zip(names, inputs) if v is not None
-    ]
+    graph_inputs, initializers = [], []
+    for name, value in zip(names, inputs):
+        if value is None:
+            continue
+        if value.size <= values_up_to:
+            initializers.append(onnx.numpy_helper.from_array(value, name))
+        else:
+            elem = onnx.helper.np_dtype_to_tensor_dtype(value.dtype)
+            graph_inputs.append(onnx.helper.make_tensor_value_info(name, elem, value.shape))
     graph_outputs = [onnx.helper.make_empty_tensor_value_info(n) for n in out_names]
-    graph = onnx.helper.make_graph([proto_node], "fold", graph_inputs, graph_outputs)
-    model = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
-    feeds = {n: v for n, v in zip(names, inputs) if v is not None}
-    results = ReferenceEvaluator(model).run(None, feeds)
-    return [np.asarray(r) for r in results]
+    graph = onnx.helper.make_graph([proto_node], "fold", graph_inputs, graph_outputs, initializer=initializers)
+    return onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", opset)])
 
 
 def _attr_value(value):

@@ -49,6 +49,7 @@ from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, che
                                       remove_abandoned_temp)
 from graphc.ir.structure import check_structure, find_cycle_free_order
 from graphc.ir.subgraphs import walk_graphs
+from graphc.ir.usedef import drop_detached
 from graphc.ir.validate import validate_proto
 
 log = logging.getLogger(__name__)
@@ -291,8 +292,9 @@ def constant_nodes_to_constants(graph: gs.Graph) -> int:
             continue
         node.outputs.clear()
         out.to_constant(values)
-        graph.nodes.remove(node)
         replaced += 1
+    if replaced:  # one filter for all of them: list.remove per node is quadratic
+        drop_detached(graph)
     return replaced
 
 

@@ -24,8 +24,9 @@ def _first_output(node: gs.Node) -> str:
     return node.outputs[0].name if node.outputs else "?"
 
 
-def check_structure(graph: gs.Graph, outer_names: frozenset[str] = frozenset()) -> None:
-    """Raise :class:`ModelError` naming the first violation found."""
+def check_structure(graph: gs.Graph, outer_names: frozenset[str] = frozenset()) -> list[gs.Node]:
+    """Raise :class:`ModelError` naming the first violation found; returns the nodes in
+    topological order (the cycle check computes it, so a caller that sorts need not again)."""
     produced: dict[str, gs.Node] = {}
     available = set(outer_names)
     for tensor in graph.inputs:
@@ -51,7 +52,7 @@ def check_structure(graph: gs.Graph, outer_names: frozenset[str] = frozenset()) 
     for out in graph.outputs:
         if not (isinstance(out, gs.Constant) or out.name in available):
             raise ModelError(f"graph output '{out.name}' is not produced by any node")
-    find_cycle_free_order(graph)
+    return find_cycle_free_order(graph)
 
 
 def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
@@ -88,8 +89,11 @@ def find_cycle_free_order(graph: gs.Graph) -> list[gs.Node]:
 def _reads(node: gs.Node) -> list:
     """Tensors ``node`` depends on: its inputs, and outer tensors its subgraph bodies read
     (an If must come after the producer of a tensor its branches use)."""
+    bodies = [sub for _, sub in subgraphs(node)] if node.attrs else ()
+    if not bodies:
+        return node.inputs
     reads = list(node.inputs)
-    for _, sub in subgraphs(node):
+    for sub in bodies:
         for inner in sub.nodes:
             reads.extend(_reads(inner))
     return reads

@@ -101,12 +101,16 @@ def replace_uses(graph: gs.Graph, old: gs.Tensor, new: gs.Tensor) -> None:
     graph.outputs = [new if t is old else t for t in graph.outputs]
 
 
-def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor | None = None) -> bool:
+def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor | None = None, *, drop: bool = True) -> bool:
     """Remove a node whose single output equals ``keep`` (default: its first input).
 
     When the output is a graph output, the output name is preserved by renaming: the producer
     of ``keep`` writes the graph output directly. Returns False when that is impossible (``keep``
     is itself a graph input/output or a constant), leaving the graph unchanged.
+
+    ``drop=False`` only detaches the node (no inputs, no outputs) and leaves it in
+    ``graph.nodes`` for one :func:`drop_detached` after the loop: removing from the node list is
+    a scan of the list, so a loop that bypasses node after node must not pay it per node.
     """
     keep = node.inputs[0] if keep is None else keep
     out = node.outputs[0]
@@ -118,16 +122,30 @@ def bypass(graph: gs.Graph, node: gs.Node, keep: gs.Tensor | None = None) -> boo
             return False  # ``keep`` comes from an enclosing scope: it cannot write a body's output
         # keep's producer now writes ``out`` directly; ``node`` is dropped.
         idx = next(i for i, t in enumerate(src.outputs) if t is keep)
-        node.inputs.clear()
-        node.outputs.clear()
+        detach(node)
         src.outputs[idx] = out
-        graph.nodes.remove(node)
-        return True
-    replace_uses(graph, out, keep)
+    else:
+        replace_uses(graph, out, keep)
+        detach(node)
+    if drop:
+        drop_detached(graph)
+    return True
+
+
+def detach(node: gs.Node) -> None:
+    """Disconnect ``node`` from its tensors; :func:`drop_detached` then drops it from the graph."""
     node.inputs.clear()
     node.outputs.clear()
-    graph.nodes.remove(node)
-    return True
+
+
+def drop_detached(graph: gs.Graph) -> int:
+    """Drop every node without outputs from ``graph.nodes`` in one pass; returns how many.
+
+    One filter by identity over the list, whatever the number of dropped nodes (``list.remove``
+    per node would compare nodes with graphsurgeon's attribute-wise ``__eq__``, quadratically)."""
+    before = len(graph.nodes)
+    graph.nodes = [n for n in graph.nodes if n.outputs]
+    return before - len(graph.nodes)
 
 
 def remove_nodes(graph: gs.Graph, nodes: Iterable[gs.Node]) -> None:

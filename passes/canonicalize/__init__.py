@@ -150,9 +150,11 @@ class Canonicalize(Pass):
             changed |= scope_changed
             if needed:
                 break
-        graph.cleanup()
+        if changed:
+            graph.cleanup()
         if self.options.fold_constants:
-            toposort(graph)
+            if changed:
+                toposort(graph)
             folded = FoldConstants(FoldConstants.Options()).run(graph, ctx)
             for key, n in folded.stats.items():
                 result.count(f"fold_constants.{key}", n)
@@ -165,7 +167,8 @@ class Canonicalize(Pass):
         """Every rule over one scope's nodes; returns (changed, opset a rule asked for)."""
         changed = False
         for rule in rules:
-            for node in list(rw.graph.nodes):
+            anchors = frozenset(rule.ops)  # one cheap filter per rule; the full check stays below
+            for node in [n for n in rw.graph.nodes if n.op in anchors]:
                 if not node.outputs or not is_standard_op(node, *rule.ops) or id(node) in rw.protected:
                     continue  # removed earlier in this sweep, not an anchor, or a chain left alone
                 outcome = rule.apply(rw, node)

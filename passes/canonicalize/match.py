@@ -178,7 +178,7 @@ class Rewriter:
 
     def bypass(self, node: gs.Node, keep: gs.Tensor) -> bool:
         """Readers of ``node``'s output read ``keep`` instead; False if a graph output forbids it."""
-        return bypass(self.graph, node, keep)
+        return bypass(self.graph, node, keep, drop=False)  # flush() drops it with the others
 
 
 # -- ranks ---------------------------------------------------------------------------------------
