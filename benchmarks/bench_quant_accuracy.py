@@ -118,6 +118,15 @@ class RecDecoder:
         return 1.0 - errors / max(length, 1)
 
 
+def _latency(reference: str, candidate: str, kind: str):
+    """The original and one candidate alternated (2 threads, bench_quant's rounds), medians."""
+    from graphc.bench import compare_latency
+
+    feed = bench_quant._bench_feed(kind)
+    return compare_latency(reference, candidate, {"x": feed}, threads=2, warmup=3,
+                           rounds=bench_quant.ROUNDS[kind])
+
+
 def _outputs(path: str, feeds: list[dict]) -> list[np.ndarray]:
     from graphc.runtime import create_session
 
@@ -171,7 +180,7 @@ def _model_rows(kind: str, tmp: Path, decoder: RecDecoder | None, verdicts: list
     for label, path, seconds, stats in candidates:
         got = _outputs(str(path), held_out)
         acc = _accuracy(kind, reference, got)
-        lat = bench_quant._latency(original, str(path), kind)
+        lat = _latency(original, str(path), kind)
         chars = f"{decoder.char_accuracy(got, truth):.2%}" if decoder is not None else "-"
         calib_text, ints = "-", _integer_layers(str(path))
         floats = stats.get("budget_float_layers")
