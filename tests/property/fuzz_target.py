@@ -122,7 +122,9 @@ def _run_cli(main, src: Path, out: Path) -> Outcome:
         message = " | ".join(lines)
         if code != 2:
             return Outcome("crash", f"{argv[0]}: exit {code}: {message}")
-        if len(lines) != 1 or not lines[0].startswith("graphc: error: "):
+        # warnings (load-time repairs of declarations) may come first; the error is one line, last
+        errors = [line for line in lines if not line.startswith("graphc: WARNING: ")]
+        if len(errors) != 1 or not errors[0].startswith("graphc: error: ") or lines[-1] != errors[0]:
             return Outcome("crash", f"{argv[0]}: stderr is not one 'graphc: error:' line: {message[:300]}")
         if "internal error" in lines[0] or "Traceback" in lines[0]:
             return Outcome("crash", f"{argv[0]}: {lines[0]}")
