@@ -57,6 +57,9 @@ class CostShapes:
 
     shapes: Shapes
     where: str
+    #: True when graphc chose the input shapes (a data sample's or a nominal one) rather than the
+    #: user (``--input-shape``) or the model (static, or only the batch dynamic): worth saying
+    chosen: bool = False
 
 
 def cost_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None, data: Any, *,
@@ -69,13 +72,14 @@ def cost_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None, d
         if first is not None:
             concrete = {k: tuple(np.shape(v)) for k, v in first.items()}
             where = "at the first calibration sample's shape"
+    chosen = concrete is not None and not input_shapes and where != "at batch 1"
     if concrete is None:  # dynamic dims beyond the batch and no data: a nominal shape, said by the caller
-        chosen = concrete_input_shapes(input_specs(model))
-        concrete, where = chosen.shapes, f"at {chosen.origin}"
+        nominal = concrete_input_shapes(input_specs(model))
+        concrete, where, chosen = nominal.shapes, f"at {nominal.origin}", True
     shapes = infer_shapes(model, concrete)
     if measure:
         shapes = measure_missing_shapes(model, shapes, unknown_mac_nodes(model.graph.nodes, shapes), concrete)
-    return CostShapes(shapes, where)
+    return CostShapes(shapes, where, chosen)
 
 
 def batch_one_shapes(model: Model) -> dict[str, tuple[int, ...]] | None:

@@ -241,7 +241,7 @@ class Prune(Pass):
 
     def _cost_model(self, ctx: Context, analysis, data) -> CostModel:
         estimate = ctx.analysis(MeasuredCostShapeAnalysis)
-        if estimate.where not in ("at --input-shape", "at batch 1"):
+        if estimate.chosen:
             ctx.note(f"prune counts MACs {estimate.where}")
         cost = CostModel.build(analysis, estimate.shapes)
         budget = self.options.budget

@@ -511,3 +511,11 @@ def test_random_graphs_stay_valid_and_reruns_are_no_ops(text, with_data):
         assert not _prune(model, text, data=data, input_shapes={"x": recipe.shape}).modified
         assert _bytes(model) == once
     assert pruned >= 5
+
+
+def test_chosen_mac_shapes_are_said_in_one_note_and_given_ones_are_not():
+    model = resnetish(dynamic=True)
+    nominal = PassManager("prune{flops=0.5 round-to=8}").run(model.copy()).notes
+    assert [n for n in nominal if n.startswith("prune counts MACs at a nominal shape (x:1x3x224x224")] != []
+    given = PassManager("prune{flops=0.5 round-to=8}", input_shapes={"x": (1, 3, 8, 8)}).run(model.copy()).notes
+    assert not [n for n in given if n.startswith("prune counts MACs")]
