@@ -50,11 +50,15 @@ class Noise:
 
 
 def tensor_noise(reference: Model, candidate: Model, data: Iterable[dict[str, np.ndarray]],
-                 names: Sequence[str], max_samples: int | None = None) -> dict[str, Noise]:
-    """``{name: Noise}`` of the tensors ``names`` (computed by both models) over ``data``."""
+                 names: Sequence[str], max_samples: int | None = None,
+                 optimize_candidate: bool = True) -> dict[str, Noise]:
+    """``{name: Noise}`` of the tensors ``names`` (computed by both models) over ``data``.
+    ``optimize_candidate=False`` runs the candidate as written (no graph optimizations: Cast pairs
+    that round to a narrower type stay)."""
     names = list(dict.fromkeys(names))
     ref_session = create_session(with_outputs(reference, names), label="reference", spin=False)
-    cand_session = create_session(with_outputs(candidate, names), label="candidate", spin=False)
+    cand_session = create_session(with_outputs(candidate, names), label="candidate", spin=False,
+                                  optimize=optimize_candidate)
     noise = {name: Noise() for name in names}
     for index, feed in enumerate(data):
         if max_samples is not None and index >= max_samples:

@@ -38,7 +38,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import Model, node_label
-from graphc.passes.fp16.convert import HalfRewriter
+from graphc.passes.fp16.convert import HalfRewriter, emulate_rounding
 from graphc.passes.fp16.measure import error_exclusions, overflow_exclusions, region_tensors
 from graphc.passes.fp16.plan import DEFAULT_KEEP_OPS, HalfType, Plan, drop_isolated, drop_shape_values, plan_candidates
 from graphc.passes.fp16.storage import store_half
@@ -143,13 +143,14 @@ class HalfPrecision(Pass):
         return plan
 
     def _candidate(self, ctx: Context, half: HalfType, excluded: dict[str, str]) -> tuple[Model, dict]:
-        """The model converted with ``excluded`` kept float32 (a copy; ``ctx.model`` is untouched)."""
+        """A float32 copy of the model that rounds like the conversion with ``excluded`` kept
+        float32 would on half-precision hardware (:func:`emulate_rounding`); ``ctx.model`` is
+        untouched."""
         candidate = ctx.model.copy()
         plan = self.plan(candidate.graph, ctx, half, excluded)
         tensors = region_tensors(plan)
         if plan.half:
-            HalfRewriter(candidate.graph, plan, half).rewrite()
-            candidate.graph.cleanup(remove_unused_graph_inputs=False)
+            emulate_rounding(candidate.graph, plan, half)
             candidate.graph.toposort()
         return candidate, tensors
 

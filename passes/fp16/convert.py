@@ -151,3 +151,51 @@ class HalfRewriter:
             ins, _ = signature_positions(reader, self.plan.half[id(reader)][1])
             return j in ins
         return is_standard_op(reader, *WIDTH_AGNOSTIC_READERS)
+
+
+def emulate_rounding(graph: gs.Graph, plan: Plan, half: HalfType) -> None:
+    """Rewrite ``graph`` (float32) to compute what the planned nodes compute in half precision on
+    hardware with half-precision storage and float32 accumulation (GPU tensor cores, ARM fp16):
+    every constant the planned nodes read at converted positions is rounded to the half type
+    (``float(half(w))``), and every tensor they write is rounded after the node
+    (``Cast(Cast(t, half), float)``, the rounded tensor keeping the name). Graph inputs entering
+    the region are rounded too. The result stays float32 throughout, so onnxruntime's CPU
+    provider, which runs most float16 nodes in float32 between Casts it inserts (and then drops the
+    Casts between neighbours), cannot hide the rounding: this is the model the error measurement
+    runs (with graph optimizations off, so the Cast pairs stay).
+    """
+    names = NameFactory(graph)
+    rounded: dict[int, gs.Tensor] = {}
+
+    def round_tensor(t: gs.Tensor, keep_name: bool) -> gs.Tensor:
+        mid = gs.Variable(names(f"{t.name}.{half.name}"), dtype=half.dtype, shape=t.shape)
+        out = gs.Variable(names(f"{t.name}.rounded"), dtype=np.float32, shape=t.shape)
+        graph.nodes.append(gs.Node("Cast", names(f"{t.name}.to_{half.name}"), attrs={"to": cast_to(half)},
+                                   inputs=[t], outputs=[mid]))
+        graph.nodes.append(gs.Node("Cast", names(f"{t.name}.to_float"), attrs={"to": ONNX_FLOAT},
+                                   inputs=[mid], outputs=[out]))
+        if keep_name:  # readers and graph outputs see the rounded value under the original name
+            for reader in [r for r in t.outputs if r.outputs[0] is not mid]:
+                for j, x in enumerate(reader.inputs):
+                    if x is t:
+                        reader.inputs[j] = out
+            graph.outputs = [out if o is t else o for o in graph.outputs]
+            name = t.name
+            t.name = names(f"{name}.exact")
+            out.name = name
+        return out
+
+    for node, sig in plan.nodes():
+        ins, outs = signature_positions(node, sig)
+        for i in ins:
+            t = node.inputs[i]
+            if isinstance(t, gs.Constant):
+                values = np.asarray(t.values)
+                if values.dtype == np.float32:
+                    node.inputs[i] = gs.Constant(names(f"{t.name}.rounded"), values.astype(half.dtype).astype(np.float32))
+            elif t.name and producer(t) is None and id(t) not in rounded:
+                rounded[id(t)] = round_tensor(t, keep_name=False)  # a graph input entering the region
+            if id(t) in rounded:
+                node.inputs[i] = rounded[id(t)]
+        for i in outs:
+            round_tensor(node.outputs[i], keep_name=True)

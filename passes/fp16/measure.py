@@ -6,8 +6,10 @@ precision stay float32.
    :func:`graphc.calib.collect.collect_stats`). A node one of whose tensors reaches
    ``|x| >= max-abs`` (default 16384, a quarter of float16's largest finite value 65504: headroom
    for inputs beyond the calibration samples), or is not finite, stays float32.
-2. Error (:func:`error_exclusions`, when ``min-sqnr`` is given): the converted candidate and the
-   float32 model run over the data with the planned nodes' tensors exposed
+2. Error (:func:`error_exclusions`, when ``min-sqnr`` is given): a candidate that rounds like
+   the conversion would on half-precision hardware
+   (:func:`graphc.passes.fp16.convert.emulate_rounding`; onnxruntime's CPU provider runs most
+   float16 nodes in float32 and would hide the rounding) and the float32 model run over the data with the planned nodes' tensors exposed
    (:func:`graphc.verify.tensor_noise.tensor_noise`). A node's *added noise* is the noise-to-signal
    ratio of its output minus the largest one of its inputs, ``a(n) = N/S(out) - max N/S(in)``: what
    rounding inside the node adds, not what it inherits. While the lowest output SQNR
@@ -80,7 +82,8 @@ def error_exclusions(reference: Model, build: Build, data,
         candidate, per_node = build(excluded)
         available = set(candidate.graph.tensors()) & set(reference.graph.tensors())
         names = [n for ins, outs in per_node.values() for n in ins + outs if n in available]
-        noise = tensor_noise(reference, candidate, data, outputs + names, max_samples=samples)
+        noise = tensor_noise(reference, candidate, data, outputs + names, max_samples=samples,
+                             optimize_candidate=False)
         sqnr = min((noise[o].sqnr_db for o in outputs), default=math.inf)
         log.info("fp16: %d nodes converted, lowest output SQNR %.1f dB", len(per_node), sqnr)
         if sqnr >= min_sqnr or not per_node:
@@ -90,7 +93,7 @@ def error_exclusions(reference: Model, build: Build, data,
             excluded[label] = (f"adds noise {added:.3g} x signal; output SQNR {sqnr:.1f} dB "
                                f"< min-sqnr {min_sqnr:g}")
     candidate, _ = build(excluded)
-    noise = tensor_noise(reference, candidate, data, outputs, max_samples=samples)
+    noise = tensor_noise(reference, candidate, data, outputs, max_samples=samples, optimize_candidate=False)
     return excluded, min((noise[o].sqnr_db for o in outputs), default=math.inf)
 
 

@@ -33,7 +33,7 @@ def storable(c: gs.Constant, graph: gs.Graph, opset: int, half: HalfType, min_el
     for reader in c.outputs:
         if not is_standard_op(reader):
             return f"read by {node_label(reader)} of an unknown domain"
-        sig = float_signature(reader.op, opset, half.type_str)
+        sig = float_signature(reader.op, opset, "tensor(float)")  # positions bound to the float type
         positions = sig.input_positions(len(reader.inputs)) if sig is not None else []
         if any(t is c and j not in positions for j, t in enumerate(reader.inputs)):
             return f"read by {node_label(reader)} as a parameter, not as data"
