@@ -56,7 +56,8 @@ HALF_TYPES = {
 @register_pass
 class HalfPrecision(Pass):
     name = "fp16"
-    summary = "float16 compute with a measured keep-list, or float16/bfloat16 weight storage"
+    summary = ("float16 compute with a measured keep-list (GPU/ARM), or float16/bfloat16 weight storage "
+               "(x86 CPU; docs/fp16.md)")
     exact = False
     needs_data = True
     #: BatchNormalization in half precision computes ``(x - mean) / sqrt(var + eps)`` with ``eps``
@@ -162,3 +163,19 @@ def _reason_key(reason: str) -> str:
     if reason.startswith("adds noise"):
         return "adds the most noise (min-sqnr not met)"
     return reason
+
+
+def emulated_model(model: Model, options: "HalfPrecision.Options | None" = None, data=None) -> Model:
+    """A float32 copy of ``model`` that rounds as ``fp16`` (compute mode, these options; with
+    ``data``, its overflow exclusions) would on half-precision hardware: benchmarks and tests
+    measure the error of the conversion with it where onnxruntime's CPU provider, running float16
+    nodes in float32, hides it. Run it without graph optimizations (``create_session(...,
+    optimize=False)``) so its rounding Cast pairs stay. ``model`` is not modified."""
+    instance = HalfPrecision(options)
+    ctx = Context(model, data=data)
+    half = HALF_TYPES[instance.options.dtype]
+    excluded: dict[str, str] = {}
+    if data is not None:
+        plan = instance.plan(model.graph, ctx, half, excluded)
+        excluded = overflow_exclusions(model, plan, data, instance.options.max_abs, instance.options.samples)
+    return instance._candidate(ctx, half, excluded)[0]
