@@ -72,7 +72,7 @@ class HalfPrecision(Pass):
         dtype: str = option("fp16", "half type (bf16: storage only; onnxruntime CPU has no bfloat16 "
                             "arithmetic kernels)", choices=("fp16", "bf16"))
         keep_ops: tuple[str, ...] = option(DEFAULT_KEEP_OPS, "op types kept float32 (compute mode)")
-        exclude: tuple[str, ...] = option((), "node name patterns kept float32 (fnmatch)")
+        exclude: tuple[str, ...] = option((), "node name patterns kept float32 (fnmatch; compute mode)")
         max_abs: float = option(16384.0, "with --data: nodes whose tensors reach this |x| stay float32",
                                 min=1.0, max=65504.0)
         min_sqnr: float | None = option(None, "with --data: keep the noisiest nodes float32 until the output "

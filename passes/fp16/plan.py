@@ -25,6 +25,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import is_standard_op, node_label, producer
+from graphc.ir.structure import find_cycle_free_order
 from graphc.ir.subgraphs import subgraphs, walk_graphs
 from graphc.passes.fp16.signature import FloatSignature, float_signature
 
@@ -144,7 +145,7 @@ def drop_shape_values(graph: gs.Graph, plan: Plan, dtypes) -> None:
     Cast) or constant, at least one derived: shape arithmetic. Constant-only nodes convert (their
     result is a constant expression of half constants)."""
     derived: set[int] = set()   # ids of float tensors whose value follows integers (and constants)
-    for node in graph.nodes:    # the pass manager keeps graph.nodes in topological order
+    for node in find_cycle_free_order(graph):  # producers first (a loaded file keeps its own order)
         named = [t for t in node.inputs if t.name or isinstance(t, gs.Constant)]
         floats = [t for t in named if float_dtype(t, dtypes) in (np.float32, np.float64)]
         if is_standard_op(node, "Cast"):

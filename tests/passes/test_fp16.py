@@ -351,3 +351,18 @@ def test_ppocr_half_file_valid_and_close(ppocr, text, tmp_path):
     evaluation = ppocr_data.feeds(kind, 2, seed=7, det_side=320)
     assert all(np.isfinite(out).all() for feed in evaluation for out in run(model, feed))
     assert sqnr_over(reference, model, evaluation) >= 40.0
+
+
+def test_fp16_composes_after_canonicalize_on_a_trained_model(tmp_path):
+    from support import MODELS
+    model = graphc.load(MODELS / "resnet_digits.onnx")
+    reference = model.copy()
+    records = PassManager("fold-bn,canonicalize,cleanup,fp16").run(model).records
+    assert [r.name for r in records] == ["fold-bn", "canonicalize", "cleanup", "fp16"] and records[-1].modified
+    assert_valid(model, tmp_path)
+    images = np.load(MODELS / "digits_test.npz")
+    name = model.graph.inputs[0].name
+    batch = [{name: images["input"][i:i + 16].astype(np.float32)} for i in range(0, 64, 16)]
+    assert sqnr_over(reference, model, batch) >= MIN_SQNR_DB
+    for feed in batch:
+        assert (run(model, feed)[0].argmax(1) == run(reference, feed)[0].argmax(1)).all()
