@@ -7,8 +7,10 @@ of ``keep-ops`` (Exp, Pow, reductions, Softmax, normalizations; Range and Cast a
 converted), shape arithmetic computed from integers, nodes whose constants exceed 65504, nodes
 read inside subgraph bodies and nodes matching ``exclude``. With ``--data``
 (:mod:`graphc.passes.fp16.measure`) nodes whose tensors reach ``max-abs`` on the data stay
-float32, and with ``min-sqnr`` the nodes that add the most noise are kept float32 until the
-output SQNR on the data reaches it. The rewrite (:mod:`graphc.passes.fp16.convert`) puts one Cast
+float32, and the nodes that add the most noise are kept float32 until the output SQNR on the
+data, under emulated float16 rounding, reaches ``min-sqnr`` (40 dB unless given). A model that
+already computes in float16 (a second run) is left alone: its float32 nodes were chosen against
+the float32 original. The rewrite (:mod:`graphc.passes.fp16.convert`) puts one Cast
 per tensor at the region borders, cancels Cast pairs and lets existing Cast/Shape/Size nodes read
 half tensors directly. Graph inputs and outputs keep their names and float32 type.
 
@@ -46,6 +48,9 @@ from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
 
+#: the output SQNR (dB) compute mode holds on the data when --data is given without min-sqnr
+DEFAULT_MIN_SQNR = 40.0
+
 HALF_TYPES = {
     "fp16": HalfType("float16", np.dtype(np.float16), "tensor(float16)", float(np.finfo(np.float16).max)),
     "bf16": HalfType("bfloat16", np.dtype(ml_dtypes.bfloat16), "tensor(bfloat16)",
@@ -76,7 +81,8 @@ class HalfPrecision(Pass):
         max_abs: float = option(16384.0, "with --data: nodes whose tensors reach this |x| stay float32",
                                 min=1.0, max=65504.0)
         min_sqnr: float | None = option(None, "with --data: keep the noisiest nodes float32 until the output "
-                                        "SQNR (dB) on the data is at least this", min=0.0, max=200.0)
+                                        "SQNR (dB) on the data, under emulated float16 rounding, is at least "
+                                        f"this (none: {DEFAULT_MIN_SQNR:g} with --data)", min=0.0, max=200.0)
         samples: int = option(8, "calibration samples measured (overflow, error)", min=1)
         min_elements: int = option(16, "storage mode: constants with fewer values stay float32", min=1)
         prepare: bool = option(True, "run fold-bn first when the pipeline does not")
@@ -108,16 +114,15 @@ class HalfPrecision(Pass):
         return result
 
     def _compute(self, graph: gs.Graph, ctx: Context, half: HalfType) -> PassResult:
-        excluded: dict[str, str] = {}
-        sqnr = None
-        if ctx.data is not None:
-            plan = self.plan(graph, ctx, half, excluded)
-            excluded = overflow_exclusions(ctx.model, plan, ctx.data, self.options.max_abs, self.options.samples)
-            if self.options.min_sqnr is not None:
-                excluded, sqnr = error_exclusions(ctx.model.copy(), lambda ex: self._candidate(ctx, half, ex),
-                                                  ctx.data, excluded, self.options.min_sqnr, self.options.samples)
+        result = PassResult(modified=False)
+        if _computes_in(graph, ctx, half):
+            # its float32 nodes were kept by an earlier run (measured on the float32 original,
+            # which is gone): measuring them again against this model would undo those choices
+            result.skip(f"model already computes in {half.name}")
+            return result
+        excluded, sqnr = self.measured_exclusions(ctx, half) if ctx.data is not None else ({}, None)
         plan = self.plan(graph, ctx, half, excluded)
-        result = PassResult(modified=bool(plan.half))
+        result.modified = bool(plan.half)
         for label, reason in plan.kept.items():
             result.skip(_reason_key(reason))
             result.details.append({"node": label, "reason": f"float32: {reason}"})
@@ -129,6 +134,15 @@ class HalfPrecision(Pass):
         if sqnr is not None:
             result.stats["measured_output_sqnr_db"] = round(sqnr, 2)
         return result
+
+    def measured_exclusions(self, ctx: Context, half: HalfType) -> tuple[dict[str, str], float]:
+        """Nodes kept float32 by measurement on ``ctx.data`` (node label -> reason), and the output
+        SQNR reached under emulated rounding (:mod:`graphc.passes.fp16.measure`)."""
+        plan = self.plan(ctx.graph, ctx, half, {})
+        excluded = overflow_exclusions(ctx.model, plan, ctx.data, self.options.max_abs, self.options.samples)
+        target = self.options.min_sqnr if self.options.min_sqnr is not None else DEFAULT_MIN_SQNR
+        return error_exclusions(ctx.model.copy(), lambda ex: self._candidate(ctx, half, ex),
+                                ctx.data, excluded, target, self.options.samples)
 
     def plan(self, graph: gs.Graph, ctx: Context, half: HalfType, excluded: dict[str, str]) -> Plan:
         dtypes = {name: info.dtype for name, info in ctx.shapes().items()}
@@ -156,6 +170,20 @@ class HalfPrecision(Pass):
         return candidate, tensors
 
 
+def _computes_in(graph: gs.Graph, ctx: Context, half: HalfType) -> bool:
+    """True if a node other than Cast writes a tensor of the half type."""
+    dtypes = ctx.shapes()
+    for node in graph.nodes:
+        if node.op in ("Cast", "CastLike"):
+            continue
+        for t in node.outputs:
+            info = dtypes.get(t.name)
+            dtype = info.dtype if info is not None and info.dtype is not None else t.dtype
+            if dtype is not None and np.dtype(dtype) == half.dtype:
+                return True
+    return False
+
+
 def _reason_key(reason: str) -> str:
     """The reason as counted in ``skipped`` (measured reasons carry per-node numbers)."""
     if reason.startswith("|x| reaches"):
@@ -167,15 +195,13 @@ def _reason_key(reason: str) -> str:
 
 def emulated_model(model: Model, options: "HalfPrecision.Options | None" = None, data=None) -> Model:
     """A float32 copy of ``model`` that rounds as ``fp16`` (compute mode, these options; with
-    ``data``, its overflow exclusions) would on half-precision hardware: benchmarks and tests
-    measure the error of the conversion with it where onnxruntime's CPU provider, running float16
-    nodes in float32, hides it. Run it without graph optimizations (``create_session(...,
-    optimize=False)``) so its rounding Cast pairs stay. ``model`` is not modified."""
+    ``data``, after the same measured exclusions) would on half-precision hardware: benchmarks and
+    tests measure the error of the conversion with it where onnxruntime's CPU provider, running
+    float16 nodes in float32, hides it. Run it without graph optimizations
+    (``create_session(..., optimize=False)``) so its rounding Cast pairs stay. ``model`` is not
+    modified."""
     instance = HalfPrecision(options)
     ctx = Context(model, data=data)
     half = HALF_TYPES[instance.options.dtype]
-    excluded: dict[str, str] = {}
-    if data is not None:
-        plan = instance.plan(model.graph, ctx, half, excluded)
-        excluded = overflow_exclusions(model, plan, data, instance.options.max_abs, instance.options.samples)
+    excluded = instance.measured_exclusions(ctx, half)[0] if data is not None else {}
     return instance._candidate(ctx, half, excluded)[0]

@@ -245,10 +245,17 @@ def test_min_sqnr_keeps_the_nodes_that_lose_accuracy(tmp_path):
     assert sqnr(want, got) < 20
     model, record = convert(proto, "fp16{min-sqnr=40}", data=data)
     assert record.stats["measured_output_sqnr_db"] >= 40
-    assert record.skipped["adds the most noise (min-sqnr not met)"] >= 1
-    assert dtype_of(model, "a") == np.float32 and dtype_of(model, "y") == np.float32
+    # the Sub cancels; the Add's rounding is what it amplifies: both stay float32, the Mul converts
+    assert record.skipped["adds the most noise (min-sqnr not met)"] == 2
+    assert record.stats["converted_nodes"] == 1
+    assert dtype_of(model, "a") == np.float32 and dtype_of(model, "b") == np.float32
     assert_valid(model, tmp_path)
     assert sqnr_over(proto, model, held_out) >= 40
+    # the default target with data is 40 dB; a second run leaves the measured choice alone
+    _, default = convert(proto, data=data)
+    assert default.stats["measured_output_sqnr_db"] >= 40
+    again = PassManager("fp16", data=data, prepare=False).run(model).records[-1]
+    assert not again.modified and again.skipped == {"model already computes in float16": 1}
 
 
 def sqnr(want, got) -> float:
