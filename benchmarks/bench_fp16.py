@@ -188,7 +188,9 @@ def run() -> str:
         "",
         "On this x86 CPU onnxruntime runs most float16 nodes in float32 between Casts it inserts: the CPU "
         "SQNR of float16 compute is above what half-precision hardware gives (the emulated column), and "
-        "its speed against the prepared float32 model (second ratio) shows what the Casts cost or save. "
+        "its speed against the prepared float32 model (second ratio) shows what the Casts cost or save "
+        "(on a loaded shared machine the spread between runs is about 0.1-0.2x: read differences below that "
+        "as noise). "
         "Storage mode computes in float32 on folded weights: its ratio against the prepared float32 model "
         "is timing noise around 1. occ converts every BatchNormalization as it is, so a running variance "
         "beyond 65504 (listed above) becomes inf in float16; graphc folds BatchNormalization into the Conv "

@@ -21,8 +21,8 @@ halves; speed and run-time memory stay those of the float model.
 
 Where it pays: float16 compute is for GPUs and ARM CPUs with half-precision arithmetic. On x86
 CPUs onnxruntime has few float16 kernels and wraps the others in Casts to float32, so compute
-mode is usually slower there than float32 (BENCHMARKS.md, fp16 section); storage mode is the one
-for x86 CPU deployment. bfloat16 is storage only: onnxruntime's CPU provider has no bfloat16
+mode gains nothing there over float32 (BENCHMARKS.md, fp16 section: within timing noise);
+storage mode is the one for x86 CPU deployment. bfloat16 is storage only: onnxruntime's CPU provider has no bfloat16
 kernels for arithmetic (measured with 1.32: Relu, Add, Mul, MatMul, Conv, Sigmoid, Softmax,
 ReduceMean, ... NOT_IMPLEMENTED or not admitted by the schema).
 
