@@ -76,7 +76,7 @@ def error_exclusions(reference: Model, build: Build, data, excluded: dict[str, s
     """Grow ``excluded`` until the candidate's lowest output SQNR reaches ``min_sqnr``; returns the
     exclusions and the SQNR reached."""
     excluded = dict(excluded)
-    outputs = [t.name for t in reference.graph.outputs]
+    outputs = [t.name for t in reference.graph.outputs if _computed(t)]  # not inputs passed through
     edges = _edges(reference.graph)
     for _ in range(ROUNDS):
         candidate, per_node = build(excluded)

@@ -373,3 +373,17 @@ def test_fp16_composes_after_canonicalize_on_a_trained_model(tmp_path):
     assert sqnr_over(reference, model, batch) >= MIN_SQNR_DB
     for feed in batch:
         assert (run(model, feed)[0].argmax(1) == run(reference, feed)[0].argmax(1)).all()
+
+
+def test_measurement_with_an_input_that_is_also_an_output(tmp_path):
+    # found by tests/robustness/test_corpus.py (output_is_input): the input passed through as an
+    # output is not computed by any node and cannot be exposed for measurement
+    text = """
+    agraph (float[1, 3, 8, 8] x) => (float[1, 4, 8, 8] y, float[1, 3, 8, 8] x) {
+        a = Conv <pads = [1, 1, 1, 1]> (x, w0)
+        y = Relu (a)
+    }"""
+    proto = build(text, conv_weights(10, (4, 3, 3, 3)))
+    model, record = convert(proto, data=feeds((1, 3, 8, 8)))
+    assert record.modified and record.stats["measured_output_sqnr_db"] >= 40
+    assert_valid(model, tmp_path)
