@@ -123,4 +123,18 @@ def _light_proto(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> onnx
             del shape.dim[:]
             for d in input_shapes[vi.name]:
                 shape.dim.add().dim_value = int(d)
+    if input_shapes:
+        _forget_body_declarations(proto.graph)
     return proto
+
+
+def _forget_body_declarations(graph: onnx.GraphProto) -> None:
+    """Drop the shapes bodies declare for their tensors and outputs (types stay): an exporter's
+    ``[N, 1, 512]`` inside an If branch would otherwise shadow the dims inference derives from
+    the given input shapes. Inference fills them again; what it cannot infer falls back to the
+    declaration (:func:`infer_shapes` reads the IR's declared shape for missing names)."""
+    for scope in list(_proto_scopes(graph))[1:]:
+        del scope.value_info[:]
+        for out in scope.output:
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.ClearField("shape")
