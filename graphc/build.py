@@ -36,6 +36,7 @@ from typing import Any, Iterable
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError, RecipeError
+from graphc.executor import executor_from, using
 from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, model_bytes, require_savable, save
 from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 from graphc.passmanager import PassManager, expand_preparation, parse_pipeline
@@ -112,7 +113,8 @@ def build(source: str | os.PathLike, recipe: Recipe, *, instruments: tuple = ())
 
     inputs = _open_inputs(Path(source), recipe)
     snapshots = _snapshots(recipe, inputs)
-    run = _run_pipeline(recipe, inputs, [*instruments, *([snapshots] if snapshots else [])])
+    with using(executor_from(recipe.executor)):  # where the passes' searches run
+        run = _run_pipeline(recipe, inputs, [*instruments, *([snapshots] if snapshots else [])])
     output = _PendingOutput(inputs.model, inputs.out)
     try:
         measured = _measure(recipe, inputs, output.candidate(), run, snapshots)

@@ -163,6 +163,24 @@ def _tolerance_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--localize", action="store_true", help="on failure, name the first diverging node")
 
 
+def _executor_text(text: str) -> str:
+    # lazy: a command imports only what it needs (CLI start-up time)
+    from graphc.executor import executor_from
+    from graphc.errors import ExecutorError
+
+    try:
+        executor_from(text)
+    except ExecutorError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _executor_option(p: argparse.ArgumentParser, default: str | None = None) -> None:
+    p.add_argument("--executor", type=_executor_text, default=default, metavar="local|ray|ray://HOST:PORT",
+                   help="where searches run (quant budget, sensitivity): local processes (default), Ray on "
+                        "this machine, or a Ray cluster (pip install 'graphc[ray]')")
+
+
 def _opt_data(opt: argparse.ArgumentParser) -> None:
     g = opt.add_argument_group("data")
     g.add_argument("--data", metavar="D", help="calibration data: .npz (keys = input names), folder of "
@@ -217,6 +235,7 @@ def _opt_parser(sub: Any) -> None:
                    help="plot this tensor's activation histogram in the report (repeatable)")
     g.add_argument("--no-layer-errors", dest="layer_errors", action="store_false", default=None,
                    help="do not measure each layer's error for the report")
+    _executor_option(opt)
     _common(opt)
 
 
@@ -271,6 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
     sens.add_argument("--samples", type=_positive_int, default=16, help="calibration feeds used (default 16)")
     _image_options(sens)
     sens.add_argument("--json", action="store_true")
+    _executor_option(sens, default="local")
     _common(sens)
 
     passes = sub.add_parser("passes", help="list every pass and its options")
@@ -293,7 +313,7 @@ def _tolerances(args: argparse.Namespace) -> Any:
 
 #: ``graphc opt`` flag (argparse dest) -> recipe key; a flag given overrides the recipe.
 OPT_FLAGS = {
-    "pipeline": "pipeline", "output": "outputs.model", "report": "outputs.report",
+    "pipeline": "pipeline", "executor": "executor", "output": "outputs.model", "report": "outputs.report",
     "keep_failed": "outputs.keep_failed", "histogram": "outputs.histograms",
     "data": "data.calibration", "eval_data": "data.evaluation", "labels": "data.labels",
     "input_shape": "data.input_shapes", "seed": "data.seed", "samples": "data.samples",
@@ -453,10 +473,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from graphc.passes.prune.sensitivity import format_sensitivity, measure_sensitivity
     from graphc.build import image_options
     from graphc.calib.data import open_data
+    from graphc.executor import executor_from, using
 
     model = graphc.load(args.input)
     data = open_data(args.data, model, image_options=image_options(_image_settings(args)))
-    report = measure_sensitivity(model, data, ratios=args.ratios, criterion=args.criterion, samples=args.samples)
+    with using(executor_from(args.executor)):
+        report = measure_sensitivity(model, data, ratios=args.ratios, criterion=args.criterion,
+                                     samples=args.samples)
     _say(args, json.dumps(report.to_dict(), indent=2) if args.json else format_sensitivity(report))
     return EXIT_OK
 

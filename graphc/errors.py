@@ -48,6 +48,10 @@ class DataError(GraphcError):
     """Calibration or evaluation data is missing, unreadable, or does not match the model."""
 
 
+class ExecutorError(GraphcError):
+    """The executor cannot be used: an unknown name, Ray not installed, a cluster not reached."""
+
+
 class PassError(GraphcError):
     """A pass failed on a node; the message names the pass and the node."""
 

@@ -5,6 +5,7 @@ benchmark settings and the outputs. Every key has a command-line twin, and flags
 command line override the recipe::
 
     pipeline = "fold-bn,cleanup,quant{calib=percentile}"
+    executor = "ray"                  # --executor: where searches run (local, ray, ray://HOST:PORT)
 
     [data]
     calibration = "calib/"            # --data
@@ -41,7 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from graphc.errors import PipelineError, RecipeError
+from graphc.errors import ExecutorError, PipelineError, RecipeError
+from graphc.executor import executor_from
 from graphc.passmanager.options import did_you_mean, option
 from graphc.passmanager.pipeline import parse_pipeline
 
@@ -128,6 +130,8 @@ class OutputSettings:
 @dataclass(frozen=True)
 class Recipe:
     pipeline: str | None = option(None, "the pass pipeline, e.g. 'fold-bn,cleanup' (-p)")
+    executor: str | None = option(None, "where searches run (quant budget, sensitivity): local, ray or "
+                                  "ray://HOST:PORT (--executor; default local processes)")
     data: DataSettings = DataSettings()
     image: ImageSettings = ImageSettings()
     verify: VerifySettings = VerifySettings()
@@ -168,12 +172,15 @@ class Recipe:
         return self.updated(changes) if changes else self
 
 
+#: the keys above the sections.
+TOP_KEYS = ("pipeline", "executor")
 #: keys whose values are paths (rebased against the recipe's folder).
 PATH_KEYS = ("data.calibration", "data.evaluation", "data.labels", "outputs.model", "outputs.report")
-SECTIONS: dict[str, type] = {name: tp for name, tp in typing.get_type_hints(Recipe).items() if name != "pipeline"}
+SECTIONS: dict[str, type] = {name: tp for name, tp in typing.get_type_hints(Recipe).items()
+                             if name not in TOP_KEYS}
 
 #: every key, dotted: "pipeline", "data.calibration", ...
-ALL_KEYS = ["pipeline"] + [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
+ALL_KEYS = [*TOP_KEYS] + [f"{name}.{f.name}" for name, cls in SECTIONS.items() for f in dataclasses.fields(cls)]
 
 
 def _rebase(value: str, base: Path, relative: bool, *, labels: bool) -> str:
@@ -220,6 +227,8 @@ def loads(text: str, *, where: str = "recipe") -> Recipe:
             raise RecipeError(f"{where}: '{name}' must be a table, written [{name}]")
     if "pipeline" in top:
         _check_pipeline(top["pipeline"], where)
+    if top.get("executor") is not None:
+        _check_executor(top["executor"], where)
     return Recipe(**top)
 
 
@@ -230,6 +239,13 @@ def _check_pipeline(text: str, where: str) -> None:
         raise RecipeError(f"{where}: pipeline: {exc}") from None
 
 
+def _check_executor(text: str, where: str) -> None:
+    try:
+        executor_from(text)
+    except ExecutorError as exc:
+        raise RecipeError(f"{where}: executor: {exc}") from None
+
+
 def _values(cls: type, table: dict[str, Any], prefix: str, where: str) -> dict[str, Any]:
     return {name: _checked(cls, _field(cls, name, prefix + name, where), value, prefix + name, where)
             for name, value in table.items()}
@@ -237,8 +253,8 @@ def _values(cls: type, table: dict[str, Any], prefix: str, where: str) -> dict[s
 
 def _field(cls: type, name: str, key: str, where: str = "recipe") -> dataclasses.Field:
     fields = {f.name: f for f in dataclasses.fields(cls)}
-    known = ["pipeline", *SECTIONS] if cls is Recipe else sorted(fields)
-    if name not in fields or (cls is Recipe and name != "pipeline"):
+    known = [*TOP_KEYS, *SECTIONS] if cls is Recipe else sorted(fields)
+    if name not in fields or (cls is Recipe and name not in TOP_KEYS):
         prefix = key[: len(key) - len(name)]
         full = [prefix + k for k in known]
         hint = did_you_mean(key, ALL_KEYS + list(SECTIONS) if cls is Recipe else full)
@@ -320,6 +336,8 @@ def dumps(recipe: Recipe) -> str:
     lines = ["# graphc recipe: graphc opt MODEL --recipe THIS_FILE (docs/recipes.md)"]
     if recipe.pipeline is not None:
         lines.append(f"pipeline = {_toml(recipe.pipeline)}")
+    if recipe.executor is not None:
+        lines.append(f"executor = {_toml(recipe.executor)}")
     for name, cls in SECTIONS.items():
         section, default = getattr(recipe, name), cls()
         changed = [(f.name, getattr(section, f.name)) for f in dataclasses.fields(cls)

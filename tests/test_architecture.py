@@ -24,6 +24,7 @@ ROOT = Path(__file__).resolve().parents[1]
 #: lowest first; an import may point to its own layer or a lower one.
 LAYERS = (
     ("errors", "progress", "cpu", "metrics", "version"),
+    ("executor",),  # graphc/executor/: where searches run (local processes, Ray)
     ("ir",),
     ("calib", "runtime"),
     ("analysis", "verify", "bench", "stats"),

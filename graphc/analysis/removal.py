@@ -460,17 +460,28 @@ def mask_channels(graph: gs.Graph, group: ChannelGroup, indices) -> int:
     Works by tensor name, so ``graph`` may be a copy of the analysed graph. Returns the number
     of weights set to zero.
     """
+    return apply_mask(graph, mask_spec(group, indices))
+
+
+def mask_spec(group: ChannelGroup, indices) -> tuple[tuple[str, int, np.ndarray], ...]:
+    """What :func:`mask_channels` zeroes, as plain data (it pickles without the graph):
+    ``(tensor name, axis, positions along the axis)`` per producer weight or bias."""
     idx = np.unique(np.asarray(list(indices), dtype=np.int64))
+    return tuple((m.slot[0], m.slot[1], group.positions[m.slot][idx].reshape(-1))
+                 for m in group.role("producer", "bias") if m.slot in group.positions)
+
+
+def apply_mask(graph: gs.Graph, spec) -> int:
+    """Zero the positions of :func:`mask_spec` in ``graph``'s constants (by tensor name)."""
     tensors = graph.tensors()
     zeroed = 0
-    for m in group.role("producer", "bias"):
-        tensor = tensors.get(m.slot[0])
-        if not isinstance(tensor, gs.Constant) or m.slot not in group.positions:
+    for name, axis, pos in spec:
+        tensor = tensors.get(name)
+        if not isinstance(tensor, gs.Constant):
             continue
-        pos = group.positions[m.slot][idx].reshape(-1)
         values = np.array(tensor.values, copy=True)
         index = [slice(None)] * values.ndim
-        index[m.slot[1]] = pos
+        index[axis] = pos
         zeroed += int(values[tuple(index)].size)
         values[tuple(index)] = 0
         tensor.values = values

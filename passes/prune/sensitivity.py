@@ -8,8 +8,11 @@ unpruned model, ``10 log10(sum ref^2 / sum (ref - got)^2)``; the budget solver's
 ``allocation=sensitivity`` reads it as a noise curve ``10^(-SQNR/10)`` per group (zero at r = 0).
 
 Cost: one onnxruntime session per (group, ratio) over ``samples`` feeds held in memory with their
-reference outputs. Cases run on ``workers`` threads (onnxruntime releases the GIL while it runs),
-one intra-op thread each, so two cores work in parallel; a progress bar counts cases. The models
+reference outputs. Cases run on the executor in force (:mod:`graphc.executor`): locally on
+``workers`` threads (onnxruntime releases the GIL while it runs), one intra-op thread each, so two
+cores work in parallel; on Ray as tasks sharing one copy of the model, feeds and references. A
+case is plain data (the tensors and positions it zeroes), results come back in case order, and a
+progress bar counts cases. The models
 run through :mod:`graphc.verify.scores` (reference outputs once, then one score per case): no
 session is created here.
 """
@@ -18,22 +21,23 @@ from __future__ import annotations
 import logging
 import math
 import os
-from concurrent.futures import ThreadPoolExecutor
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 import numpy as np
 
 from graphc.analysis.channels import ChannelAnalysis, ChannelGroup, analyze_channels
-from graphc.analysis.removal import mask_channels
+from graphc.analysis.removal import apply_mask, mask_spec
 from graphc.calib.moments import channel_moments
 from graphc.errors import DataError, OptionError
+from graphc.executor import LocalExecutor, current as current_executor
+from graphc.ir import load, model_bytes
 from graphc.ir.model import Model
 from graphc.ir.shapes import infer_shapes
 from graphc.passes.prune.allocation import group_keys, short_label
 from graphc.passes.prune.importance import (CRITERIA, DATA_CRITERIA, activation_requests, bn_gammas,
                                            group_importance, removal_order)
-from graphc.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -146,28 +150,48 @@ def _take(data, samples: int | None) -> list[dict[str, np.ndarray]]:
     return feeds
 
 
+class _CaseJob:
+    """What every case shares: the model (as bytes; loaded once per process), feeds, references."""
+
+    def __init__(self, model: bytes, feeds, references):
+        self.model_bytes, self.feeds, self.references = model, feeds, references
+        self._model: Model | None = None
+        self._lock = threading.Lock()
+
+    def model(self) -> Model:
+        with self._lock:
+            if self._model is None:
+                self._model = load(self.model_bytes)
+            return self._model
+
+    def __getstate__(self) -> dict:
+        return {"model_bytes": self.model_bytes, "feeds": self.feeds, "references": self.references}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__init__(state["model_bytes"], state["feeds"], state["references"])
+
+
+def _score_case(job: _CaseJob, spec) -> float:
+    """The SQNR of the model with ``spec`` (:func:`mask_spec`) zeroed: +inf when exact
+    (EXACT_DB), -inf without signal."""
+    from graphc.verify.scores import score_outputs  # lazy: loads onnxruntime
+
+    masked = job.model().copy()
+    apply_mask(masked.graph, spec)
+    return score_outputs(masked, job.feeds, job.references, label="masked model", threads=1).sqnr
+
+
 def _run_cases(model: Model, feeds, cases, workers: int | None) -> None:
-    from graphc.verify.scores import reference_outputs, score_outputs  # lazy: loads onnxruntime
+    from graphc.verify.scores import reference_outputs  # lazy: loads onnxruntime
 
-    refs = reference_outputs(model, feeds, label="model")
-
-    def one(case) -> None:
-        row, ratio, group, indices = case
-        masked = model.copy()
-        mask_channels(masked.graph, group, indices)
-        score = score_outputs(masked, feeds, refs, label="masked model", threads=1)
-        row.sqnr_db[ratio] = score.sqnr  # +inf when exact (EXACT_DB), -inf without signal
-
-    workers = workers or min(2, os.cpu_count() or 1)
-    with progress_bar(len(cases), desc="sensitivity", unit="case") as bar:
-        if workers <= 1:
-            for case in cases:
-                one(case)
-                bar.update(1)
-            return
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for _ in pool.map(one, cases):
-                bar.update(1)
+    job = _CaseJob(model_bytes(model), feeds, reference_outputs(model, feeds, label="model"))
+    executor = current_executor()
+    if isinstance(executor, LocalExecutor):
+        executor = LocalExecutor(workers or min(2, os.cpu_count() or 1))
+    specs = [mask_spec(group, indices) for _, _, group, indices in cases]
+    sqnrs = executor.map(_score_case, job, specs, desc="sensitivity", unit="case", in_threads=True)
+    for (row, ratio, _, _), sqnr in zip(cases, sqnrs):
+        row.sqnr_db[ratio] = sqnr
 
 
 def format_sensitivity(report: SensitivityReport, *, top: int | None = None) -> str:

@@ -4,8 +4,9 @@ float model's, computed once (:mod:`graphc.verify.scores`: output SQNR and top-1
 
 What every evaluation shares (:class:`Job`: the float model's bytes, the feeds, the reference
 outputs, the activation ranges calibrated once on the float model, the fixed placement) is built
-on the first evaluation that is not cached. Independent evaluations run in a
-``ProcessPoolExecutor`` (``WORKERS`` processes, spawned, each given the job once).
+on the first evaluation that is not cached. Independent evaluations run on the executor in
+force (:mod:`graphc.executor`: by default two spawned processes, each given the job once;
+or Ray, the job put in its object store once); results come back in the order asked.
 
 Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
 feeds and the quant options (other than the budget), under ``$GRAPHC_CACHE_DIR`` or
@@ -19,24 +20,20 @@ import json
 import logging
 import os
 import tempfile
-from concurrent.futures import ProcessPoolExecutor, as_completed
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
-from multiprocessing import get_context
 from pathlib import Path
 
 import numpy as np
 
 from graphc.calib.data import open_data
 from graphc.errors import PassError
+from graphc.executor import current as current_executor
 from graphc.ir import load, model_bytes
 from graphc.passes.quant.quantizer import Quantizer, activation_names
 from graphc.passmanager import Context, PassResult
-from graphc.progress import progress
 
 log = logging.getLogger(__name__)
 
-WORKERS = 2
 MAX_FEEDS = 32
 CACHE_VERSION = 3
 
@@ -106,19 +103,6 @@ def allowed_positions(positions: frozenset[int] | None, graph, float_layers) -> 
         return None
     names = set(float_layers)
     return frozenset(i for i in positions if graph.nodes[i].name not in names)
-
-
-_WORKER_JOB: Job | None = None
-
-
-def _init_worker(job: Job) -> None:
-    global _WORKER_JOB
-    _WORKER_JOB = job
-
-
-def _evaluate_in_worker(float_layers: tuple[str, ...]) -> Score:
-    assert _WORKER_JOB is not None
-    return evaluate(_WORKER_JOB, float_layers)
 
 
 def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
@@ -205,22 +189,12 @@ class Budget:
         todo = [s for s in dict.fromkeys(map(tuple, float_sets))
                 if EvaluationCache.key_of(s) not in self.cache.values]
         self.cache.hits += len(set(map(tuple, float_sets))) - len(todo)
-        if len(todo) > 1 and WORKERS > 1:
-            try:
-                self._parallel(todo, desc)
-            except BrokenProcessPool as exc:  # e.g. a __main__ that spawned workers cannot import
-                log.warning("quant budget: worker processes failed (%s); evaluating in this process", exc)
-        for s in todo:
-            if EvaluationCache.key_of(s) not in self.cache.values:
-                self.cache.values[EvaluationCache.key_of(s)] = evaluate(self.job(), self.expand(s))
+        if todo:
+            scores = current_executor().map(evaluate, self.job(), [self.expand(s) for s in todo],
+                                  desc=desc, unit="layer")
+            for s, score in zip(todo, scores):
+                self.cache.values[EvaluationCache.key_of(s)] = score
         self.runs += len(todo)
         if todo:
             self.cache.save()
         return [self.cache.values[EvaluationCache.key_of(s)] for s in float_sets]
-
-    def _parallel(self, todo: list[tuple[str, ...]], desc: str) -> None:
-        with ProcessPoolExecutor(WORKERS, mp_context=get_context("spawn"), initializer=_init_worker,
-                                 initargs=(self.job(),)) as pool:
-            futures = {pool.submit(_evaluate_in_worker, self.expand(s)): s for s in todo}
-            for future in progress(as_completed(futures), total=len(futures), desc=desc, unit="layer"):
-                self.cache.values[EvaluationCache.key_of(futures[future])] = future.result()

@@ -1,0 +1,81 @@
+"""The executor interface without Ray: the local executor keeps the order of the items whatever
+order tasks finish in (processes and threads), an error raised in a task reaches the caller as
+itself, ``--executor`` and the recipe key are checked, and without Ray installed
+``--executor ray`` is a one-line error naming the extra (exit 2)."""
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from executor_nets import failing, scaled, write_case
+from graphc.cli import main
+from graphc.errors import DataError, ExecutorError, RecipeError
+from graphc.executor import LocalExecutor, RayExecutor, current, executor_from, using
+from graphc.recipe import dumps, loads
+
+ITEMS = [(i, 0.05 * (4 - i)) for i in range(4)]  # the first item finishes last
+
+
+@pytest.mark.parametrize("in_threads", [False, True])
+def test_local_results_come_back_in_item_order(in_threads):
+    results = LocalExecutor(2).map(scaled, 2.0, ITEMS, in_threads=in_threads)
+    assert results == [(i, 2.0 * i) for i in range(4)]
+
+
+def test_one_worker_runs_in_this_process():
+    assert LocalExecutor(1).map(scaled, 3.0, ITEMS) == [(i, 3.0 * i) for i in range(4)]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_graphc_error_in_a_task_is_raised_as_itself(workers):
+    with pytest.raises(DataError, match="task 2: bad sample"):
+        LocalExecutor(workers).map(failing, None, [0, 1, 2, 3])
+
+
+def test_executor_names_and_the_executor_in_force():
+    assert executor_from(None) is None
+    assert executor_from("local") == LocalExecutor()
+    assert executor_from("ray") == RayExecutor()
+    assert executor_from("ray://10.0.0.1:10001") == RayExecutor(address="ray://10.0.0.1:10001")
+    for bad in ("spark", "ray://", "Ray"):
+        with pytest.raises(ExecutorError, match="unknown executor"):
+            executor_from(bad)
+    assert current() == LocalExecutor()
+    with using(RayExecutor(num_cpus=1)) as inside:
+        assert current() is inside and inside == RayExecutor(num_cpus=1)
+        with using(None):
+            assert current() is inside
+    assert current() == LocalExecutor()
+
+
+def test_recipe_executor_key_is_checked_and_written_back():
+    recipe = loads('executor = "ray://head:10001"\npipeline = "cleanup"\n')
+    assert recipe.executor == "ray://head:10001"
+    assert loads(dumps(recipe)) == recipe
+    with pytest.raises(RecipeError, match="executor: unknown executor 'spark'"):
+        loads('executor = "spark"\n')
+
+
+def test_cli_rejects_an_unknown_executor(tmp_path, capsys):
+    model, data = write_case(tmp_path)
+    assert main(["sensitivity", str(model), "--data", str(data), "--executor", "spark"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "unknown executor 'spark'" in err
+
+
+@pytest.mark.parametrize("command", ["sensitivity", "opt"])
+def test_without_ray_the_ray_executor_is_a_one_line_error_naming_the_extra(tmp_path, capsys, monkeypatch,
+                                                                          command):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    model, data = write_case(tmp_path)
+    out = tmp_path / "out.onnx"
+    args = (["sensitivity", str(model), "--data", str(data)] if command == "sensitivity" else
+            ["opt", str(model), "-p", "quant{placement=all per-channel=false min-sqnr=30}", "--data", str(data),
+             "-o", str(out)])
+    before = model.read_bytes()
+    assert main([*args, "--executor", "ray"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pip install 'graphc[ray]'" in err, err
+    assert not out.exists() and model.read_bytes() == before
