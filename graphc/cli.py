@@ -293,6 +293,16 @@ def build_parser() -> argparse.ArgumentParser:
     _executor_option(sens, default="local")
     _common(sens)
 
+    swp = sub.add_parser("sweep", help="many models x many recipes as one job: every output, one summary "
+                                       "table with the Pareto front; re-runs skip finished combinations")
+    swp.add_argument("--model", metavar="IN", nargs="+", required=True, help="the models")
+    swp.add_argument("--recipe", metavar="R.toml", nargs="+", required=True, help="the recipes")
+    swp.add_argument("-o", "--output", metavar="DIR", required=True,
+                     help="folder of the outputs (DIR/<model>--<recipe>/) and summary.{json,md,html}")
+    swp.add_argument("--bench", action="store_true", help="measure every result's latency")
+    _executor_option(swp, default="local")
+    _common(swp)
+
     passes = sub.add_parser("passes", help="list every pass and its options")
     fmt = passes.add_mutually_exclusive_group()
     fmt.add_argument("--markdown", action="store_true", help="the pass reference, as in docs/passes.md")
@@ -484,9 +494,23 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    # lazy: a command imports only what it needs (CLI start-up time)
+    from graphc.executor import executor_from
+    from graphc.sweep import summary_markdown, sweep
+
+    for path in args.model + args.recipe:
+        if not Path(path).is_file():
+            raise UsageError(f"{path}: no such file")
+    summary = sweep(args.model, args.recipe, args.output, bench=args.bench, executor=executor_from(args.executor))
+    _say(args, summary_markdown(summary.rows).rstrip() + f"\n{summary.ran} run, {summary.skipped} already "
+               f"finished; summary: {Path(args.output) / 'summary.html'}")
+    return EXIT_OK
+
+
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "opt": cmd_opt, "inspect": cmd_inspect, "verify": cmd_verify, "bench": cmd_bench, "passes": cmd_passes,
-    "sensitivity": cmd_sensitivity,
+    "sensitivity": cmd_sensitivity, "sweep": cmd_sweep,
 }
 
 

@@ -32,7 +32,7 @@ LAYERS = (
     ("rewrite",),
     ("passes",),
     ("graphc",),  # graphc/__init__.py: the public API (it names graphc.passes to the registry)
-    ("build", "recipe", "report", "execute"),
+    ("build", "recipe", "report", "execute", "sweep"),
     ("cli",),
 )
 RANK = {part: rank for rank, parts in enumerate(LAYERS) for part in parts}
