@@ -74,6 +74,10 @@ class Quantize(Pass):
                                   "dynamic (u8 ranges computed at run time, MatMul/Gemm only, no data "
                                   "needed; chosen by itself when there is no --data)",
                                   choices=("u8", "s8", "dynamic"))
+        outlier_channels: int = option(8, "activations=dynamic with --data: at most this many input channels "
+                                       "per MatMul/Gemm whose calibrated max |x| exceeds 6x the median "
+                                       "channel's stay float (a thin float MatMul beside the int8 one); 0: none",
+                                       min=0, max=64)
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
         symmetric_activations: bool = option(False, "zero point 0 (s8) / 128 (u8) for activations")

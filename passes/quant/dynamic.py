@@ -48,6 +48,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, is_standard_op, node_label, node_macs
 from graphc.passes.quant.embedding import quantize_embeddings
+from graphc.passes.quant.outliers import OutlierSplit, measure_outliers
 from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import weight_kn, weight_of
 from graphc.passmanager import Context, PassResult
@@ -187,11 +188,13 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
         graph = ctx.graph  # new node objects
     targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result)
     writer = DynamicWriter(graph, opts.per_channel)
+    # with --data: the few outlier input channels of each MatMul stay float (passes/quant/outliers.py)
+    split = OutlierSplit(graph, measure_outliers(ctx, targets, opts.samples, opts.outlier_channels, result))
     for target in targets:
         result.count(f"quantized_{target.node.op}")
         result.details.append({"node": target.node.name or node_label(target.node), "op": target.node.op,
                                "precision": "int8 dynamic"})
-        writer.rewrite(target)
+        writer.rewrite(split.apply(target))
     tables = quantize_embeddings(graph, opts.exclude, result)
     lstms = quantize_lstms(graph, opts, result)
     if not targets and not tables and not lstms:
