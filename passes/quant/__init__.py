@@ -24,9 +24,12 @@ Steps 1-5 are :class:`graphc.passes.quant.quantizer.Quantizer`, which the error 
 
 ``activations=dynamic`` is the other mode (:mod:`graphc.passes.quant.dynamic`): int8
 per-channel MatMul/Gemm weights, activations quantized at run time (DynamicQuantizeLinear +
-MatMulInteger, which onnxruntime fuses into its DynamicQuantizeMatMul kernel), no calibration.
-``-p quant`` without ``--data`` runs it by itself (one log line says so) unless an option needs
-data (an error budget, bias correction).
+MatMulInteger, which onnxruntime fuses into its DynamicQuantizeMatMul kernel), no calibration;
+with ``--data``, the few outlier input channels of each MatMul stay float
+(:mod:`graphc.passes.quant.outliers`). ``-p quant`` without ``--data`` runs it by itself (one log
+line says so) unless an option needs data (an error budget, bias correction). The default
+``activations=auto`` (:mod:`graphc.passes.quant.mode`) picks static or dynamic with data: dynamic
+where MatMul/Gemm with constant weights hold most of the MACs (transformers), static otherwise.
 
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
@@ -45,6 +48,7 @@ from graphc.errors import DataError
 from graphc.ir import is_standard_op
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
+from graphc.passes.quant.mode import choose_activations
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
 from graphc.passes.quant.weights_only import check_options, run_weights_only
@@ -70,10 +74,11 @@ class Quantize(Pass):
         calib: str = option("kl", "range calibration method", choices=("kl", "minmax", "percentile", "mse"))
         percentile: float = option(99.99, "percentile of |x| kept by calib=percentile", min=50.0, max=100.0)
         bits: int = option(8, "integer bits of weights and activations", min=2, max=8)
-        activations: str = option("u8", "activation integers: u8/s8 static (ranges calibrated on --data); "
+        activations: str = option("auto", "activation integers: u8/s8 static (ranges calibrated on --data); "
                                   "dynamic (u8 ranges computed at run time, MatMul/Gemm only, no data "
-                                  "needed; chosen by itself when there is no --data)",
-                                  choices=("u8", "s8", "dynamic"))
+                                  "needed); auto: dynamic without --data, and with it when MatMul/Gemm "
+                                  "with constant weights hold most MACs (transformers), else u8",
+                                  choices=("auto", "u8", "s8", "dynamic"))
         outlier_channels: int = option(8, "activations=dynamic with --data: at most this many input channels "
                                        "per MatMul/Gemm whose calibrated max |x| exceeds 6x the median "
                                        "channel's stay float (a thin float MatMul beside the int8 one); 0: none",
@@ -139,6 +144,13 @@ class Quantize(Pass):
             return run_dynamic(self, graph, ctx)
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
+        if self.options.activations == "auto":
+            mode, why = choose_activations(self, graph, ctx)
+            log.info("quant: activations=auto -> %s", why)
+            chosen = Quantize(dataclasses.replace(self.options, activations=mode))
+            result = chosen.run(graph, ctx)
+            result.stats["activations_auto"] = why
+            return result
         if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
             return run_with_budget(Quantizer(self.options), graph, ctx)
         return Quantizer(self.options).quantize(graph, ctx, result)
