@@ -77,20 +77,25 @@ def choose_activations(quant_pass, graph: gs.Graph, ctx: Context) -> tuple[str, 
     if not total or share < DYNAMIC_SHARE:
         return "u8", f"static: MatMul/Gemm the dynamic mode would rewrite hold {share:.0%} of the MACs"
     scores = {mode: _measured_sqnr(quant_pass, mode, ctx) for mode in ("u8", "dynamic")}
-    mode = max(scores, key=lambda m: scores[m])
+    text = {m: f"{s:.1f} dB" if s is not None else "nothing quantized" for m, s in scores.items()}
+    # a candidate that quantized nothing is the float model: most accurate, and no faster
+    measured = {m: s for m, s in scores.items() if s is not None}
+    mode = max(measured, key=lambda m: measured[m]) if measured else "u8"
     return mode, (f"{'dynamic' if mode == 'dynamic' else 'static'}: output SQNR on the calibration data "
-                  f"static {scores['u8']:.1f} dB, dynamic {scores['dynamic']:.1f} dB (MatMul/Gemm the "
+                  f"static {text['u8']}, dynamic {text['dynamic']} (MatMul/Gemm the "
                   f"dynamic mode rewrites hold {share:.0%} of the MACs)")
 
 
-def _measured_sqnr(quant_pass, mode: str, ctx: Context) -> float:
-    """Output SQNR (dB) on the first ``MAX_FEEDS`` calibration feeds of a copy quantized in ``mode``."""
+def _measured_sqnr(quant_pass, mode: str, ctx: Context) -> float | None:
+    """Output SQNR (dB) on the first ``MAX_FEEDS`` calibration feeds of a copy quantized in
+    ``mode``; None when that mode quantizes nothing."""
     # lazy: loads onnxruntime, needed only when both modes are candidates
     from graphc.verify.scores import reference_outputs, score_outputs
 
     feeds = [dict(f) for _, f in zip(range(quant_pass.options.samples or MAX_FEEDS), ctx.data)]
     work = Context(ctx.model.copy(), data=ctx.data, input_shapes=ctx.input_shapes, seed=ctx.seed)
-    type(quant_pass)(dataclasses.replace(quant_pass.options, activations=mode)).run(work.graph, work)
+    if not type(quant_pass)(dataclasses.replace(quant_pass.options, activations=mode)).run(work.graph, work).modified:
+        return None
     work.graph.cleanup().toposort()
     references = reference_outputs(ctx.model, feeds, label="float model (activations=auto)")
     return score_outputs(work.model, feeds, references, label=f"quant {mode} (activations=auto)").sqnr
