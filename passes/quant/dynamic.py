@@ -150,7 +150,8 @@ class DynamicWriter:
             self.quantized[x.name] = outs
         return self.quantized[x.name]
 
-    def rewrite(self, target: DynamicTarget) -> None:
+    def rewrite(self, target: DynamicTarget) -> tuple[gs.Constant, gs.Constant]:
+        """Writes ``target``'s dynamic form; returns its int8 weight and weight scale constants."""
         node = target.node
         base = node.name or node.outputs[0].name
         q, scale = dynamic_weights(target.w_kn, self.per_channel)
@@ -161,14 +162,15 @@ class DynamicWriter:
             else None
         out = node.outputs[0]
         scaled = self._var(f"{base}_scaled", FLOAT) if bias is not None else out
-        self._new("MatMulInteger", f"{base}_MatMulInteger",
-                  [xq, gs.Constant(self.names(f"{base}_weight_quantized"), q), zx], [acc])
+        wq, ws = gs.Constant(self.names(f"{base}_weight_quantized"), q), gs.Constant(self.names(f"{base}_weight_scale"), scale)
+        self._new("MatMulInteger", f"{base}_MatMulInteger", [xq, wq, zx], [acc])
         self._new("Cast", f"{base}_Cast", [acc], [accf], to=CAST_TO_FLOAT)
-        self._new("Mul", f"{base}_scale_Mul", [sx, gs.Constant(self.names(f"{base}_weight_scale"), scale)], [both])
+        self._new("Mul", f"{base}_scale_Mul", [sx, ws], [both])
         self._new("Mul", f"{base}_rescale", [accf, both], [scaled])
         if bias is not None:
             self._new("Add", f"{base}_bias", [scaled, self._bias(node, bias)], [out])
         node.inputs, node.outputs = [], []
+        return wq, ws
 
     def _bias(self, node: gs.Node, bias: gs.Tensor) -> gs.Tensor:
         beta = float(node.attrs.get("beta", 1.0))
@@ -194,7 +196,7 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
         result.count(f"quantized_{target.node.op}")
         result.details.append({"node": target.node.name or node_label(target.node), "op": target.node.op,
                                "precision": "int8 dynamic"})
-        writer.rewrite(split.apply(target))
+        split.apply(target, writer.rewrite)
     tables = quantize_embeddings(graph, opts.exclude, result)
     lstms = quantize_lstms(graph, opts, result)
     if not targets and not tables and not lstms:

@@ -12,14 +12,16 @@ dynamic int8 holds mean embedding cosine 0.9937; the error is spread over every 
 The split. With ``O`` the outlier channels of ``x`` (last axis) and ``R`` the rest::
 
     x W = x_R W_R + x_O W_O
-        = DynamicQuantizeMatMul(x * m, W with rows O zeroed) + MatMul(Gather(x, O, axis=-1), W[O, :])
+        ~ DynamicQuantizeMatMul(x * m, Wq sW) + MatMul(Gather(x, O, axis=-1), Wq[O, :] sW)
 
-``m`` is 1 on ``R`` and 0 on ``O``. The zeroed channels quantize to the zero point exactly (the
-dynamic range always holds 0), so they add exactly nothing to the integer sum, and the range of
-``x * m`` is that of ``R`` alone: the activation step shrinks by ``max|x| / max|x_R|``. The weight
-scales of the integer part are computed without the rows ``O`` (they are zero there). ``x_O W_O``
-is a float MatMul of ``|O|`` (at most ``MAX_OUTLIERS``) rows, exact up to float rounding; the two
-parts are summed by one Add. One Mul, one Gather (and one DynamicQuantizeLinear) per activation
+``m`` is 1 on ``R`` and 0 on ``O``; ``Wq sW`` is the int8 per-column weight the plain dynamic form
+uses. The masked channels quantize to the zero point exactly (the dynamic range always holds 0),
+so they add exactly nothing to the integer sum, and the range of ``x * m`` is that of ``R``
+alone: the activation step shrinks by ``max|x| / max|x_R|``. ``x_O`` stays float and meets the
+dequantized int8 rows ``O`` of the same weight (Gather, Cast, Mul of constants, which onnxruntime
+folds when the session loads: the file holds no second copy of them; the mask is stored as
+uint8 and cast the same way); that thin MatMul of ``|O|`` (at most ``MAX_OUTLIERS``) rows only
+has the weight's rounding. The two parts are summed by one Add. One Mul, one Gather (and one DynamicQuantizeLinear) per activation
 tensor serve every MatMul that reads it (Q, K and V read one LayerNorm output).
 
 Which channels: measured on the calibration data (:func:`graphc.calib.channel_max.channel_absmax`,
@@ -29,7 +31,6 @@ tensor with no such channel is left to plain dynamic quantization. Without data 
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 
 import numpy as np
@@ -46,6 +47,8 @@ OUTLIER_RATIO = 6.0
 #: at most this many outlier channels per tensor (the float side path stays a thin MatMul)
 MAX_OUTLIERS = 8
 FLOAT = np.float32
+#: Cast's ``to`` for float32 and uint8 (TensorProto.FLOAT, UINT8)
+CAST_TO_FLOAT = 1
 
 
 def outlier_channels(absmax: np.ndarray, ratio: float = OUTLIER_RATIO,
@@ -78,9 +81,12 @@ class OutlierSplit:
     def _parts(self, x: gs.Tensor, k: int) -> tuple[gs.Variable, gs.Variable]:
         if x.name not in self._split:
             idx = self.channels[x.name]
-            mask = np.ones(k, FLOAT)
-            mask[idx] = 0.0
-            rest = self._node("Mul", f"{x.name}_inlier_Mul", [x, gs.Constant(self.names(f"{x.name}_inlier_mask"), mask)],
+            mask = np.ones(k, np.uint8)
+            mask[idx] = 0
+            # stored as uint8 (a Cast of a constant: folded when the session loads)
+            m = self._node("Cast", f"{x.name}_inlier_mask_Cast", [gs.Constant(self.names(f"{x.name}_inlier_mask"), mask)],
+                           gs.Variable(self.names(f"{x.name}_inlier_mask_f"), dtype=FLOAT), to=CAST_TO_FLOAT)
+            rest = self._node("Mul", f"{x.name}_inlier_Mul", [x, m],
                               gs.Variable(self.names(f"{x.name}_inliers"), dtype=FLOAT))
             out = self._node("Gather", f"{x.name}_outlier_Gather",
                              [x, gs.Constant(self.names(f"{x.name}_outlier_index"), idx)],
@@ -88,27 +94,33 @@ class OutlierSplit:
             self._split[x.name] = (rest, out)
         return self._split[x.name]
 
-    def apply(self, target):
-        """The target to hand the dynamic writer: unchanged when its input has no outliers, else
-        reading ``x * m`` with rows ``O`` of the weight zeroed, its output summed with ``x_O W_O``."""
+    def apply(self, target, write) -> None:
+        """Write ``target`` with ``write`` (the dynamic writer's ``rewrite``, which returns the int8
+        weight and its scale); when its input has outliers, the writer reads ``x * m`` and a float
+        MatMul adds ``x_O W_O``, ``W_O`` dequantized from those int8 rows by constant ops (folded
+        when the session loads, so the file stores no second copy)."""
         node = target.node
         x = node.inputs[0]
         idx = self.channels.get(x.name)
         if idx is None or idx.size == 0:
-            return target
+            write(target)
+            return
         rest, out = self._parts(x, target.w_kn.shape[0])
         base = node.name or node.outputs[0].name
-        side = self._node("MatMul", f"{base}_outlier_MatMul",
-                          [out, gs.Constant(self.names(f"{base}_outlier_weight"), target.w_kn[idx].astype(FLOAT))],
-                          gs.Variable(self.names(f"{base}_outlier_out"), dtype=FLOAT))
         y = node.outputs[0]
         main = gs.Variable(self.names(f"{base}_inlier_out"), dtype=FLOAT)
         node.outputs = [main]
         node.inputs[0] = rest
+        wq, scale = write(target)
+        rows = self._node("Gather", f"{base}_outlier_rows", [wq, gs.Constant(self.names(f"{base}_outlier_index"), idx)],
+                          gs.Variable(self.names(f"{base}_outlier_rows_q"), dtype=np.int8), axis=0)
+        rows = self._node("Cast", f"{base}_outlier_rows_Cast", [rows],
+                          gs.Variable(self.names(f"{base}_outlier_rows_f"), dtype=FLOAT), to=CAST_TO_FLOAT)
+        w_o = self._node("Mul", f"{base}_outlier_rows_Mul", [rows, scale],
+                         gs.Variable(self.names(f"{base}_outlier_weight"), dtype=FLOAT))
+        side = self._node("MatMul", f"{base}_outlier_MatMul", [out, w_o],
+                          gs.Variable(self.names(f"{base}_outlier_out"), dtype=FLOAT))
         self._node("Add", f"{base}_outlier_Add", [main, side], y)
-        w_kn = np.array(target.w_kn, copy=True)
-        w_kn[idx] = 0.0
-        return dataclasses.replace(target, w_kn=w_kn)
 
 
 def measure_outliers(ctx: Context, targets, samples: int | None, limit: int,

@@ -79,11 +79,14 @@ def test_split_with_data_keeps_outliers_float(tmp_path):
     assert record.stats["outlier_channels_float"] == len(OUTLIERS)
     assert op_count(out, "MatMulInteger") == 2
     assert op_count(out, "DynamicQuantizeLinear") == 1          # shared by q and k
-    assert op_count(out, "Gather") == 1 and op_count(out, "MatMul") == 2  # the float x_O W_O of each
-    gather = next(n for n in out.graph.nodes if n.op == "Gather")
-    assert gather.inputs[1].values.tolist() == list(OUTLIERS)
-    mask = next(n for n in out.graph.nodes if n.op == "Mul" and n.inputs[0].name == "x").inputs[1].values
-    assert np.flatnonzero(mask == 0).tolist() == list(OUTLIERS)
+    # x_O gathered once; the int8 rows O of each weight gathered (constant: folded at load)
+    assert op_count(out, "Gather") == 3 and op_count(out, "MatMul") == 2  # the float x_O W_O of each
+    gathers = [n for n in out.graph.nodes if n.op == "Gather"]
+    assert all(g.inputs[1].values.tolist() == list(OUTLIERS) for g in gathers)
+    assert sum(g.inputs[0].name == "x" for g in gathers) == 1
+    cast = next(n for n in out.graph.nodes if n.op == "Mul" and n.inputs[0].name == "x").inputs[1].inputs[0]
+    mask = cast.inputs[0].values
+    assert mask.dtype == np.uint8 and np.flatnonzero(mask == 0).tolist() == list(OUTLIERS)
     assert_valid(out, tmp_path)
     records = [d for d in record.details if "outlier_channels" in d]
     assert sorted(d["node"] for d in records) == ["k", "q"]
@@ -95,8 +98,8 @@ def test_split_with_data_keeps_outliers_float(tmp_path):
 
 
 def test_split_matches_numpy():
-    """q = DynamicQuantizeMatMul(x * m, Wq with rows O zeroed) + x_O Wq[O]: the same arithmetic in
-    numpy (u8 asymmetric range including 0, int8 symmetric per-column weights)."""
+    """q = DynamicQuantizeMatMul(x * m, Wq sW) + x_O (Wq[O] sW): the same arithmetic in numpy (u8
+    asymmetric range including 0, int8 symmetric per-column weights)."""
     model = _graph()
     out, _ = _quant(model, "quant{activations=dynamic}", data=_feeds(8, 0))
     x = _feeds(1, 3)[0]["x"]
@@ -108,10 +111,9 @@ def test_split_matches_numpy():
     sx = np.float32((hi - lo) / 255.0)
     zx = np.clip(np.round(-lo / sx), 0, 255)
     xq = np.clip(np.round(xr / sx) + zx, 0, 255)
-    wr = w * keep[:, None]
-    sw = np.where(np.abs(wr).max(0) > 0, np.abs(wr).max(0) / 127.0, 1.0)
-    wq = np.clip(np.round(wr / sw), -127, 127)
-    expected = ((xq - zx) @ wq) * (sx * sw) + x[:, list(OUTLIERS)].astype(np.float64) @ w[list(OUTLIERS)]
+    sw = np.abs(w).max(0) / 127.0
+    wq = np.clip(np.round(w / sw), -127, 127)
+    expected = ((xq - zx) @ wq) * (sx * sw) + x[:, list(OUTLIERS)].astype(np.float64) @ (wq[list(OUTLIERS)] * sw)
     got = run(out, {"x": x})[0]
     np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
@@ -183,3 +185,21 @@ def test_static_only_options():
     ctx = Context(model, data=open_data(_feeds(2, 0), model))
     mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=20.0)), model.graph, ctx)
     assert mode == "u8" and "error budget" in why
+
+
+# -- embedding row scales (passes/quant/embedding.py) ---------------------------------------
+
+
+def test_embedding_row_scales_half_when_they_fit():
+    from graphc.passes.quant.embedding import int8_rows
+
+    table = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
+    q, scale = int8_rows(table)
+    assert scale.dtype == np.float16 and scale.shape == (300, 1)
+    exact = np.abs(table.astype(np.float64)).max(axis=1, keepdims=True) / 127
+    assert np.all(scale.astype(np.float64) >= exact) and np.all(scale.astype(np.float64) <= exact * (1 + 2 ** -10))
+    assert np.abs(q).max() <= 127
+    assert np.all(np.abs(q * scale.astype(np.float64) - table) <= scale.astype(np.float64) / 2 + 1e-7)
+    table[7] *= 1e-6  # a row whose scale is below float16's normal range
+    _, scale = int8_rows(table)
+    assert scale.dtype == np.float32
