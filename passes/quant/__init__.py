@@ -98,6 +98,10 @@ class Quantize(Pass):
                                              "top-1 predictions (argmax over the class axis of [N, C] or "
                                              "[N, T, C] outputs) disagree with the float model's on at most "
                                              "this fraction of the calibration positions", min=0.0, max=1.0)
+        min_cosine: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                          "mean cosine of the output rows (axis 0: one per sample or "
+                                          "embedding) with the float model's, on the calibration data, is "
+                                          "at least this", min=0.0, max=1.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
@@ -127,7 +131,8 @@ class Quantize(Pass):
         """Without --data, static quantization becomes dynamic (nothing to calibrate) unless an
         option needs the data (an error budget, bias correction)."""
         opts = self.options
-        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.bias_correction:
+        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.min_cosine is not None \
+                or opts.bias_correction:
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
                     "(activation ranges computed at run time; quant{activations=dynamic})")
@@ -151,7 +156,8 @@ class Quantize(Pass):
             result = chosen.run(graph, ctx)
             result.stats["activations_auto"] = why
             return result
-        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
+        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None \
+                or self.options.min_cosine is not None:
             return run_with_budget(Quantizer(self.options), graph, ctx)
         return Quantizer(self.options).quantize(graph, ctx, result)
 
