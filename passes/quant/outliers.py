@@ -47,7 +47,7 @@ OUTLIER_RATIO = 6.0
 #: at most this many outlier channels per tensor (the float side path stays a thin MatMul)
 MAX_OUTLIERS = 8
 FLOAT = np.float32
-#: Cast's ``to`` for float32 and uint8 (TensorProto.FLOAT, UINT8)
+#: Cast's ``to`` for float32 (TensorProto.FLOAT)
 CAST_TO_FLOAT = 1
 
 
