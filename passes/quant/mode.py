@@ -3,13 +3,20 @@ for the model at hand.
 
 - Without ``--data`` there is nothing to calibrate: dynamic (:meth:`Quantize.without_data`,
   which says so in one line).
-- With ``--data``, when the MatMul/Gemm the dynamic mode would put on integers (a
-  constant 2-D weight, at least ``MIN_MACS`` multiply-adds at the cost shapes with
-  ``placement=auto``: :func:`graphc.passes.quant.dynamic.dynamic_targets`) hold at least ``DYNAMIC_SHARE`` of the multiply-adds of the model's
-  Conv/ConvTranspose/MatMul/Gemm at the cost shapes (a transformer: 95% on all-MiniLM-L6-v2;
-  the outlier channels are then measured on the data, :mod:`graphc.passes.quant.outliers`);
-  otherwise **static** QDQ (u8 activations calibrated on the data: convolutional networks, where
-  dynamic would quantize nothing - PP-OCR det/rec/cls have no MatMul with a constant weight).
+- With ``--data``, when the MatMul/Gemm the dynamic mode would put on integers (a constant 2-D
+  weight, at least ``MIN_MACS`` multiply-adds at the cost shapes with ``placement=auto``:
+  :func:`graphc.passes.quant.dynamic.dynamic_targets`) hold at least ``DYNAMIC_SHARE`` of the
+  multiply-adds of the model's Conv/ConvTranspose/MatMul/Gemm at the cost shapes (a transformer:
+  98% on all-MiniLM-L6-v2), both modes are measured: a copy is quantized static and another
+  dynamic (outlier channels measured on the data, :mod:`graphc.passes.quant.outliers`), each is
+  scored against the float model on the first ``MAX_FEEDS`` calibration feeds, and the higher
+  output SQNR wins (a mode that quantizes nothing is out: it is the float model). Speed is
+  not compared between the two: each keeps its own guard against being slower than float
+  (static: the speed model's placement; dynamic: only MatMuls of at least ``MIN_MACS``, the
+  measured break-even).
+- Otherwise **static** QDQ, without measuring the other mode (convolutional networks, where
+  dynamic would quantize next to nothing - PP-OCR det/rec/cls have no MatMul with a constant
+  weight).
 - Options that only static quantization has (an error budget, bias correction, ``bits`` < 8,
   u8 weights, symmetric activations) make it static.
 
