@@ -159,8 +159,8 @@ class PassManager:
                 with _collector_paused():
                     self._check(step, ctx, after)
         except DeadlineReached:
-            raise PassTimeoutError(f"pass '{step.name}' stopped after {deadline.elapsed:.1f} s: over the "
-                                   f"limit of {self.max_seconds:g} s (max-seconds){after}",
+            raise PassTimeoutError(f"pass '{step.name}' exceeded --max-seconds {self.max_seconds:g} "
+                                   f"(stopped after {deadline.elapsed:.1f} s){after}",
                                    pass_name=step.name) from None
         record = PassRecord(step.name, text, result.modified, wall, peak, nodes_before,
                             len(all_nodes(ctx.graph)), result.stats, result.skipped, result.details)
