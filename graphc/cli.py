@@ -217,6 +217,9 @@ def _opt_parser(sub: Any) -> None:
                    help="plot this tensor's activation histogram in the report (repeatable)")
     g.add_argument("--no-layer-errors", dest="layer_errors", action="store_false", default=None,
                    help="do not measure each layer's error for the report")
+    g = opt.add_argument_group("limits")
+    g.add_argument("--max-seconds", type=_number(0.001), metavar="S",
+                   help="wall-clock limit of each pass; a pass over it stops the build and nothing is written")
     _common(opt)
 
 
@@ -303,6 +306,7 @@ OPT_FLAGS = {
     "min_top1": "gates.min_top1", "max_top1_drop": "gates.max_top1_drop", "min_speedup": "gates.min_speedup",
     "bench": "bench.enabled", "bench_threads": "bench.threads", "bench_rounds": "bench.rounds",
     "bench_warmup": "bench.warmup", "layer_errors": "outputs.layer_errors",
+    "max_seconds": "limits.max_seconds",
 }
 
 
