@@ -503,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    logger = logging.getLogger("graphc")
+    level_before = logger.level
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -529,6 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return EXIT_USAGE
+    finally:  # an in-process call (a build script, a test) leaves the caller's logging as it was
+        for handler in [h for h in logger.handlers if getattr(h, "_graphc_cli", False)]:
+            logger.removeHandler(handler)
+        logger.setLevel(level_before)
 
 
 def run_main() -> None:  # pragma: no cover - what a `python -m graphc.cli` would call
