@@ -15,8 +15,12 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """The five numbers: parameters, file size, MACs, error / task metric, latency."""
     s = report["summary"]
     rows = []
-    for key, label, fmt in (("params", "parameters", human_count), ("file_bytes", "file size", human_bytes)):
-        pair = s[key]
+    for key, label, fmt in (("params", "parameters", human_count), ("file_bytes", "file size", human_bytes),
+                            ("zlib_bytes", "zipped (zlib)", human_bytes),
+                            ("entropy_coded_bytes", "entropy-coded", human_bytes)):
+        pair = s.get(key)
+        if pair is None:
+            continue
         rows.append([label, fmt(pair["before"]) if pair["before"] is not None else "?",
                      fmt(pair["after"]) if pair["after"] is not None else "-", change(pair["before"], pair["after"])])
     macs = s["macs"]

@@ -12,6 +12,10 @@ the output error when inputs are uncorrelated - the diagonal of the OBS/GPTQ Hes
   of the sorted centres: the importance does not change which centre is nearest), move each centre
   to the ``h``-weighted mean of its weights; stop when no assignment changes (or ``iterations``).
   The returned assignment is the nearest-centre one for the returned codebook.
+- restarts: Lloyd's iterations stop in local optima (on a 128-weight layer with input mean
+  squares spread over e^-6..e^6, single k-means++ starts ended 15-40% apart), so Lloyd runs from
+  the h-weighted quantiles and from ``restarts`` k-means++ seedings, and the codebook with the
+  lowest objective is kept.
 When there are at most k distinct values, the codebook is those values and the coding is exact.
 """
 from __future__ import annotations
@@ -49,7 +53,7 @@ def _seed(values: np.ndarray, h: np.ndarray, k: int, rng: np.random.Generator) -
 
 
 def kmeans_1d(values: np.ndarray, k: int, importance: np.ndarray | None = None, *, seed: int = 0,
-              iterations: int = 50) -> Codebook:
+              iterations: int = 50, restarts: int = 4) -> Codebook:
     """The codebook of at most ``k`` centres and the nearest-centre assignment of ``values``."""
     values = np.asarray(values, dtype=np.float64).reshape(-1)
     distinct = np.unique(values)
@@ -58,7 +62,24 @@ def kmeans_1d(values: np.ndarray, k: int, importance: np.ndarray | None = None, 
     h = np.ones_like(values) if importance is None else np.asarray(importance, np.float64).reshape(-1)
     h = np.maximum(h, 1e-12 * max(float(h.max()), 1e-30))
     rng = np.random.default_rng(seed)
-    centres = _seed(values, h, k, rng)
+    starts = [_quantiles(values, h, k)] + [_seed(values, h, k, rng) for _ in range(restarts)]
+    books = [_lloyd(values, h, centres, iterations) for centres in starts]
+    return min(books, key=lambda book: (_objective(values, h, book), len(book.centres)))
+
+
+def _objective(values: np.ndarray, h: np.ndarray, book: Codebook) -> float:
+    return float(np.sum(h * (values - book.centres[book.assignment]) ** 2))
+
+
+def _quantiles(values: np.ndarray, h: np.ndarray, k: int) -> np.ndarray:
+    """Centres at the h-weighted quantiles (i + 1/2) / k: a spread start for skewed weights."""
+    order = np.argsort(values, kind="stable")
+    mass = np.cumsum(h[order])
+    picks = np.searchsorted(mass, (np.arange(k) + 0.5) / k * mass[-1])
+    return np.unique(values[order[np.minimum(picks, values.size - 1)]])
+
+
+def _lloyd(values: np.ndarray, h: np.ndarray, centres: np.ndarray, iterations: int) -> Codebook:
     assignment = nearest(values, centres)
     for _ in range(iterations):
         mass = np.bincount(assignment, weights=h, minlength=len(centres))
