@@ -77,6 +77,10 @@ def layer_rows(report: dict[str, Any]) -> list[list[str]]:
             rank = ",".join(map(str, r["rank"]["ranks"])) + (
                 f" of {','.join(map(str, r['rank']['full']))}" if r["rank"].get("full") else "")
         precision = "-" if r["precision"] is None else f"{r['precision']} / {r['activations']}"
+        if r.get("codebook"):
+            precision += f", {r['codebook']} values"
+        if r.get("sparsity"):
+            precision += f", {r['sparsity']:.0%} zeros"
         notes = list(r.get("notes") or [])
         if r.get("reason") and r.get("precision", "") and str(r["precision"]).startswith("float"):
             notes.insert(0, f"float: {r['reason']}")
