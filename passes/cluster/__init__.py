@@ -78,6 +78,8 @@ class Cluster(Pass):
             record = self._cluster(graph, layer, names)
             result.count("clustered")
             result.details.append(record)
+        if result.details:
+            graph.cleanup()  # drops the replaced float weights, once for all layers
         result.modified = bool(result.details)
         return result
 
@@ -149,9 +151,7 @@ def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, in
                                attrs={"to": CAST_TO_INT32}))
     graph.nodes.append(gs.Node(op="Gather", name=names(f"{base}.gather"), inputs=[book, wide],
                                outputs=[decoded], attrs={"axis": 0}))
-    node = weight.node
-    node.inputs[1] = decoded
-    graph.cleanup()
+    weight.node.inputs[1] = decoded
 
 
 def _input_channel(weight: LinearWeight) -> tuple[int, np.ndarray]:
