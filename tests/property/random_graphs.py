@@ -64,6 +64,8 @@ MENUS: dict[str, Menu] = {
     "prune": Menu(("conv", "conv_relu", "conv_bn"), ("gemm", "matmul"), min_layers=3),
     "sparsify": Menu(("conv", "conv_relu", "conv_bn", "act"), ("gemm", "matmul", "act"), min_layers=2),
     "cluster": Menu(("conv", "conv_relu", "conv_bn", "act"), ("gemm", "matmul", "act"), min_layers=2),
+    "fp16": Menu(("conv", "conv_relu", "conv_bn", "act", "add_skip", "concat", "transpose", "shape_chain"),
+                 ("gemm", "matmul", "act", "add_skip"), min_layers=2),
 }
 
 
