@@ -109,6 +109,8 @@ def match_linear_weight(node: gs.Node, shapes) -> LinearWeight | str:
         return "input is constant (fold-constants applies)"
     if len(tensor.outputs) != 1:
         return "weight shared with another node"
+    if not np.isfinite(value).all():
+        return "weight has non-finite values (NaN or inf)"
     if node.op == "MatMul":
         return LinearWeight(node, tensor, "matmul", Layout()) if value.ndim == 2 else "weight is not 2-D"
     if node.op == "Gemm":

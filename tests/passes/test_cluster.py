@@ -145,3 +145,11 @@ def test_nearest_breaks_ties_to_the_lower_centre():
 def test_bad_options_are_refused(text):
     with pytest.raises(OptionError):
         parse_pipeline(text)
+
+
+def test_non_finite_weights_are_left_alone():
+    w = _weights(8, 4)
+    w[0, 0] = np.nan
+    for text in ("cluster", "sparsify"):
+        model, record = _cluster(_matmul(w), text)
+        assert not record.modified and record.skipped == {"weight has non-finite values (NaN or inf)": 1}
