@@ -26,7 +26,10 @@ Steps 1-5 are :class:`graphc.passes.quant.quantizer.Quantizer`, which the error 
 per-channel MatMul/Gemm weights, activations quantized at run time (DynamicQuantizeLinear +
 MatMulInteger, which onnxruntime fuses into its DynamicQuantizeMatMul kernel), no calibration.
 ``-p quant`` without ``--data`` runs it by itself (one log line says so) unless an option needs
-data (an error budget, bias correction).
+data (an error budget, bias correction). LSTMs have no static integer kernel: with static
+activations too (no error budget), their weights become int8 in onnxruntime's
+DynamicQuantizeLSTM (:mod:`graphc.passes.quant.recurrent`), which quantizes X and the hidden
+state at run time.
 
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
@@ -47,6 +50,7 @@ from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
+from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import check_options, run_weights_only
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -137,7 +141,14 @@ class Quantize(Pass):
             raise DataError("pass 'quant' needs calibration data (--data)")
         if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
             return run_with_budget(Quantizer(self.options), graph, ctx)
-        return Quantizer(self.options).quantize(graph, ctx, result)
+        result = Quantizer(self.options).quantize(graph, ctx, result)
+        # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too
+        lstms = quantize_lstms(ctx.graph, self.options, result)
+        if lstms:
+            ctx.graph.cleanup()
+            result.count("quantized_LSTM", lstms)
+            result.modified = True
+        return result
 
 
 def calibration_tensors(model, data, options=None) -> list[str]:
