@@ -248,13 +248,17 @@ def glyphs() -> list[str]:
     return (common + rest)[: VOCAB - 1]
 
 
-def render_lines(chars: list[str], n: int, rng: np.random.Generator) -> tuple[np.ndarray, list[list[int]]]:
+def render_lines(chars: list[str], n: int, rng: np.random.Generator) \
+        -> tuple[np.ndarray, list[list[int]], np.ndarray]:
     """``n`` lines of 2-7 characters (class ids 1..VOCAB-1) as float32 [n, 1, 32, 128] in
-    [-1, 1] (ink dark on white, random size 17-21 px and offsets)."""
+    [-1, 1] (ink dark on white, random size 17-21 px and offsets), their class ids, and per-step
+    targets [n, 32]: each character's id at the step under its centre, blank (0) elsewhere - the
+    peaky alignment a CTC-trained recognizer converges to, known here because we drew the line."""
     from PIL import Image, ImageDraw, ImageFont
 
     fonts = {s: ImageFont.truetype(FONT, s) for s in range(17, 22)}
     images = np.empty((n, 1, LINE_H, LINE_W), np.float32)
+    frames = np.zeros((n, STEPS), np.int64)
     labels = []
     for i in range(n):
         k = int(rng.integers(2, 8))
@@ -263,12 +267,17 @@ def render_lines(chars: list[str], n: int, rng: np.random.Generator) -> tuple[np
         font = fonts[int(rng.integers(17, 22))]
         while ids.size > 1 and font.getlength("".join(chars[j] for j in ids)) > LINE_W - 8:
             ids = ids[:-1]
+        text, x0 = "".join(chars[j] for j in ids), int(rng.integers(2, 8))
         img = Image.new("L", (LINE_W, LINE_H), 255)
-        ImageDraw.Draw(img).text((int(rng.integers(2, 8)), int(rng.integers(2, 7))),
-                                 "".join(chars[j] for j in ids), font=font, fill=int(rng.integers(0, 60)))
+        ImageDraw.Draw(img).text((x0, int(rng.integers(2, 7))), text, font=font, fill=int(rng.integers(0, 60)))
         images[i, 0] = np.asarray(img, np.float32) / 127.5 - 1.0
         labels.append([int(j) + 1 for j in ids])
-    return images, labels
+        step = -1
+        for c in range(len(text)):  # centre of glyph c, one step per LINE_W / STEPS pixels, in order
+            centre = x0 + (font.getlength(text[:c]) + font.getlength(text[:c + 1])) / 2
+            step = min(max(step + 1, int(centre * STEPS / LINE_W)), STEPS - 1)
+            frames[i, step] = labels[-1][c]
+    return images, labels, frames
 
 
 class Crnn(nn.Module):
@@ -293,39 +302,40 @@ class Crnn(nn.Module):
         return self.fc(h).reshape(n, STEPS, VOCAB)
 
 
-def train_crnn(net: Crnn, images: np.ndarray, labels: list[list[int]], steps: int, batch: int = 16) -> None:
+def train_crnn(net: Crnn, images: np.ndarray, frames: np.ndarray, steps: int, batch: int = 16) -> None:
+    """Per-step cross-entropy against the known alignment (``render_lines``): it converges in a few
+    hundred steps where CTC's own alignment search needs thousands, and the result decodes the
+    CTC way (greedy: best class per step, repeats merged, blanks dropped)."""
     gen = torch.Generator().manual_seed(SEED)
-    opt = torch.optim.AdamW(net.parameters(), lr=4e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=4e-3, total_steps=steps, pct_start=0.1)
-    ctc = nn.CTCLoss(blank=0, zero_infinity=True)
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
     net.train()
     for step in range(steps):
-        idx = torch.randint(0, len(images), (batch,), generator=gen)
-        targets = [labels[i] for i in idx.tolist()]
-        logp = F.log_softmax(net(torch.from_numpy(images[idx.numpy()])), dim=-1).transpose(0, 1)
-        loss = ctc(logp, torch.tensor([c for t in targets for c in t]),
-                   torch.full((batch,), STEPS, dtype=torch.long), torch.tensor([len(t) for t in targets]))
+        idx = torch.randint(0, len(images), (batch,), generator=gen).numpy()
+        logits = net(torch.from_numpy(images[idx]))
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), torch.from_numpy(frames[idx]).reshape(-1))
         opt.zero_grad()
         loss.backward()
+        nn.utils.clip_grad_norm_(net.parameters(), 5.0)
         opt.step()
         sched.step()
         if step % 20 == 0 or step == steps - 1:
-            LOG.info("  step %d/%d ctc loss %.3f", step + 1, steps, loss.item())
+            LOG.info("  step %d/%d loss %.3f", step + 1, steps, loss.item())
     net.eval()
 
 
-def build_crnn_lines(out: Path, steps: int = 800) -> None:
+def build_crnn_lines(out: Path, steps: int = 300) -> None:
     torch.manual_seed(SEED)
     chars = glyphs()
     rng = np.random.default_rng(SEED)
     t0 = time.perf_counter()
-    train_x, train_y = render_lines(chars, TRAIN_LINES, rng)
-    calib_x, _ = render_lines(chars, CALIB_LINES, rng)
-    test_x, test_y = render_lines(chars, TEST_LINES, rng)
+    train_x, _, train_frames = render_lines(chars, TRAIN_LINES, rng)
+    calib_x, _, _ = render_lines(chars, CALIB_LINES, rng)
+    test_x, test_y, _ = render_lines(chars, TEST_LINES, rng)
     LOG.info("crnn_lines: rendered %d lines in %.0f s", TRAIN_LINES + CALIB_LINES + TEST_LINES, time.perf_counter() - t0)
     net = Crnn()
     t0 = time.perf_counter()
-    train_crnn(net, train_x, train_y, steps)
+    train_crnn(net, train_x, train_frames, steps)
     LOG.info("crnn_lines trained in %.0f s", time.perf_counter() - t0)
     path = out / "crnn_lines.onnx"
     build.export_onnx(net, path, (1, LINE_H, LINE_W), 17)
