@@ -232,6 +232,7 @@ VOCAB = 3000          # CTC classes: blank + 2999 DejaVu Sans glyphs
 COMMON = 62           # ASCII letters and digits: most characters of a training line
 RARE_SHARE = 0.10     # the rest drawn uniformly from the whole glyph set
 TRAIN_LINES, CALIB_LINES, TEST_LINES = 4000, 32, 200
+BLANK_WEIGHT = 0.1
 
 
 def glyphs() -> list[str]:
@@ -307,13 +308,15 @@ def train_crnn(net: Crnn, images: np.ndarray, frames: np.ndarray, steps: int, ba
     hundred steps where CTC's own alignment search needs thousands, and the result decodes the
     CTC way (greedy: best class per step, repeats merged, blanks dropped)."""
     gen = torch.Generator().manual_seed(SEED)
-    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    opt = torch.optim.AdamW(net.parameters(), lr=3e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=3e-3, total_steps=steps, pct_start=0.1)
+    weight = torch.ones(VOCAB)
+    weight[0] = BLANK_WEIGHT  # blanks are most steps: without this the net learns "all blank" first
     net.train()
     for step in range(steps):
         idx = torch.randint(0, len(images), (batch,), generator=gen).numpy()
         logits = net(torch.from_numpy(images[idx]))
-        loss = F.cross_entropy(logits.reshape(-1, VOCAB), torch.from_numpy(frames[idx]).reshape(-1))
+        loss = F.cross_entropy(logits.reshape(-1, VOCAB), torch.from_numpy(frames[idx]).reshape(-1), weight=weight)
         opt.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(net.parameters(), 5.0)
