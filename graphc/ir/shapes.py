@@ -123,4 +123,9 @@ def _light_proto(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> onnx
             del shape.dim[:]
             for d in input_shapes[vi.name]:
                 shape.dim.add().dim_value = int(d)
+    if input_shapes:  # a body's value_info re-declares the outer inputs it reads: it would shadow the new dims
+        for scope in list(_proto_scopes(proto.graph))[1:]:
+            kept = [vi for vi in scope.value_info if vi.name not in input_shapes]
+            del scope.value_info[:]
+            scope.value_info.extend(kept)
     return proto
