@@ -31,7 +31,11 @@ data (an error budget, bias correction).
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
 are kept, so ``graphc verify --localize`` can compare the float and the QDQ model. A model that
-already holds Q/DQ nodes is left alone.
+already holds Q/DQ nodes (in any body) is left alone.
+
+If/Loop/Scan bodies are quantized too, each planned as a graph of its own and calibrated in the
+same run (:mod:`graphc.passes.quant.subgraphs`); weights-only rewrites MatMul/Gemm weights inside
+bodies as well.
 """
 from __future__ import annotations
 
@@ -42,7 +46,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
-from graphc.ir import is_standard_op
+from graphc.ir import is_standard_op, walk_graphs
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
@@ -126,7 +130,7 @@ class Quantize(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        if any(is_standard_op(n, *QDQ_OPS) for n in graph.nodes):
+        if any(is_standard_op(n, *QDQ_OPS) for _, scope in walk_graphs(graph) for n in scope.nodes):
             result.skip("model already has QuantizeLinear/DequantizeLinear nodes")
             return result
         if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
