@@ -65,7 +65,7 @@ def run(path: Path, feed: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_corpus_complete():
     expected = {"torch_ts_convnet", "torch_ts_transformer", "torch_dynamo_convnet", "torch_dynamo_transformer",
                 "tf2onnx_classifier", "spox_vad_if", "spox_loop", "conv_bn_noshape", "convtranspose_bn_noshape",
-                "gemm_bn_noshape", "zero_dim_input", "wrong_rank_output"}
+                "gemm_bn_noshape", "zero_dim_input", "wrong_rank_output", "vad_trained_if"}
     assert set(NAMES) == expected
     assert all((CORPUS / f"{n}.npz").is_file() for n in NAMES)
 
