@@ -9,7 +9,7 @@ automatic gain: the levels span 24 dB, and an int8 input range set by loud clips
 quiet ones a few steps) -> Conv1d(1->16, k, stride 4) ->
 4 x [ReLU, Conv1d(k 5, stride 2)] (16-32-32-32-32 channels) -> ReLU -> LSTM(32) over the 64 frames
 -> Linear(32 -> 1) -> Sigmoid -> ``speech [N, 64]`` (k = 16 at 16 kHz, 8 at 8 kHz). Training adds
-noise of one 8-bit step after each ReLU (:func:`rounding_noise`; nothing of it is exported).
+noise of two 8-bit steps after each ReLU (:func:`rounding_noise`; nothing of it is exported).
 
 Export: each network goes through the TorchScript exporter (opset 16) on its own, then its graph
 becomes a branch: every tensor and node name gets the branch's prefix, initializers become
@@ -36,13 +36,14 @@ FIRST_KERNEL = {16000: 16, 8000: 8}
 
 
 def rounding_noise(x):
-    """Training only: uniform noise of +-1 step of an 8-bit range set by each clip's largest
-    activation (what int8 rounding of a per-tensor range adds), so the classifier does not hang
-    on differences below one step."""
+    """Training only: uniform noise of +-2 steps of an 8-bit range set by the batch's largest
+    activation (a calibrated per-tensor range covers every clip: int8 rounding adds +-1/2 step
+    of it, more where calibration clips the range), so the classifier does not hang on
+    differences below a few steps."""
     import torch
 
-    step = x.detach().amax(dim=(1, 2), keepdim=True) / 255.0
-    return (torch.rand_like(x) * 2 - 1) * step
+    step = x.detach().amax() / 255.0
+    return (torch.rand_like(x) * 2 - 1) * (2 * step)
 
 
 def branch_net(sr: int):
