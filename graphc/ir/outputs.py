@@ -18,6 +18,7 @@ import onnx_graphsurgeon as gs
 from graphc.errors import ModelError
 from graphc.ir.lift import BodyIndex, lift_to_outputs
 from graphc.ir.model import Model
+from graphc.ir.shapes import infer_shapes
 from graphc.ir.structure import find_cycle_free_order
 
 
@@ -36,9 +37,9 @@ def computed_tensors(model: Model) -> list[gs.Variable]:
 def with_outputs(model: Model, names: Iterable[str], dtypes: dict | None = None) -> Model:
     """A copy of ``model`` whose graph also outputs the tensors ``names`` (after its own outputs).
 
-    Names that already are graph outputs are not repeated. ``dtypes`` (name -> dtype, e.g. from
-    shape inference) gives the element type of a body tensor whose declaration has none (float32
-    is assumed otherwise). Raises :class:`ModelError` for a name
+    Names that already are graph outputs are not repeated. ``dtypes`` (name -> dtype) gives the
+    element type of a body tensor whose declaration has none; without it, shape inference does
+    (float32 where it cannot tell). Raises :class:`ModelError` for a name
     that no node of the model computes.
     """
     copy = model.copy()
@@ -55,14 +56,16 @@ def with_outputs(model: Model, names: Iterable[str], dtypes: dict | None = None)
             if found is None or not isinstance(found[0], gs.Variable):
                 raise ModelError(f"tensor '{name}' is not computed by any node; cannot expose it as an output")
             if name not in present:
-                in_bodies.append((name, _dtype(found[0], dtypes)))
+                in_bodies.append(found[0])
                 present.add(name)
             continue
         if name not in present:
             graph.outputs.append(tensor)
             present.add(name)
+    if dtypes is None and any(t.dtype is None for t in in_bodies):
+        dtypes = {k: v.dtype for k, v in infer_shapes(model).items()}
     try:
-        lift_to_outputs(graph, in_bodies)
+        lift_to_outputs(graph, [(t.name, _dtype(t, dtypes)) for t in in_bodies])
     except ValueError as exc:
         raise ModelError(f"{exc}; cannot expose it as an output") from None
     return copy

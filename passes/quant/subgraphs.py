@@ -29,8 +29,13 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.ir import walk_graphs
+from graphc.passes.quant.placement import Plan
+from graphc.passmanager import PassResult
 
 log = logging.getLogger(__name__)
+
+#: the speed model's estimates the planner records (summed over the graph and its bodies)
+SPEED_ESTIMATES = ("speed_model_float_us", "speed_model_chosen_us")
 
 
 @dataclass
@@ -39,7 +44,7 @@ class BodyPlan:
 
     path: str
     graph: gs.Graph
-    plan: object  # graphc.passes.quant.placement.Plan
+    plan: Plan
 
 
 def bodies(graph: gs.Graph) -> list[tuple[str, gs.Graph]]:
@@ -47,18 +52,26 @@ def bodies(graph: gs.Graph) -> list[tuple[str, gs.Graph]]:
     return [(path, scope) for path, scope in walk_graphs(graph) if path]
 
 
-def plan_bodies(quantizer, graph: gs.Graph, ctx, result) -> list[BodyPlan]:
-    """Plan every body with ``quantizer``'s options; skip reasons are added to ``result``."""
+def plan_bodies(quantizer, graph: gs.Graph, ctx, result: PassResult) -> list[BodyPlan]:
+    """Plan every body with ``quantizer``'s options (call it after planning the top graph); skip
+    reasons are added to ``result``, and the speed model's estimates for the bodies to the top
+    graph's."""
     plans = []
     for path, body in bodies(graph):
-        plan = quantizer.plan(body, ctx, result)
+        scratch = PassResult(modified=False)
+        plan = quantizer.plan(body, ctx, scratch)
+        for reason, n in scratch.skipped.items():
+            result.skipped[reason] = result.skipped.get(reason, 0) + n
+        for key in SPEED_ESTIMATES:
+            if key in scratch.stats:
+                result.stats[key] = round(result.stats.get(key, 0.0) + scratch.stats[key], 1)
         if plan.quantized:
             plans.append(BodyPlan(path, body, plan))
             log.info("quant: %d node(s) to quantize inside %s", len(plan.quantized), path)
     return plans
 
 
-def unseen(plan, ranges: dict) -> list[str]:
+def unseen(plan: Plan, ranges: dict) -> list[str]:
     """Planned activations of ``plan`` that calibration never saw run (a branch no sample took,
     a Loop that ran no iteration): their ranges say nothing."""
     return [name for name, aq in plan.activations.items()

@@ -44,6 +44,7 @@ def loop_body(inner=None) -> onnx.GraphProto:
     """h' = h * 0.5 + x[i]; pre = h * 0.5 (lifted); scan output h'. ``inner``: an If node placed
     on ``pre`` whose output feeds the Add instead."""
     nodes = [helper.make_node("Gather", ["xs", "i"], ["x_i"], name="b.gather", axis=0),
+             helper.make_node("Add", ["i", "one64"], ["i_plus"], name="b.count"),  # int64, no declaration
              helper.make_node("Mul", ["h", "half"], ["pre"], name="b.mul")]
     add_in = "pre"
     if inner is not None:
@@ -61,7 +62,7 @@ def loop_model(body: onnx.GraphProto, steps: int = 4) -> onnx.ModelProto:
     graph = helper.make_graph(
         [helper.make_node("Loop", ["steps", "", "h0"], ["h_final", "h_all"], name="Loop_0", body=body)],
         "g", [vi("xs", [steps, 3]), vi("h0", [3])], [vi("h_final", [3]), vi("h_all", [steps, 3])],
-        [scalar("steps", steps, np.int64), scalar("half", 0.5)])
+        [scalar("steps", steps, np.int64), scalar("half", 0.5), scalar("one64", 1, np.int64)])
     return make_model(graph, 13)
 
 
@@ -103,6 +104,13 @@ def test_loop_body_tensor_is_stacked_over_iterations():
     np.testing.assert_allclose(got["pre"], pres, rtol=1e-6)
     np.testing.assert_array_equal(got["x_i"], xs)
     np.testing.assert_allclose(got["h"][1:], pres[1:] * 2, rtol=1e-6)  # a body input lifts too
+
+
+def test_undeclared_int_tensor_lifts_with_its_inferred_type():
+    got = exposed(loop_model(loop_body()), ["i_plus"], {"xs": np.zeros((4, 3), np.float32),
+                                                        "h0": np.zeros(3, np.float32)})
+    assert got["i_plus"].dtype == np.int64
+    np.testing.assert_array_equal(got["i_plus"], [1, 2, 3, 4])
 
 
 def test_scan_body_tensor_is_stacked():
