@@ -36,7 +36,7 @@ from typing import Any, Iterable
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError, RecipeError
-from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, require_savable, save
+from graphc.ir.model import EXTERNAL_DATA_THRESHOLD, Model, load, model_bytes, require_savable, save
 from graphc.ir.output_safety import OutputPlan, ProtectedFiles, check_writable
 from graphc.passmanager import PassManager, expand_preparation, parse_pipeline
 from graphc.recipe import GateSettings, ImageSettings, Recipe, input_shapes
@@ -77,6 +77,13 @@ class _Inputs:
     specs: list[Any]         # the input model's inputs, for random feeds
     samples: int
     seed: int
+    #: what verification runs as the input model: the file, or (bytes) the model as loaded when
+    #: the data's run reopened literal 0 input dims onnxruntime would refuse the data against
+    runnable_source: Any = None
+
+    @property
+    def reference_source(self) -> Any:
+        return self.runnable_source if self.runnable_source is not None else self.source
 
     def feeds(self) -> Any:
         """Evaluation feeds: the first ``samples`` of the data, or seeded random ones (as
@@ -181,15 +188,30 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
     shapes = input_shapes(recipe)
     model = load(source)
     require_savable(model)
-    before = model_summary(model, path=source, input_shapes=shapes)
     images = image_options(recipe.image)
     data = recipe.data
     calibration = open_data(data.calibration, model, image_options=images) if data.calibration else None
     eval_spec = data.evaluation or data.calibration
     evaluation = open_data(eval_spec, model, image_options=images) if eval_spec else None
     labels = data.labels or (eval_spec if eval_spec and has_labels(eval_spec) else None)
+    runnable = _repair_by_run(model, calibration)
+    before = model_summary(model, path=source, input_shapes=shapes)
     return _Inputs(source, out, model, before, shapes, calibration, evaluation,
-                   load_labels(labels) if labels else None, input_specs(model), data.samples, data.seed)
+                   load_labels(labels) if labels else None, input_specs(model), data.samples, data.seed,
+                   runnable)
+
+
+def _repair_by_run(model: Model, calibration: Any) -> bytes | None:
+    """Correct the declarations the data's first run contradicts (as the PassManager would, but
+    before anything else runs the model); the repaired model's bytes when an input was reopened
+    (the file itself then refuses the data in onnxruntime)."""
+    if calibration is None:
+        return None
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
+    from graphc.calib.declared_shapes import repair_declarations_by_run
+
+    repairs = repair_declarations_by_run(model, calibration)
+    return model_bytes(model) if repairs.opened_inputs else None
 
 
 def image_options(settings: ImageSettings) -> Any:
@@ -219,7 +241,7 @@ def _snapshots(recipe: Recipe, inputs: _Inputs) -> Any:
 
 def _reference(inputs: _Inputs) -> Model:
     """The input model, read again (the one in memory has been rewritten)."""
-    return load(inputs.source)
+    return load(inputs.reference_source)
 
 
 def _run_pipeline(recipe: Recipe, inputs: _Inputs, instruments: list[Any]) -> Any:
@@ -264,7 +286,7 @@ def _measure(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any, snapshot
 
         if inputs.evaluation is None:
             raise DataError("labels need evaluation data (--eval-data or --data) in the same order")
-        m.accuracy = task_accuracy(inputs.source, candidate, inputs.evaluation, inputs.labels)
+        m.accuracy = task_accuracy(inputs.reference_source, candidate, inputs.evaluation, inputs.labels)
     if recipe.bench.enabled or recipe.gates.min_speedup is not None:
         m.latency = _latency(recipe, inputs, candidate)
     if recipe.outputs.report:
@@ -303,7 +325,7 @@ def _verify(recipe: Recipe, inputs: _Inputs, candidate: Any, checked: bool) -> A
     from graphc.verify import Tolerances, compare_models
 
     tol = tolerances(recipe) if checked else Tolerances(exact=False)
-    return compare_models(inputs.source, candidate, data=inputs.evaluation, tolerances=tol,
+    return compare_models(inputs.reference_source, candidate, data=inputs.evaluation, tolerances=tol,
                           input_shapes=inputs.shapes, seed=recipe.data.seed, samples=recipe.data.samples,
                           localize=recipe.verify.localize and checked)
 
@@ -312,9 +334,9 @@ def _latency(recipe: Recipe, inputs: _Inputs, candidate: Any) -> Any:
     # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.bench import bench_feeds, compare_latency
 
-    feeds = bench_feeds(inputs.source, inputs.evaluation, input_shapes=inputs.shapes, seed=recipe.data.seed)
+    feeds = bench_feeds(inputs.reference_source, inputs.evaluation, input_shapes=inputs.shapes, seed=recipe.data.seed)
     b = recipe.bench
-    return compare_latency(inputs.source, candidate, feeds, threads=b.threads, warmup=b.warmup, rounds=b.rounds)
+    return compare_latency(inputs.reference_source, candidate, feeds, threads=b.threads, warmup=b.warmup, rounds=b.rounds)
 
 
 def _layers(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any) -> list[dict[str, Any]]:

@@ -147,7 +147,9 @@ def graph_entry(name: str) -> Callable[[Path], None]:
             feeds = vad_feeds(rng)
         elif name == "wrong_rank_output":  # time-major (T, 1, 32): one feed per entry
             feeds = {"x": rng.standard_normal((CALIB, 12, 1, 32)).astype(np.float32)}
-        elif name == "zero_dim_input":  # really [1, 576]: one feed per entry
+        elif name == "runtime_shaped_output":  # [1, T, 32]: one feed per entry
+            feeds = {"x": rng.standard_normal((CALIB, 1, 12, 32)).astype(np.float32)}
+        elif name in ("zero_dim_input", "literal_zero_input"):  # really [1, 576]: one feed per entry
             feeds = {"x": rng.standard_normal((CALIB, 1, 576)).astype(np.float32)}
         else:
             feeds = declared_feeds(m, rng, FIXED_DIMS)

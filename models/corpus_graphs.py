@@ -315,6 +315,46 @@ def wrong_rank_output() -> onnx.ModelProto:
     return model(graph, 13, "converter")
 
 
+def runtime_shaped_output() -> onnx.ModelProto:
+    """A CTC-style head reshaped to time-major (T, 1, 40) by a target computed at run time (its
+    length is a ReduceMax, which shape inference does not evaluate); declares the output
+    [1, seqlen] and the target [2]: only a run shows both are wrong."""
+    w = Weights(SEED + 70)
+    nodes = [helper.make_node("MatMul", ["x", "proj.w"], ["proj.mm"], name="proj"),
+             helper.make_node("Add", ["proj.mm", "proj.b"], ["proj.out"], name="proj.bias"),
+             helper.make_node("LogSoftmax", ["proj.out"], ["lp"], name="log_softmax", axis=-1),
+             helper.make_node("Shape", ["lp"], ["lp.shape"], name="shape"),
+             helper.make_node("Gather", ["lp.shape", "time_major"], ["target.full"], name="order", axis=0),
+             helper.make_node("Shape", ["target.full"], ["target.rank"], name="rank"),
+             helper.make_node("ReduceMax", ["target.rank"], ["target.end"], name="end", keepdims=1),
+             helper.make_node("Slice", ["target.full", "zero", "target.end"], ["target"], name="take"),
+             helper.make_node("Reshape", ["lp", "target"], ["log_probs"], name="to_time_major")]
+    graph = helper.make_graph(
+        nodes, "runtime_shaped", [helper.make_tensor_value_info("x", FLOAT, [1, "T", 32])],
+        [helper.make_tensor_value_info("log_probs", FLOAT, [1, "seqlen"])],
+        [tensor("proj.w", w.matrix(32, 40)), tensor("proj.b", w.vector(40)),
+         numpy_helper.from_array(np.array([1, 0, 2], np.int64), "time_major"),
+         numpy_helper.from_array(np.array([0], np.int64), "zero")],
+        value_info=[helper.make_tensor_value_info("target", TensorProto.INT64, [2])])
+    return model(graph, 13, "converter")
+
+
+def literal_zero_input() -> onnx.ModelProto:
+    """An MLP whose input is declared [0, 576] (a literal 0: onnxruntime then refuses anything but
+    an empty batch) and hidden/output [0, ...], but is meant for [1, 576]."""
+    w = Weights(SEED + 80)
+    nodes = [helper.make_node("MatMul", ["x", "fc1.w"], ["fc1.mm"], name="fc1"),
+             helper.make_node("Add", ["fc1.mm", "fc1.b"], ["fc1.out"], name="fc1.bias"),
+             helper.make_node("Relu", ["fc1.out"], ["relu"], name="relu"),
+             helper.make_node("MatMul", ["relu", "fc2.w"], ["y"], name="fc2")]
+    graph = helper.make_graph(
+        nodes, "literal_zero", [helper.make_tensor_value_info("x", FLOAT, [0, 576])],
+        [helper.make_tensor_value_info("y", FLOAT, [0, 10])],
+        [tensor("fc1.w", w.matrix(576, 64)), tensor("fc1.b", w.vector(64)), tensor("fc2.w", w.matrix(64, 10))],
+        value_info=[helper.make_tensor_value_info("relu", FLOAT, [0, 64])])
+    return model(graph, 13, "converter")
+
+
 GRAPHS = {
     "tf2onnx_classifier": tf2onnx_classifier,
     "spox_vad_if": spox_vad_if,
@@ -324,4 +364,6 @@ GRAPHS = {
     "gemm_bn_noshape": lambda: linear_bn_no_output_shape("Gemm"),
     "zero_dim_input": zero_dim_input,
     "wrong_rank_output": wrong_rank_output,
+    "runtime_shaped_output": runtime_shaped_output,
+    "literal_zero_input": literal_zero_input,
 }

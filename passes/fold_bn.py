@@ -39,14 +39,15 @@ class FoldBatchNorm(Pass):
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
         names = NameFactory(graph)  # one factory: names stay unique across every scope
-        for _, scope in list(walk_graphs(graph)):
-            self._fold_scope(scope, ctx, result, names)
+        for path, scope in list(walk_graphs(graph)):
+            self._fold_scope(scope, path, ctx, result, names)
         result.modified = bool(result.stats)
         return result
 
-    def _fold_scope(self, graph: gs.Graph, ctx: Context, result: PassResult, names: NameFactory) -> None:
-        """Fold to a fixpoint in one graph (the top graph or an If/Loop/Scan body)."""
-        folder = AffineFolder(graph, ctx, result, batch_removals=True, names=names)
+    def _fold_scope(self, graph: gs.Graph, path: str, ctx: Context, result: PassResult,
+                    names: NameFactory) -> None:
+        """Fold to a fixpoint in one graph (the top graph or the If/Loop/Scan body at ``path``)."""
+        folder = AffineFolder(graph, ctx, result, batch_removals=True, names=names, path=path)
         reasons: dict[int, tuple[gs.Node, list[str]]] = {}
         changed = True
         while changed:  # a fold can expose another (ConvTranspose -> Add -> BN); run to fixpoint
@@ -68,7 +69,7 @@ class FoldBatchNorm(Pass):
         for node, why in reasons.values():
             for reason in why:
                 result.skip(reason)
-                log.info("%s not folded: %s", node_label(node), reason)
+                log.info("%s not folded: %s", node_label(node, path), reason)
         if not self.options.keep_standalone:
             for node, _ in list(reasons.values()):
                 if node.op == "BatchNormalization":

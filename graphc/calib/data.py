@@ -89,7 +89,9 @@ def _check_feed(feed: Feed, specs: list[InputSpec], where: str) -> Feed:
         if (spec.shape or spec.ranked) and arr.ndim != len(spec.shape):
             raise DataError(f"{where}: input '{spec.name}' expects rank {len(spec.shape)}, got shape {arr.shape}")
         for i, (want, got) in enumerate(zip(spec.shape, arr.shape)):
-            if want is not None and want != got:
+            # a literal 0 dim (an empty tensor) is an exporter's "unknown": the data decides, and
+            # graphc.calib.declared_shapes opens the declaration before anything runs the model
+            if want is not None and want != got and want != 0:
                 raise DataError(f"{where}: input '{spec.name}' dim {i} must be {want}, got shape {arr.shape}")
         if arr.dtype != spec.dtype:
             if not (np.issubdtype(arr.dtype, np.number) and np.issubdtype(spec.dtype, np.number)):

@@ -4,7 +4,7 @@ from graphc.ir.opset import upgrade_opset
 from graphc.ir.shapes import TensorInfo, infer_shapes
 from graphc.ir.stats import ModelStats, all_nodes, node_macs, stats_at
 from graphc.ir.structure import check_structure, node_label, toposort
-from graphc.ir.subgraphs import subgraphs, walk_graphs
+from graphc.ir.subgraphs import named_nodes, path_name, subgraphs, walk_graphs
 from graphc.ir.usedef import (
     NameFactory,
     bypass,
@@ -29,4 +29,5 @@ __all__ = [
     "check_structure", "node_label", "toposort", "NameFactory", "bypass", "constant_value",
     "consumers", "detach", "drop_detached", "is_constant", "is_graph_input", "is_graph_output", "is_standard_op",
     "only_consumer", "producer", "remove_nodes", "replace_uses", "scalar_value", "subgraphs", "walk_graphs",
+    "named_nodes", "path_name",
 ]

@@ -11,6 +11,8 @@ Guarantees:
   repaired, one warning per kind (:mod:`graphc.ir.declarations`).
 - Graph inputs that have an initializer (IR >= 4: a default the caller may override) stay graph
   inputs, and their defaults are written back with them.
+- Model-local functions are inlined (:mod:`graphc.ir.functions`), as onnxruntime does, so
+  passes reach the nodes inside them; inputs and outputs are kept.
 - External data is resolved relative to the model's folder and refused when its ``location`` is
   absolute or escapes the folder (``..``).
 - ``save`` writes to a temporary file in the destination folder, checks it with
@@ -45,6 +47,7 @@ from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
 from graphc.ir import declarations, external, weight_io
+from graphc.ir.functions import inline_functions
 from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
                                       remove_abandoned_temp)
 from graphc.ir.structure import check_structure, find_cycle_free_order
@@ -183,6 +186,8 @@ def from_proto(proto: onnx.ModelProto, *, source: Path | None = None, check: boo
         raise ModelError("the graph has no outputs (nothing it computes could be used)")
     if check:
         validate_proto(proto, {name: values.shape for name, values in (weights or {}).items()})
+    proto, inlined = inline_functions(proto)
+    inlined.log()
     try:
         graph = gs.import_onnx(proto)
     except Exception as exc:  # graphsurgeon raises bare exceptions on malformed protos

@@ -34,9 +34,16 @@ class TensorInfo:
         return self.shape is not None and all(isinstance(d, int) and d >= 0 for d in self.shape)
 
 
-def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None) -> dict[str, TensorInfo]:
-    """Infer dtypes and shapes of every tensor it can; never raises on inference failure."""
+def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None = None, *,
+                 declared: bool = True) -> dict[str, TensorInfo]:
+    """Infer dtypes and shapes of every tensor it can; never raises on inference failure.
+    ``declared=False``: what inference alone derives from the inputs, without the shapes the
+    model declares for its outputs and intermediate tensors (which otherwise fill the gaps)."""
     proto = _light_proto(model, input_shapes or {})
+    if not declared:
+        for out in proto.graph.output:
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.ClearField("shape")
     inferred = None
     for kwargs in ({"data_prop": True}, {}):
         try:
@@ -55,7 +62,7 @@ def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None =
     for name, tensor in tensors.items():
         if isinstance(tensor, gs.Constant):
             info[name] = TensorInfo(np.dtype(tensor.dtype), tuple(int(d) for d in tensor.shape))
-        elif name not in info and tensor.shape is not None:
+        elif declared and name not in info and tensor.shape is not None:
             dims = tuple(d if not isinstance(d, int) or d >= 0 else None for d in tensor.shape)
             info[name] = TensorInfo(_np_dtype(tensor.dtype), dims)
     return info
@@ -123,9 +130,18 @@ def _light_proto(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> onnx
             del shape.dim[:]
             for d in input_shapes[vi.name]:
                 shape.dim.add().dim_value = int(d)
-    if input_shapes:  # a body's value_info re-declares the outer inputs it reads: it would shadow the new dims
-        for scope in list(_proto_scopes(proto.graph))[1:]:
-            kept = [vi for vi in scope.value_info if vi.name not in input_shapes]
-            del scope.value_info[:]
-            scope.value_info.extend(kept)
+    if input_shapes:
+        _forget_body_declarations(proto.graph)
     return proto
+
+
+def _forget_body_declarations(graph: onnx.GraphProto) -> None:
+    """Drop the shapes bodies declare for their tensors and outputs (types stay): an exporter's
+    ``[N, 1, 512]`` inside an If branch would otherwise shadow the dims inference derives from
+    the given input shapes. Inference fills them again; what it cannot infer falls back to the
+    declaration (:func:`infer_shapes` reads the IR's declared shape for missing names)."""
+    for scope in list(_proto_scopes(graph))[1:]:
+        del scope.value_info[:]
+        for out in scope.output:
+            if out.type.HasField("tensor_type"):
+                out.type.tensor_type.ClearField("shape")

@@ -5,7 +5,9 @@ MACs (batch as given by the shapes; use ``input_shapes`` with batch 1 for per-sa
 - ConvTranspose: N * Cin * prod(in_spatial) * (Cout / group) * prod(kernel)
 - Gemm:          M * N * K                      (from A's and B's shapes and transA/transB)
 - MatMul:        prod(output shape) * K         (K = last dim of A)
-Nodes whose shapes are unknown contribute None and are listed as such.
+Nodes whose shapes are unknown contribute None and are listed as such. Nodes inside If/Loop/Scan
+bodies are counted too (every branch: statistics describe the file) and named by their path
+(``If_0/then_branch/Conv_2``).
 """
 from __future__ import annotations
 
@@ -19,7 +21,7 @@ import onnx_graphsurgeon as gs
 from graphc.ir.model import Model
 from graphc.ir.op_kinds import LINEAR_OPS
 from graphc.ir.shapes import TensorInfo
-from graphc.ir.subgraphs import walk_graphs
+from graphc.ir.subgraphs import named_nodes, walk_graphs
 
 
 @dataclass
@@ -114,7 +116,7 @@ def stats_at(model: Model, shapes: dict[str, TensorInfo]) -> ModelStats:
     params, nbytes = count_params(graph)
     nodes = all_nodes(graph)
     histogram = Counter(node.op for node in nodes)
-    per_node = [NodeMacs(n.name, n.op, node_macs(n, shapes)) for n in nodes if n.op in LINEAR_OPS]
+    per_node = [NodeMacs(name, n.op, node_macs(n, shapes)) for name, n in named_nodes(graph) if n.op in LINEAR_OPS]
     total = sum(n.macs for n in per_node if n.macs)
     return ModelStats(params, nbytes, dict(histogram.most_common()), total, per_node)
 

@@ -12,11 +12,14 @@ import heapq
 import onnx_graphsurgeon as gs
 
 from graphc.errors import ModelError
-from graphc.ir.subgraphs import subgraphs, walk_graphs
+from graphc.ir.subgraphs import path_name, subgraphs, walk_graphs
 
 
-def node_label(node: gs.Node) -> str:
-    """How errors and logs name a node: ``Conv 'stem.conv'``."""
+def node_label(node: gs.Node, path: str = "") -> str:
+    """How errors and logs name a node: ``Conv 'stem.conv'``; inside the body at ``path`` (see
+    :func:`graphc.ir.subgraphs.path_name`): ``Conv 'If_0/then_branch/conv'``."""
+    if path:
+        return f"{node.op} '{path_name(path, node)}'"
     return f"{node.op} '{node.name}'" if node.name else f"{node.op} (unnamed, output '{_first_output(node)}')"
 
 

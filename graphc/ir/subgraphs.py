@@ -11,6 +11,9 @@ shapes holds for every scope at once.
 
 A body is named by its path: ``If_0/then_branch`` is the ``then_branch`` attribute of node
 ``If_0`` of the top graph; nested bodies append ``/node/attribute``. The top graph's path is ``""``.
+A node inside a body is named by the body's path and its own name (:func:`path_name`:
+``If_0/then_branch/Conv_2``) wherever graphc shows it to a user: MAC listings, pass details and
+skip logs, the report's layer table, the verifier's localization.
 """
 from __future__ import annotations
 
@@ -41,3 +44,18 @@ def walk_graphs(graph: gs.Graph, path: str = "") -> Iterator[tuple[str, gs.Graph
             here = f"{node.name or node.op}/{attr}"
             yield from walk_graphs(sub, f"{path}/{here}" if path else here)
 
+
+
+def path_name(path: str, node: gs.Node) -> str:
+    """``node``'s name qualified by the body it sits in (``If_0/then_branch/Conv_2``); a node of
+    the top graph (``path`` ``""``) keeps its own name."""
+    if not path:
+        return node.name
+    return f"{path}/{node.name or node.op}"
+
+
+def named_nodes(graph: gs.Graph) -> Iterator[tuple[str, gs.Node]]:
+    """``(path name, node)`` for every node of ``graph`` and of its bodies (walk order)."""
+    for path, scope in walk_graphs(graph):
+        for node in scope.nodes:
+            yield path_name(path, node), node

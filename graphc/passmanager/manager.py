@@ -130,6 +130,11 @@ class PassManager:
         needing = [spec.name for spec, step in steps if step.requires_data()]
         if needing and self.data is None:
             raise DataError(f"pass '{needing[0]}' needs calibration data (--data)")
+        if self.data is not None:  # declarations the run contradicts must not guide the passes
+            # lazy: it loads onnxruntime, which a run without data never needs
+            from graphc.calib.declared_shapes import repair_declarations_by_run
+
+            repair_declarations_by_run(model, self.data)
         ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
         keep = any(inst.keeps_original for inst in self.instruments) or any(
             step.requires_data() or step.wants_original() for _, step in steps)

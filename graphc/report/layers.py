@@ -1,7 +1,8 @@
 """Per layer, what happened: the report's layer table, as data.
 
-A layer is a Conv, ConvTranspose, Gemm or MatMul of the input model whose weight is a constant.
-It is found again in the result by node name; its row holds:
+A layer is a Conv, ConvTranspose, Gemm or MatMul of the input model whose weight is a constant,
+in the top graph or inside an If/Loop/Scan body (then named by its path, ``If_0/then_branch/conv``).
+It is found again in the result by that name; its row holds:
 
 - ``channels`` / ``channels_after``: output channels (Conv: W[0]; ConvTranspose: W[1] * group;
   Gemm: N of B, by transB; MatMul: B[-1]); ``status`` is ``pruned`` when they drop,
@@ -26,6 +27,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir.model import Model
+from graphc.ir.subgraphs import named_nodes
 from graphc.ir.usedef import is_standard_op, producer
 from graphc.verify.layers import WEIGHTED_OPS
 
@@ -35,16 +37,17 @@ _LABEL = re.compile(r"^\w+ '(.*)'$")
 def layer_table(original: Model, result: Model, passes: list[dict[str, Any]],
                 errors: dict[str, dict[str, Any]] | None = None) -> list[dict[str, Any]]:
     """One row per weighted layer of ``original`` (see the module docstring), in graph order."""
-    after = {n.name: n for n in result.graph.nodes if n.name}
+    after = {name: n for name, n in named_nodes(result.graph) if n.name}
     notes = _notes_by_layer(passes)
-    quantized = any(is_standard_op(n, "DequantizeLinear") for n in result.graph.nodes)
+    quantized = any(is_standard_op(n, "DequantizeLinear") for _, n in named_nodes(result.graph))
     rows = []
-    for node in original.graph.nodes:
+    for name, node in named_nodes(original.graph):  # layers inside If/Loop bodies by path
         weight = _weight(node)
         if weight is None or not node.name:
             continue
-        row = _row(node, weight, after.get(node.name), notes.get(node.name, {}), quantized)
-        metrics = (errors or {}).get(node.name)
+        row = _row(node, weight, after.get(name), notes.get(name, {}), quantized)
+        row["node"] = name
+        metrics = (errors or {}).get(name)
         row["sqnr_db"] = metrics["sqnr_db"] if metrics else None
         row["cosine"] = metrics["cosine"] if metrics else None
         rows.append(row)

@@ -63,6 +63,7 @@ from graphc.ir import (
 )
 from graphc.ir.op_kinds import FLOAT_DTYPES, LINEAR_OPS
 from graphc.ir.padding import conv_pads
+from graphc.ir.subgraphs import path_name
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,9 @@ class LinearSite:
 
 class AffineFolder:
     def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False,
-                 names: NameFactory | None = None):
+                 names: NameFactory | None = None, path: str = ""):
         self.graph = graph
+        self.path = path  # the body ``graph`` is (walk_graphs' path): details name nodes by path
         self.result = result
         self.names = names or NameFactory(graph)
         # batch_removals: removed nodes leave graph.nodes at drop_removed() (one O(N) filter per
@@ -318,9 +320,10 @@ class AffineFolder:
 
     def _record(self, key: str, folded: gs.Node, into: gs.Node | None) -> None:
         self.result.count(key)
-        self.result.details.append({"rule": key, "node": folded.name,
-                                    "into": into.name if into is not None else None})
-        log.debug("%s: %s folded into %s", key, folded.name, into.name if into is not None else "Mul+Add")
+        node = path_name(self.path, folded)
+        target = path_name(self.path, into) if into is not None else None
+        self.result.details.append({"rule": key, "node": node, "into": target})
+        log.debug("%s: %s folded into %s", key, node, target or "Mul+Add")
 
 
 # -- BatchNormalization -----------------------------------------------------------------------------

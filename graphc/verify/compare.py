@@ -15,7 +15,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from graphc.errors import DataError, VerificationError
-from graphc.ir.model import Model
+from graphc.calib.declared_shapes import repair_declarations_by_run
+from graphc.ir.model import Model, model_bytes
 from graphc.progress import progress
 from graphc.runtime import create_session, run_session
 from graphc.verify.feeds import InputShapes, ModelInput, evaluation_data, open_model
@@ -120,6 +121,8 @@ def compare_models(
     ref_model, ref_src = open_model(reference)
     cand_model, cand_src = open_model(candidate)
     source = evaluation_data(ref_model, data, input_shapes=input_shapes, samples=samples, seed=seed)
+    ref_src = runnable_on(ref_model, ref_src, source)
+    cand_src = runnable_on(cand_model, cand_src, source)
     pairs, matched_by = match_outputs(ref_model, cand_model)
     per_output, note = _output_tolerances(ref_src, pairs, source, tolerances)
     running = _run_outputs(ref_src, cand_src, pairs, source, per_output, optimize)
@@ -138,6 +141,17 @@ def compare_models(
                                                   optimize=optimize)
     log.info("verify: %s", report.summary())
     return report
+
+
+def runnable_on(model: Model, src: Any, data: Any) -> Any:
+    """What onnxruntime should load to run ``model`` on ``data``: ``src``, or the model with the
+    literal 0 input dims the data contradicts opened (:mod:`graphc.calib.declared_shapes`; the
+    file as written refuses any non-empty batch there)."""
+    if not any(isinstance(t.shape, (list, tuple)) and 0 in t.shape for t in model.graph.inputs):
+        return src
+    if repair_declarations_by_run(model, data).opened_inputs:
+        return model_bytes(model)
+    return src
 
 
 def _output_tolerances(ref_src, pairs, source, tolerances: Tolerances) -> tuple[list[Tolerances], str]:

@@ -17,6 +17,12 @@ thresholds in lossy mode. With only a top-1 threshold there is no budget for int
 the result says so. Exposing a tensor stops onnxruntime from fusing across it (e.g. a QDQ
 model's DequantizeLinear -> Conv -> QuantizeLinear no longer becomes QLinearConv), so the values
 compared are those of the graph as written.
+
+Inside If branches: an If that every sample takes the same way is replaced, in copies of both
+models, by the branch it takes (:mod:`graphc.verify.branches`), so the branch's tensors are
+compared too and a divergence there is named by path (``Conv 'If_0/then_branch/conv'``). A
+divergence first seen at the output of a Loop or Scan (or of an If the samples take both ways)
+is reported at that node, with a note that its body was not searched.
 """
 from __future__ import annotations
 
@@ -35,6 +41,7 @@ from graphc.ir.shapes import infer_shapes
 from graphc.ir.structure import node_label
 from graphc.progress import progress
 from graphc.runtime import create_session, run_session
+from graphc.verify.branches import taken_branch_views
 from graphc.verify.running import RunningMetrics, TensorMetrics
 from graphc.verify.tolerances import Tolerances
 
@@ -59,8 +66,9 @@ class Localization:
         if self.tensor is None:
             return f"not localized: {self.note}"
         reason = self.metrics.failures[0] if self.metrics is not None and self.metrics.failures else ""
-        return (f"first divergence at tensor '{self.tensor}' computed by {self.candidate_node} "
+        text = (f"first divergence at tensor '{self.tensor}' computed by {self.candidate_node} "
                 f"(reference: {self.reference_node}): {reason}")
+        return f"{text}; {self.note}" if self.note else text
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -132,12 +140,28 @@ def localize_divergence(
     max_bytes: int = DEFAULT_MAX_BYTES,
     optimize: bool = True,
 ) -> Localization:
-    """Find the first shared tensor whose error exceeds the intermediate budget."""
+    """Find the first shared tensor whose error exceeds the intermediate budget (inside the If
+    branches the samples take: :mod:`graphc.verify.branches`)."""
     budget = tolerances.for_intermediates()
-    shared = shared_tensors(reference, candidate, input_shapes)
     if not budget.elementwise and not budget.thresholds:
+        shared = shared_tensors(reference, candidate, input_shapes)
         return Localization(None, None, None, None, len(shared), 0,
                             "top-1 applies to outputs only; give min_sqnr or min_cosine to localize")
+    found = None
+    for ref_view, cand_view, samples, inlined in taken_branch_views(reference, candidate, data):
+        if inlined:
+            log.info("localize: %d If node(s) replaced by the branch %d sample(s) take", inlined,
+                     len(samples))
+        found = _first_divergence(ref_view, cand_view, samples, budget, input_shapes, chunk_size,
+                                  max_bytes, optimize)
+        if found.tensor is not None:
+            return found
+    return found
+
+
+def _first_divergence(reference: Model, candidate: Model, data, budget: Tolerances,
+                      input_shapes, chunk_size: int, max_bytes: int, optimize: bool) -> Localization:
+    shared = shared_tensors(reference, candidate, input_shapes)
     if not shared:
         return Localization(None, None, None, None, 0, 0, "the models share no intermediate tensor names")
     compared = 0
@@ -149,10 +173,20 @@ def localize_divergence(
             compared += 1
             if not metrics.passed:
                 return Localization(tensor.name, node_label(tensor.candidate_node),
-                                    node_label(tensor.reference_node), metrics, len(shared), compared)
+                                    node_label(tensor.reference_node), metrics, len(shared), compared,
+                                    _body_note(tensor.candidate_node))
     return Localization(None, None, None, None, len(shared), compared,
                         "every shared tensor is within budget; the divergence is in tensors "
                         "the models do not share")
+
+
+def _body_note(node: gs.Node) -> str:
+    """What localization cannot see: the inside of the body of the node it stopped at."""
+    if node.op in ("Loop", "Scan"):
+        return f"inside the {node.op}'s body: not localized further (its body runs once per iteration)"
+    if node.op == "If":
+        return "inside the If's branches: not localized further (the samples take different branches)"
+    return ""
 
 
 def _compare_chunk(reference: Model, candidate: Model, chunk: list[SharedTensor], data: DataSource,

@@ -122,12 +122,12 @@ class Canonicalize(Pass):
                 break
         else:
             result.skip(f"no fixed point after {self.options.max_iterations} rounds (max-iterations)")
+        paths = {id(n): path for path, scope in walk_graphs(graph) for n in scope.nodes}
         nodes = [n for _, scope in walk_graphs(graph) for n in scope.nodes]
-        alive = {id(n) for n in nodes}
         for node, reason in skipped.values():
-            if id(node) in alive:
+            if id(node) in paths:
                 result.skip(reason)
-                log.info("%s left alone: %s", node_label(node), reason)
+                log.info("%s left alone: %s", node_label(node, paths[id(node)]), reason)
         for node in nodes:
             if not is_standard_op(node):
                 result.skip("node of another domain left untouched")

@@ -33,6 +33,12 @@ data it is the relative weight error. Details per rewritten layer: node, op, met
 ranks, full ranks, MACs and weight params before and after (MACs per batch item: symbolic dims
 count as 1), est_error and its basis.
 
+A Conv whose spatial size the declared input shapes leave open (dynamic H/W: PP-OCR det, most
+detectors) is costed at the cost shapes (``ctx.cost_shapes``: ``--input-shape``, else the first
+data sample's shape, else a nominal one, said in one note). Only the MAC counts (hence the
+min-saving decision) and the im2col layout of SAME padding depend on them; the rewrite keeps the
+Conv's pads/auto_pad, so the factored model is correct at every input size.
+
 Factored nodes are named ``<node>.svd.v/.svd.u``, ``<node>.tucker.in/.core/.out`` and
 ``<node>.dw.depthwise/.dw.pointwise``; nodes so named are never factored again.
 """
@@ -54,12 +60,14 @@ from graphc.ir.padding import explicit_pads
 from graphc.passes.factorize import decomposition as fm
 from graphc.passes.factorize import rewrite as rw
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+from graphc.passmanager.context import MeasuredCostShapeAnalysis
 
 log = logging.getLogger(__name__)
 
 #: names given to factored nodes (NameFactory may append _N); such nodes are not factored again.
 FACTORED_NAME = re.compile(r"\.(svd\.[uv]|tucker\.(in|core|out)|dw\.(depthwise|pointwise))(_\d+)?$")
 DEFAULT_ENERGY = 0.99
+SPATIAL_UNKNOWN = "spatial shape unknown (give --input-shape)"
 _FLOATS = (np.float16, np.float32, np.float64)
 
 
@@ -163,12 +171,25 @@ class Factorize(Pass):
                 reason = "ignored by pattern"
             else:
                 reason = match(node, shapes)
+            if reason == SPATIAL_UNKNOWN:  # a dynamic input: count costs at the cost shapes
+                reason = match(node, self._cost_shapes(ctx))
             if isinstance(reason, _Layer):
                 layers.append(reason)
                 continue
             result.skip(reason)
             log.info("%s not factored: %s", node_label(node), reason)
         return layers
+
+    @staticmethod
+    def _cost_shapes(ctx: Context):
+        """Shapes the MACs of a dynamic-input Conv are counted at (``--input-shape``, the first
+        sample, else a nominal shape; said once). Only costs and the im2col layout of the
+        moments depend on them: the rewrite keeps the Conv's pads/auto_pad, so it holds at every
+        input size."""
+        estimate = ctx.analysis(MeasuredCostShapeAnalysis)
+        if estimate.chosen:
+            ctx.note(f"factorize counts Conv MACs {estimate.where}")
+        return estimate.shapes
 
     def _refuse(self, plan: _Plan) -> str | None:
         if self.options.force:
@@ -261,7 +282,7 @@ def _match_conv(node: gs.Node, shapes) -> _Layer | str:
     x_info, y_info = shapes.get(node.inputs[0].name), shapes.get(node.outputs[0].name)
     spatial = [i.shape[2:] if i is not None and i.shape is not None else None for i in (x_info, y_info)]
     if any(s is None or not all(isinstance(d, int) and d > 0 for d in s) for s in spatial):
-        return "spatial shape unknown (give --input-shape)"
+        return SPATIAL_UNKNOWN
     pads = explicit_pads(node, kernel, spatial[0])
     if isinstance(pads, str):
         return pads

@@ -102,19 +102,19 @@ class Quantizer:
                 log.info("quant: %s never ran on the calibration data; kept float", body.path)
                 continue
             body_writer = write_plan(body.graph, body.plan, ranges, fmt, names)
-            self._record(body.plan, body_writer, ranges, result)
+            self._record(body.plan, body_writer, ranges, result, body.path)
             result.count("quantized_bodies")
         self._record(plan, writer, ranges, result)
         result.modified = bool(plan.quantized) or "quantized_bodies" in result.stats
         return result
 
     @staticmethod
-    def _record(plan, writer, ranges: dict, result: PassResult) -> None:
+    def _record(plan, writer, ranges: dict, result: PassResult, path: str = "") -> None:
         for op, n in Counter(node.op for node in plan.quantized).items():
             result.count(f"quantized_{op}", n)
         result.count("qdq_pairs", writer.inserted)
         result.count("weights", len(plan.weights))
-        result.details.extend(_details(plan, writer, ranges))
+        result.details.extend(_details(plan, writer, ranges, path))
 
     def _config(self) -> PlacementConfig:
         opts = self.options
@@ -172,7 +172,9 @@ def activation_names(plan) -> list[str]:
     return [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
 
 
-def _details(plan, writer, ranges) -> list[dict]:
+def _details(plan, writer, ranges, path: str = "") -> list[dict]:
+    """Records of the calibrated tensors and the layers kept float; a body's layers are named by
+    their path (``If_0/then_branch/conv``), as the report's layer table names them."""
     rows = []
     for name, aq in plan.activations.items():
         params = writer.params.get(name)
@@ -183,10 +185,11 @@ def _details(plan, writer, ranges) -> list[dict]:
             "zero_point": int(params.zero_point) if params is not None else None,
             "range": [rng.lo, rng.hi] if rng is not None else None,
             "observed": [rng.observed_min, rng.observed_max] if rng is not None else None,
-            "absorbed": node_label(aq.absorbed) if aq.absorbed is not None else None,
+            "absorbed": node_label(aq.absorbed, path) if aq.absorbed is not None else None,
         })
     quantized = {node.name for node in plan.quantized}
     for name, (op, reason) in plan.kept_float.items():
         if name not in quantized:
-            rows.append({"node": name, "op": op, "precision": "float", "reason": reason})
+            rows.append({"node": f"{path}/{name}" if path else name, "op": op, "precision": "float",
+                         "reason": reason})
     return rows

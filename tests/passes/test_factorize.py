@@ -11,7 +11,7 @@ import graphc
 from graphc.calib.data import open_data
 from graphc.errors import DataError, OptionError
 from graphc.passmanager import PassManager, parse_pipeline
-from support import MODELS, assert_same_outputs, assert_valid, make_model, op_count, random_feeds, run
+from support import MODELS, assert_same_outputs, assert_valid, make_model, op_count, ppocr_model, random_feeds, run
 
 RNG = np.random.default_rng(0)
 
@@ -327,10 +327,36 @@ def test_conv_skips(method):
                               "weight is not constant": 1}
 
 
-def test_conv_unknown_spatial_shape_is_skipped():
-    proto = _conv(_weights(8, 6, 3, 3), ("n", 6, "h", "w"))
-    model, record = _run(proto, "factorize{method=tucker rank=0.5 force=true}")
-    assert not record.modified and record.skipped == {"spatial shape unknown (give --input-shape)": 1}
+@pytest.mark.parametrize("attrs", [dict(pads=[1, 1, 1, 1]), dict(auto_pad="SAME_UPPER", strides=[2, 2])],
+                         ids=["pad1", "same-upper-stride2"])
+def test_dynamic_spatial_conv_is_costed_at_a_nominal_shape_and_exact_at_every_size(tmp_path, attrs):
+    """Dynamic H/W: MACs at the nominal 224x224 (said in one note), and the rewrite (which keeps
+    pads/auto_pad) is exact at input sizes other than the nominal one."""
+    proto = _conv(_weights(8, 6, 3, 3), ("n", 6, "h", "w"), **attrs)
+    model = graphc.load(proto)
+    report = PassManager("factorize{method=tucker rank=1.0 force=true}").run(model)
+    (record,) = report.records
+    (detail,) = record.details
+    side = 224 if "pads" in attrs else 112
+    assert detail["macs_before"] == side * side * 8 * 6 * 9
+    assert report.notes == ["factorize counts Conv MACs at a nominal shape (x:1x6x224x224; --input-shape "
+                            "to choose)"]
+    path = assert_valid(model, tmp_path)
+    for shape in [(1, 6, 9, 13), (2, 6, 16, 16)]:
+        feeds = {"x": RNG.standard_normal(shape).astype(np.float32)}
+        assert_same_outputs(proto, path, feeds, rtol=1e-5, atol=1e-6)
+
+
+def test_dynamic_spatial_conv_is_costed_at_the_given_shape_or_the_first_sample():
+    proto = _conv(_weights(8, 6, 3, 3), ("n", 6, "h", "w"), pads=[1, 1, 1, 1])
+    given = PassManager("factorize{method=tucker rank=0.5}", input_shapes={"x": (1, 6, 10, 12)})
+    report = given.run(graphc.load(proto))
+    assert report.records[0].details[0]["macs_before"] == 120 * 8 * 6 * 9 and report.notes == []
+    samples = [{"x": RNG.standard_normal((1, 6, 5, 7)).astype(np.float32)} for _ in range(2)]
+    model = graphc.load(proto)
+    report = PassManager("factorize{method=tucker rank=0.5}", data=open_data(samples, model)).run(model)
+    assert report.records[0].details[0]["macs_before"] == 35 * 8 * 6 * 9
+    assert report.notes == ["factorize counts Conv MACs at the first calibration sample's shape"]
 
 
 # -- tucker and dw: rank rules and costs ---------------------------------------------------------
@@ -462,3 +488,21 @@ def test_data_aware_svd_beats_plain_svd_on_the_trained_transformer():
         assert detail["est_error"] < plain[0][node]["est_error"], node
     assert aware[1] < 0.5 * plain[1]  # and at the model's output, on held-out data
     assert aware[2] > plain[2] + 0.2
+
+
+def test_ppocr_det_with_dynamic_hw_factors_without_flags(tmp_path):
+    """PP-OCRv4 det declares [N, 3, H, W]: its 3x3 Convs are costed at the nominal shape, none is
+    skipped as "spatial shape unknown", and the full-rank rewrite matches at two input sizes."""
+    src = ppocr_model("det")
+    if src is None:
+        pytest.skip("rapidocr-onnxruntime (PP-OCR models) not installed")
+    model = graphc.load(src)
+    report = PassManager("factorize{method=tucker rank=1.0 force=true}").run(model)
+    (record,) = report.records
+    assert record.stats == {"factored": 6}
+    assert record.skipped == {"grouped Conv (groups=1 only)": 14, "1x1 kernel: no spatial mode to factor": 42}
+    assert report.notes == ["factorize counts Conv MACs at a nominal shape (x:1x3x224x224; --input-shape to choose)"]
+    path = assert_valid(model, tmp_path)
+    for shape in [(1, 3, 96, 128), (1, 3, 64, 64)]:
+        feeds = {"x": np.random.default_rng(0).random(shape).astype(np.float32)}
+        assert_same_outputs(src, path, feeds, rtol=1e-4, atol=1e-5)

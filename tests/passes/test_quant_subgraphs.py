@@ -212,3 +212,11 @@ def test_weights_only_inside_a_loop_body(tmp_path):
     assert not [n for n in model.graph.nodes if n.op == "DequantizeLinear"]
     path = assert_valid(model, tmp_path)
     assert sqnr_over(proto, path, loop_feeds(4, seed=1)) > 35  # measured 44 dB
+
+
+def test_layers_kept_float_inside_a_branch_are_named_by_path():
+    model, record = quantize(if_conv_model(), "quant{placement=all exclude=then.conv2}", feeds([True, False], 8))
+    kept = [d for d in record.details if d.get("precision") == "float"]
+    assert kept == [{"node": "If_0/then_branch/then.conv2", "op": "Conv", "precision": "float",
+                     "reason": "Conv excluded by pattern"}]
+    assert int8_weights(dict(walk_graphs(model.graph))["If_0/then_branch"]) == 1
