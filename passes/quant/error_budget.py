@@ -11,8 +11,11 @@ it on the calibration feeds, against the float model's outputs computed once):
   ``[N, T, C]``, :func:`graphc.verify.running.has_top1`): for a CTC recognizer every time step
   is a position.
 
+- cosine: the mean over output rows (axis 0) of the cosine with the float model's row
+  (:func:`graphc.verify.scores.score_outputs`), for ``min-cosine`` (embeddings, regressions).
+
 A budget is met when every given bound holds (``SQNR >= min_sqnr``, ``disagreement <=
-max_top1_drop``).
+max_top1_drop``, ``cosine >= min_cosine``).
 
 Procedure:
 
@@ -69,9 +72,12 @@ SENSITIVE_MARGIN_DB = 6.0
 class Target:
     min_sqnr: float | None
     max_top1_drop: float | None
+    min_cosine: float | None = None
 
     def met(self, score: Score) -> bool:
         if self.min_sqnr is not None and not score.sqnr >= self.min_sqnr:
+            return False
+        if self.min_cosine is not None and not score.cosine >= self.min_cosine:
             return False
         if self.max_top1_drop is not None and not (score.disagreement or 0.0) <= self.max_top1_drop:
             return False
@@ -80,17 +86,21 @@ class Target:
     def sensitive(self, solo: Score) -> bool:
         if self.min_sqnr is not None and solo.sqnr < self.min_sqnr + SENSITIVE_MARGIN_DB:
             return True
+        if self.min_cosine is not None and 1.0 - solo.cosine > (1.0 - self.min_cosine) / 4:
+            return True
         return self.max_top1_drop is not None and (solo.disagreement or 0.0) > self.max_top1_drop / 4
 
     def text(self) -> str:
         parts = [f"min-sqnr={self.min_sqnr:g}"] if self.min_sqnr is not None else []
         if self.max_top1_drop is not None:
             parts.append(f"max-top1-drop={self.max_top1_drop:g}")
+        if self.min_cosine is not None:
+            parts.append(f"min-cosine={self.min_cosine:g}")
         return " ".join(parts)
 
 
 def describe(score: Score) -> str:
-    text = f"{score.sqnr:.1f} dB"
+    text = f"{score.sqnr:.1f} dB, cosine {score.cosine:.5f}"
     return text + (f", top-1 disagreement {score.disagreement:.2%}" if score.disagreement is not None else "")
 
 
@@ -129,7 +139,7 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
                         result: PassResult) -> tuple[list[dict], Budget]:
     """The layers to keep float, each as a details record with its reason, and the budget run."""
     opts = quantizer.options
-    target = Target(opts.min_sqnr, opts.max_top1_drop)
+    target = Target(opts.min_sqnr, opts.max_top1_drop, opts.min_cosine)
     budget = Budget(quantizer, ctx)
     budget.units = candidate_units(quantizer, graph, ctx)
     layers = list(budget.units)
@@ -144,7 +154,7 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
         # the shortest prefix of the most-sensitive-first order that meets the budget, by
         # bisection (all layers float is the float model itself, which meets any budget)
         order = sorted(layers, key=lambda n: solo[n].sqnr)
-        lo, hi, best = 0, len(order), Score(float("inf"), 0.0)
+        lo, hi, best = 0, len(order), Score(float("inf"), 0.0, 1.0)
         while hi - lo > 1:
             mid = (lo + hi) // 2
             score = budget.score([tuple(order[:mid])])[0]
@@ -177,6 +187,9 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
                          "budget_evaluations_run": budget.runs, "budget_evaluations_cached": budget.cache.hits})
     if opts.min_sqnr is not None:
         result.stats["budget_min_sqnr"] = opts.min_sqnr
+    if opts.min_cosine is not None:
+        result.stats.update({"budget_min_cosine": opts.min_cosine, "budget_cosine": round(current.cosine, 6),
+                             "budget_cosine_all_quantized": round(all_quantized.cosine, 6)})
     if current.disagreement is not None:
         result.stats["budget_top1_disagreement_all_quantized"] = round(all_quantized.disagreement, 5)
         result.stats["budget_top1_disagreement"] = round(current.disagreement, 5)

@@ -38,7 +38,7 @@ log = logging.getLogger(__name__)
 
 WORKERS = 2
 MAX_FEEDS = 32
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 def cache_dir() -> Path:
@@ -47,13 +47,15 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Score:
-    """One evaluation: output SQNR (dB) and top-1 disagreement (None: no class-score output)."""
+    """One evaluation: output SQNR (dB), top-1 disagreement (None: no class-score output) and
+    mean row cosine of the outputs."""
 
     sqnr: float
     disagreement: float | None
+    cosine: float = 1.0
 
     def to_json(self) -> dict:
-        return {"sqnr": self.sqnr, "disagreement": self.disagreement}
+        return {"sqnr": self.sqnr, "disagreement": self.disagreement, "cosine": self.cosine}
 
 
 class EvaluationCache:
@@ -66,7 +68,7 @@ class EvaluationCache:
         try:
             stored = json.loads(self.path.read_text())
             if stored.get("version") == CACHE_VERSION:
-                self.values = {k: Score(float(v["sqnr"]), v["disagreement"])
+                self.values = {k: Score(float(v["sqnr"]), v["disagreement"], float(v["cosine"]))
                                for k, v in stored["evaluations"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.values = {}
@@ -132,7 +134,7 @@ def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
         positions=job.allowed(model.graph, float_layers))
     model.graph.cleanup().toposort()
     score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)")
-    return Score(score.sqnr, score.disagreement)
+    return Score(score.sqnr, score.disagreement, score.cosine)
 
 
 class Budget:
