@@ -217,6 +217,9 @@ def _opt_parser(sub: Any) -> None:
                    help="plot this tensor's activation histogram in the report (repeatable)")
     g.add_argument("--no-layer-errors", dest="layer_errors", action="store_false", default=None,
                    help="do not measure each layer's error for the report")
+    g = opt.add_argument_group("limits")
+    g.add_argument("--max-seconds", type=_number(0.001), metavar="S",
+                   help="wall-clock limit of each pass; a pass over it stops the build and nothing is written")
     _common(opt)
 
 
@@ -303,6 +306,7 @@ OPT_FLAGS = {
     "min_top1": "gates.min_top1", "max_top1_drop": "gates.max_top1_drop", "min_speedup": "gates.min_speedup",
     "bench": "bench.enabled", "bench_threads": "bench.threads", "bench_rounds": "bench.rounds",
     "bench_warmup": "bench.warmup", "layer_errors": "outputs.layer_errors",
+    "max_seconds": "limits.max_seconds",
 }
 
 
@@ -499,6 +503,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    logger = logging.getLogger("graphc")
+    level_before = logger.level
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -525,6 +531,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return EXIT_USAGE
+    finally:  # an in-process call (a build script, a test) leaves the caller's logging as it was
+        for handler in [h for h in logger.handlers if getattr(h, "_graphc_cli", False)]:
+            logger.removeHandler(handler)
+        logger.setLevel(level_before)
 
 
 def run_main() -> None:  # pragma: no cover - what a `python -m graphc.cli` would call
