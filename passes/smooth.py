@@ -31,6 +31,10 @@ costs one element-wise kernel; ``compensate=false`` leaves such sites alone inst
 are computed in float64 and rounded once, so the rewrite is exact up to float32 rounding
 (rtol 1e-5): ``(X / s) * s`` differs from X by at most two float32 roundings.
 
+Sites inside If/Loop/Scan bodies are smoothed too (the same walk; their ranges are measured
+through lifted outputs, :mod:`graphc.ir.lift`, over every iteration of a Loop; a branch no sample
+took is left alone).
+
 Not smoothed (skip reasons counted): a MatMul-produced X read by anything else or a graph
 output, X produced by an op the scale cannot fold into (a graph input, Softmax, Gelu, a
 Reshape: an inserted Mul before the readers would cost a kernel for nothing the MatMul source
@@ -49,7 +53,8 @@ import onnx_graphsurgeon as gs
 
 from graphc.calib.channel_max import channel_absmax
 from graphc.errors import DataError
-from graphc.ir import NameFactory, consumers, is_graph_output, is_standard_op, node_label, producer, toposort
+from graphc.ir import (NameFactory, consumers, is_graph_output, is_standard_op, node_label, producer, toposort,
+                       walk_graphs)
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,7 @@ class SmoothSite:
     readers: list[gs.Node] = field(default_factory=list)
     others: list[gs.Node] = field(default_factory=list)   # read x back through a Mul by s
     output: bool = False            # x is a graph output (kept through the Mul)
+    scope: gs.Graph | None = None   # the graph or body holding x (where a compensating Mul goes)
 
     @property
     def layernorm(self) -> bool:
@@ -97,7 +103,7 @@ class Smooth(Pass):
         if ctx.data is None:
             raise DataError("pass 'smooth' needs calibration data (--data)")
         toposort(graph)  # sites in graph order, upstream first (the rewrite walks them backwards)
-        sites = self._sites(graph, result)
+        sites = self._sites(graph, result)  # in the graph and its If/Loop/Scan bodies
         if not sites:
             return result
         ranges = channel_absmax(ctx.model, ctx.data, {s.x.name: -1 for s in sites},
@@ -108,6 +114,9 @@ class Smooth(Pass):
         # from those divided rows, or a second run finds it unbalanced again. The measured ranges
         # stay valid: a site's activation depends only on upstream scales, which are undone at it.
         for site in reversed(sites):
+            if site.x.name not in ranges:
+                result.skip("activation never ran on the calibration data (an If branch no sample took)")
+                continue
             s = _smoothing_scales(ranges[site.x.name], site.readers, self.options.alpha)
             if np.max(np.abs(s - 1.0)) <= self.options.tolerance:
                 continue
@@ -127,20 +136,23 @@ class Smooth(Pass):
 
     def _sites(self, graph: gs.Graph, result: PassResult) -> list[SmoothSite]:
         sites, seen = [], set()
-        for node in list(graph.nodes):
-            if not is_standard_op(node, "MatMul", "Gemm") or id(node.inputs[0]) in seen:
-                continue
-            x = node.inputs[0]
-            seen.add(id(x))
-            site, reason = self._site(graph, x)
-            if reason:
-                result.skip(reason)
-                log.info("smooth: %s not smoothed: %s", node_label(node), reason)
-            elif site is not None:
-                sites.append(site)
+        scopes = [scope for _, scope in walk_graphs(graph)]
+        outputs = {id(t) for scope in scopes for t in scope.outputs}
+        for scope in scopes:
+            for node in list(scope.nodes):
+                if not is_standard_op(node, "MatMul", "Gemm") or id(node.inputs[0]) in seen:
+                    continue
+                x = node.inputs[0]
+                seen.add(id(x))
+                site, reason = self._site(scope, x, outputs)
+                if reason:
+                    result.skip(reason)
+                    log.info("smooth: %s not smoothed: %s", node_label(node), reason)
+                elif site is not None:
+                    sites.append(site)
         return sites
 
-    def _site(self, graph: gs.Graph, x: gs.Tensor) -> tuple[SmoothSite | None, str | None]:
+    def _site(self, graph: gs.Graph, x: gs.Tensor, outputs: set[int]) -> tuple[SmoothSite | None, str | None]:
         if not isinstance(x, gs.Variable):
             return None, "activation is a constant"
         readers, others, reasons = [], [], []
@@ -161,10 +173,10 @@ class Smooth(Pass):
         site, reason = _source_site(graph, source, x, width)
         if site is None:
             return None, reason
-        output = is_graph_output(graph, x)
+        output = id(x) in outputs  # an output of the graph or of a body
         if (others or output) and not (site.layernorm and self.options.compensate):
             return None, OTHER_READERS if others else "activation is a graph output"
-        site.readers, site.others, site.output = readers, others, output
+        site.readers, site.others, site.output, site.scope = readers, others, output, graph
         return site, None
 
 
@@ -280,4 +292,4 @@ def _compensate(graph: gs.Graph, site: SmoothSite, s: np.ndarray, names: NameFac
     for r in site.readers:
         r.inputs[0] = scaled
     factor = gs.Constant(names(f"{x.name}_smooth_scale"), s.astype(np.float32))
-    graph.nodes.append(gs.Node("Mul", names(f"{x.name}_unsmooth"), inputs=[scaled, factor], outputs=[x]))
+    (site.scope or graph).nodes.append(gs.Node("Mul", names(f"{x.name}_unsmooth"), inputs=[scaled, factor], outputs=[x]))
