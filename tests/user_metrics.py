@@ -34,3 +34,13 @@ def returns_text(reference, candidate, labels=None):
 
 
 not_callable = 3
+
+
+def relative_error(reference, candidate, labels=None):
+    """sum |reference - candidate| / sum |reference| over every output: lower is better."""
+    num = sum(float(np.sum(np.abs(r[k] - c[k]))) for r, c in zip(reference, candidate) for k in r)
+    den = sum(float(np.sum(np.abs(r[k]))) for r in reference for k in r)
+    return num / den
+
+
+relative_error.higher_is_better = False

@@ -89,6 +89,10 @@ class Quantize(Pass):
                                              "top-1 predictions (argmax over the class axis of [N, C] or "
                                              "[N, T, C] outputs) disagree with the float model's on at most "
                                              "this fraction of the calibration positions", min=0.0, max=1.0)
+        max_metric_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                               "user's metric (--metric) loses at most this against the float "
+                                               "model on the calibration data, the float outputs as the truth",
+                                               min=0.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
@@ -118,7 +122,8 @@ class Quantize(Pass):
         """Without --data, static quantization becomes dynamic (nothing to calibrate) unless an
         option needs the data (an error budget, bias correction)."""
         opts = self.options
-        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.bias_correction:
+        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.max_metric_drop is not None \
+                or opts.bias_correction:
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
                     "(activation ranges computed at run time; quant{activations=dynamic})")
@@ -135,7 +140,8 @@ class Quantize(Pass):
             return run_dynamic(self, graph, ctx)
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
-        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
+        if any(v is not None for v in (self.options.min_sqnr, self.options.max_top1_drop,
+                                       self.options.max_metric_drop)):
             return run_with_budget(Quantizer(self.options), graph, ctx)
         return Quantizer(self.options).quantize(graph, ctx, result)
 
