@@ -14,7 +14,8 @@ is better.
 - ``ctc_cer``: greedy CTC decoding of [N, T, C] character scores (argmax per step, repeats merged,
   blank index 0 dropped); a charset file (``charset=keys.txt``, one character a line, index k >= 1
   is line k - 1, one past the last line is a space as PP-OCR's decoder adds) turns indices into
-  text. CER = sum of Levenshtein distances / sum of truth lengths over all lines (corpus CER, not
+  text (or ``charset=rec.onnx``: the model's ``character`` metadata, how rapidocr ships PP-OCR's
+  dictionary; ``spaces=collapse`` strips and merges runs of spaces first). CER = sum of Levenshtein distances / sum of truth lengths over all lines (corpus CER, not
   the mean of per-line rates); 0 when every truth is empty and every prediction too. Labels: one
   string per sample. Lower is better.
 - ``box_f1``: [N, B, 4 + K] detector outputs, boxes x1, y1, x2, y2 then K scores; a box counts
@@ -66,26 +67,47 @@ def ctc_greedy_decode(scores: np.ndarray, blank: int = 0) -> list[list[int]]:
 
 
 def read_charset(path: str | Path) -> list[str]:
-    """Characters of a keys file, one a line (PP-OCR's format); a space is appended as index len + 1."""
+    """Characters of a keys file, one a line (PP-OCR's format), or of an ONNX model's ``character``
+    metadata (how rapidocr ships the PP-OCR rec dictionary); a space is appended as index len + 1."""
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        if str(path).endswith(".onnx"):
+            text = _model_charset(Path(path))
+        else:
+            text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise MetricArgumentError(f"charset file {path}: {exc.strerror or exc}") from None
     return [line.rstrip("\r\n") for line in text.splitlines()] + [" "]
 
 
+def _model_charset(path: Path) -> str:
+    # lazy: onnx is needed only for a dictionary stored in a model
+    import onnx
+
+    if not path.is_file():
+        raise MetricArgumentError(f"charset file {path}: no such file")
+    proto = onnx.load(str(path), load_external_data=False)
+    found = {p.key: p.value for p in proto.metadata_props}.get("character")
+    if found is None:
+        raise MetricArgumentError(f"charset file {path}: the model has no 'character' metadata")
+    return found
+
+
 def ctc_cer(reference: Outputs, candidate: Outputs, labels: Any = None, *, charset: str | None = None,
-            output: str | None = None, blank: str = "0") -> float:
-    """Character error rate of the candidate's greedy CTC decoding (see the module docstring)."""
+            output: str | None = None, blank: str = "0", spaces: str = "keep") -> float:
+    """Character error rate of the candidate's greedy CTC decoding (see the module docstring);
+    ``spaces=collapse`` strips text and merges runs of spaces on both sides first."""
     blank_index = int(blank)
     chars = read_charset(charset) if charset else None
-    predicted = _decoded(candidate, output, blank_index, chars)
+    squeeze = (lambda s: " ".join(s.split())) if spaces == "collapse" else (lambda s: s)  # noqa: E731
+    if spaces not in ("keep", "collapse"):
+        raise MetricArgumentError(f"spaces must be keep or collapse, not '{spaces}'")
+    predicted = [squeeze(p) if chars else p for p in _decoded(candidate, output, blank_index, chars)]
     if labels is not None:
-        truth = [str(t) for t in np.asarray(labels).reshape(-1)]
+        truth = [squeeze(str(t)) for t in np.asarray(labels).reshape(-1)]
         if chars is None:
             raise MetricArgumentError("text labels need a charset (--metric-arg charset=keys.txt)")
     else:
-        truth = _decoded(reference, output, blank_index, chars)
+        truth = [squeeze(t) if chars else t for t in _decoded(reference, output, blank_index, chars)]
     if len(truth) != len(predicted):
         raise MetricArgumentError(f"{len(truth)} labels for {len(predicted)} decoded lines")
     errors = sum(edit_distance(t, p) for t, p in zip(truth, predicted))

@@ -101,3 +101,23 @@ def test_box_f1_against_padded_labels():
     assert box_f1(cand, cand, labels) == pytest.approx(2 * 2 / (2 * 2 + 0 + 1))
     with pytest.raises(MetricArgumentError, match=r"\[N, boxes, 4 \+ scores\]"):
         box_f1([{"y": np.zeros((1, 3, 4))}], [{"y": np.zeros((1, 3, 4))}])
+
+
+def test_charset_from_model_metadata_and_collapsed_spaces(tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1])])
+    model = helper.make_model(graph)
+    helper.set_model_props(model, {"character": "a\nb\nc"})
+    path = tmp_path / "rec.onnx"
+    onnx.save(model, path)
+    cand = [{"y": one_hot([[4, 1, 0, 4, 0, 4, 2, 4]])}]           # " a  b " (indices 4 = space)
+    assert ctc_cer(cand, cand, np.array(["a b"]), charset=str(path), spaces="collapse") == 0.0
+    # kept: " a  b " against "a b" is 3 deletions
+    assert ctc_cer(cand, cand, np.array(["a b"]), charset=str(path)) == pytest.approx(3 / 3)
+    onnx.save(helper.make_model(graph), tmp_path / "plain.onnx")
+    with pytest.raises(MetricArgumentError, match="no 'character' metadata"):
+        ctc_cer(cand, cand, np.array(["a b"]), charset=str(tmp_path / "plain.onnx"))
