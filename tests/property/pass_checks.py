@@ -10,6 +10,8 @@ For every pass (``check_pass_on``):
 - pass-specific oracles, independent of the pass's code:
   ``quant``: every Conv/Gemm/MatMul weight read through a DequantizeLinear dequantizes to within
   half a quantization step of the original float weight;
+  ``fp16``: every float16 initializer of the result is the float32 one of the same name (or of
+  the name before its ``.float16`` suffix) rounded to float16, exactly;
   ``prune``: the pruned model computes what the original computes with the removed channels'
   producers zeroed (``mask_channels`` on the original, channels named by the pass's records), at
   rtol 1e-4 / atol 1e-5 - exact, since the property test prunes with ``exact-borders=true``;
@@ -38,7 +40,7 @@ from support import run
 #: passes whose rewrite must not change the outputs (beyond float rounding).
 EXACT_PASSES = frozenset({"cleanup", "fold-constants", "fold-bn", "canonicalize", "equalize", "smooth"})
 #: passes expected to move the outputs (checked against LOSSY_FLOORS and their own oracles).
-LOSSY_PASSES = frozenset({"quant", "factorize", "prune"})
+LOSSY_PASSES = frozenset({"quant", "factorize", "prune", "fp16"})
 #: pipeline text used for a pass when its defaults do not suit tiny random graphs.
 PASS_TEXT: dict[str, str] = {
     "quant": "quant{placement=all}",           # the speed model keeps tiny graphs float
@@ -85,13 +87,14 @@ class Floor:
 LOSSY_FLOORS: dict[str, Floor] = {
     "quant": Floor(sqnr_db=15.0, cosine=0.98),
     "factorize": Floor(sqnr_db=45.0, cosine=0.99999),
+    "fp16": Floor(sqnr_db=45.0, cosine=0.99999),
 }
 
 #: the share of drawn graphs each pass must rewrite (its menu in random_graphs.MENUS draws graphs
 #: it applies to); measured shares are in test_pass_properties.py's docstring.
 MIN_REWRITTEN: dict[str, float] = {
     "cleanup": 0.8, "fold-constants": 0.8, "fold-bn": 0.9, "canonicalize": 0.8, "equalize": 0.8,
-    "smooth": 0.8, "quant": 0.9, "factorize": 0.9, "prune": 0.7,
+    "smooth": 0.8, "quant": 0.9, "factorize": 0.9, "prune": 0.7, "fp16": 0.8,
 }
 
 
@@ -163,6 +166,8 @@ def check_pass_on(cls, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], ref
         _check_floor(cls.name, reference, got, proto)
     if cls.name == "quant":
         check_quantized_weights(prepared(cls, proto), result)
+    if cls.name == "fp16":
+        check_half_weights(prepared(cls, proto), result)
     if cls.name == "prune":
         check_prune_is_masking(proto, report.records[-1].details, feeds, got)
     if cls.name not in NOT_IDEMPOTENT:
@@ -219,6 +224,18 @@ def check_quantized_weights(original: onnx.ModelProto, result: onnx.ModelProto) 
         error = np.abs(weight - want) - step / 2
         assert error.max() <= 1e-6 * np.abs(want).max() + 1e-12, \
             f"quant: weight of '{node.name}' dequantizes {error.max():.3g} beyond half a step from the original"
+
+
+# -- fp16: weights rounded, nothing else ------------------------------------------------------
+
+def check_half_weights(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
+    inits = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+    halves = [t for t in result.graph.initializer if t.data_type == onnx.TensorProto.FLOAT16]
+    for t in halves:
+        name = t.name.removesuffix(".float16")
+        assert name in inits, f"fp16: float16 initializer '{t.name}' has no float32 original"
+        np.testing.assert_array_equal(numpy_helper.to_array(t), inits[name].astype(np.float16),
+                                      err_msg=f"fp16: '{t.name}' is not the original rounded to float16")
 
 
 # -- prune: the masked original ----------------------------------------------------------------
