@@ -200,8 +200,8 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
         result.stats["budget_max_top1_drop"] = opts.max_top1_drop
     if current.metric_drop is not None:
         result.stats.update({"budget_max_metric_drop": opts.max_metric_drop,
-                             "budget_metric_drop_all_quantized": round(all_quantized.metric_drop, 6),
-                             "budget_metric_drop": round(current.metric_drop, 6)})
+                             "budget_metric_drop_all_quantized": round(all_quantized.metric_drop, 6) + 0.0,
+                             "budget_metric_drop": round(current.metric_drop, 6) + 0.0})  # no -0.0
     if not target.met(current):
         result.skip(f"{target.text()}: not met even with {len(kept)} layers float ({describe(current)})")
     return [{"node": name, "precision": "float",
