@@ -42,7 +42,7 @@ import onnx
 import bench_quant
 import graphc
 import ppocr_data
-from graphc.bench import compare_all
+from graphc.bench import compare_all, pair
 from graphc.ir import model_bytes
 from graphc.passes.fp16 import emulated_model
 from graphc.passmanager import PassManager
@@ -153,9 +153,9 @@ def _model_rows(kind: str, verdicts: list[str]) -> list[str]:
     for label, (blob, seconds) in variants.items():
         r = results[label]
         ratio = len(blob) / size
-        speed = f"{stats['float'].median_ms / stats[label].median_ms:.2f}x" if label in stats else "-"
+        speed = _speedup(stats, "float", label) if label in stats else "-"
         if label in stats and label.startswith("graphc"):
-            speed += f" / {stats['float fold-bn'].median_ms / stats[label].median_ms:.2f}x"
+            speed += f" / {_speedup(stats, 'float fold-bn', label)}"
         emu = f"{emulated.get('sqnr', float('nan')):.1f}" if label == "graphc fp16" else "-"
         if r["valid"] != "yes":
             rows.append(f"| {kind} | {label} | {r['valid']} | - | - | - | {ratio:.3f} | - | {seconds} |")
@@ -198,3 +198,10 @@ def run() -> str:
         "",
         "    python benchmarks/run.py fp16",
     ])
+
+
+def _speedup(stats, base: str, label: str) -> str:
+    """Paired median speed-up of ``label`` over ``base`` with its 25th-75th percentile spread."""
+    both = pair(stats, base, label, threads=THREADS)
+    low, high = both.ratio_spread()
+    return f"{both.ratio:.2f}x ({low:.2f}-{high:.2f})"

@@ -17,10 +17,10 @@ block). Block size 32 for int4. Two models:
   weight bytes should pay) and ``[64, HIDDEN]`` (compute-bound); SQNR of the output on the
   seeded ``[64, HIDDEN]`` normal input.
 
-Size: serialized model (weights inline) as a ratio to the float model's. Latency: the float
-model (A) against each variant (B) with :func:`graphc.bench.compare_latency` (alternated A/B,
-``THREADS`` intra-op threads, graph optimizations on, medians); reported as float time / variant
-time, so > 1 means the variant is faster. The last column lists the ops onnxruntime's optimized
+Size: serialized model (weights inline) as a ratio to the float model's. Latency: per timing
+feed, the float model and every variant in one alternation (:func:`graphc.bench.compare_all`,
+``THREADS`` intra-op threads, graph optimizations on, medians and the 25th-75th percentiles of the
+per-round ratios); reported as float time / variant time, so > 1 means the variant is faster. The last column lists the ops onnxruntime's optimized
 graph actually runs for the weights (saved with ``optimized_model_filepath``), so its fusions
 are seen, not assumed. Accuracy is measured twice: as deployed (optimizations on, the fused
 kernels) and with onnxruntime's graph optimizations off, where DequantizeLinear + MatMul run in
@@ -43,7 +43,8 @@ import onnx
 from onnx import TensorProto, helper
 
 import graphc
-from graphc.bench import compare_latency
+from graphc.passes.quant import Quantize
+from graphc.bench import compare_all, pair
 from graphc.ir import model_bytes
 from graphc.runtime import create_session, run_session
 from graphc.metrics import sqnr_db, top1_agreement
@@ -56,6 +57,8 @@ THREADS = 2
 LAYERS = 4
 HIDDEN = 2048
 SEED = 0
+#: rows of the synthetic chain's compute-bound timing input and of its SQNR input
+SYNTH_ROWS = 64
 #: (label, pipeline); None is the float model itself
 VARIANTS = [
     ("float", None),
@@ -63,8 +66,11 @@ VARIANTS = [
     ("int4 nbits", "quant{weights-only=true bits=4 int4-format=nbits}"),
     ("int4 dq", "quant{weights-only=true bits=4 int4-format=dq}"),
 ]
+WARMUP = 5
+#: int4 weights per scale: the variants leave quant's block-size at its default
+BLOCK_SIZE = Quantize.Options().block_size
 #: timed rounds per timing feed: cheap runs get more rounds, which steady their medians
-ROUNDS = {"batch 1": 500, "batch 64": 150, "M=1": 200, "M=64": 40}
+ROUNDS = {"batch 1": 500, "batch 64": 150, "M=1": 200, f"M={SYNTH_ROWS}": 40}
 #: ops that do the weights' work in onnxruntime's optimized graph
 WEIGHT_OPS = ("MatMul", "Gemm", "FusedMatMul", "FusedGemm", "MatMulNBits", "DequantizeLinear",
               "MatMulIntegerToFloat", "DynamicQuantizeMatMul", "MatMulInteger")
@@ -140,21 +146,18 @@ def outputs(model: bytes, feed: dict, optimize: bool = True) -> np.ndarray:
 def measure(models: dict[str, bytes], timing_feeds: dict[str, dict], eval_feed: dict,
             labels: np.ndarray | None) -> list[Row]:
     reference = outputs(models["float"], eval_feed)
+    timings = {}
+    for feed_label, feed in timing_feeds.items():      # float and every variant in one alternation
+        log.info("weights-only: timing %s", feed_label)
+        timings[feed_label] = compare_all(models, feed, threads=THREADS, warmup=WARMUP, rounds=ROUNDS[feed_label])
     rows = []
     for label, blob in models.items():
         got = reference if label == "float" else outputs(blob, eval_feed)
         unfused = reference if label == "float" else outputs(blob, eval_feed, optimize=False)
         speed, spread = {}, {}
-        for feed_label, feed in timing_feeds.items():
-            if label == "float":
-                speed[feed_label], spread[feed_label] = 1.0, (1.0, 1.0)
-                continue
-            log.info("weights-only: %s, %s", label, feed_label)
-            cmp = compare_latency(models["float"], blob, feed, threads=THREADS,
-                                  warmup=5, rounds=ROUNDS[feed_label])
-            per_round = np.asarray(cmp.a.times_ms) / np.asarray(cmp.b.times_ms)
-            speed[feed_label] = cmp.ratio
-            spread[feed_label] = tuple(float(v) for v in np.percentile(per_round, [25, 75]))
+        for feed_label, stats in timings.items():
+            cmp = pair(stats, "float", label, threads=THREADS, warmup=WARMUP)
+            speed[feed_label], spread[feed_label] = cmp.ratio, cmp.ratio_spread()
         top1 = float(np.mean(np.argmax(got, axis=-1) == labels)) if labels is not None \
             else top1_agreement(reference, got)
         rows.append(Row(label, len(blob) / len(models["float"]), speed, spread,
@@ -162,22 +165,23 @@ def measure(models: dict[str, bytes], timing_feeds: dict[str, dict], eval_feed: 
     return rows
 
 
-def transformer_rows() -> list[Row]:
+def transformer_rows() -> tuple[list[Row], dict]:
     test = np.load(MODELS / "digits_test.npz")
     calib = np.load(MODELS / "digits_calib.npz")
     float_bytes = (MODELS / "transformer_digits.onnx").read_bytes()
     models = variants(float_bytes, {"input": (1, 1, 16, 16)})
     feeds = {"batch 1": {"input": test["input"][:1]}, "batch 64": {"input": calib["input"][:64]}}
     labels = test["labels"] if "labels" in test.files else None
-    return measure(models, feeds, {"input": test["input"]}, labels)
+    counts = {"test": len(test["input"]), "batch": len(feeds["batch 64"]["input"]), "labels": labels is not None}
+    return measure(models, feeds, {"input": test["input"]}, labels), counts
 
 
 def synthetic_rows() -> list[Row]:
     rng = np.random.default_rng(SEED + 1)
     float_bytes = build_matmul_chain()
     models = variants(float_bytes, {"x": (1, HIDDEN)})
-    big = rng.standard_normal((64, HIDDEN), dtype=np.float32)
-    feeds = {"M=1": {"x": big[:1]}, "M=64": {"x": big}}
+    big = rng.standard_normal((SYNTH_ROWS, HIDDEN), dtype=np.float32)
+    feeds = {"M=1": {"x": big[:1]}, f"M={SYNTH_ROWS}": {"x": big}}
     return measure(models, feeds, {"x": big}, None)
 
 
@@ -211,20 +215,26 @@ def table(rows: list[Row], with_top1: bool) -> str:
 
 def run() -> str:
     load_before = os.getloadavg()[0]
-    transformer = transformer_rows()
+    transformer, counts = transformer_rows()
     synthetic = synthetic_rows()
     load_after = os.getloadavg()[0]
+    rounds = ", ".join(f"{k} {v}" for k, v in ROUNDS.items())
+    accuracy = "top-1 accuracy against the labels" if counts["labels"] else "top-1 agreement with float"
     return (
-        f"Float anchor = 1.00x. Speed = float median / variant median (alternated A/B, {THREADS} threads; "
-        "> 1 is faster), in brackets the 25th-75th percentiles of the per-round ratios. "
+        f"Float anchor = 1.00x. Speed = float median / variant median, > 1 is faster: per model and "
+        f"batch, the float model and every variant are timed in one alternation "
+        f"({', '.join(label for label, _ in VARIANTS)}, repeated: {rounds} rounds after {WARMUP} warm-up "
+        f"rounds; {THREADS} threads), in "
+        "brackets the 25th-75th percentiles of the per-round ratios. "
         f"{os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before and {load_after:.1f} "
-        "after the run (other work on the machine shows up as spread). int4 block size 32. SQNR of the outputs against float, as deployed and with "
-        "onnxruntime's graph optimizations off (no fusion: the weights' rounding alone). Last column: "
-        "the weight ops in onnxruntime's optimized graph (accN = MatMulNBits accuracy_level).\n\n"
-        "**transformer_digits** (SQNR and top-1 accuracy on the 450 digits_test images; latency on "
-        "one test image and on the 64 calibration images):\n\n"
+        f"after the run. int4 block size {BLOCK_SIZE} (quant's default). SQNR of the outputs against float, "
+        "as deployed and with onnxruntime's graph optimizations off (no fusion: the weights' rounding "
+        "alone). Last column: the weight ops in onnxruntime's optimized graph (accN = MatMulNBits "
+        "accuracy_level).\n\n"
+        f"**transformer_digits** (SQNR and {accuracy} on the {counts['test']} digits_test images; "
+        f"latency on one test image and on {counts['batch']} calibration images):\n\n"
         + table(transformer, with_top1=True)
-        + f"\n\n**{LAYERS} x MatMul {HIDDEN}x{HIDDEN}** (synthetic, seeded; SQNR on a [64, {HIDDEN}] "
+        + f"\n\n**{LAYERS} x MatMul {HIDDEN}x{HIDDEN}** (synthetic, seeded; SQNR on a [{SYNTH_ROWS}, {HIDDEN}] "
         "normal input):\n\n"
         + table(synthetic, with_top1=False)
         + "\n"

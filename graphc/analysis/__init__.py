@@ -9,10 +9,10 @@ their removal.
 from graphc.analysis.channels import (ChannelAnalysis, ChannelGroup, ChannelGroups,
                                       ChannelGroupsByHeadDim, Member, analyze_channels)
 from graphc.analysis.group_report import dependency_graph, format_groups, to_dot
-from graphc.analysis.removal import RemovalResult, mask_channels, remove_channels
+from graphc.analysis.removal import RemovalResult, is_border_branch, mask_channels, remove_channels
 
 __all__ = [
     "ChannelAnalysis", "ChannelGroup", "ChannelGroups", "ChannelGroupsByHeadDim", "Member",
     "analyze_channels", "dependency_graph", "format_groups", "to_dot", "RemovalResult",
-    "mask_channels", "remove_channels",
+    "is_border_branch", "mask_channels", "remove_channels",
 ]

@@ -416,7 +416,8 @@ def _border_correction(graph, node, kernel, names, ones_cache) -> None:
     dtype = np.asarray(node.inputs[1].values).dtype
     ones = ones_cache.get(x.name)
     if ones is None:
-        ones = _ones_plane(graph, x, dtype, names)
+        rank = np.asarray(node.inputs[1].values).ndim  # the weight's: N, C and one dim per kernel axis
+        ones = _ones_plane(graph, x, rank, dtype, names)
         ones_cache[x.name] = ones
     attrs = {k: v for k, v in node.attrs.items() if k != "group"}
     corr = gs.Variable(names(f"{y.name}.border"), dtype=y.dtype or dtype)
@@ -430,24 +431,42 @@ def _border_correction(graph, node, kernel, names, ones_cache) -> None:
                                outputs=[y]))
 
 
-def _ones_plane(graph, x, dtype, names) -> gs.Tensor:
-    """(N, 1, spatial...) of ones, shaped like ``x`` at run time: Slice -> Shape -> ConstantOfShape."""
+def _ones_plane(graph, x, rank: int, dtype, names) -> gs.Tensor:
+    """(1, 1, spatial...) of ones, as large as ``x``'s planes at run time (the correction broadcasts
+    over the batch): ConstantOfShape of ``[1, 1] + shape(x)[2:]``.
+
+    The plane's shape never reads the channel dim of ``x`` (Shape with ``start=2``, or a Gather of
+    the spatial dims below opset 15), so the channel analysis of the result sees ``x``'s group whole
+    and a later prune of the same model finds the same groups (a Slice of channel 0 would split it).
+    """
     base = x.name
-    first = gs.Variable(names(f"{base}.first_channel"), dtype=x.dtype or dtype)
-    if int(graph.opset) >= 10:
-        graph.nodes.append(gs.Node("Slice", name=names(f"{base}.first_channel"), inputs=[
-            x, gs.Constant(names(f"{base}.s0"), np.array([0], np.int64)),
-            gs.Constant(names(f"{base}.s1"), np.array([1], np.int64)),
-            gs.Constant(names(f"{base}.sax"), np.array([1], np.int64))], outputs=[first]))
+    spatial = gs.Variable(names(f"{base}.plane_dims"), dtype=np.int64)
+    if int(graph.opset) >= 15:
+        graph.nodes.append(gs.Node("Shape", name=names(f"{base}.plane_dims"), inputs=[x], outputs=[spatial],
+                                   attrs={"start": 2}))
     else:
-        graph.nodes.append(gs.Node("Slice", name=names(f"{base}.first_channel"), inputs=[x], outputs=[first],
-                                   attrs={"starts": [0], "ends": [1], "axes": [1]}))
+        full = gs.Variable(names(f"{base}.shape"), dtype=np.int64)
+        graph.nodes.append(gs.Node("Shape", name=names(f"{base}.shape"), inputs=[x], outputs=[full]))
+        graph.nodes.append(gs.Node("Gather", name=names(f"{base}.plane_dims"), attrs={"axis": 0}, inputs=[
+            full, gs.Constant(names(f"{base}.spatial_axes"), np.arange(2, rank, dtype=np.int64))],
+            outputs=[spatial]))
     shape = gs.Variable(names(f"{base}.plane_shape"), dtype=np.int64)
-    graph.nodes.append(gs.Node("Shape", name=names(f"{base}.plane_shape"), inputs=[first], outputs=[shape]))
+    graph.nodes.append(gs.Node("Concat", name=names(f"{base}.plane_shape"), attrs={"axis": 0}, inputs=[
+        gs.Constant(names(f"{base}.unit_dims"), np.ones(2, np.int64)), spatial], outputs=[shape]))
     ones = gs.Variable(names(f"{base}.ones"), dtype=dtype)
     graph.nodes.append(gs.Node("ConstantOfShape", name=names(f"{base}.ones"), inputs=[shape], outputs=[ones],
                                attrs={"value": gs.Constant(names(f"{base}.one"), np.ones(1, dtype))}))
     return ones
+
+
+def is_border_branch(node: gs.Node) -> bool:
+    """Whether ``node`` is a correction branch :func:`remove_channels` added: a Conv/ConvTranspose
+    over a plane of ones (ConstantOfShape). It computes no feature of its own, so it does not
+    name a group (a group's key is its layers), though its rows are removed with the group."""
+    if node.op not in ("Conv", "ConvTranspose") or not node.inputs:
+        return False
+    source = node.inputs[0].inputs
+    return len(source) == 1 and source[0].op == "ConstantOfShape"
 
 
 # ---------------------------------------------------------------------------------------------

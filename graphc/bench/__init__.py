@@ -2,7 +2,7 @@
 
     from graphc.bench import compare_latency
     result = compare_latency("model.onnx", "model.opt.onnx", feeds, threads=2, rounds=30)
-    result.ratio        # median A / median B: > 1 means B is faster
+    result.ratio        # median of per-round A_i / B_i: > 1 means B is faster
 
 Method. Each model gets one session (CPU, ``threads`` intra-op threads, graph optimizations on,
 see :func:`graphc.runtime.create_session`) fed the same inputs. After ``warmup`` untimed runs of

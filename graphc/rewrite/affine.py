@@ -85,6 +85,41 @@ class LinearSite:
     weight_left: bool = False  # MatMul only: W @ X
 
 
+@dataclass(frozen=True)
+class LinearOperands:
+    """A linear op's constant float weight (input 1) and constant bias (input 2: Conv/ConvTranspose
+    B, Gemm C; None if absent)."""
+
+    weight: np.ndarray
+    bias: np.ndarray | None
+
+
+@dataclass(frozen=True)
+class OperandProblem:
+    """Why a linear op's operands cannot be rewritten: the part (``weight`` or ``bias``) and what
+    is wrong with it (``is not constant``, ``is int8, not float``)."""
+
+    part: str
+    problem: str
+
+
+def linear_operands(node: gs.Node) -> LinearOperands | OperandProblem:
+    """The weight and bias of a Conv/ConvTranspose/Gemm to be rewritten in float, or why not: the
+    weight must be a float constant, the bias a constant when given. Callers add their own shape
+    checks (rank, channels) and word the problem for their rule."""
+    weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
+    if weight is None:
+        return OperandProblem("weight", "is not constant")
+    if weight.dtype not in FLOAT_DTYPES:
+        return OperandProblem("weight", f"is {weight.dtype}, not float")
+    bias = None
+    if len(node.inputs) > 2 and node.inputs[2].name:
+        bias = constant_value(node.inputs[2])
+        if bias is None:
+            return OperandProblem("bias", "is not constant")
+    return LinearOperands(weight, bias)
+
+
 class AffineFolder:
     def __init__(self, graph: gs.Graph, ctx: Context, result: PassResult, *, batch_removals: bool = False,
                  names: NameFactory | None = None, path: str = ""):
@@ -209,16 +244,10 @@ class AffineFolder:
             return f"{node.op} has more than one output"
         if node.op == "MatMul":
             return self._matmul(node)
-        weight = constant_value(node.inputs[1]) if len(node.inputs) > 1 else None
-        if weight is None:
-            return f"{node.op} weight is not constant"
-        if weight.dtype not in FLOAT_DTYPES:
-            return f"{node.op} weight is {weight.dtype}, not float"
-        bias = None
-        if len(node.inputs) > 2 and node.inputs[2].name:
-            bias = constant_value(node.inputs[2])
-            if bias is None:
-                return f"{node.op} bias is not constant"
+        operands = linear_operands(node)
+        if isinstance(operands, OperandProblem):
+            return f"{node.op} {operands.part} {operands.problem}"
+        weight, bias = operands.weight, operands.bias
         if node.op == "Gemm":
             if weight.ndim != 2:
                 return "Gemm B is not 2-D"
@@ -439,13 +468,10 @@ def _conv_input_reason(conv: gs.Node, x: gs.Tensor, scale: np.ndarray, shift: np
     """Why BN -> ``conv`` (``x`` is BN's output) cannot fold into the Conv's weights."""
     if conv.inputs[0] is not x or any(t is x for t in conv.inputs[1:]):
         return "BatchNormalization output is not the Conv's data input"
-    weight = constant_value(conv.inputs[1])
-    if weight is None:
-        return "Conv weight after BatchNormalization is not constant"
-    if weight.dtype not in FLOAT_DTYPES:
-        return f"Conv weight after BatchNormalization is {weight.dtype}, not float"
-    if len(conv.inputs) > 2 and conv.inputs[2].name and constant_value(conv.inputs[2]) is None:
-        return "Conv bias after BatchNormalization is not constant"
+    operands = linear_operands(conv)
+    if isinstance(operands, OperandProblem):
+        return f"Conv {operands.part} after BatchNormalization {operands.problem}"
+    weight = operands.weight
     group = int(conv.attrs.get("group", 1))
     cout = weight.shape[0]
     if weight.ndim < 3 or weight.shape[1] * group != scale.size or cout % group:

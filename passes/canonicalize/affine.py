@@ -30,11 +30,12 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from graphc.ir import constant_value, is_standard_op
-from graphc.ir.op_kinds import FLOAT_DTYPES, LINEAR_OPS
+from graphc.ir import is_standard_op
+from graphc.ir.op_kinds import LINEAR_OPS
 from graphc.ir.padding import conv_pads
 from graphc.passmanager import PassResult
-from graphc.rewrite.affine import AffineFolder, LinearSite, input_channel_maps, per_channel_factor
+from graphc.rewrite.affine import (AffineFolder, LinearSite, OperandProblem, input_channel_maps, linear_operands,
+                                   per_channel_factor)
 from graphc.passes.canonicalize.arithmetic import affine_chain_from, affine_step, merged_affine
 from graphc.passes.canonicalize.match import Fired, Outcome, Rewriter, Skip
 
@@ -133,14 +134,11 @@ def _reader(rw: Rewriter, user: gs.Node, y: gs.Tensor) -> _Reader | str:
         return f"feeds a {label}, not a Conv/ConvTranspose/Gemm/MatMul"
     if user.inputs[0] is not y or any(t is y for t in user.inputs[1:]):
         return f"is not only the data input of a {label}"
-    weight = constant_value(user.inputs[1]) if len(user.inputs) > 1 else None
-    if weight is None or weight.dtype not in FLOAT_DTYPES:
-        return f"feeds a {label} whose weight is not a float constant"
-    bias = None
-    if len(user.inputs) > 2 and user.inputs[2].name:
-        bias = constant_value(user.inputs[2])
-        if bias is None:
-            return f"feeds a {label} whose bias is not constant"
+    operands = linear_operands(user)
+    if isinstance(operands, OperandProblem):
+        wanted = "a float constant" if operands.part == "weight" else "constant"
+        return f"feeds a {label} whose {operands.part} is not {wanted}"
+    weight, bias = operands.weight, operands.bias
     if user.op in ("Conv", "ConvTranspose"):
         if weight.ndim < 3:
             return f"feeds a {label} with a rank-{weight.ndim} weight"

@@ -47,6 +47,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.analysis.channels import ChannelAnalysis, ChannelGroup, SlotKey
+from graphc.analysis.removal import is_border_branch
 from graphc.ir.shapes import TensorInfo
 from graphc.ir.op_kinds import LINEAR_OPS
 from graphc.ir.stats import node_macs
@@ -367,10 +368,12 @@ def _give_back(candidates: list[Candidate], cost: CostModel, kind: str, target: 
 
 def group_keys(groups: list[ChannelGroup]) -> dict[int, str]:
     """A stable name per group: its producer layers' names, sorted and joined by ``|``; groups
-    with the same producers (a Split of one layer's channels) get ``#0``, ``#1``... by position."""
+    with the same producers (a Split of one layer's channels) get ``#0``, ``#1``... by position.
+    Border branches an earlier prune added are not layers of their own (``is_border_branch``):
+    left out, the key stays what it was before that prune, as its recorded metadata says."""
     raw: dict[int, str] = {}
     for g in groups:
-        names = sorted({m.node.name or m.node.outputs[0].name for m in g.producers})
+        names = sorted({m.node.name or m.node.outputs[0].name for m in g.producers if not is_border_branch(m.node)})
         raw[g.id] = "|".join(names) if names else f"group{g.id}"
     by_key: dict[str, list[ChannelGroup]] = {}
     for g in groups:

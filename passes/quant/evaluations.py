@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 WORKERS = 2
 MAX_FEEDS = 32
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 
 
 def cache_dir() -> Path:
@@ -48,15 +48,18 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Score:
-    """One evaluation: output SQNR (dB), top-1 disagreement (None: no class-score output) and the
-    user's metric lost against the float model (None: no metric asked for)."""
+    """One evaluation: output SQNR (dB), top-1 disagreement (None: no class-score output), mean
+    row cosine of the outputs, and the user's metric lost against the float model (None: no metric
+    asked for)."""
 
     sqnr: float
     disagreement: float | None
+    cosine: float = 1.0
     metric_drop: float | None = None
 
     def to_json(self) -> dict:
-        return {"sqnr": self.sqnr, "disagreement": self.disagreement, "metric_drop": self.metric_drop}
+        return {"sqnr": self.sqnr, "disagreement": self.disagreement, "cosine": self.cosine,
+                "metric_drop": self.metric_drop}
 
 
 class EvaluationCache:
@@ -69,7 +72,8 @@ class EvaluationCache:
         try:
             stored = json.loads(self.path.read_text())
             if stored.get("version") == CACHE_VERSION:
-                self.values = {k: Score(float(v["sqnr"]), v["disagreement"], v.get("metric_drop"))
+                self.values = {k: Score(float(v["sqnr"]), v["disagreement"], float(v["cosine"]),
+                                        v.get("metric_drop"))
                                for k, v in stored["evaluations"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.values = {}
@@ -147,7 +151,7 @@ def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
     model.graph.cleanup().toposort()
     outputs: list | None = [] if job.metric is not None else None
     score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)", keep=outputs)
-    return Score(score.sqnr, score.disagreement, job.metric_drop(outputs))
+    return Score(score.sqnr, score.disagreement, score.cosine, job.metric_drop(outputs))
 
 
 class Budget:

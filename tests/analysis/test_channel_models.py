@@ -19,8 +19,10 @@ import pytest
 
 import graphc
 from channel_check import analyse, check_plan, random_subset
+from graphc.analysis import rules_elementwise, rules_layers
 from graphc.analysis.channel_rules import rules
 from graphc.ir import is_standard_op
+from group_oracle import Oracle, slots_of
 from independent_groups import derive_groups
 from support import MODELS, PPOCR_SHAPES, ppocr_model, random_feeds
 
@@ -33,7 +35,10 @@ ZOO_DIR = Path(os.environ.get("GRAPHC_ZOO_DIR", MODELS))
 FINAL_TOL = {"rec": (1e-5, 1e-4)}
 #: PP-OCR rec (SVTR: Transpose/Reshape/MatMul attention) is beyond the independent derivation
 #: (independent_groups.py handles plain CNNs): its groups, prunable, inexact, blocked and block
-#: reasons are graphc's output, pinned; the invariants test below checks them against the weights.
+#: reasons are graphc's output, pinned. What backs them: every prunable group passes the numerical
+#: oracle (group_oracle.py: closed, so no group was split; minimal, so none was merged; see
+#: test_ppocr_groups_pass_the_numerical_oracle and the injected bugs it catches), and the groups
+#: each layer produces add up to its output channels in the weights (the split-exactly test).
 REC_EXPECTED = (28, 25, 0, 3, {"graph input 'x'", "ReduceMean 'p2o.ReduceMean.0' reduces the channel axis",
                                "Softmax 'p2o.Softmax.2' normalizes over the channel axis"})
 #: block reasons of det and cls, by the definition: the input x, det's graph output, cls's Softmax.
@@ -106,6 +111,70 @@ def test_ppocr_rec_group_counts_and_reasons():
     assert (len(statuses), statuses.count("prunable"), statuses.count("inexact"), statuses.count("blocked")) \
         == (groups, prunable, inexact, blocked)
     assert {g.blocked[0] for g in analysis.groups if g.blocked} == reasons
+
+
+def _oracle_verdicts(name: str, analysis, stop_at: str | None = None) -> dict[int, list[str]]:
+    """{group id: problems} for every prunable group, one seeded random channel each; with
+    ``stop_at``, stops at the first group with a problem starting so."""
+    model, _, feeds = _load(name)
+    groups = [slots_of(g) for g in analysis.prunable]
+    second = random_feeds(model, {"x": PPOCR_SHAPES[name]}, seed=1)
+    oracle = Oracle(onnx.load(str(ppocr_model(name))), groups, [feeds, second])
+    rng = np.random.default_rng(0)
+    out = {}
+    for g in groups:
+        out[g.gid] = oracle.check(g, int(rng.integers(g.size))).problems
+        if stop_at and any(p.startswith(stop_at) for p in out[g.gid]):
+            break
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["rec", "cls"])
+def test_ppocr_groups_pass_the_numerical_oracle(name):
+    """Every prunable group is closed and minimal in onnxruntime (group_oracle.py), rec's attention
+    heads included: zeroing a channel in the producers leaves its positions input-independent,
+    and each producer row of a channel reaches only that channel's positions, all rows linked."""
+    _, analysis, _ = _load(name)
+    verdicts = _oracle_verdicts(name, analysis)
+    assert len(verdicts) == len(analysis.prunable) > 0
+    assert {g: p for g, p in verdicts.items() if p} == {}
+
+
+def _add_forgetting_its_second_operand(b, node, entry):
+    """Injected split: Add couples its output with its first operand only."""
+    second = node.inputs[1].name
+    if entry is not None and entry[0] == second:
+        return
+    link = b.link
+    b.link = lambda n, a, c, kind="identity": True if n is node and c is not None and c[0] == second \
+        else link(n, a, c, kind)
+    try:
+        rules_elementwise.elementwise(b, node, entry)
+    finally:
+        del b.link
+
+
+def _conv_passing_square_channels_through(b, node, entry):
+    """Injected merge: a pointwise Conv with as many outputs as inputs also links the two."""
+    rules_layers.conv(b, node, entry)
+    w = node.inputs[1].values.shape
+    if int(node.attrs.get("group", 1)) == 1 and w[0] == w[1] and tuple(w[2:]) == (1, 1):
+        b.link(node, b.slot(node.inputs[0], 1, size=w[1]), b.slot(node.outputs[0], 1, size=w[0]))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("op, buggy, caught", [
+    ("Add", _add_forgetting_its_second_operand, "not closed"),        # rec: 4 attention projections split off
+    ("Conv", _conv_passing_square_channels_through, "not minimal"),   # rec: 4 groups merged across a Conv
+])
+def test_the_oracle_catches_a_wrongly_split_or_merged_group(monkeypatch, op, buggy, caught):
+    model, _, _ = _load("rec")
+    monkeypatch.setitem(rules(), op, buggy)
+    analysis = analyse(model)
+    monkeypatch.undo()
+    verdicts = _oracle_verdicts("rec", analysis, stop_at=caught)
+    assert [g for g, p in verdicts.items() if any(x.startswith(caught) for x in p)], verdicts
 
 
 @pytest.mark.parametrize("name", ["det", "rec", "cls"])

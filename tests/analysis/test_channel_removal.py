@@ -62,11 +62,33 @@ def test_padded_consumer_gets_an_exact_border_correction():
     g = _group(analyse(m), "c1")
     masked, removed, result = masked_and_removed(m, {g.id: [0, 2, 3, 6]})
     assert (result.folded_biases, result.border_corrections) == (0, 1)
-    # Slice -> Shape -> ConstantOfShape -> Conv(ones, W_c) -> Add
-    for op in ("Slice", "Shape", "ConstantOfShape", "Add"):
+    # Shape(start=2) -> Concat([1, 1], .) -> ConstantOfShape -> Conv(ones, W_c) -> Add
+    for op in ("Shape", "Concat", "ConstantOfShape", "Add"):
         assert op_count(removed, op) == 1
-    assert op_count(removed, "Conv") == 3
+    assert op_count(removed, "Conv") == 3 and op_count(removed, "Slice") == 0
     assert_equivalent(masked, removed, random_feeds(m))
+
+
+def _conv_bn_then_padded(opset: int):
+    n = Net(4, opset=opset)
+    x = image(n, n=2)
+    h = n.bn(n.conv(x, 3, 8, name="c1"), 8, name="bn1")
+    return n.model(n.conv(h, 8, 4, k=3, name="c2"))
+
+
+@pytest.mark.parametrize("opset, plane_ops", [(13, {"Shape": 1, "Gather": 1}), (17, {"Shape": 1, "Gather": 0})])
+def test_a_border_branch_leaves_the_pruned_group_whole(opset, plane_ops):
+    """The ones plane reads only the spatial dims of the consumer's input (Shape with start=2, or a
+    Gather below opset 15): a fresh analysis finds c1's group whole, one group now 5 wide; a Slice
+    of channel 0 (the old plane) split it into channel 0 and the rest."""
+    m = _conv_bn_then_padded(opset)
+    g = _group(analyse(m), "c1")
+    masked, removed, result = masked_and_removed(m, {g.id: [0, 2, 6]})
+    assert result.border_corrections == 1
+    assert {op: op_count(removed, op) for op in plane_ops} == plane_ops and op_count(removed, "Slice") == 0
+    again = [h for h in analyse(removed).groups if any(mm.node.name == "c1" for mm in h.producers)]
+    assert [(h.size, h.prunable) for h in again] == [(5, True)]
+    assert_equivalent(masked, removed, random_feeds(m))          # batch 2: the plane broadcasts over it
 
 
 def test_border_correction_can_be_approximated_by_the_interior_bias():

@@ -43,7 +43,17 @@ def test_ratio_spread_is_of_the_per_round_ratios():
     b = LatencyStats.from_times([1.0, 1.0, 2.0, 2.0, 10.0])  # per round: 2, 4, 3, 4, 1
     low, high = LatencyComparison(a, b, 1, 0).ratio_spread(25, 75)
     assert (low, high) == pytest.approx((2.0, 4.0))
-    assert LatencyComparison(a, b, 1, 0).ratio == pytest.approx(6.0 / 2.0)
+    assert LatencyComparison(a, b, 1, 0).ratio == pytest.approx(3.0)
+
+
+def test_ratio_is_the_paired_median_inside_its_spread():
+    # medians: A 10, B 1 -> 10x; but rounds were 1, 1, 10, 1, 1: B was faster in one round only
+    a = LatencyStats.from_times([1.0, 1.0, 10.0, 10.0, 10.0])
+    b = LatencyStats.from_times([1.0, 1.0, 1.0, 10.0, 10.0])
+    result = LatencyComparison(a, b, 1, 0)
+    assert result.ratio == pytest.approx(1.0)
+    low, high = result.ratio_spread(25, 75)
+    assert low <= result.ratio <= high
 
 
 def test_compare_all_pairs_models_timed_in_one_alternation():
@@ -55,7 +65,8 @@ def test_compare_all_pairs_models_timed_in_one_alternation():
                         rounds=4)
     assert stats["orig"].runs == stats["clean"].runs == 4
     both = pair(stats, "orig", "clean")
-    assert both.ratio == pytest.approx(stats["orig"].median_ms / stats["clean"].median_ms)
+    per_round = [a / b for a, b in zip(stats["orig"].times_ms, stats["clean"].times_ms)]
+    assert both.ratio == pytest.approx(float(np.median(per_round)))
 
 
 def test_latency_stats_percentiles():
@@ -74,7 +85,9 @@ def test_compare_latency_on_real_sessions():
     assert result.runs == 5 and len(result.a.times_ms) == len(result.b.times_ms) == 5
     assert result.a.p10_ms <= result.a.median_ms <= result.a.p90_ms
     data = json.loads(json.dumps(result.to_dict(), allow_nan=False))
-    assert data["ratio"] == pytest.approx(result.median_a_ms / result.median_b_ms)
+    assert data["ratio"] == pytest.approx(result.ratio)
+    low, high = result.ratio_spread(0, 100)
+    assert low <= data["ratio"] <= high
 
 
 def test_measure_latency_counts_repeats(tmp_path):

@@ -509,6 +509,20 @@ def test_shift_before_padded_conv_is_left_alone(tmp_path):
     assert record.skipped == {"the shift would pass through the zero padding of the Conv it feeds": 1}
 
 
+@pytest.mark.parametrize("inputs, reason", [
+    ("float[1,4,5,5] x, float[4,4,1,1] w", "affine feeds a Conv whose weight is not a float constant"),
+    ("float[1,4,5,5] x, float[4] bias", "affine feeds a Conv whose bias is not constant"),
+])
+def test_affine_before_a_conv_with_a_non_constant_operand_is_left_alone(inputs, reason):
+    """The reader's operands come from graphc.rewrite.affine.linear_operands, as fold-bn's do."""
+    weights = {k: v for k, v in _conv_weights().items() if f" {k}" not in inputs}
+    proto = _model("r = Relu(x)\n m = Mul(r, s)\n y = Conv (m, w, bias)", inputs=inputs,
+                   consts="float[1] s = {0.5}", **weights)
+    model, record = _run(proto)
+    assert _ops(model) == ["Conv", "Mul", "Relu"] and not record.modified
+    assert record.skipped == {reason: 1}
+
+
 def test_scale_only_folds_into_padded_conv(tmp_path):
     proto = _model("r = Relu(x)\n m = Mul(r, s)\n y = Conv <pads = [1, 1, 1, 1]> (m, w, bias)",
                    consts="float[1] s = {-1.5}", **_conv_weights(k=3))

@@ -2,12 +2,14 @@
 onnxruntime against the unfolded model, and the three real PP-OCR models."""
 import numpy as np
 import onnx
+import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
 import graphc
 from graphc.passmanager import PassManager
+from graphc.rewrite.affine import LinearOperands, OperandProblem, linear_operands
 from support import (PPOCR_SHAPES, assert_same_outputs, assert_valid, make_model, op_count,
                      random_feeds, run)
 
@@ -217,6 +219,39 @@ def test_conv_output_that_is_a_graph_output_is_not_folded(tmp_path):
     model, record = fold(proto, "fold-bn{keep-standalone=true}")
     assert op_count(model, "BatchNormalization") == 1 and not record.modified
     assert record.skipped == {"Conv+BatchNormalization: Conv output is a graph output": 1}
+
+
+@pytest.mark.parametrize("bn_first, which, reason", [
+    (False, "w", "Conv+BatchNormalization: Conv weight is not constant"),
+    (False, "b", "Conv+BatchNormalization: Conv bias is not constant"),
+    (True, "w", "BatchNormalization+Conv: Conv weight after BatchNormalization is not constant"),
+    (True, "b", "BatchNormalization+Conv: Conv bias after BatchNormalization is not constant"),
+])
+def test_a_non_constant_conv_operand_is_named_on_either_side(bn_first, which, reason):
+    """Both sides read the Conv's operands through graphc.rewrite.affine.linear_operands."""
+    g = G()
+    w = "w" if which == "w" else g.weight("w", (3, 3, 1, 1))
+    b = "b" if which == "b" else g.const("b", np.zeros(3))
+    if bn_first:
+        g.node("Conv", [g.bn("x", "n", 3), w, b], "y")
+    else:
+        g.bn(g.node("Conv", ["x", w, b], "c"), "y", 3)
+    proto = g.model({"x": [1, 3, 4, 4], which: [3, 3, 1, 1] if which == "w" else [3]}, ["y"])
+    model, record = fold(proto, "fold-bn{keep-standalone=true}")
+    assert record.skipped == {reason: 1} and not record.modified
+    assert sorted(ops(model)) == ["BatchNormalization", "Conv"]
+
+
+def test_linear_operands_of_an_integer_gemm_say_the_dtype():
+    """The dtype problem cannot be built as a valid Conv+BN model (both must be float): checked on
+    the IR node directly, with the float case beside it."""
+    x, y = gs.Variable("x", dtype=np.float32), gs.Variable("y", dtype=np.float32)
+    w, c = gs.Constant("w", np.ones((2, 3), np.int32)), gs.Constant("c", np.zeros(3, np.float32))
+    problem = linear_operands(gs.Node("Gemm", inputs=[x, w, c], outputs=[y]))
+    assert problem == OperandProblem("weight", "is int32, not float")
+    w.values = np.ones((2, 3), np.float32)
+    operands = linear_operands(gs.Node("Gemm", inputs=[x, w, c], outputs=[gs.Variable("y2")]))
+    assert isinstance(operands, LinearOperands) and operands.weight.shape == (2, 3) and operands.bias.shape == (3,)
 
 
 def test_non_constant_weight_or_bn_parameters_are_not_folded():

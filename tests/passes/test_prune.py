@@ -313,6 +313,31 @@ def test_a_met_target_is_a_no_op(text):
     assert not again.modified and _bytes(model) == once
 
 
+def _padded_chain():
+    """A -> BN -> B (3x3, padded) -> Relu -> C (1x1): pruning A's group gives B a border branch,
+    so B's output group then has two producers, B and that branch."""
+    net = Net(seed=1)
+    x = net.input("x", (1, 4, 6, 6))
+    b = net.relu(net.conv(net.bn(net.conv(x, 4, 8, name="A"), 8), 8, 8, name="B"))
+    return net.model(net.conv(b, 8, 4, k=1, name="C"))
+
+
+def test_a_border_branch_keeps_the_group_keys_and_reruns_are_no_ops():
+    """exact-borders adds Conv(ones, kernel) -> Add after B: B's group is still keyed 'B' (not
+    'B|B.border_3'), A's still 'A' (not 'A#1'), so the recorded original sizes apply on a re-run."""
+    model = _padded_chain()
+    first = _prune(model, "prune{ratio=0.25 round-to=1 exact-borders=true}")
+    assert first.stats["border_corrections"] == 1 and first.stats["groups_pruned"] == 2
+    assert json.loads(model.metadata["graphc.prune.channels"]) == {"A": 8, "B": 8}
+    keys = sorted(group_keys(analyze_channels(model.graph, infer_shapes(model), model.opset).groups).values())
+    assert "A" in keys and "B" in keys and not [k for k in keys if "#" in k or "border" in k]
+    once = _bytes(model)
+    assert not _prune(model, "prune{ratio=0.25 round-to=1 exact-borders=true}").modified
+    assert _bytes(model) == once
+    _prune(model, "prune{ratio=0.5 round-to=1 exact-borders=true}")       # relative to the original 8
+    assert _weight_shapes(model)["A"][0] == 4 and _weight_shapes(model)["B"][0] == 4
+
+
 @pytest.mark.parametrize("text", ["prune{flops=0.5}", "prune{ratio=0.3}"])
 def test_auto_reruns_are_no_ops_on_any_cpu(monkeypatch, text):
     """The block auto chose is recorded; a re-run reuses it, also on a CPU with another block (else

@@ -56,19 +56,6 @@ NOT_IDEMPOTENT: dict[str, str] = {}
 KNOWN_BUGS: dict[str, tuple[Callable[[onnx.ModelProto], bool], str]] = {}
 
 
-def _prune_adds_border_branches(proto: onnx.ModelProto) -> bool:
-    model = graphc.load(proto)
-    record = PassManager(PASS_TEXT["prune"]).run(model).records[0]
-    return record.stats.get("border_corrections", 0) > 0
-
-
-KNOWN_BUGS["prune"] = (
-    _prune_adds_border_branches,
-    "prune{exact-borders=true} is not idempotent when it adds a border branch: the branch's Slice of "
-    "the pruned tensor makes a second group with the same producers ('a|b#1'), which metadata does not "
-    "record, so a second run prunes it (tests/robustness/test_known_bugs.py::"
-    "test_prune_exact_borders_rerun_is_a_no_op)")
-
 RTOL, ATOL = 1e-5, 1e-6
 PRUNE_RTOL, PRUNE_ATOL = 1e-4, 1e-5
 

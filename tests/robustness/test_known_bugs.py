@@ -91,10 +91,10 @@ def test_inspect_does_not_run_a_hostile_model(tmp_path):
     assert proc.returncode in (0, 2)
 
 
-@pytest.mark.xfail(strict=True, reason="prune{exact-borders=true}: the border branch's Slice makes a second "
-                   "group with the same producers ('conv14|conv20|conv4#1'), not in the recorded metadata, so a "
-                   "second run prunes it (found by tests/property; skipped there via KNOWN_BUGS['prune'])")
 def test_prune_exact_borders_rerun_is_a_no_op():
+    """Fixed: the border branch's ones plane was Shape(Slice(x, channel 0)), and that Slice split the
+    pruned group in two ('conv14|conv20|conv4#1', not in the recorded metadata), so a second run
+    pruned again. The plane now reads only the spatial dims (graphc/analysis/removal.py)."""
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "property"))
     from random_graphs import Recipe, build_model  # tests/property is not on the test path
 
