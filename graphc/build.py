@@ -271,7 +271,8 @@ def _run_pipeline(recipe: Recipe, inputs: _Inputs, instruments: list[Any]) -> An
     verify_data = inputs.feeds() if recipe.verify.each else None
     return PassManager(recipe.pipeline, data=inputs.calibration, verify_each=recipe.verify.each,
                        tolerances=tolerances(recipe), input_shapes=inputs.shapes, seed=recipe.data.seed,
-                       verify_data=verify_data, instruments=instruments, metric=inputs.metric).run(inputs.model)
+                       verify_data=verify_data, instruments=instruments,
+                       max_seconds=recipe.limits.max_seconds, metric=inputs.metric).run(inputs.model)
 
 
 def tolerances(recipe: Recipe) -> Any:

@@ -226,6 +226,9 @@ def _opt_parser(sub: Any) -> None:
                    help="plot this tensor's activation histogram in the report (repeatable)")
     g.add_argument("--no-layer-errors", dest="layer_errors", action="store_false", default=None,
                    help="do not measure each layer's error for the report")
+    g = opt.add_argument_group("limits")
+    g.add_argument("--max-seconds", type=_number(0.001), metavar="S",
+                   help="wall-clock limit of each pass; a pass over it stops the build and nothing is written")
     _common(opt)
 
 
@@ -314,6 +317,7 @@ OPT_FLAGS = {
     "bench_warmup": "bench.warmup", "layer_errors": "outputs.layer_errors",
     "min_metric": "gates.min_metric", "max_metric_drop": "gates.max_metric_drop",
     "metric": "metric.function", "metric_arg": "metric.args",
+    "max_seconds": "limits.max_seconds",
 }
 
 
@@ -510,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    logger = logging.getLogger("graphc")
+    level_before = logger.level
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -536,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return EXIT_USAGE
+    finally:  # an in-process call (a build script, a test) leaves the caller's logging as it was
+        for handler in [h for h in logger.handlers if getattr(h, "_graphc_cli", False)]:
+            logger.removeHandler(handler)
+        logger.setLevel(level_before)
 
 
 def run_main() -> None:  # pragma: no cover - what a `python -m graphc.cli` would call

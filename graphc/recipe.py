@@ -141,6 +141,12 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    max_seconds: float | None = option(None, "wall-clock limit of each pass in seconds; a pass over it "
+                                       "stops the build, nothing is written (--max-seconds)", min=0.001)
+
+
+@dataclass(frozen=True)
 class Recipe:
     pipeline: str | None = option(None, "the pass pipeline, e.g. 'fold-bn,cleanup' (-p)")
     data: DataSettings = DataSettings()
@@ -150,6 +156,7 @@ class Recipe:
     metric: MetricSettings = MetricSettings()
     bench: BenchSettings = BenchSettings()
     outputs: OutputSettings = OutputSettings()
+    limits: LimitSettings = LimitSettings()
 
     def get(self, key: str) -> Any:
         """The value at a dotted key: ``"gates.min_sqnr"``, ``"pipeline"``."""

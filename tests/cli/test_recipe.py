@@ -10,8 +10,8 @@ import pytest
 from graphc.cli import OPT_FLAGS, main
 from graphc.errors import RecipeError
 from graphc.recipe import (ALL_KEYS, SECTIONS, BenchSettings, DataSettings, GateSettings, ImageSettings,
-                           MetricSettings, OutputSettings, Recipe, VerifySettings, dumps, load_recipe, loads,
-                           save_recipe)
+                           LimitSettings, MetricSettings, OutputSettings, Recipe, VerifySettings, dumps,
+                           load_recipe, loads, save_recipe)
 from report_passes import registered, write_labelled_data, write_net
 
 EVERYTHING = Recipe(
@@ -27,6 +27,7 @@ EVERYTHING = Recipe(
     bench=BenchSettings(enabled=True, threads=1, rounds=7, warmup=0),
     outputs=OutputSettings(model="out/m.onnx", report="out/r.html", keep_failed=True,
                            histograms=("a", "b c"), layer_errors=False),
+    limits=LimitSettings(max_seconds=90.5),
 )
 
 
