@@ -20,6 +20,10 @@ All readers of X must be MatMul ``X @ W`` (constant 2-D W) or Gemm (transA=0, co
 LayerNormalization are scaled together. Weights are computed in float64 and rounded once, so
 the rewrite is exact up to float32 rounding (rtol 1e-5).
 
+Sites inside If/Loop/Scan bodies are smoothed too (the same walk; their ranges are measured
+through lifted outputs, :mod:`graphc.ir.lift`, over every iteration of a Loop; a branch no sample
+took is left alone).
+
 Not smoothed (skip reasons counted): X read by anything else or a graph output (a residual Add
 would see the scaled values), X produced by an op the scale cannot fold into (a graph input,
 Softmax, Gelu: an inserted Mul would cost a kernel), shared or non-constant parameters,
@@ -37,7 +41,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.calib.channel_max import channel_absmax
 from graphc.errors import DataError
-from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer, toposort
+from graphc.ir import consumers, is_graph_output, is_standard_op, node_label, producer, toposort, walk_graphs
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
 log = logging.getLogger(__name__)
@@ -76,7 +80,7 @@ class Smooth(Pass):
         if ctx.data is None:
             raise DataError("pass 'smooth' needs calibration data (--data)")
         toposort(graph)  # sites in graph order, upstream first (the rewrite walks them backwards)
-        sites = self._sites(graph, result)
+        sites = self._sites(graph, result)  # in the graph and its If/Loop/Scan bodies
         if not sites:
             return result
         ranges = channel_absmax(ctx.model, ctx.data, {s.x.name: -1 for s in sites},
@@ -86,6 +90,9 @@ class Smooth(Pass):
         # from those divided rows, or a second run finds it unbalanced again. The measured ranges
         # stay valid: a site's activation depends only on upstream scales, which are undone at it.
         for site in reversed(sites):
+            if site.x.name not in ranges:
+                result.skip("activation never ran on the calibration data (an If branch no sample took)")
+                continue
             s = _smoothing_scales(ranges[site.x.name], site.readers, self.options.alpha)
             if np.max(np.abs(s - 1.0)) <= self.options.tolerance:
                 continue
@@ -102,21 +109,24 @@ class Smooth(Pass):
 
     def _sites(self, graph: gs.Graph, result: PassResult) -> list[SmoothSite]:
         sites, seen = [], set()
-        for node in list(graph.nodes):
-            if not is_standard_op(node, "MatMul", "Gemm") or id(node.inputs[0]) in seen:
-                continue
-            x = node.inputs[0]
-            seen.add(id(x))
-            site, reason = self._site(graph, x)
-            if reason:
-                result.skip(reason)
-                log.info("smooth: %s not smoothed: %s", node_label(node), reason)
-            elif site is not None:
-                sites.append(site)
+        scopes = [scope for _, scope in walk_graphs(graph)]
+        outputs = {id(t) for scope in scopes for t in scope.outputs}
+        for scope in scopes:
+            for node in list(scope.nodes):
+                if not is_standard_op(node, "MatMul", "Gemm") or id(node.inputs[0]) in seen:
+                    continue
+                x = node.inputs[0]
+                seen.add(id(x))
+                site, reason = self._site(scope, x, outputs)
+                if reason:
+                    result.skip(reason)
+                    log.info("smooth: %s not smoothed: %s", node_label(node), reason)
+                elif site is not None:
+                    sites.append(site)
         return sites
 
-    def _site(self, graph: gs.Graph, x: gs.Tensor) -> tuple[SmoothSite | None, str | None]:
-        if not isinstance(x, gs.Variable) or is_graph_output(graph, x):
+    def _site(self, graph: gs.Graph, x: gs.Tensor, outputs: set[int]) -> tuple[SmoothSite | None, str | None]:
+        if not isinstance(x, gs.Variable) or id(x) in outputs:  # an output of the graph or of a body
             return None, "activation is a constant or a graph output"
         readers = consumers(x)
         for r in readers:

@@ -34,7 +34,11 @@ where MatMul/Gemm with constant weights hold most of the MACs (transformers), st
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
 are kept, so ``graphc verify --localize`` can compare the float and the QDQ model. A model that
-already holds Q/DQ nodes is left alone.
+already holds Q/DQ nodes (in any body) is left alone.
+
+If/Loop/Scan bodies are quantized too, each planned as a graph of its own and calibrated in the
+same run (:mod:`graphc.passes.quant.subgraphs`); weights-only rewrites MatMul/Gemm weights inside
+bodies as well.
 """
 from __future__ import annotations
 
@@ -45,7 +49,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
-from graphc.ir import is_standard_op
+from graphc.ir import is_standard_op, walk_graphs
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
 from graphc.passes.quant.mode import choose_activations
@@ -145,7 +149,7 @@ class Quantize(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        if any(is_standard_op(n, *QDQ_OPS) for n in graph.nodes):
+        if any(is_standard_op(n, *QDQ_OPS) for _, scope in walk_graphs(graph) for n in scope.nodes):
             result.skip("model already has QuantizeLinear/DequantizeLinear nodes")
             return result
         if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
