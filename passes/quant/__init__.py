@@ -110,6 +110,10 @@ class Quantize(Pass):
                                           "mean cosine of the output rows (axis 0: one per sample or "
                                           "embedding) with the float model's, on the calibration data, is "
                                           "at least this", min=0.0, max=1.0)
+        max_metric_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                               "user's metric (--metric) loses at most this against the float "
+                                               "model on the calibration data, the float outputs as the truth",
+                                               min=0.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
@@ -140,6 +144,7 @@ class Quantize(Pass):
         option needs the data (an error budget, bias correction)."""
         opts = self.options
         if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.min_cosine is not None \
+                or opts.max_metric_drop is not None \
                 or opts.bias_correction:
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
@@ -165,7 +170,7 @@ class Quantize(Pass):
             result.stats["activations_auto"] = why
             return result
         if self.options.min_sqnr is not None or self.options.max_top1_drop is not None \
-                or self.options.min_cosine is not None:
+                or self.options.min_cosine is not None or self.options.max_metric_drop is not None:
             return run_with_budget(Quantizer(self.options), graph, ctx)
         result = Quantizer(self.options).quantize(graph, ctx, result)
         # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too

@@ -52,7 +52,7 @@ class Quantizer:
     def without_budget(self) -> "Quantizer":
         """The same options with no error budget (the plain pass)."""
         return Quantizer(dataclasses.replace(self.options, min_sqnr=None, max_top1_drop=None,
-                                                     min_cosine=None))
+                                                     min_cosine=None, max_metric_drop=None))
 
     def keeping_float(self, layers) -> "Quantizer":
         """No error budget, and the named ``layers`` kept float (excluded by literal patterns)."""
