@@ -191,6 +191,15 @@ def _opt_checks(opt: argparse.ArgumentParser) -> None:
     g.add_argument("--max-top1-drop", type=_number(0.0, 1.0), metavar="F",
                    help="maximum accuracy drop with labels, else top-1 disagreement (fraction)")
     g.add_argument("--min-speedup", type=_number(0.0), metavar="X", help="minimum latency ratio input/result")
+    g.add_argument("--min-metric", type=_number(), metavar="V",
+                   help="minimum task metric of the result (maximum when lower is better)")
+    g.add_argument("--max-metric-drop", type=_number(0.0), metavar="D",
+                   help="maximum task metric lost against the input, in the metric's units")
+    g = opt.add_argument_group("task metric (graphc.verify.user_metric)")
+    g.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="score outputs with this callable, e.g. graphc.task_metrics:ctc_cer")
+    g.add_argument("--metric-arg", metavar="KEY=VALUE", action="append",
+                   help="an argument of the metric, e.g. charset=keys.txt (repeatable)")
     g = opt.add_argument_group("benchmark")
     g.add_argument("--bench", action="store_true", default=None, help="measure the latency of input and result")
     g.add_argument("--bench-threads", type=_positive_int, help="intra-op threads (default 2)")
@@ -217,6 +226,9 @@ def _opt_parser(sub: Any) -> None:
                    help="plot this tensor's activation histogram in the report (repeatable)")
     g.add_argument("--no-layer-errors", dest="layer_errors", action="store_false", default=None,
                    help="do not measure each layer's error for the report")
+    g = opt.add_argument_group("limits")
+    g.add_argument("--max-seconds", type=_number(0.001), metavar="S",
+                   help="wall-clock limit of each pass; a pass over it stops the build and nothing is written")
     _common(opt)
 
 
@@ -303,6 +315,9 @@ OPT_FLAGS = {
     "min_top1": "gates.min_top1", "max_top1_drop": "gates.max_top1_drop", "min_speedup": "gates.min_speedup",
     "bench": "bench.enabled", "bench_threads": "bench.threads", "bench_rounds": "bench.rounds",
     "bench_warmup": "bench.warmup", "layer_errors": "outputs.layer_errors",
+    "min_metric": "gates.min_metric", "max_metric_drop": "gates.max_metric_drop",
+    "metric": "metric.function", "metric_arg": "metric.args",
+    "max_seconds": "limits.max_seconds",
 }
 
 
@@ -313,7 +328,7 @@ def opt_recipe(args: argparse.Namespace) -> Any:
 
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     given = {key: getattr(args, dest) for dest, key in OPT_FLAGS.items() if getattr(args, dest) is not None}
-    for key in ("data.input_shapes", "outputs.histograms"):
+    for key in ("data.input_shapes", "outputs.histograms", "metric.args"):
         if key in given:
             given[key] = tuple(given[key])
     return recipe.updated(given)
@@ -499,6 +514,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
+    logger = logging.getLogger("graphc")
+    level_before = logger.level
     try:
         args = build_parser().parse_args(argv)
         if args.command is None:
@@ -525,6 +542,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             traceback.print_exc()
         _error(f"internal error: {type(exc).__name__}: {exc} (rerun with --debug for the traceback)")
         return EXIT_USAGE
+    finally:  # an in-process call (a build script, a test) leaves the caller's logging as it was
+        for handler in [h for h in logger.handlers if getattr(h, "_graphc_cli", False)]:
+            logger.removeHandler(handler)
+        logger.setLevel(level_before)
 
 
 def run_main() -> None:  # pragma: no cover - what a `python -m graphc.cli` would call

@@ -48,6 +48,11 @@ class DataError(GraphcError):
     """Calibration or evaluation data is missing, unreadable, or does not match the model."""
 
 
+class MetricError(GraphcError):
+    """The user's metric (``--metric``): a bad spec, an import that fails, not callable, it raised,
+    or it returned something that is not a finite number."""
+
+
 class PassError(GraphcError):
     """A pass failed on a node; the message names the pass and the node."""
 

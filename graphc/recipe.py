@@ -103,6 +103,21 @@ class GateSettings:
                                          min=0.0, max=1.0)
     min_speedup: float | None = option(None, "latency of the input over the result at least this "
                                        "(--min-speedup; runs the benchmark)", min=0.0)
+    min_metric: float | None = option(None, "the result's task metric at least this, or at most when lower "
+                                      "is better (--min-metric; needs [metric] function)")
+    max_metric_drop: float | None = option(None, "the task metric lost against the input model at most this, "
+                                           "in the metric's units (--max-metric-drop; needs [metric] function)",
+                                           min=0.0)
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The user's task metric (``graphc.verify.user_metric``)."""
+
+    function: str | None = option(None, "package.module:function scoring the outputs, e.g. "
+                                  "graphc.task_metrics:ctc_cer (--metric)")
+    args: tuple[str, ...] = option((), "KEY=VALUE arguments of the metric, e.g. charset=keys.txt "
+                                   "(--metric-arg)")
 
 
 @dataclass(frozen=True)
@@ -126,14 +141,22 @@ class OutputSettings:
 
 
 @dataclass(frozen=True)
+class LimitSettings:
+    max_seconds: float | None = option(None, "wall-clock limit of each pass in seconds; a pass over it "
+                                       "stops the build, nothing is written (--max-seconds)", min=0.001)
+
+
+@dataclass(frozen=True)
 class Recipe:
     pipeline: str | None = option(None, "the pass pipeline, e.g. 'fold-bn,cleanup' (-p)")
     data: DataSettings = DataSettings()
     image: ImageSettings = ImageSettings()
     verify: VerifySettings = VerifySettings()
     gates: GateSettings = GateSettings()
+    metric: MetricSettings = MetricSettings()
     bench: BenchSettings = BenchSettings()
     outputs: OutputSettings = OutputSettings()
+    limits: LimitSettings = LimitSettings()
 
     def get(self, key: str) -> Any:
         """The value at a dotted key: ``"gates.min_sqnr"``, ``"pipeline"``."""

@@ -24,7 +24,7 @@ import onnx_graphsurgeon as gs
 from onnx.helper import tensor_dtype_to_np_dtype
 
 from graphc.ir import (bypass, constant_value, consumers, drop_detached, is_standard_op, node_label,
-                       replace_uses, walk_graphs)
+                       remove_dead_nodes, replace_uses, walk_graphs)
 from graphc.ir.evaluate import NOT_FOLDABLE
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -56,7 +56,7 @@ class Cleanup(Pass):
         tensors_before = len(graph.tensors())
         inputs_before = len(graph.inputs)
         # Subgraph (If/Loop/Scan body) inputs are part of the op's signature: never remove them.
-        graph.cleanup(remove_unused_graph_inputs=False, recurse_subgraphs=True)
+        remove_dead_nodes(graph)  # graph.cleanup(), linear on graphs without bodies
         if not self.options.keep_inputs and _has_unused_input(graph):
             graph.cleanup(remove_unused_graph_inputs=True, recurse_subgraphs=False)
         removed_nodes = nodes_before - len(graph.nodes)
@@ -64,8 +64,9 @@ class Cleanup(Pass):
             result.count("dead_nodes", removed_nodes)
         if len(graph.inputs) != inputs_before:
             result.count("unused_inputs", inputs_before - len(graph.inputs))
-        if len(graph.tensors()) != tensors_before:
-            result.count("removed_tensors", tensors_before - len(graph.tensors()))
+        tensors_after = len(graph.tensors())
+        if tensors_after != tensors_before:
+            result.count("removed_tensors", tensors_before - tensors_after)
         result.modified = bool(result.stats)
         # every rewrite here keeps the surviving tensors' shapes (a bypassed no-op's reader reads
         # an equal-shaped input; merged duplicates are equal): no new whole-model shape inference
@@ -110,7 +111,7 @@ class Cleanup(Pass):
         buckets: dict[tuple, list[gs.Constant]] = {}
         for tensor in graph.tensors().values():
             if isinstance(tensor, gs.Constant) and id(tensor) not in outputs:
-                buckets.setdefault((str(np.dtype(tensor.dtype)), tuple(tensor.shape)), []).append(tensor)
+                buckets.setdefault((np.dtype(tensor.dtype), tuple(tensor.shape)), []).append(tensor)
         for bucket in buckets.values():
             if len(bucket) < 2:
                 continue

@@ -24,7 +24,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import (constant_value, consumers, detach, drop_detached, is_graph_output, is_standard_op,
-                       node_label, walk_graphs)
+                       node_label, remove_dead_nodes, walk_graphs)
 from graphc.ir.evaluate import NOT_FOLDABLE, evaluate_node, runtime_refuses
 from graphc.ir.evaluation_cost import evaluation_cost
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
@@ -62,7 +62,7 @@ class FoldConstants(Pass):
                         changed = True
                 drop_detached(scope)  # folded nodes, once per sweep
         if result.stats:
-            graph.cleanup()
+            remove_dead_nodes(graph)
         result.modified = bool(result.stats)
         result.preserved = frozenset({"shapes"})  # values, not shapes, changed
         return result

@@ -18,6 +18,7 @@ from graphc.ir.usedef import (
     is_standard_op,
     only_consumer,
     producer,
+    remove_dead_nodes,
     remove_nodes,
     replace_uses,
     scalar_value,
@@ -28,6 +29,6 @@ __all__ = [
     "upgrade_opset", "TensorInfo", "infer_shapes", "ModelStats", "all_nodes", "stats_at", "node_macs",
     "check_structure", "node_label", "toposort", "NameFactory", "bypass", "constant_value",
     "consumers", "detach", "drop_detached", "is_constant", "is_graph_input", "is_graph_output", "is_standard_op",
-    "only_consumer", "producer", "remove_nodes", "replace_uses", "scalar_value", "subgraphs", "walk_graphs",
-    "named_nodes", "path_name",
+    "only_consumer", "producer", "remove_dead_nodes", "remove_nodes", "replace_uses", "scalar_value", "subgraphs",
+    "walk_graphs", "named_nodes", "path_name",
 ]

@@ -42,11 +42,13 @@ import numpy as np
 import onnx
 import onnx.numpy_helper
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.exporters.onnx_exporter import OnnxExporter
 from onnx_graphsurgeon.ir.tensor import LazyValues
 from google.protobuf.message import DecodeError
 
 from graphc.errors import InputError, ModelError, OutputError, UnsafeModelError
 from graphc.ir import declarations, external, weight_io
+from graphc.ir.collector import collector_paused
 from graphc.ir.functions import inline_functions
 from graphc.ir.output_safety import (OutputPlan, ProtectedFiles, TempFolder, check_writable,
                                       remove_abandoned_temp)
@@ -105,6 +107,7 @@ class Model:
 # loading
 
 
+@collector_paused()
 def load(src: ModelSource, *, check: bool = True) -> Model:
     """Load a model from a path, bytes or ModelProto. Raises :class:`InputError` / :class:`ModelError`."""
     if isinstance(src, onnx.ModelProto):
@@ -335,6 +338,15 @@ def _pack_subbyte_constants(graph: gs.Graph) -> None:
             tensor.values = LazyValues(onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name))
 
 
+def constant_proto(tensor: gs.Constant) -> onnx.TensorProto:
+    """One constant as the export writes it (4-bit types packed two per byte; values read from a
+    file are passed on as they were read, without a numpy round trip)."""
+    if not isinstance(tensor._values, LazyValues) and np.dtype(tensor.dtype) in _PACKED_DTYPES:
+        return onnx.numpy_helper.from_array(np.asarray(tensor.values), tensor.name)
+    return OnnxExporter.export_tensor_proto(tensor)
+
+
+@collector_paused()
 def to_proto(model: Model) -> onnx.ModelProto:
     """Export the IR to a ModelProto with the model-level fields restored."""
     graph = model.graph
@@ -347,6 +359,14 @@ def to_proto(model: Model) -> onnx.ModelProto:
     # Intermediate shapes recorded by exporters go stale when passes change channel counts;
     # onnxruntime re-infers them, so the output carries only inputs' and outputs' declarations.
     del proto.graph.value_info[:]
+    set_model_fields(model, proto)
+    return proto
+
+
+def set_model_fields(model: Model, proto: onnx.ModelProto) -> None:
+    """Write what the model says about itself into ``proto``: opset imports (the graph's opset,
+    and every domain a node uses), IR version, producer, doc string and metadata."""
+    graph = model.graph
     opsets = dict(model.opset_imports)
     opsets[""] = int(graph.opset)
     for node in graph.nodes:
@@ -365,7 +385,6 @@ def to_proto(model: Model) -> onnx.ModelProto:
     del proto.metadata_props[:]
     for key, value in sorted(model.metadata.items()):
         proto.metadata_props.append(onnx.StringStringEntryProto(key=key, value=value))
-    return proto
 
 
 def _export_defaults(model: Model, proto: onnx.ModelProto) -> None:
@@ -384,6 +403,7 @@ def _min_ir_version(opset: int) -> int:
     return 3
 
 
+@collector_paused()
 def save(
     model: Model,
     path: str | os.PathLike,

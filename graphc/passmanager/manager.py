@@ -13,14 +13,13 @@ The canonical pipeline text is written into the model's metadata (``graphc.pipel
 """
 from __future__ import annotations
 
-import contextlib
-import gc
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable
 
 from graphc.errors import DataError, GraphcError, PassError, PassTimeoutError, StructureError
+from graphc.ir.collector import collector_paused
 from graphc.ir.model import Model
 from graphc.ir.stats import all_nodes
 from graphc.ir.structure import check_structure
@@ -99,6 +98,7 @@ class PassManager:
         verify_data: Any = None,
         prepare: bool = True,
         max_seconds: float | None = None,
+        metric: Any = None,
     ):
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
@@ -112,6 +112,7 @@ class PassManager:
         self.input_shapes = input_shapes
         self.instruments = list(instruments)
         self.seed = seed
+        self.metric = metric  # the user's task metric, for budgets (Context.metric)
         #: wall-clock limit of each pass (its post-pass check included); None: no limit
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, not {max_seconds}")
@@ -135,7 +136,7 @@ class PassManager:
             from graphc.calib.declared_shapes import repair_declarations_by_run
 
             repair_declarations_by_run(model, self.data)
-        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
+        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed, metric=self.metric)
         keep = any(inst.keeps_original for inst in self.instruments) or any(
             step.requires_data() or step.wants_original() for _, step in steps)
         ctx.original = model.copy() if keep else None
@@ -161,11 +162,11 @@ class PassManager:
                     raise PassError(f"pass '{step.name}' returned {type(result).__name__}, not PassResult")
                 if result.modified:
                     ctx.invalidate(result.preserved)
-                with _collector_paused():
+                with collector_paused():
                     self._check(step, ctx, after)
         except DeadlineReached:
-            raise PassTimeoutError(f"pass '{step.name}' stopped after {deadline.elapsed:.1f} s: over the "
-                                   f"limit of {self.max_seconds:g} s (max-seconds){after}",
+            raise PassTimeoutError(f"pass '{step.name}' exceeded --max-seconds {self.max_seconds:g} "
+                                   f"(stopped after {deadline.elapsed:.1f} s){after}",
                                    pass_name=step.name) from None
         record = PassRecord(step.name, text, result.modified, wall, peak, nodes_before,
                             len(all_nodes(ctx.graph)), result.stats, result.skipped, result.details)
@@ -179,7 +180,7 @@ class PassManager:
     @staticmethod
     def _run_pass(step: Pass, graph, ctx: Context, after: str) -> tuple[Any, float, int | None]:
         """(result, wall seconds, peak RSS) of ``step.run``; failures become PassError."""
-        with PeakRss() as rss, _collector_paused():
+        with PeakRss() as rss, collector_paused():
             start = time.perf_counter()
             try:
                 result = step.run(graph, ctx)
@@ -207,19 +208,3 @@ def _without_data(step: Pass) -> Pass:
         return step
     substitute = step.without_data()
     return substitute if substitute is not None else step
-
-
-@contextlib.contextmanager
-def _collector_paused() -> Iterator[None]:
-    """Python's cyclic garbage collector off for a block. A graph is a web of many small objects
-    (nodes, tensors, their lists) that a pass allocates by the hundred thousand; each automatic
-    collection re-walks the surviving ones, which doubled the time of cleanup,fold-constants,
-    canonicalize on a 20k-node chain. Automatic collection resumes when the block ends."""
-    if not gc.isenabled():
-        yield
-        return
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()

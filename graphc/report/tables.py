@@ -37,11 +37,21 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     if task is not None:
         rows.append([f"accuracy ({task['samples']} labelled)", f"{task['reference']:.2%}",
                      f"{task['candidate']:.2%}", f"{0.0 - task['drop'] * 100 + 0.0:+.2f} pt"])
+    rows += _metric_rows(report.get("metric"))
     latency = s.get("latency")
     if latency is not None:
         rows.append([f"latency (median, {latency['threads']} threads)", f"{latency['before_ms']:.3f} ms",
                      f"{latency['after_ms']:.3f} ms", f"{metric(latency['speedup'], '.2f')}x speed"])
     return rows
+
+
+def _metric_rows(result: dict[str, Any] | None) -> list[list[str]]:
+    """The user's task metric: both scores and the drop (positive is worse)."""
+    if result is None:
+        return []
+    way = "higher" if result["higher_is_better"] else "lower"
+    return [[f"{result['metric']} ({way} is better)", f"{result['reference']:.6g}", f"{result['candidate']:.6g}",
+             f"drop {result['drop']:+.6g}"]]
 
 
 def _macs(value: Any, partial: bool) -> str:

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.errors import ModelError
-from graphc.ir import NameFactory, is_standard_op, node_label, toposort, walk_graphs
+from graphc.ir import NameFactory, is_standard_op, node_label, remove_dead_nodes, toposort, walk_graphs
 from graphc.passes.fold_constants import FoldConstants
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -151,7 +151,7 @@ class Canonicalize(Pass):
             if needed:
                 break
         if changed:
-            graph.cleanup()
+            remove_dead_nodes(graph)
         if self.options.fold_constants:
             if changed:
                 toposort(graph)

@@ -24,14 +24,24 @@ Steps 1-5 are :class:`graphc.passes.quant.quantizer.Quantizer`, which the error 
 
 ``activations=dynamic`` is the other mode (:mod:`graphc.passes.quant.dynamic`): int8
 per-channel MatMul/Gemm weights, activations quantized at run time (DynamicQuantizeLinear +
-MatMulInteger, which onnxruntime fuses into its DynamicQuantizeMatMul kernel), no calibration.
-``-p quant`` without ``--data`` runs it by itself (one log line says so) unless an option needs
-data (an error budget, bias correction).
+MatMulInteger, which onnxruntime fuses into its DynamicQuantizeMatMul kernel), no calibration;
+with ``--data``, the few outlier input channels of each MatMul stay float
+(:mod:`graphc.passes.quant.outliers`). ``-p quant`` without ``--data`` runs it by itself (one log
+line says so) unless an option needs data (an error budget, bias correction). The default
+``activations=auto`` (:mod:`graphc.passes.quant.mode`) picks static or dynamic with data: dynamic
+where MatMul/Gemm with constant weights hold most of the MACs (transformers), static otherwise.
+LSTMs have no static integer kernel: with static activations too (no error budget), their
+weights become int8 in onnxruntime's DynamicQuantizeLSTM (:mod:`graphc.passes.quant.recurrent`),
+which quantizes X and the hidden state at run time.
 
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
 are kept, so ``graphc verify --localize`` can compare the float and the QDQ model. A model that
-already holds Q/DQ nodes is left alone.
+already holds Q/DQ nodes (in any body) is left alone.
+
+If/Loop/Scan bodies are quantized too, each planned as a graph of its own and calibrated in the
+same run (:mod:`graphc.passes.quant.subgraphs`); weights-only rewrites MatMul/Gemm weights inside
+bodies as well.
 """
 from __future__ import annotations
 
@@ -42,11 +52,13 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
-from graphc.ir import is_standard_op
+from graphc.ir import is_standard_op, walk_graphs
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
+from graphc.passes.quant.mode import choose_activations
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
+from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import check_options, run_weights_only
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -70,10 +82,15 @@ class Quantize(Pass):
         calib: str = option("kl", "range calibration method", choices=("kl", "minmax", "percentile", "mse"))
         percentile: float = option(99.99, "percentile of |x| kept by calib=percentile", min=50.0, max=100.0)
         bits: int = option(8, "integer bits of weights and activations", min=2, max=8)
-        activations: str = option("u8", "activation integers: u8/s8 static (ranges calibrated on --data); "
+        activations: str = option("auto", "activation integers: u8/s8 static (ranges calibrated on --data); "
                                   "dynamic (u8 ranges computed at run time, MatMul/Gemm only, no data "
-                                  "needed; chosen by itself when there is no --data)",
-                                  choices=("u8", "s8", "dynamic"))
+                                  "needed); auto: dynamic without --data, and with it when MatMul/Gemm "
+                                  "with constant weights hold most MACs (transformers), else u8",
+                                  choices=("auto", "u8", "s8", "dynamic"))
+        outlier_channels: int = option(8, "activations=dynamic with --data: at most this many input channels "
+                                       "per MatMul/Gemm whose calibrated max |x| exceeds 6x the median "
+                                       "channel's stay float (a thin float MatMul beside the int8 one); 0: none",
+                                       min=0, max=64)
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
         symmetric_activations: bool = option(False, "zero point 0 (s8) / 128 (u8) for activations")
@@ -89,6 +106,14 @@ class Quantize(Pass):
                                              "top-1 predictions (argmax over the class axis of [N, C] or "
                                              "[N, T, C] outputs) disagree with the float model's on at most "
                                              "this fraction of the calibration positions", min=0.0, max=1.0)
+        min_cosine: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                          "mean cosine of the output rows (axis 0: one per sample or "
+                                          "embedding) with the float model's, on the calibration data, is "
+                                          "at least this", min=0.0, max=1.0)
+        max_metric_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                               "user's metric (--metric) loses at most this against the float "
+                                               "model on the calibration data, the float outputs as the truth",
+                                               min=0.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
@@ -118,7 +143,9 @@ class Quantize(Pass):
         """Without --data, static quantization becomes dynamic (nothing to calibrate) unless an
         option needs the data (an error budget, bias correction)."""
         opts = self.options
-        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.bias_correction:
+        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.min_cosine is not None \
+                or opts.max_metric_drop is not None \
+                or opts.bias_correction:
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
                     "(activation ranges computed at run time; quant{activations=dynamic})")
@@ -126,7 +153,7 @@ class Quantize(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        if any(is_standard_op(n, *QDQ_OPS) for n in graph.nodes):
+        if any(is_standard_op(n, *QDQ_OPS) for _, scope in walk_graphs(graph) for n in scope.nodes):
             result.skip("model already has QuantizeLinear/DequantizeLinear nodes")
             return result
         if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
@@ -135,9 +162,24 @@ class Quantize(Pass):
             return run_dynamic(self, graph, ctx)
         if ctx.data is None:
             raise DataError("pass 'quant' needs calibration data (--data)")
-        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None:
+        if self.options.activations == "auto":
+            mode, why = choose_activations(self, graph, ctx)
+            log.info("quant: activations=auto -> %s", why)
+            chosen = Quantize(dataclasses.replace(self.options, activations=mode))
+            result = chosen.run(graph, ctx)
+            result.stats["activations_auto"] = why
+            return result
+        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None \
+                or self.options.min_cosine is not None or self.options.max_metric_drop is not None:
             return run_with_budget(Quantizer(self.options), graph, ctx)
-        return Quantizer(self.options).quantize(graph, ctx, result)
+        result = Quantizer(self.options).quantize(graph, ctx, result)
+        # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too
+        lstms = quantize_lstms(ctx.graph, self.options, result)
+        if lstms:
+            ctx.graph.cleanup()
+            result.count("quantized_LSTM", lstms)
+            result.modified = True
+        return result
 
 
 def calibration_tensors(model, data, options=None) -> list[str]:

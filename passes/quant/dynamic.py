@@ -48,6 +48,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, is_standard_op, node_label, node_macs
 from graphc.passes.quant.embedding import quantize_embeddings
+from graphc.passes.quant.outliers import OutlierSplit, measure_outliers
 from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import weight_kn, weight_of
 from graphc.passmanager import Context, PassResult
@@ -149,7 +150,8 @@ class DynamicWriter:
             self.quantized[x.name] = outs
         return self.quantized[x.name]
 
-    def rewrite(self, target: DynamicTarget) -> None:
+    def rewrite(self, target: DynamicTarget) -> tuple[gs.Constant, gs.Constant]:
+        """Writes ``target``'s dynamic form; returns its int8 weight and weight scale constants."""
         node = target.node
         base = node.name or node.outputs[0].name
         q, scale = dynamic_weights(target.w_kn, self.per_channel)
@@ -160,14 +162,15 @@ class DynamicWriter:
             else None
         out = node.outputs[0]
         scaled = self._var(f"{base}_scaled", FLOAT) if bias is not None else out
-        self._new("MatMulInteger", f"{base}_MatMulInteger",
-                  [xq, gs.Constant(self.names(f"{base}_weight_quantized"), q), zx], [acc])
+        wq, ws = gs.Constant(self.names(f"{base}_weight_quantized"), q), gs.Constant(self.names(f"{base}_weight_scale"), scale)
+        self._new("MatMulInteger", f"{base}_MatMulInteger", [xq, wq, zx], [acc])
         self._new("Cast", f"{base}_Cast", [acc], [accf], to=CAST_TO_FLOAT)
-        self._new("Mul", f"{base}_scale_Mul", [sx, gs.Constant(self.names(f"{base}_weight_scale"), scale)], [both])
+        self._new("Mul", f"{base}_scale_Mul", [sx, ws], [both])
         self._new("Mul", f"{base}_rescale", [accf, both], [scaled])
         if bias is not None:
             self._new("Add", f"{base}_bias", [scaled, self._bias(node, bias)], [out])
         node.inputs, node.outputs = [], []
+        return wq, ws
 
     def _bias(self, node: gs.Node, bias: gs.Tensor) -> gs.Tensor:
         beta = float(node.attrs.get("beta", 1.0))
@@ -187,11 +190,13 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
         graph = ctx.graph  # new node objects
     targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result)
     writer = DynamicWriter(graph, opts.per_channel)
+    # with --data: the few outlier input channels of each MatMul stay float (passes/quant/outliers.py)
+    split = OutlierSplit(graph, measure_outliers(ctx, targets, opts.samples, opts.outlier_channels, result))
     for target in targets:
         result.count(f"quantized_{target.node.op}")
         result.details.append({"node": target.node.name or node_label(target.node), "op": target.node.op,
                                "precision": "int8 dynamic"})
-        writer.rewrite(target)
+        split.apply(target, writer.rewrite)
     tables = quantize_embeddings(graph, opts.exclude, result)
     lstms = quantize_lstms(graph, opts, result)
     if not targets and not tables and not lstms:
@@ -214,8 +219,9 @@ def check_dynamic_options(options) -> None:
         return
     if options.weights_only:
         raise ValueError("activations=dynamic quantizes activations; it cannot be combined with weights-only=true")
-    if options.min_sqnr is not None or options.max_top1_drop is not None or options.bias_correction:
+    if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
+            or options.max_metric_drop is not None or options.bias_correction:
         raise ValueError("activations=dynamic calibrates nothing; it cannot be combined with min-sqnr, "
-                         "max-top1-drop or bias-correction")
+                         "max-top1-drop, min-cosine, max-metric-drop or bias-correction")
     if options.bits != 8 or options.weights != "s8":
         raise ValueError("activations=dynamic takes bits=8 and weights=s8 (onnxruntime's dynamic kernels)")

@@ -7,7 +7,10 @@ of a large constant float32 table ``T [V, D]`` becomes, in standard ONNX ops::
 
 with symmetric per-row scales ``sT_v = max_d |T_vd| / 127`` (1 for an all-zero row) and codes
 ``Tq = clip(round(T / sT), -127, 127)``: ``|T_vd - Tq_vd sT_v| <= sT_v / 2``. The file keeps
-the int8 table (a quarter of the float bytes) plus ``V`` scales.
+the int8 table (a quarter of the float bytes) plus ``V`` scales, stored as float16 (rounded
+up, so the step grows by at most a factor ``1 + 2^-10``; the codes are computed with them; a Cast after their Gather) when all of them are normal
+float16 numbers, else float32 (on all-MiniLM-L6-v2's 30522-row table: 61 KB saved, which puts
+the file below onnxruntime's per-tensor-scale ``quantize_dynamic``).
 
 Why gather first, then rescale: ``DequantizeLinear(Tq) -> Gather`` would be a constant
 subgraph that onnxruntime folds back into a float table when the session loads (the memory
@@ -39,13 +42,23 @@ FLOAT = np.float32
 MIN_TABLE_ELEMENTS = 1 << 16
 #: Cast's ``to`` for float32 (TensorProto.FLOAT).
 CAST_TO_FLOAT = 1
+#: the normal float16 range: row scales inside it are stored as float16 (half the bytes of V scales)
+HALF_MIN, HALF_MAX = float(np.finfo(np.float16).tiny), float(np.finfo(np.float16).max)
 
 
 def int8_rows(table: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 codes of a ``[V, D]`` table and its float32 per-row scales ``[V, 1]``."""
+    """Symmetric int8 codes of a ``[V, D]`` table and its per-row scales ``[V, 1]``: float16 when
+    every scale is a normal float16 (rounded up, at most 2^-10 larger; the codes are computed
+    with the stored scales), else float32."""
     t = np.asarray(table, dtype=np.float64)
     absmax = np.abs(t).max(axis=1, keepdims=True)
-    scale = np.where(absmax > 0, absmax / 127.0, 1.0).astype(FLOAT)
+    scale = np.where(absmax > 0, absmax / 127.0, 1.0)
+    if np.all((scale >= HALF_MIN) & (scale <= HALF_MAX / 2)):
+        half = scale.astype(np.float16)
+        # rounded up, so that no code leaves [-127, 127]: the step grows by at most 2^-10
+        scale = np.where(half.astype(np.float64) < scale, np.nextafter(half, np.float16(np.inf)), half)
+    else:
+        scale = scale.astype(FLOAT)
     return np.clip(np.round(t / scale.astype(np.float64)), -127, 127).astype(np.int8), scale
 
 
@@ -93,9 +106,16 @@ def _rewrite(graph: gs.Graph, node: gs.Node, q: gs.Constant, scale: gs.Constant,
     rows = gs.Variable(names(f"{base}_rows_int8"), dtype=np.int8)
     rows_f = gs.Variable(names(f"{base}_rows_float"), dtype=FLOAT)
     row_scale = gs.Variable(names(f"{base}_row_scale"), dtype=FLOAT)
+    if scale.values.dtype != FLOAT:  # float16 scales: gathered, then cast ([..., 1]: cheap)
+        half = gs.Variable(names(f"{base}_row_scale_half"), dtype=scale.values.dtype)
+        graph.nodes += [gs.Node("Gather", names(f"{base}_scale"), attrs={"axis": 0}, inputs=[scale, ids], outputs=[half]),
+                        gs.Node("Cast", names(f"{base}_scale_Cast"), attrs={"to": CAST_TO_FLOAT}, inputs=[half],
+                                outputs=[row_scale])]
+    else:
+        graph.nodes.append(gs.Node("Gather", names(f"{base}_scale"), attrs={"axis": 0}, inputs=[scale, ids],
+                                   outputs=[row_scale]))
     graph.nodes += [
         gs.Node("Gather", names(f"{base}_int8"), attrs={"axis": 0}, inputs=[q, ids], outputs=[rows]),
-        gs.Node("Gather", names(f"{base}_scale"), attrs={"axis": 0}, inputs=[scale, ids], outputs=[row_scale]),
         gs.Node("Cast", names(f"{base}_Cast"), attrs={"to": CAST_TO_FLOAT}, inputs=[rows], outputs=[rows_f]),
         gs.Node("Mul", names(f"{base}_rescale"), inputs=[rows_f, row_scale], outputs=[out]),
     ]

@@ -178,3 +178,14 @@ def test_verify_seed_chooses_the_random_inputs(capsys, tmp_path):
 
     first, again, other = sqnr(1), sqnr(1), sqnr(2)
     assert first == again and first != other
+
+
+def test_an_in_process_call_leaves_the_callers_logging_as_it_was(capsys):
+    """``-q`` sets the graphc logger to ERROR for the command only: a build script (or a later test
+    reading warnings) that calls main() in-process keeps its own level and handlers."""
+    import logging
+
+    logger = logging.getLogger("graphc")
+    level, handlers = logger.level, list(logger.handlers)
+    assert main(["inspect", str(MODELS / "resnet_digits.onnx"), "-q"]) == 0
+    assert logger.level == level and logger.handlers == handlers

@@ -173,6 +173,9 @@ MANIFEST = [
     _entry("constant_of_shape_bomb.onnx", "accept",
            "ConstantOfShape of 2^40 floats feeding a ReduceSum (folding must not allocate it)",
            skip_run=True),
+    _entry("matmul_outer_product.onnx", "accept",
+           "constant MatMul [40000,1]x[1,40000] from a Range (a 6.4 GB result; folding must not compute "
+           "it: the old code peaked at 6.2 GB)", skip_run=True),
     _entry("ext_ok.onnx", "accept", "valid external data next to the model", extra=("ext_ok.onnx.data",)),
     _entry("scalar_input.onnx", "accept", "a 0-d (scalar) graph input scaling the Conv input"),
     _entry("input_with_default.onnx", "accept",
@@ -395,6 +398,7 @@ def build_all() -> dict[str, bytes]:
     files["shared_conv_weight.onnx"] = _shared_conv_weight().SerializeToString()
     files["conv_output_is_graph_output.onnx"] = _conv_output_is_graph_output().SerializeToString()
     files["constant_of_shape_bomb.onnx"] = _constant_of_shape_bomb().SerializeToString()
+    files["matmul_outer_product.onnx"] = _matmul_outer_product().SerializeToString()
     files.update(_issue15_files())
     files.update(_declaration_files())
     return files
@@ -662,6 +666,23 @@ def _constant_of_shape_bomb() -> onnx.ModelProto:
         helper.make_node("Add", ["x", "total"], ["y"], name="add"),
     ]
     inits = [numpy_helper.from_array(np.array([2**40], np.int64), "huge")]
+    return _model(nodes, [_vi("x", [2])], [_vi("y", [2])], inits)
+
+
+def _matmul_outer_product(n: int = 40000) -> onnx.ModelProto:
+    """Range -> [n,1] and [1,n] -> MatMul: all constant, a few bytes of file, n*n floats of result."""
+    nodes = [
+        helper.make_node("Range", ["start", "limit", "delta"], ["r"], name="range"),
+        helper.make_node("Unsqueeze", ["r", "axis1"], ["col"], name="col"),
+        helper.make_node("Unsqueeze", ["r", "axis0"], ["row"], name="row"),
+        helper.make_node("MatMul", ["col", "row"], ["outer"], name="outer"),
+        helper.make_node("ReduceSum", ["outer"], ["total"], name="sum", keepdims=0),
+        helper.make_node("Add", ["x", "total"], ["y"], name="add"),
+    ]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), k)
+             for k, v in (("start", 0.0), ("limit", float(n)), ("delta", 1.0))]
+    inits += [numpy_helper.from_array(np.array([1], np.int64), "axis1"),
+              numpy_helper.from_array(np.array([0], np.int64), "axis0")]
     return _model(nodes, [_vi("x", [2])], [_vi("y", [2])], inits)
 
 

@@ -256,3 +256,20 @@ def test_a_budget_that_keeps_every_layer_float_leaves_the_model_alone():
     assert [n.op for n in model.graph.nodes] == before
     assert record.stats["budget_float_layers"] == record.stats["budget_layers"] == 6
     assert record.skipped == {"min-sqnr=150: every layer stays float": 1}
+
+
+def test_min_cosine_budget_is_met_when_measured_independently(tmp_path):
+    """``min-cosine``: the written model's mean per-sample output cosine on the calibration
+    data (computed here in numpy) is at least the target, with fewer layers float than all."""
+    feeds = _feeds()
+    reference, model, record = _quantize("quant{placement=all min-cosine=0.999 per-channel=false}", feeds)
+    assert record.stats["budget"] == "min-cosine=0.999"
+    assert 0 < record.stats["budget_float_layers"] < record.stats["budget_layers"]
+    assert record.stats["budget_cosine_all_quantized"] < 0.999 <= record.stats["budget_cosine"]
+    cosines = []
+    for feed in feeds:
+        r, q = run(reference, feed)[0].reshape(-1), run(model, feed)[0].reshape(-1)
+        cosines.append(float(r @ q / np.linalg.norm(r) / np.linalg.norm(q)))
+    assert np.mean(cosines) >= 0.999
+    assert abs(np.mean(cosines) - record.stats["budget_cosine"]) < 1e-5
+    assert_valid(model, tmp_path)

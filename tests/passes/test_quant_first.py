@@ -76,7 +76,8 @@ def test_fold_never_starts_from_a_fold_output(tmp_path):
 @pytest.mark.parametrize("placement", ["auto", "all"])
 def test_tf2onnx_classifier_quantizes_as_the_only_pass(placement, tmp_path):
     model = tf2onnx_classifier()
-    reference, report = _quantize(model, tf2onnx_feeds(), f"quant{{placement={placement} prepare=false}}")
+    # static QDQ (activations=auto measures static against dynamic on this model: tests/passes/test_quant_mode.py)
+    reference, report = _quantize(model, tf2onnx_feeds(), f"quant{{placement={placement} activations=u8 prepare=false}}")
     assert report.records[-1].modified
     assert op_count(model, "QuantizeLinear") >= 5
     assert_valid(model, tmp_path)

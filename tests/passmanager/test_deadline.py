@@ -44,7 +44,8 @@ def test_pass_over_the_limit_is_stopped_and_named():
     assert info.value.pass_name == "t-spins"
     assert isinstance(info.value, PassError)
     message = str(info.value)
-    assert message.startswith("pass 't-spins' stopped after") and "0.3 s (max-seconds) (after cleanup)" in message
+    assert message.startswith("pass 't-spins' exceeded --max-seconds 0.3 (stopped after ") and \
+        message.endswith(" s) (after cleanup)")
     assert signal.getsignal(signal.SIGALRM) is handler  # restored
     assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
 

@@ -119,11 +119,8 @@ def test_smooth_leaving_the_readers_unscaled_is_caught(monkeypatch):
     module = _module(cls, "_divide")
 
     def rescale_source_only(site, s):
-        source = site.source  # the bug: 1/s folded into the producer, s never into the readers
-        targets = source.inputs[1:3] if source.op == "LayerNormalization" else [source.inputs[1]]
-        for t in targets:
-            if t.name:
-                module._divide(t, s)
+        for t in site.params:  # the bug: 1/s folded into the producer, s never into the readers
+            module._divide(t, s)
 
     monkeypatch.setattr(module, "_rescale", rescale_source_only)
     assert "smooth changed output" in _fails(cls)

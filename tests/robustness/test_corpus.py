@@ -4,12 +4,20 @@
 refused with a GraphcError naming the problem (CLI: exit 2, one stderr line ``graphc: error: ...``,
 no output file); ``accept`` files are valid but odd models that must load, go through every
 registered pass (each either handles or skips them) and come out valid, with unchanged outputs
-for exact passes and untouched ``keep`` ops. No command may change a byte of the corpus, and
-every command finishes within ``TIME_CAP`` seconds.
+for exact passes and untouched ``keep`` ops. No command may change a byte of the corpus, every
+command finishes within ``TIME_CAP`` seconds, and no command (CLI run, or load + pass + save)
+raises the process's peak resident memory by ``MEMORY_CAP`` or more.
+
+The memory is measured in this process (:class:`graphc.passmanager.memory.PeakRss`: the kernel's
+high-water mark, reset to the current RSS when the command starts, read when it ends; exact, no
+sampling): peak during the command minus the RSS before it. Where the mark cannot be reset
+(no writable /proc/self/clear_refs) the cap is not checked.
 """
 from __future__ import annotations
 
+import contextlib
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -20,11 +28,16 @@ from corpus import ACCEPT, BAD, MANIFEST, REJECT, entry_id, folder_digest, make_
 from graphc.calib.data import RandomSource, input_specs
 from graphc.errors import GraphcError
 from graphc.passmanager import PassManager, all_passes
+from graphc.passmanager.memory import PeakRss, reset_peak
 from support import random_feeds, run, session
 
 EXACT_PASSES = {"cleanup", "fold-constants", "fold-bn", "canonicalize", "equalize", "smooth"}
 #: seconds any command may take on a corpus file (they are tiny: seconds means unbounded work).
 TIME_CAP = 60
+#: bytes any command may add to the process's peak RSS on a corpus file. They are a few KB; the
+#: largest growth measured is imports and onnxruntime's first session (about 100 MB). The constant
+#: MatMul outer product folded before issue 15 peaked at 6.2 GB.
+MEMORY_CAP = 1 << 30
 
 KNOWN_BUGS: dict[tuple[str, str], str] = {}
 #: pipeline text per pass where the defaults would not exercise the rewrite on tiny models.
@@ -55,6 +68,29 @@ def test_manifest_covers_every_file():
     assert listed == set(folder_digest(BAD))
     assert len({e["file"] for e in MANIFEST}) == len(MANIFEST)
     assert all(e["expect"] in ("reject", "accept") and e["why"] for e in MANIFEST)
+
+
+def _rss() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+@contextlib.contextmanager
+def memory_capped(what: str):
+    """Fail if the block raises the peak RSS by ``MEMORY_CAP`` or more (see the module doc)."""
+    before = _rss()
+    if before is None or not reset_peak():
+        yield
+        return
+    with PeakRss() as peak:
+        yield
+    grown = peak.peak - before
+    assert grown < MEMORY_CAP, f"{what} raised the peak RSS by {grown / 2**20:.0f} MiB"
 
 
 # -- API ------------------------------------------------------------------------------------------
@@ -91,14 +127,15 @@ def test_accept_every_pass(entry, name, tmp_path):
     """Load, run one pass, save (full checker), compare outputs for exact passes."""
     path = BAD / entry["file"]
     original = onnx.load(path)
-    model = graphc.load(path)
     cls = next(c for c in all_passes() if c.name == name)
-    data = RandomSource(input_specs(model), n=4) if cls.needs_data else None
     if cls.needs_data and (not entry["runs"] or entry["skip_run"]):
         pytest.skip("a pass that needs data cannot calibrate a model onnxruntime cannot run")
-    # quant's speed model leaves tiny graphs in float; placement=all exercises the rewrite
-    PassManager(PASS_TEXT.get(name, name), data=data).run(model)
-    out = graphc.save(model, tmp_path / "out.onnx")
+    with memory_capped(f"{name} on {entry['file']}"):
+        model = graphc.load(path)
+        data = RandomSource(input_specs(model), n=4) if cls.needs_data else None
+        # quant's speed model leaves tiny graphs in float; placement=all exercises the rewrite
+        PassManager(PASS_TEXT.get(name, name), data=data).run(model)
+        out = graphc.save(model, tmp_path / "out.onnx")
     onnx.checker.check_model(str(out), full_check=True)
     result = onnx.load(out)
     if entry["keep"]:
@@ -182,7 +219,8 @@ def test_cli(entry, command, tmp_path, capfd):
     main = _cli()
     out = tmp_path / "out.onnx"
     start = time.perf_counter()
-    code = main(_argv(command, BAD / entry["file"], out))
+    with memory_capped(f"graphc {command} {entry['file']}"):
+        code = main(_argv(command, BAD / entry["file"], out))
     seconds = time.perf_counter() - start
     captured = capfd.readouterr()  # fd level: C++ logs from onnxruntime/onnx count too
     lines = captured.err.splitlines()
