@@ -8,7 +8,7 @@ DEMO_MODEL := models/resnet_digits.onnx
 DEMO_DATA  := models/digits_calib.npz
 DEMO_OUT   := out
 
-.PHONY: demo test test-ray test-each bench fuzz clean venv docs
+.PHONY: demo test test-ray test-each bench fuzz clean venv docs browser
 
 $(VENV)/.base: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -51,7 +51,20 @@ demo: $(VENV)/.base
 docs: $(VENV)/.base
 	$(VENV)/bin/graphc passes --markdown > docs/passes.md
 
-test: $(VENV)/.test
+# The report's browser test (tests/report/test_html.py) needs headless Chromium: Debian's package,
+# installed once when missing (about 1 minute: ~100 MB from the Debian mirror). Without root or
+# apt-get this prints one line and the browser test fails (it does not skip).
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	    if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	        echo "installing headless Chromium (Debian package 'chromium') for the report's browser test"; \
+	        DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || { \
+	            apt-get update -q >/dev/null && \
+	            DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null; } \
+	        || echo "make: could not install chromium with apt-get; the browser test will fail"; \
+	    else echo "make: chromium is missing and cannot be installed here (needs root and apt-get); the browser test will fail"; fi; }
+
+test: $(VENV)/.test browser
 	$(PY) -m pytest -q
 
 # The executor tests with a real Ray runtime (local, 2 CPUs): same results as local processes.
@@ -60,7 +73,7 @@ test-ray: $(VENV)/.ray
 
 # Every tests/ folder and top-level test file alone, in its own process: a verdict that depends
 # on what ran before shows up as a difference from `make test`.
-test-each: $(VENV)/.test
+test-each: $(VENV)/.test browser
 	@failed=""; for t in tests/*/ tests/test_*.py; do \
 	    $(PY) -m pytest -q -p no:cacheprovider $$t > /dev/null 2>&1; rc=$$?; \
 	    if [ $$rc -eq 0 ] || [ $$rc -eq 5 ]; then echo "pass  $$t"; else echo "FAIL  $$t"; failed="$$failed $$t"; fi; \

@@ -6,19 +6,29 @@ one-line error it refused with; the exact pipeline and ``quant`` (with the model
 calibration data) are timed against the original with graphc.bench (alternated A/B, medians) and
 compared with graphc.verify on the same .npz (worst output's max abs error and SQNR).
 
+A paragraph follows on the trained VAD (``vad_trained_if``): per quant pipeline, which passes
+changed it, latency against fp32 at batch 1 per sample rate (one alternation of all candidates),
+speech-decision agreement with fp32 on the held-out clips of ``models/vad_signals.py``, and the
+bytes of its constants (weights) with how many branch Convs read int8 weights.
+
     python benchmarks/run.py exporters
 """
 from __future__ import annotations
 
+import importlib.util
 import logging
 from pathlib import Path
 
+import numpy as np
+import onnx_graphsurgeon as gs
+
 import graphc
-from graphc.bench import compare_latency
+from graphc.bench import compare_all, compare_latency
 from graphc.calib.data import open_data
 from graphc.errors import GraphcError
 from graphc.ir import walk_graphs
 from graphc.passmanager import PassManager
+from graphc.runtime import create_session, run_session
 from graphc.verify import compare_models
 
 log = logging.getLogger(__name__)
@@ -47,6 +57,7 @@ def run() -> str:
         "|---|---|---|---|---|---|---|---|",
     ]
     lines += [_cells(r) for r in rows]
+    lines += ["", *_trained_vad()]
     return "\n".join(lines)
 
 
@@ -126,3 +137,92 @@ def _cells(row: dict) -> str:
     else:
         cells += [f"{quant['ratio']:.2f}x", f"{quant['sqnr']:.1f} dB"]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+# --------------------------------------------------------------------------
+# the trained VAD: frame agreement, speed and weight bytes per quant pipeline
+# --------------------------------------------------------------------------
+
+VAD = CORPUS / "vad_trained_if.onnx"
+VAD_PIPELINES = ("quant", "quant{placement=all}", "equalize,quant{placement=all}")
+VAD_ROUNDS = 60
+
+
+def _vad_signals():
+    spec = importlib.util.spec_from_file_location(
+        "vad_signals", Path(__file__).resolve().parents[1] / "models" / "vad_signals.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _weight_bytes(model) -> tuple[int, int, int]:
+    """(bytes of every constant in the graph and its bodies, branch Convs, those with int8 weights)."""
+    seen, total, convs, int8 = set(), 0, 0, 0
+    for path, scope in walk_graphs(model.graph):
+        for t in scope.tensors().values():
+            if isinstance(t, gs.Constant) and id(t) not in seen:
+                seen.add(id(t))
+                total += t.values.nbytes
+        for node in scope.nodes:
+            if node.op == "Conv" and path:
+                convs += 1
+                w = node.inputs[1]
+                dq = w.inputs[0] if w.inputs else None
+                int8 += bool(dq is not None and dq.op == "DequantizeLinear" and dq.inputs[0].values.dtype == np.int8)
+    return total, convs, int8
+
+
+def _trained_vad() -> list[str]:
+    signals = _vad_signals()
+    data = VAD.with_suffix(".npz")
+    original = graphc.load(VAD)
+    candidates = {"fp32": original}
+    changed = {}
+    for pipeline in VAD_PIPELINES:
+        outcome = _run(VAD, pipeline, data)
+        if isinstance(outcome, str):
+            changed[pipeline] = f"error: {outcome[:60]}"
+            continue
+        model, report = outcome
+        candidates[pipeline] = model
+        changed[pipeline] = ", ".join(f"{r.name}: {_summary(r)}" for r in report.records if r.modified) or "none"
+    heldout = {sr: signals.heldout(sr) for sr in signals.RATES}
+    agreement, speed = {}, {}
+    for sr, (audio, _labels) in heldout.items():
+        sr_feed = np.array(sr, np.int64)
+        probs = {name: run_session(create_session(model, threads=2), {"audio": audio, "sr": sr_feed})[0]
+                 for name, model in candidates.items()}
+        for name in candidates:
+            if name != "fp32":
+                agreement[(name, sr)] = signals.frame_agreement(probs["fp32"], probs[name])
+        stats = compare_all(candidates, {"audio": audio[:1], "sr": sr_feed}, threads=2, warmup=10, rounds=VAD_ROUNDS)
+        for name in candidates:
+            speed[(name, sr)] = stats["fp32"].median_ms / stats[name].median_ms
+    base_bytes = _weight_bytes(original)[0]
+    lines = [
+        "**Trained VAD** (`vad_trained_if`: conv + LSTM per sample rate inside `If(sr == 16000)`, "
+        "trained on seeded synthetic speech-like vs. noise clips). Agreement: share of the "
+        f"{len(heldout[16000][1]) * heldout[16000][1].shape[1]} held-out frames per rate whose speech "
+        "decision (p > 0.5) equals fp32's; speed: fp32 / candidate latency at batch 1 "
+        f"(medians of {VAD_ROUNDS} runs, all candidates in one alternation, 2 threads); weights: bytes "
+        "of all constants, graph and bodies.",
+        "",
+        "| pipeline | what changed | speed 16 kHz | speed 8 kHz | agreement 16 kHz | agreement 8 kHz | "
+        "weights | branch Convs int8 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, model in candidates.items():
+        if name == "fp32":
+            continue
+        total, convs, int8 = _weight_bytes(model)
+        lines.append(
+            f"| `{name}` | {changed[name]} | {speed[(name, 16000)]:.2f}x | {speed[(name, 8000)]:.2f}x | "
+            f"{agreement[(name, 16000)]:.4f} | {agreement[(name, 8000)]:.4f} | "
+            f"{total / 1e3:.1f} kB ({total / base_bytes:.2f}x) | {int8} of {convs} |")
+    return lines
+
+
+def _summary(record) -> str:
+    keys = [k for k in record.stats if k.startswith("quantized_") or k in ("pairs_equalized",)]
+    return " ".join(f"{k}={record.stats[k]}" for k in keys) or "modified"

@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
+import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError, RecipeError
@@ -81,6 +82,8 @@ class _Inputs:
     #: what verification runs as the input model: the file, or (bytes) the model as loaded when
     #: the data's run reopened literal 0 input dims onnxruntime would refuse the data against
     runnable_source: Any = None
+    metric: Any = None          # the user's metric (graphc.verify.user_metric.UserMetric) or None
+    metric_labels: Any = None   # the labels as stored (any dtype), for the metric
 
     @property
     def reference_source(self) -> Any:
@@ -101,6 +104,7 @@ class _Inputs:
 class Measurements:
     verification: Any = None
     accuracy: Any = None
+    metric: Any = None
     latency: Any = None
     layers: list[dict[str, Any]] = dataclasses.field(default_factory=list)
     histograms: list[dict[str, Any]] = dataclasses.field(default_factory=list)
@@ -173,7 +177,7 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
     # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
     from graphc.calib.data import input_specs, open_data
     from graphc.report import model_summary
-    from graphc.verify.accuracy import has_labels, load_labels
+    from graphc.verify.accuracy import has_labels
 
     if recipe.pipeline is None:
         raise RecipeError("no pipeline: give -p PIPELINE or 'pipeline' in the recipe")
@@ -196,11 +200,30 @@ def _open_inputs(source: Path, recipe: Recipe) -> _Inputs:
     eval_spec = data.evaluation or data.calibration
     evaluation = open_data(eval_spec, model, image_options=images) if eval_spec else None
     labels = data.labels or (eval_spec if eval_spec and has_labels(eval_spec) else None)
+    metric, raw_labels, class_labels = _metric_and_labels(recipe, labels)
     runnable = _repair_by_run(model, calibration)
     before = model_summary(model, path=source, input_shapes=shapes)
-    return _Inputs(source, out, model, before, shapes, calibration, evaluation,
-                   load_labels(labels) if labels else None, input_specs(model), data.samples, data.seed,
-                   runnable)
+    return _Inputs(source, out, model, before, shapes, calibration, evaluation, class_labels,
+                   input_specs(model), data.samples, data.seed, runnable, metric, raw_labels)
+
+
+def _metric_and_labels(recipe: Recipe, labels: str | None) -> tuple[Any, Any, Any]:
+    """The user's metric (loaded before any work), the labels as stored for it, and the class
+    labels of the accuracy (None when a metric's labels are not integer classes)."""
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
+    from graphc.verify.accuracy import load_labels
+    from graphc.verify.user_metric import load_metric
+
+    g = recipe.gates
+    spec = recipe.metric.function
+    if spec is None:
+        if g.min_metric is not None or g.max_metric_drop is not None:
+            raise RecipeError("--min-metric and --max-metric-drop need --metric MODULE:FUNCTION")
+        return None, None, load_labels(labels) if labels else None
+    metric = load_metric(spec, recipe.metric.args)
+    raw = load_labels(labels, integers=False) if labels else None
+    classes = raw.reshape(-1).astype(np.int64) if raw is not None and np.issubdtype(raw.dtype, np.integer) else None
+    return metric, raw, classes
 
 
 def _repair_by_run(model: Model, calibration: Any) -> bytes | None:
@@ -251,7 +274,7 @@ def _run_pipeline(recipe: Recipe, inputs: _Inputs, instruments: list[Any]) -> An
     return PassManager(recipe.pipeline, data=inputs.calibration, verify_each=recipe.verify.each,
                        tolerances=tolerances(recipe), input_shapes=inputs.shapes, seed=recipe.data.seed,
                        verify_data=verify_data, instruments=instruments,
-                       max_seconds=recipe.limits.max_seconds).run(inputs.model)
+                       max_seconds=recipe.limits.max_seconds, metric=inputs.metric).run(inputs.model)
 
 
 def tolerances(recipe: Recipe) -> Any:
@@ -290,6 +313,8 @@ def _measure(recipe: Recipe, inputs: _Inputs, candidate: Any, run: Any, snapshot
         if inputs.evaluation is None:
             raise DataError("labels need evaluation data (--eval-data or --data) in the same order")
         m.accuracy = task_accuracy(inputs.reference_source, candidate, inputs.evaluation, inputs.labels)
+    if inputs.metric is not None:
+        m.metric = _task_metric(inputs, candidate)
     if recipe.bench.enabled or recipe.gates.min_speedup is not None:
         m.latency = _latency(recipe, inputs, candidate)
     if recipe.outputs.report:
@@ -331,6 +356,16 @@ def _verify(recipe: Recipe, inputs: _Inputs, candidate: Any, checked: bool) -> A
     return compare_models(inputs.reference_source, candidate, data=inputs.evaluation, tolerances=tol,
                           input_shapes=inputs.shapes, seed=recipe.data.seed, samples=recipe.data.samples,
                           localize=recipe.verify.localize and checked)
+
+
+def _task_metric(inputs: _Inputs, candidate: Any) -> Any:
+    # lazy: reports, verification and benchmarks load matplotlib/onnxruntime only when used
+    from graphc.verify.user_metric import measure_metric
+
+    if inputs.evaluation is None:
+        raise DataError("--metric needs evaluation data (--eval-data or --data)")
+    return measure_metric(inputs.metric, inputs.reference_source, candidate, inputs.evaluation,
+                          inputs.metric_labels)
 
 
 def _latency(recipe: Recipe, inputs: _Inputs, candidate: Any) -> Any:
@@ -381,6 +416,7 @@ def evaluate_gates(gates: GateSettings, m: Measurements) -> list[dict[str, Any]]
             out.append(_worst_output_gate(name, label, unit, attr, threshold, outputs))
     if gates.max_top1_drop is not None:
         out.append(_top1_drop_gate(gates.max_top1_drop, m, outputs))
+    out += _metric_gates(gates, m.metric)
     if gates.min_speedup is not None:
         ratio = m.latency.ratio if m.latency is not None else None
         out.append(_gate("min_speedup", "min speedup", gates.min_speedup, ratio,
@@ -399,6 +435,24 @@ def _worst_output_gate(name: str, label: str, unit: str, attr: str, threshold: f
         return _gate(name, label, threshold, None, False, unit, f"no output has a {label.split()[-1]} to measure")
     value, output = min(values, key=lambda v: float("-inf") if v[0] != v[0] else v[0])
     return _gate(name, label, threshold, value, value >= threshold, unit, f"worst output '{output}'")
+
+
+def _metric_gates(gates: GateSettings, result: Any) -> list[dict[str, Any]]:
+    """--min-metric (a bound from above when lower is better) and --max-metric-drop."""
+    out = []
+    if result is None:
+        return out
+    detail = (f"{result.spec}: {result.reference:.6g} -> {result.candidate:.6g} on {result.samples} feed(s), "
+              f"{'higher' if result.higher_is_better else 'lower'} is better")
+    if gates.min_metric is not None:
+        value, bound = result.candidate, gates.min_metric
+        ok = value >= bound if result.higher_is_better else value <= bound
+        out.append(_gate("min_metric", "min metric" if result.higher_is_better else "max metric", bound, value,
+                         ok, "metric", detail))
+    if gates.max_metric_drop is not None:
+        out.append(_gate("max_metric_drop", "max metric drop", gates.max_metric_drop, result.drop,
+                         result.drop <= gates.max_metric_drop, "metric", detail))
+    return out
 
 
 def _top1_drop_gate(threshold: float, m: Measurements, outputs: list[Any]) -> dict[str, Any]:
@@ -461,5 +515,5 @@ def _report(recipe: Recipe, inputs: _Inputs, run: Any, after: dict[str, Any], m:
 
     return build_report(input_path=inputs.source, output_path=inputs.out, run=run, before=inputs.before,
                         after=after, verification=m.verification, output_written=written,
-                        recipe=dataclasses.asdict(recipe), accuracy=m.accuracy, latency=m.latency,
+                        recipe=dataclasses.asdict(recipe), accuracy=m.accuracy, metric=m.metric, latency=m.latency,
                         gates=gates, layers=m.layers, histograms=m.histograms, passed=passed)

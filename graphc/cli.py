@@ -209,6 +209,15 @@ def _opt_checks(opt: argparse.ArgumentParser) -> None:
     g.add_argument("--max-top1-drop", type=_number(0.0, 1.0), metavar="F",
                    help="maximum accuracy drop with labels, else top-1 disagreement (fraction)")
     g.add_argument("--min-speedup", type=_number(0.0), metavar="X", help="minimum latency ratio input/result")
+    g.add_argument("--min-metric", type=_number(), metavar="V",
+                   help="minimum task metric of the result (maximum when lower is better)")
+    g.add_argument("--max-metric-drop", type=_number(0.0), metavar="D",
+                   help="maximum task metric lost against the input, in the metric's units")
+    g = opt.add_argument_group("task metric (graphc.verify.user_metric)")
+    g.add_argument("--metric", metavar="MODULE:FUNCTION",
+                   help="score outputs with this callable, e.g. graphc.task_metrics:ctc_cer")
+    g.add_argument("--metric-arg", metavar="KEY=VALUE", action="append",
+                   help="an argument of the metric, e.g. charset=keys.txt (repeatable)")
     g = opt.add_argument_group("benchmark")
     g.add_argument("--bench", action="store_true", default=None, help="measure the latency of input and result")
     g.add_argument("--bench-threads", type=_positive_int, help="intra-op threads (default 2)")
@@ -336,6 +345,8 @@ OPT_FLAGS = {
     "min_top1": "gates.min_top1", "max_top1_drop": "gates.max_top1_drop", "min_speedup": "gates.min_speedup",
     "bench": "bench.enabled", "bench_threads": "bench.threads", "bench_rounds": "bench.rounds",
     "bench_warmup": "bench.warmup", "layer_errors": "outputs.layer_errors",
+    "min_metric": "gates.min_metric", "max_metric_drop": "gates.max_metric_drop",
+    "metric": "metric.function", "metric_arg": "metric.args",
     "max_seconds": "limits.max_seconds",
 }
 
@@ -347,7 +358,7 @@ def opt_recipe(args: argparse.Namespace) -> Any:
 
     recipe = load_recipe(args.recipe) if args.recipe else Recipe()
     given = {key: getattr(args, dest) for dest, key in OPT_FLAGS.items() if getattr(args, dest) is not None}
-    for key in ("data.input_shapes", "outputs.histograms"):
+    for key in ("data.input_shapes", "outputs.histograms", "metric.args"):
         if key in given:
             given[key] = tuple(given[key])
     return recipe.updated(given)

@@ -52,6 +52,11 @@ class ExecutorError(GraphcError):
     """The executor cannot be used: an unknown name, Ray not installed, a cluster not reached."""
 
 
+class MetricError(GraphcError):
+    """The user's metric (``--metric``): a bad spec, an import that fails, not callable, it raised,
+    or it returned something that is not a finite number."""
+
+
 class PassError(GraphcError):
     """A pass failed on a node; the message names the pass and the node."""
 

@@ -6,6 +6,8 @@ calibration and the quant error budget all sum them the same way).
 - max abs error, and max relative error |ref - got| / max(|ref|, tiny).
 - top-1 agreement: fraction of positions where argmax over ``axis`` agrees (class scores,
   per-timestep character scores).
+- decoded-string agreement of CTC recognizers: fraction of sequences whose greedy decodings
+  (best class per step, repeats merged, blanks dropped) are equal.
 All are computed in float64. ``sqnr_from_sums`` / ``cosine_from_sums`` give the same values from
 running sums, so metrics over many samples need not hold the samples (see ``running.py``).
 """
@@ -65,3 +67,20 @@ def top1_agreement(ref: np.ndarray, got: np.ndarray, axis: int = -1) -> float:
     return float(np.mean(np.argmax(ref, axis=axis) == np.argmax(got, axis=axis)))
 
 
+
+
+def ctc_greedy_decode(scores: np.ndarray, blank: int = 0) -> list[tuple[int, ...]]:
+    """Greedy CTC decoding of ``[N, T, C]`` scores: the best class per step, runs of one class
+    merged, ``blank`` dropped; one tuple of class ids per sequence."""
+    best = np.asarray(scores).argmax(axis=-1)
+    decoded = []
+    for row in best.reshape(-1, best.shape[-1]):
+        keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != blank)
+        decoded.append(tuple(int(c) for c in row[keep]))
+    return decoded
+
+
+def decoded_agreement(ref: np.ndarray, got: np.ndarray, blank: int = 0) -> float:
+    """Fraction of sequences of ``[N, T, C]`` scores whose greedy CTC decodings are equal."""
+    a, b = ctc_greedy_decode(ref, blank), ctc_greedy_decode(got, blank)
+    return float(np.mean([x == y for x, y in zip(a, b)])) if a else 1.0

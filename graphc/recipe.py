@@ -105,6 +105,21 @@ class GateSettings:
                                          min=0.0, max=1.0)
     min_speedup: float | None = option(None, "latency of the input over the result at least this "
                                        "(--min-speedup; runs the benchmark)", min=0.0)
+    min_metric: float | None = option(None, "the result's task metric at least this, or at most when lower "
+                                      "is better (--min-metric; needs [metric] function)")
+    max_metric_drop: float | None = option(None, "the task metric lost against the input model at most this, "
+                                           "in the metric's units (--max-metric-drop; needs [metric] function)",
+                                           min=0.0)
+
+
+@dataclass(frozen=True)
+class MetricSettings:
+    """The user's task metric (``graphc.verify.user_metric``)."""
+
+    function: str | None = option(None, "package.module:function scoring the outputs, e.g. "
+                                  "graphc.task_metrics:ctc_cer (--metric)")
+    args: tuple[str, ...] = option((), "KEY=VALUE arguments of the metric, e.g. charset=keys.txt "
+                                   "(--metric-arg)")
 
 
 @dataclass(frozen=True)
@@ -142,6 +157,7 @@ class Recipe:
     image: ImageSettings = ImageSettings()
     verify: VerifySettings = VerifySettings()
     gates: GateSettings = GateSettings()
+    metric: MetricSettings = MetricSettings()
     bench: BenchSettings = BenchSettings()
     outputs: OutputSettings = OutputSettings()
     limits: LimitSettings = LimitSettings()

@@ -16,6 +16,10 @@ exporter's own fusions and names are kept):
 * ``torch_dynamo_convnet``, ``torch_dynamo_transformer``: ``torch.export``-based exporter
   (``dynamo=True``, opset 18), dynamic batch.
 
+* ``vad_trained_if``: a conv + LSTM voice-activity detector trained on seeded synthetic speech-like
+  and noise clips (``vad_signals.py``), one network per sample rate, exported into the branches of
+  ``If(sr == 16000)`` as spox writes silero-vad (``vad_trained.py``).
+
 Hand-written entries (``corpus_graphs.py``, numpy + onnx only): tf2onnx-style classifier, spox-style
 If and Loop models and the malformed-declaration cases.
 
@@ -34,6 +38,7 @@ import numpy as np
 import onnx
 
 import corpus_graphs
+import vad_trained
 
 LOG = logging.getLogger("models.build_corpus")
 CORPUS_DIR = Path(__file__).resolve().parents[1] / "tests" / "models" / "corpus"
@@ -158,6 +163,7 @@ ENTRIES: dict[str, Callable[[Path], None]] = {
     "torch_dynamo_convnet": torch_entry("convnet", "dynamo"),
     "torch_dynamo_transformer": torch_entry("transformer", "dynamo"),
     **{name: graph_entry(name) for name in corpus_graphs.GRAPHS},
+    "vad_trained_if": lambda path: vad_trained.build(path, CALIB),
 }
 
 

@@ -29,6 +29,9 @@ class Range:
     observed_min: float
     observed_max: float
     threshold: float
+    #: values calibration saw (0: the tensor never ran, e.g. in an If branch no sample took;
+    #: None: not recorded)
+    count: int | None = None
 
     def __iter__(self):  # unpacks as (lo, hi)
         return iter((self.lo, self.hi))
@@ -64,4 +67,4 @@ def solve_range(stats: TensorStats, method: str, *, symmetric: bool, bits: int =
     lo, hi = (stats.min, stats.max) if stats.count else (0.0, 0.0)
     qlo, qhi = solve_histogram_range(method, stats.histogram, lo, hi, symmetric=symmetric, bits=bits,
                                      percentile=percentile)
-    return Range(float(qlo), float(qhi), float(lo), float(hi), float(max(-qlo, qhi)))
+    return Range(float(qlo), float(qhi), float(lo), float(hi), float(max(-qlo, qhi)), int(stats.count))

@@ -3,7 +3,10 @@
 
 ``channel_absmax(model, data, {name: axis})`` runs the model once over the data in one
 onnxruntime session, exposing the requested intermediate tensors as extra outputs, and returns
-``max |x|`` over every axis but ``axis`` (float64), one value per channel.
+``max |x|`` over every axis but ``axis`` (float64), one value per channel. Tensors inside
+If/Loop/Scan bodies are lifted out (:func:`graphc.ir.outputs.with_outputs`): count ``axis`` from the
+end for them (a Loop stacks its iterations on a new leading axis). A tensor that never held a value
+(an If branch no feed took) is missing from the result.
 """
 from __future__ import annotations
 
@@ -41,8 +44,10 @@ def channel_absmax(model: Model, data: Iterable[dict[str, np.ndarray]],
             values.update(zip(fetched, run_session(session, feed, fetched, label="model (channel ranges)")))
         for name, axis in tensors.items():
             x = np.abs(np.asarray(values[name], dtype=np.float64))
+            if x.size == 0:  # an If branch this feed did not take (graphc.ir.lift): nothing seen
+                continue
             other = tuple(i for i in range(x.ndim) if i != axis % x.ndim)
-            m = x.max(axis=other) if x.size else np.zeros(x.shape[axis])
+            m = x.max(axis=other)
             found[name] = m if name not in found else np.maximum(found[name], m)
         samples += 1
     if samples == 0:

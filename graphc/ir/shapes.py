@@ -73,7 +73,7 @@ def infer_shapes(model: Model, input_shapes: dict[str, tuple[int, ...]] | None =
                     info[vi.name] = decoded[key]
     for name, tensor in _named_tensors(model.graph).items():
         if isinstance(tensor, gs.Constant):
-            info[name] = TensorInfo(np.dtype(tensor.dtype), tuple(int(d) for d in tensor.shape))
+            info[name] = TensorInfo(_np_dtype(tensor.dtype), tuple(int(d) for d in tensor.shape))
         elif declared and name not in info and tensor.shape is not None:
             dims = tuple(d if not isinstance(d, int) or d >= 0 else None for d in tensor.shape)
             info[name] = TensorInfo(_np_dtype(tensor.dtype), dims)
@@ -108,9 +108,13 @@ def _proto_scopes(graph: onnx.GraphProto):
 
 
 def _np_dtype(dtype) -> np.dtype | None:
+    """numpy dtype of a graphsurgeon tensor's dtype; graphsurgeon keeps the ONNX enum (an int) for
+    types numpy lacks (float8, int4): those map through onnx's table (ml_dtypes) or to None."""
     try:
+        if isinstance(dtype, int) and not isinstance(dtype, bool):
+            return onnx.helper.tensor_dtype_to_np_dtype(dtype)
         return np.dtype(dtype) if dtype is not None else None
-    except TypeError:
+    except (TypeError, KeyError, ValueError):
         return None
 
 
@@ -158,7 +162,7 @@ def _light_proto(model: Model, input_shapes: dict[str, tuple[int, ...]]) -> onnx
         if isinstance(tensor._values, SparseValues):
             out.sparse_initializer.append(OnnxExporter.export_sparse_tensor_proto(tensor))
         elif math.prod(tensor.shape) > _INLINE_LIMIT:
-            elem = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+            elem = tensor.dtype if isinstance(tensor.dtype, int) else onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
             out.input.append(onnx.helper.make_tensor_value_info(tensor.name, elem, list(tensor.shape)))
         else:
             out.initializer.append(constant_proto(tensor))

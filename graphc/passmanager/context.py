@@ -73,9 +73,12 @@ class Context:
     (:class:`graphc.calib.data.DataSource`) or None."""
 
     def __init__(self, model: Model, *, data: Any = None,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0):
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, metric: Any = None):
         self.model = model
         self.data = data
+        #: the user's task metric (graphc.verify.user_metric.UserMetric, --metric) or None: what
+        #: error budgets such as quant{max-metric-drop=...} measure
+        self.metric = metric
         self.input_shapes = dict(input_shapes or {})
         self.seed = seed
         self._cache: dict[str, Any] = {}

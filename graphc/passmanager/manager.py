@@ -98,6 +98,7 @@ class PassManager:
         verify_data: Any = None,
         prepare: bool = True,
         max_seconds: float | None = None,
+        metric: Any = None,
     ):
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
@@ -111,6 +112,7 @@ class PassManager:
         self.input_shapes = input_shapes
         self.instruments = list(instruments)
         self.seed = seed
+        self.metric = metric  # the user's task metric, for budgets (Context.metric)
         #: wall-clock limit of each pass (its post-pass check included); None: no limit
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, not {max_seconds}")
@@ -134,7 +136,7 @@ class PassManager:
             from graphc.calib.declared_shapes import repair_declarations_by_run
 
             repair_declarations_by_run(model, self.data)
-        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed)
+        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed, metric=self.metric)
         keep = any(inst.keeps_original for inst in self.instruments) or any(
             step.requires_data() or step.wants_original() for _, step in steps)
         ctx.original = model.copy() if keep else None

@@ -7,7 +7,7 @@ plots, and the CLI's text - renders the same data. Its top-level keys:
     schema, graphc_version, kind ("opt"), created, input, output, output_written, pipeline,
     recipe (the effective settings), summary (the five numbers: params, file_bytes, macs,
     error, task, latency - each before/after), gates, passed, passes, wall_s, peak_rss_bytes, layers,
-    histograms, before, after, verification, accuracy, latency
+    histograms, before, after, verification, accuracy, metric, latency
 
 ``before``/``after`` are :func:`graphc.report.model.model_summary` (what ``graphc inspect
 --json`` prints), ``verification`` is ``VerifyReport.to_dict()`` (``graphc verify --json``),
@@ -57,12 +57,13 @@ def build_report(*, input_path: str | os.PathLike, output_path: str | os.PathLik
                  before: dict[str, Any], after: dict[str, Any], verification: Any = None,
                  output_written: bool = True, recipe: dict[str, Any] | None = None,
                  accuracy: Any = None, latency: Any = None, gates: list[dict[str, Any]] | None = None,
+                 metric: Any = None,
                  layers: list[dict[str, Any]] | None = None,
                  histograms: list[dict[str, Any]] | None = None,
                  passed: bool | None | str = "auto") -> dict[str, Any]:
     """The report of one ``opt`` run: ``run`` is a :class:`graphc.passmanager.RunReport`,
     ``before``/``after`` are model summaries, ``verification`` a VerifyReport, ``accuracy`` a
-    TaskAccuracy, ``latency`` a LatencyComparison (A: input, B: result); each may be None.
+    TaskAccuracy, ``metric`` a user metric's MetricResult, ``latency`` a LatencyComparison (A: input, B: result); each may be None.
     ``passed`` is the verdict ("auto": verification and every gate passed; None when neither
     was checked)."""
     verify = verification.to_dict() if verification is not None else None
@@ -92,6 +93,7 @@ def build_report(*, input_path: str | os.PathLike, output_path: str | os.PathLik
         "after": after,
         "verification": verify,
         "accuracy": task,
+        "metric": metric.to_dict() if metric is not None else None,
         "latency": timing,
     }
     return jsonable(report)

@@ -14,6 +14,9 @@ It is found again in the result by that name; its row holds:
   docs/writing-a-pass.md: a record with ``node`` (name or ``Op 'name'`` label) is attached to that
   layer; ``into`` attaches a fold to the layer it was folded into; ``ranks``/``full_ranks`` give the
   rank chosen; ``reason`` explains what was not done);
+- ``sparsity``: the share of zeros in its weight in the result (sparsify, prune's masks), read
+  through a codebook decode; ``codebook``: the number of shared values when the weight is
+  ``Gather(codebook, Cast(indices))`` (cluster), whose precision then reads ``uint8 index``;
 - ``sqnr_db`` / ``cosine``: the error of its output against the input model
   (:func:`graphc.verify.layers.layer_errors`), when measured.
 """
@@ -72,6 +75,10 @@ def _row(node: gs.Node, weight: _Weight, new: gs.Node | None, found: dict[str, A
         "reason": found.get("reason"),
         "notes": found.get("notes", []),
     }
+    values = _weight_values(new) if new_weight is not None else None
+    row["sparsity"] = float(np.mean(values == 0)) if values is not None and values.size else None
+    book = _codebook(new.inputs[1]) if new_weight is not None else None
+    row["codebook"] = int(book[0].size) if book is not None else None
     if quantized and precision is not None and precision.startswith("float") and row["reason"] is None:
         row["reason"] = "no reason recorded by the quantizing pass"
     return row
@@ -100,6 +107,9 @@ def _weight(node: gs.Node | None) -> _Weight | None:
     if node is None or not is_standard_op(node, *WEIGHTED_OPS) or len(node.inputs) < 2:
         return None
     tensor = node.inputs[1]
+    book = _codebook(tensor)
+    if book is not None:
+        return _Weight(tuple(book[1].shape), "uint8 index")
     dequant = producer(tensor)
     if dequant is None or not is_standard_op(dequant, "DequantizeLinear"):
         return _Weight(tuple(tensor.shape), _dtype(tensor)) if isinstance(tensor, gs.Constant) else None
@@ -111,6 +121,26 @@ def _weight(node: gs.Node | None) -> _Weight | None:
         return None
     zero_point = quant.inputs[2] if len(quant.inputs) > 2 else None
     return _Weight(tuple(quant.inputs[0].shape), _dtype(zero_point) if zero_point is not None else "uint8")
+
+
+def _codebook(tensor: gs.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
+    """(codebook, indices) when ``tensor`` is Gather(constant codebook, Cast(constant indices))."""
+    gather = producer(tensor)
+    if gather is None or not is_standard_op(gather, "Gather") or not isinstance(gather.inputs[0], gs.Constant):
+        return None
+    cast = producer(gather.inputs[1])
+    if cast is None or not is_standard_op(cast, "Cast") or not isinstance(cast.inputs[0], gs.Constant):
+        return None
+    return gather.inputs[0].values, cast.inputs[0].values
+
+
+def _weight_values(node: gs.Node) -> np.ndarray | None:
+    """The float weight the layer computes with: a constant, or a decoded codebook."""
+    tensor = node.inputs[1]
+    if isinstance(tensor, gs.Constant):
+        return np.asarray(tensor.values)
+    book = _codebook(tensor)
+    return None if book is None else book[0][book[1].astype(np.int64)]
 
 
 def _dtype(tensor: gs.Tensor) -> str:

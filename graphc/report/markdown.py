@@ -35,7 +35,8 @@ def _models(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
     after = after or {}
     rows = []
     for key, label, fmt in (("nodes", "nodes", str), ("params", "parameters", human_count),
-                            ("file_bytes", "file size", human_bytes), ("macs", "MACs", human_count)):
+                            ("file_bytes", "file size", human_bytes), ("zlib_bytes", "zipped (zlib)", human_bytes),
+                            ("entropy_coded_bytes", "entropy-coded", human_bytes), ("macs", "MACs", human_count)):
         a, b = before.get(key), after.get(key)
         rows.append([label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "-", change(a, b)])
     return _table(["", "before", "after", "change"], rows)

@@ -1,6 +1,8 @@
 """What a model is, as data: the body of ``graphc inspect`` and the before/after of a report.
 
-Sizes count the file and its external data; parameters and MACs come from
+Sizes count the file and its external data; ``zlib_bytes``, ``lzma_bytes`` and
+``entropy_coded_bytes`` are the model's compressed sizes (:mod:`graphc.ir.compressed_size`: deflate,
+xz, and the Deep Compression figure with Huffman-coded codes, indices and sparse positions); parameters and MACs come from
 :func:`graphc.stats.model_stats` (MACs need static shapes: nodes whose shapes stay unknown are listed
 under ``macs_unknown`` and their MACs are not in ``macs``; ``input_shapes`` fixes dynamic dims).
 When no shapes are given, MACs follow the cost-shape policy of :mod:`graphc.stats` without data:
@@ -20,6 +22,7 @@ from typing import Any
 
 import onnx_graphsurgeon as gs
 
+from graphc.ir.compressed_size import compressed_size
 from graphc.ir.model import Model, file_size
 from graphc.ir.usedef import STANDARD_DOMAINS
 from graphc.calib.data import input_specs
@@ -48,6 +51,7 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
     stats = model_stats(model, input_shapes or batch_1 or (nominal.shapes if nominal else None))
     known = sorted((n for n in stats.per_node if n.macs), key=lambda n: -n.macs)
     custom = Counter(n.domain for n in graph.nodes if n.domain not in STANDARD_DOMAINS)
+    packed = compressed_size(model)
     return {
         "path": str(path) if path is not None else None,
         "file_bytes": file_size(path) if path is not None and Path(path).is_file() else None,
@@ -62,6 +66,11 @@ def model_summary(model: Model, *, path: str | os.PathLike | None = None,
         "custom_domains": dict(sorted(custom.items())),
         "params": stats.params,
         "weight_bytes": stats.weight_bytes,
+        # what the model costs to ship (graphc.ir.compressed_size): deflate, xz, and Huffman-coded weights
+        "zlib_bytes": packed.zlib_bytes,
+        "lzma_bytes": packed.lzma_bytes,
+        "entropy_coded_bytes": packed.entropy_coded_bytes,
+        "weight_encodings": packed.encodings,
         "macs": stats.macs,
         "macs_batch_1": batch_1 is not None,
         "macs_shape": nominal.describe() if nominal else None,

@@ -33,6 +33,9 @@ def report_plots(report: dict[str, Any]) -> list[Plot]:
     channels = channels_png(layers)
     if channels is not None:
         plots.append(Plot("channels", "Output channels kept per layer", channels))
+    sparsity = sparsity_png(layers)
+    if sparsity is not None:
+        plots.append(Plot("sparsity", "Share of zero weights per layer", sparsity))
     for i, entry in enumerate(report.get("histograms") or []):
         plots.append(Plot(f"hist_{i}", f"Activation histogram of '{entry['tensor']}' ({entry['pass']})",
                           histogram_png(entry)))
@@ -107,6 +110,39 @@ def channels_png(layers: list[dict[str, Any]]) -> bytes | None:
     ax.legend(fontsize=8, loc="upper left")
     _layer_axis(ax, [r["node"] for r in rows])
     return _png(fig)
+
+
+def sparsity_png(layers: list[dict[str, Any]]) -> bytes | None:
+    """Share of zero weights per layer in the result; None when no layer has any."""
+    rows = [r for r in layers if r.get("sparsity") is not None]
+    if not any(r["sparsity"] > 0 for r in rows):
+        return None
+    fig, ax = _figure(min(16.0, max(6.0, 0.18 * len(rows) + 2)), 3.6)
+    ax.bar(range(len(rows)), [100 * r["sparsity"] for r in rows], color="#8172b2")
+    ax.set_ylabel("zero weights (%)")
+    ax.set_ylim(0, 100)
+    _layer_axis(ax, [r["node"] for r in rows])
+    return _png(fig)
+
+
+def size_accuracy_png(curves: dict[str, list[tuple[float, float]]], *, reference: float | None = None,
+                      xlabel: str = "compression (x smaller, entropy-coded)", ylabel: str = "test accuracy (%)") -> bytes:
+    """One line per named curve of (x, y) points, e.g. size ratio against accuracy; ``reference``
+    draws the uncompressed accuracy as a dashed line."""
+    fig, ax = _figure(6.4, 3.8)
+    for i, (name, points) in enumerate(curves.items()):
+        xs, ys = zip(*sorted(points)) if points else ((), ())
+        ax.plot(xs, ys, marker="o", label=name, color=_PALETTE[i % len(_PALETTE)])
+    if reference is not None:
+        ax.axhline(reference, color="#333333", linestyle="--", linewidth=1, label="original")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+_PALETTE = ("#4c72b0", "#55a868", "#c44e52", "#8172b2", "#ccb974", "#64b5cd")
 
 
 def histogram_png(entry: dict[str, Any]) -> bytes:

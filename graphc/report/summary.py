@@ -1,6 +1,7 @@
 """The five numbers people judge a compression by, before and after, from the report's sections.
 
-    {"params": {"before", "after", "ratio"}, "file_bytes": {...}, "macs": {..., "partial"},
+    {"params": {"before", "after", "ratio"}, "file_bytes": {...}, "zlib_bytes": {...},
+     "entropy_coded_bytes": {...}, "macs": {..., "partial"},
      "error": {"sqnr_db", "cosine", "top1", "samples"} or None,     # worst output
      "task": {"metric", "reference", "candidate", "drop", ...} or None,
      "latency": {"before_ms", "after_ms", "speedup"} or None}
@@ -25,6 +26,8 @@ def summarize(before: dict[str, Any], after: dict[str, Any] | None, verification
     return {
         "params": _pair(before.get("params"), after.get("params")),
         "file_bytes": _pair(before.get("file_bytes"), after.get("file_bytes")),
+        "zlib_bytes": _pair(before.get("zlib_bytes"), after.get("zlib_bytes")),
+        "entropy_coded_bytes": _pair(before.get("entropy_coded_bytes"), after.get("entropy_coded_bytes")),
         "macs": macs,
         "error": _error(verification),
         "task": dict(accuracy) if accuracy is not None else None,

@@ -15,8 +15,12 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """The five numbers: parameters, file size, MACs, error / task metric, latency."""
     s = report["summary"]
     rows = []
-    for key, label, fmt in (("params", "parameters", human_count), ("file_bytes", "file size", human_bytes)):
-        pair = s[key]
+    for key, label, fmt in (("params", "parameters", human_count), ("file_bytes", "file size", human_bytes),
+                            ("zlib_bytes", "zipped (zlib)", human_bytes),
+                            ("entropy_coded_bytes", "entropy-coded", human_bytes)):
+        pair = s.get(key)
+        if pair is None:
+            continue
         rows.append([label, fmt(pair["before"]) if pair["before"] is not None else "?",
                      fmt(pair["after"]) if pair["after"] is not None else "-", change(pair["before"], pair["after"])])
     macs = s["macs"]
@@ -33,11 +37,21 @@ def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     if task is not None:
         rows.append([f"accuracy ({task['samples']} labelled)", f"{task['reference']:.2%}",
                      f"{task['candidate']:.2%}", f"{0.0 - task['drop'] * 100 + 0.0:+.2f} pt"])
+    rows += _metric_rows(report.get("metric"))
     latency = s.get("latency")
     if latency is not None:
         rows.append([f"latency (median, {latency['threads']} threads)", f"{latency['before_ms']:.3f} ms",
                      f"{latency['after_ms']:.3f} ms", f"{metric(latency['speedup'], '.2f')}x speed"])
     return rows
+
+
+def _metric_rows(result: dict[str, Any] | None) -> list[list[str]]:
+    """The user's task metric: both scores and the drop (positive is worse)."""
+    if result is None:
+        return []
+    way = "higher" if result["higher_is_better"] else "lower"
+    return [[f"{result['metric']} ({way} is better)", f"{result['reference']:.6g}", f"{result['candidate']:.6g}",
+             f"drop {result['drop']:+.6g}"]]
 
 
 def _macs(value: Any, partial: bool) -> str:
@@ -73,6 +87,10 @@ def layer_rows(report: dict[str, Any]) -> list[list[str]]:
             rank = ",".join(map(str, r["rank"]["ranks"])) + (
                 f" of {','.join(map(str, r['rank']['full']))}" if r["rank"].get("full") else "")
         precision = "-" if r["precision"] is None else f"{r['precision']} / {r['activations']}"
+        if r.get("codebook"):
+            precision += f", {r['codebook']} values"
+        if r.get("sparsity"):
+            precision += f", {r['sparsity']:.0%} zeros"
         notes = list(r.get("notes") or [])
         if r.get("reason") and r.get("precision", "") and str(r["precision"]).startswith("float"):
             notes.insert(0, f"float: {r['reason']}")

@@ -44,7 +44,8 @@ def comparison_rows(before: dict[str, Any], after: dict[str, Any] | None) -> lis
     after = after or {}
     rows = [["", "before", "after", "change"]]
     for key, label, fmt in (("nodes", "nodes", str), ("params", "params", human_count),
-                            ("file_bytes", "size", human_bytes), ("macs", "MACs", human_count)):
+                            ("file_bytes", "size", human_bytes), ("zlib_bytes", "zipped", human_bytes),
+                            ("entropy_coded_bytes", "entropy-coded", human_bytes), ("macs", "MACs", human_count)):
         a, b = before.get(key), after.get(key)
         rows.append([label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "-", change(a, b)])
     return rows
@@ -159,6 +160,10 @@ def _signature(t: dict[str, Any]) -> str:
     return f"{t['name']}: {t['dtype'] or '?'}[{shape}]"
 
 
+def _maybe_bytes(value: int | None) -> str:
+    return human_bytes(value) if value is not None else "not computed (large file)"
+
+
 def inspect_text(summary: dict[str, Any]) -> str:
     opsets = ", ".join(f"{d} {v}" for d, v in summary["opsets"].items())
     lines = [f"{summary['path'] or 'model'}",
@@ -171,6 +176,10 @@ def inspect_text(summary: dict[str, Any]) -> str:
     size = human_bytes(summary["file_bytes"]) if summary["file_bytes"] is not None else "?"
     lines.append(f"  nodes {summary['nodes']}, params {human_count(summary['params'])} "
                  f"({human_bytes(summary['weight_bytes'])}), file {size}, MACs {macs_text(summary)}")
+    if summary.get("entropy_coded_bytes") is not None:
+        lines.append(f"  compressed: zlib {_maybe_bytes(summary.get('zlib_bytes'))}, xz {_maybe_bytes(summary.get('lzma_bytes'))}, "
+                     f"entropy-coded {human_bytes(summary['entropy_coded_bytes'])} (Huffman-coded weights: "
+                     + ", ".join(f"{n} {kind}" for kind, n in summary.get("weight_encodings", {}).items()) + ")")
     lines.append("  ops: " + ", ".join(f"{op} {n}" for op, n in summary["op_histogram"].items()))
     if summary["top_macs"]:
         lines.append("  top MAC nodes:")

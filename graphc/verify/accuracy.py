@@ -45,10 +45,11 @@ class TaskAccuracy:
                 "reference": self.reference, "candidate": self.candidate, "drop": self.drop}
 
 
-def load_labels(spec: str | Path | np.ndarray) -> np.ndarray:
-    """Labels from ``file.npz:key``, ``file.npz`` (key ``labels``), ``file.npy`` or an array."""
+def load_labels(spec: str | Path | np.ndarray, *, integers: bool = True) -> np.ndarray:
+    """Labels from ``file.npz:key``, ``file.npz`` (key ``labels``), ``file.npy`` or an array;
+    ``integers=False`` keeps any non-object array as stored (a user metric's labels: text, boxes)."""
     if isinstance(spec, np.ndarray):
-        return _as_labels(spec, "labels")
+        return _as_labels(spec, "labels", integers)
     text = str(spec)
     path, key = Path(text), LABELS_KEY
     if not path.exists() and ":" in text:
@@ -57,12 +58,12 @@ def load_labels(spec: str | Path | np.ndarray) -> np.ndarray:
     if not path.is_file():
         raise DataError(f"{path}: labels file not found")
     if path.suffix == ".npy":
-        return _as_labels(np.load(path, allow_pickle=False), str(path))
+        return _as_labels(np.load(path, allow_pickle=False), str(path), integers)
     try:
         with np.load(path, allow_pickle=False) as npz:
             if key not in npz.files:
                 raise DataError(f"{path}: no array '{key}' (has: {', '.join(npz.files) or 'none'})")
-            return _as_labels(npz[key], f"{path}:{key}")
+            return _as_labels(npz[key], f"{path}:{key}", integers)
     except (OSError, ValueError) as exc:
         raise DataError(f"{path}: cannot read labels ({exc})") from None
 
@@ -79,8 +80,10 @@ def has_labels(path: str | Path) -> bool:
         return False
 
 
-def _as_labels(values: np.ndarray, where: str) -> np.ndarray:
+def _as_labels(values: np.ndarray, where: str, integers: bool = True) -> np.ndarray:
     values = np.asarray(values)
+    if not integers:
+        return values
     if not np.issubdtype(values.dtype, np.integer):
         raise DataError(f"{where}: labels must be integers, got {values.dtype}")
     return values.reshape(-1).astype(np.int64)

@@ -38,15 +38,20 @@ def reference_outputs(model: Model, feeds: list[dict], label: str = "float model
 
 
 def score_outputs(candidate: Model, feeds: list[dict], references: list[list[np.ndarray]],
-                  label: str = "candidate model", threads: int | None = None) -> OutputScore:
+                  label: str = "candidate model", threads: int | None = None,
+                  keep: list | None = None) -> OutputScore:
     """``candidate``'s outputs on ``feeds`` against ``references`` (one list of outputs per feed);
-    ``threads``: onnxruntime's intra-op threads (None: its default)."""
+    ``threads``: onnxruntime's intra-op threads (None: its default); ``keep``: a list the
+    candidate's outputs are appended to (one list per feed, for a task metric)."""
     session = create_session(candidate, threads=threads, label=label, spin=False)
     signal = noise = 0.0
     hits = positions = 0
     cosines: list[np.ndarray] = []
     for feed, reference in zip(feeds, references):
-        for r, c in zip(reference, run_session(session, feed)):
+        outputs = run_session(session, feed)
+        if keep is not None:
+            keep.append([np.asarray(x) for x in outputs])
+        for r, c in zip(reference, outputs):
             r64, c64 = np.asarray(r, np.float64), np.asarray(c, np.float64)
             signal += float(np.sum(r64 ** 2))
             noise += float(np.sum((r64 - c64) ** 2))

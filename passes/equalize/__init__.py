@@ -20,6 +20,11 @@ including depthwise Conv2 (the MobileNet expand -> dw -> project block is the pa
 ``j`` of the output channels of group ``g``. Weights are computed in float64 and rounded once,
 so the rewrite is exact up to float32 rounding (verified at rtol 1e-5 / atol 1e-6).
 
+Inside If/Loop/Scan bodies too (the same walk; names are made by the top graph's factory): a pair
+is two Convs of one body, or an outer Conv whose output only a body's Conv reads. Bias absorption
+measures a body's tensors through lifted outputs (:mod:`graphc.ir.lift`); a branch no sample
+took is left alone.
+
 Not handled (each skip counted with its reason): Clip/Relu6 and HardSwish between the Convs (a
 clip bound would have to scale per channel, which Clip cannot: MobileNetV2 with Relu6 is
 equalized only where it has plain Relu or no activation), intermediate tensors with other
@@ -55,7 +60,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
-from graphc.ir import NameFactory, consumers, is_graph_output, is_standard_op, node_label, producer
+from graphc.ir import NameFactory, consumers, is_standard_op, node_label, producer, walk_graphs
 from graphc.passes.equalize import bias_absorption as bias
 from graphc.passes.equalize.bias_absorption import conv_input_view
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
@@ -110,7 +115,11 @@ class Equalize(Pass):
         if mode == "data" and ctx.data is None:
             raise DataError("equalize{absorb-bias=data} reads calibration data; give --data")
         result = PassResult(modified=False)
-        pairs = [p for p in (self._pair(graph, n, result) for n in list(graph.nodes)) if p]
+        # the graph and its If/Loop/Scan bodies: a pair's tensors may cross scopes (an outer Conv
+        # read by a Conv in a branch); "private" then also means "no output of any scope"
+        outputs = {id(t) for _, scope in walk_graphs(graph) for t in scope.outputs}
+        nodes = [n for _, scope in walk_graphs(graph) for n in scope.nodes]
+        pairs = [p for p in (self._pair(outputs, n, result) for n in nodes) if p]
         absorbing = [p for p in pairs if self._absorbable(p, result)] if mode != "off" else []
         from_bn = {} if ctx.data is not None else self._batchnorm_bounds(absorbing, ctx)
         scales = self._equalize(pairs, result)
@@ -156,7 +165,7 @@ class Equalize(Pass):
         """3-sigma bounds of each Conv1 still equal to its original Conv + BatchNorm (before scaling)."""
         if not pairs or ctx.original is None:
             return {}
-        original = {n.name: n for n in ctx.original.graph.nodes if n.name}
+        original = {n.name: n for _, scope in walk_graphs(ctx.original.graph) for n in scope.nodes if n.name}
         found = {id(p.first): bias.batchnorm_bounds(original, p.first) for p in pairs}
         return {k: v for k, v in found.items() if v is not None}
 
@@ -184,7 +193,9 @@ class Equalize(Pass):
         if ctx.data is not None:
             tensors = {p.first.outputs[0].name: p.first.inputs[1].values.ndim for p in pairs}
             measured = bias.measured_bounds(ctx.model, ctx.data, tensors)
-            return {id(p.first): measured[p.first.outputs[0].name] for p in pairs}
+            # a tensor of a branch no sample took has no measurement: left alone
+            return {id(p.first): measured[p.first.outputs[0].name] for p in pairs
+                    if p.first.outputs[0].name in measured}
         return {k: b.scaled(1.0 / scales.get(k, 1.0)) for k, b in from_bn.items()}
 
     def _record_absorption(self, pair: ConvPair, found: bias.ChannelBounds, c: np.ndarray,
@@ -207,13 +218,13 @@ class Equalize(Pass):
 
     # -- check ----------------------------------------------------------------------------------
 
-    def _pair(self, graph: gs.Graph, second: gs.Node, result: PassResult) -> ConvPair | None:
+    def _pair(self, outputs: set[int], second: gs.Node, result: PassResult) -> ConvPair | None:
         if not is_standard_op(second, "Conv") or self._ignored(second):
             return None
         x = second.inputs[0]
         act = producer(x)
         if act is not None and is_standard_op(act, *HOMOGENEOUS_OPS):
-            if not _private(graph, x, second):
+            if not _private(outputs, x, second):
                 result.skip("activation output has other readers or is a graph output")
                 return None
             x = act.inputs[0]
@@ -227,7 +238,7 @@ class Equalize(Pass):
             return None
         if self._ignored(first):
             return None
-        if not _private(graph, x, reader):
+        if not _private(outputs, x, reader):
             result.skip("Conv output has other readers or is a graph output")
             return None
         reason = _weights_check(first) or _weights_check(second) or _channels_check(first, second)
@@ -241,10 +252,11 @@ class Equalize(Pass):
         return any(fnmatch.fnmatchcase(node.name or "", p) for p in self.options.ignore)
 
 
-def _private(graph: gs.Graph, tensor: gs.Tensor, reader: gs.Node) -> bool:
-    """``reader`` is the only reader of ``tensor`` and ``tensor`` is not a graph output."""
+def _private(outputs: set[int], tensor: gs.Tensor, reader: gs.Node) -> bool:
+    """``reader`` is the only reader of ``tensor`` (in any scope) and ``tensor`` is no output of
+    the graph or of a body (``outputs``: their ids)."""
     users = consumers(tensor)
-    return len(users) == 1 and users[0] is reader and not is_graph_output(graph, tensor)
+    return len(users) == 1 and users[0] is reader and id(tensor) not in outputs
 
 
 def _weights_check(conv: gs.Node) -> str | None:

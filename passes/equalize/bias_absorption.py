@@ -41,7 +41,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.calib.channel_max import channel_absmax
-from graphc.ir import NameFactory, consumers, constant_value, is_standard_op, toposort
+from graphc.ir import NameFactory, consumers, constant_value, is_standard_op, toposort, walk_graphs
 from graphc.ir.model import Model
 from graphc.ir.padding import conv_pads
 
@@ -168,22 +168,28 @@ def measured_bounds(model: Model, data: Iterable[dict[str, np.ndarray]],
     (both in ``[0, 2A]``): ``min u = A - max |A - u|``, ``max u = max |u + A| - A``."""
     if not tensors:
         return {}
-    amax = channel_absmax(model, data, {name: 1 for name in tensors})
+    # channel axis counted from the end: a tensor of a Loop body comes out stacked over iterations
+    axis = {name: 1 - rank for name, rank in tensors.items()}
+    amax = channel_absmax(model, data, axis)
     probe = model.copy()
     graph = probe.graph
     names = NameFactory(graph)
-    known = graph.tensors()
+    # the probe nodes go into the scope that computes the tensor (the graph or an If/Loop/Scan body)
+    where = {out.name: (out, scope) for _, scope in walk_graphs(graph) for n in scope.nodes for out in n.outputs}
     shifts: dict[str, tuple[np.ndarray, str, str]] = {}
     for name, rank in tensors.items():
+        if name not in amax:  # never ran (a branch no sample took)
+            continue
         a = amax[name].astype(np.float32)
+        tensor, scope = where[name]
         shift = gs.Constant(names(f"{name}.absmax"), a.reshape((1, -1) + (1,) * (rank - 2)))
         below = gs.Variable(names(f"{name}.below"), dtype=np.float32)
         above = gs.Variable(names(f"{name}.above"), dtype=np.float32)
-        graph.nodes.append(gs.Node("Sub", names(f"{name}.below"), inputs=[shift, known[name]], outputs=[below]))
-        graph.nodes.append(gs.Node("Add", names(f"{name}.above"), inputs=[known[name], shift], outputs=[above]))
+        scope.nodes.append(gs.Node("Sub", names(f"{name}.below"), inputs=[shift, tensor], outputs=[below]))
+        scope.nodes.append(gs.Node("Add", names(f"{name}.above"), inputs=[tensor, shift], outputs=[above]))
         shifts[name] = (a.astype(np.float64), below.name, above.name)
-    toposort(graph)
-    spread = channel_absmax(probe, data, {t: 1 for _, b, u in shifts.values() for t in (b, u)})
+    toposort(graph)  # and every body
+    spread = channel_absmax(probe, data, {t: axis[name] for name, (_, b, u) in shifts.items() for t in (b, u)})
     return {name: ChannelBounds(a - spread[b], spread[u] - a, "data") for name, (a, b, u) in shifts.items()}
 
 

@@ -30,11 +30,18 @@ with ``--data``, the few outlier input channels of each MatMul stay float
 line says so) unless an option needs data (an error budget, bias correction). The default
 ``activations=auto`` (:mod:`graphc.passes.quant.mode`) picks static or dynamic with data: dynamic
 where MatMul/Gemm with constant weights hold most of the MACs (transformers), static otherwise.
+LSTMs have no static integer kernel: with static activations too (no error budget), their
+weights become int8 in onnxruntime's DynamicQuantizeLSTM (:mod:`graphc.passes.quant.recurrent`),
+which quantizes X and the hidden state at run time.
 
 The rewrite is lossy (``exact = False``): the quantized model approximates the float one; the
 CLI and :func:`graphc.verify.compare_models` report SQNR, cosine and top-1 agreement. Tensor names
 are kept, so ``graphc verify --localize`` can compare the float and the QDQ model. A model that
-already holds Q/DQ nodes is left alone.
+already holds Q/DQ nodes (in any body) is left alone.
+
+If/Loop/Scan bodies are quantized too, each planned as a graph of its own and calibrated in the
+same run (:mod:`graphc.passes.quant.subgraphs`); weights-only rewrites MatMul/Gemm weights inside
+bodies as well.
 """
 from __future__ import annotations
 
@@ -45,12 +52,13 @@ from dataclasses import dataclass
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
-from graphc.ir import is_standard_op
+from graphc.ir import is_standard_op, walk_graphs
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
 from graphc.passes.quant.mode import choose_activations
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
+from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import check_options, run_weights_only
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 
@@ -102,6 +110,10 @@ class Quantize(Pass):
                                           "mean cosine of the output rows (axis 0: one per sample or "
                                           "embedding) with the float model's, on the calibration data, is "
                                           "at least this", min=0.0, max=1.0)
+        max_metric_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
+                                               "user's metric (--metric) loses at most this against the float "
+                                               "model on the calibration data, the float outputs as the truth",
+                                               min=0.0)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
@@ -132,6 +144,7 @@ class Quantize(Pass):
         option needs the data (an error budget, bias correction)."""
         opts = self.options
         if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.min_cosine is not None \
+                or opts.max_metric_drop is not None \
                 or opts.bias_correction:
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
@@ -140,7 +153,7 @@ class Quantize(Pass):
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
-        if any(is_standard_op(n, *QDQ_OPS) for n in graph.nodes):
+        if any(is_standard_op(n, *QDQ_OPS) for _, scope in walk_graphs(graph) for n in scope.nodes):
             result.skip("model already has QuantizeLinear/DequantizeLinear nodes")
             return result
         if self.options.weights_only:  # no ranges to calibrate; data (if any) only times the result
@@ -157,9 +170,16 @@ class Quantize(Pass):
             result.stats["activations_auto"] = why
             return result
         if self.options.min_sqnr is not None or self.options.max_top1_drop is not None \
-                or self.options.min_cosine is not None:
+                or self.options.min_cosine is not None or self.options.max_metric_drop is not None:
             return run_with_budget(Quantizer(self.options), graph, ctx)
-        return Quantizer(self.options).quantize(graph, ctx, result)
+        result = Quantizer(self.options).quantize(graph, ctx, result)
+        # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too
+        lstms = quantize_lstms(ctx.graph, self.options, result)
+        if lstms:
+            ctx.graph.cleanup()
+            result.count("quantized_LSTM", lstms)
+            result.modified = True
+        return result
 
 
 def calibration_tensors(model, data, options=None) -> list[str]:

@@ -1,4 +1,5 @@
-"""Error budget for ``quant{min-sqnr=...}`` and ``quant{max-top1-drop=...}``: which layers stay in
+"""Error budget for ``quant{min-sqnr=...}``, ``quant{max-top1-drop=...}`` and
+``quant{max-metric-drop=...}`` (the user's ``--metric``): which layers stay in
 float so that the quantized model meets the budget on the calibration data, chosen from measured
 per-layer sensitivity.
 
@@ -13,9 +14,12 @@ it on the calibration feeds, against the float model's outputs computed once):
 
 - cosine: the mean over output rows (axis 0) of the cosine with the float model's row
   (:func:`graphc.verify.scores.score_outputs`), for ``min-cosine`` (embeddings, regressions).
+- the user's metric (``--metric``, :mod:`graphc.verify.user_metric`): its score of the float
+  model's outputs against themselves minus its score of the candidate's (sign flipped when lower
+  is better), the float outputs as the truth (calibration data carries no labels).
 
 A budget is met when every given bound holds (``SQNR >= min_sqnr``, ``disagreement <=
-max_top1_drop``, ``cosine >= min_cosine``).
+max_top1_drop``, ``cosine >= min_cosine``, ``metric drop <= max_metric_drop``).
 
 Procedure:
 
@@ -73,6 +77,7 @@ class Target:
     min_sqnr: float | None
     max_top1_drop: float | None
     min_cosine: float | None = None
+    max_metric_drop: float | None = None  # the user's metric (--metric), its float score as the truth
 
     def met(self, score: Score) -> bool:
         if self.min_sqnr is not None and not score.sqnr >= self.min_sqnr:
@@ -81,12 +86,17 @@ class Target:
             return False
         if self.max_top1_drop is not None and not (score.disagreement or 0.0) <= self.max_top1_drop:
             return False
+        if self.max_metric_drop is not None and not (score.metric_drop is not None
+                                                     and score.metric_drop <= self.max_metric_drop):
+            return False
         return True
 
     def sensitive(self, solo: Score) -> bool:
         if self.min_sqnr is not None and solo.sqnr < self.min_sqnr + SENSITIVE_MARGIN_DB:
             return True
         if self.min_cosine is not None and 1.0 - solo.cosine > (1.0 - self.min_cosine) / 4:
+            return True
+        if self.max_metric_drop is not None and (solo.metric_drop or 0.0) > self.max_metric_drop / 4:
             return True
         return self.max_top1_drop is not None and (solo.disagreement or 0.0) > self.max_top1_drop / 4
 
@@ -96,11 +106,14 @@ class Target:
             parts.append(f"max-top1-drop={self.max_top1_drop:g}")
         if self.min_cosine is not None:
             parts.append(f"min-cosine={self.min_cosine:g}")
+        if self.max_metric_drop is not None:
+            parts.append(f"max-metric-drop={self.max_metric_drop:g}")
         return " ".join(parts)
 
 
 def describe(score: Score) -> str:
     text = f"{score.sqnr:.1f} dB, cosine {score.cosine:.5f}"
+    text += f", metric drop {score.metric_drop:.4g}" if score.metric_drop is not None else ""
     return text + (f", top-1 disagreement {score.disagreement:.2%}" if score.disagreement is not None else "")
 
 
@@ -139,7 +152,9 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
                         result: PassResult) -> tuple[list[dict], Budget]:
     """The layers to keep float, each as a details record with its reason, and the budget run."""
     opts = quantizer.options
-    target = Target(opts.min_sqnr, opts.max_top1_drop, opts.min_cosine)
+    target = Target(opts.min_sqnr, opts.max_top1_drop, opts.min_cosine, opts.max_metric_drop)
+    if target.max_metric_drop is not None and ctx.metric is None:
+        raise DataError("quant: max-metric-drop needs the user's metric (--metric MODULE:FUNCTION)")
     budget = Budget(quantizer, ctx)
     budget.units = candidate_units(quantizer, graph, ctx)
     layers = list(budget.units)
@@ -195,6 +210,10 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
         result.stats["budget_top1_disagreement"] = round(current.disagreement, 5)
     if opts.max_top1_drop is not None:
         result.stats["budget_max_top1_drop"] = opts.max_top1_drop
+    if current.metric_drop is not None:
+        result.stats.update({"budget_max_metric_drop": opts.max_metric_drop,
+                             "budget_metric_drop_all_quantized": round(all_quantized.metric_drop, 6) + 0.0,
+                             "budget_metric_drop": round(current.metric_drop, 6) + 0.0})  # no -0.0
     if not target.met(current):
         result.skip(f"{target.text()}: not met even with {len(kept)} layers float ({describe(current)})")
     return [{"node": name, "precision": "float",
@@ -217,7 +236,7 @@ def run_with_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:
         return plain.quantize(graph, ctx, PassResult(modified=False))  # skips, says why
     # the search runs on a copy at opset 13 (node positions stay put from here on); the model
     # itself is upgraded only if the budget leaves something to quantize
-    work = Context(ctx.model.copy(), data=ctx.data, input_shapes=ctx.input_shapes, seed=ctx.seed)
+    work = Context(ctx.model.copy(), data=ctx.data, input_shapes=ctx.input_shapes, seed=ctx.seed, metric=ctx.metric)
     work.original = ctx.original
     work.require_opset(13)
     scratch = PassResult(modified=False)

@@ -22,6 +22,7 @@ import os
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -44,15 +45,18 @@ def cache_dir() -> Path:
 
 @dataclass(frozen=True)
 class Score:
-    """One evaluation: output SQNR (dB), top-1 disagreement (None: no class-score output) and
-    mean row cosine of the outputs."""
+    """One evaluation: output SQNR (dB), top-1 disagreement (None: no class-score output), mean
+    row cosine of the outputs, and the user's metric lost against the float model (None: no metric
+    asked for)."""
 
     sqnr: float
     disagreement: float | None
     cosine: float = 1.0
+    metric_drop: float | None = None
 
     def to_json(self) -> dict:
-        return {"sqnr": self.sqnr, "disagreement": self.disagreement, "cosine": self.cosine}
+        return {"sqnr": self.sqnr, "disagreement": self.disagreement, "cosine": self.cosine,
+                "metric_drop": self.metric_drop}
 
 
 class EvaluationCache:
@@ -65,7 +69,8 @@ class EvaluationCache:
         try:
             stored = json.loads(self.path.read_text())
             if stored.get("version") == CACHE_VERSION:
-                self.values = {k: Score(float(v["sqnr"]), v["disagreement"], float(v["cosine"]))
+                self.values = {k: Score(float(v["sqnr"]), v["disagreement"], float(v["cosine"]),
+                                        v.get("metric_drop"))
                                for k, v in stored["evaluations"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.values = {}
@@ -93,6 +98,17 @@ class Job:
     ranges: dict
     options: object
     positions: frozenset[int] | None  # nodes the speed model puts on integers (None: placement=all)
+    metric: Any = None                # the user's metric (UserMetric), when the budget bounds it
+    output_names: tuple[str, ...] = ()
+    metric_reference: float | None = None  # the float model's own score (its outputs as the truth)
+
+    def metric_drop(self, outputs: list[list[np.ndarray]] | None) -> float | None:
+        """What the candidate's ``outputs`` lose in the user's metric (positive is worse)."""
+        if self.metric is None or outputs is None:
+            return None
+        named = lambda lists: [dict(zip(self.output_names, o)) for o in lists]  # noqa: E731
+        gap = self.metric_reference - self.metric.score(named(self.references), named(outputs))
+        return gap if self.metric.higher_is_better else -gap
 
     def allowed(self, graph, float_layers) -> frozenset[int] | None:
         return allowed_positions(self.positions, graph, float_layers)
@@ -117,8 +133,9 @@ def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
         model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
         positions=job.allowed(model.graph, float_layers))
     model.graph.cleanup().toposort()
-    score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)")
-    return Score(score.sqnr, score.disagreement, score.cosine)
+    outputs: list | None = [] if job.metric is not None else None
+    score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)", keep=outputs)
+    return Score(score.sqnr, score.disagreement, score.cosine, job.metric_drop(outputs))
 
 
 class Budget:
@@ -128,6 +145,7 @@ class Budget:
         self.options = quantizer.options
         self.model_bytes = model_bytes(ctx.model)
         self.feeds = [dict(f) for _, f in zip(range(self.options.samples or MAX_FEEDS), ctx.data)]
+        self.metric = ctx.metric if getattr(self.options, "max_metric_drop", None) is not None else None
         self.cache = EvaluationCache(self._digest())
         self.runs = 0
         self._job: Job | None = None
@@ -154,7 +172,8 @@ class Budget:
                     plan_ctx.graph, plan_ctx, PassResult(modified=False),
                     allowed_positions(positions, plan_ctx.graph, others)))
             ranges = quant.calibrate(plan_ctx, list(dict.fromkeys(names)))
-            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions)
+            self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions,
+                            *self._metric_fields(references))
             self._plan_ctx = plan_ctx
         return self._job
 
@@ -173,8 +192,18 @@ class Budget:
         names = [graph.nodes[i].name for i in dropped]
         return [] if not all(names) else names
 
+    def _metric_fields(self, references: list[list[np.ndarray]]) -> tuple:
+        """The metric, output names and the float model's own score, when the budget bounds a metric."""
+        if self.metric is None:
+            return ()
+        names = tuple(t.name for t in self._ctx.model.graph.outputs)
+        named = [dict(zip(names, o)) for o in references]
+        return self.metric, names, self.metric.score(named, named)
+
     def _digest(self) -> str:
         h = hashlib.sha256(self.model_bytes)
+        if self.metric is not None:  # scores measured with another metric are not these
+            h.update(repr((self.metric.spec, self.metric.args)).encode())
         for feed in self.feeds:
             for name in sorted(feed):
                 h.update(name.encode())

@@ -47,7 +47,8 @@ MAX_FEEDS = 32
 
 def static_only(options) -> str | None:
     """The option that needs static quantization, or None."""
-    if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None:
+    if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
+            or options.max_metric_drop is not None:
         return "an error budget"
     if options.bias_correction:
         return "bias-correction"

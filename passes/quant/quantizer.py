@@ -22,11 +22,12 @@ from collections import Counter
 import onnx_graphsurgeon as gs
 
 from graphc.calib import calibrate
-from graphc.ir import node_label
+from graphc.ir import NameFactory, node_label
 from graphc.passes.quant.bias_correction import correct_biases
 from graphc.passes.quant.placement import PlacementConfig, candidate_nodes, plan_quantization
 from graphc.passes.quant.rewrite import QuantFormat, write_plan
 from graphc.passes.quant.speed_model import SpeedModel, integer_nodes
+from graphc.passes.quant.subgraphs import plan_bodies, unseen
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
@@ -51,7 +52,7 @@ class Quantizer:
     def without_budget(self) -> "Quantizer":
         """The same options with no error budget (the plain pass)."""
         return Quantizer(dataclasses.replace(self.options, min_sqnr=None, max_top1_drop=None,
-                                                     min_cosine=None))
+                                                     min_cosine=None, max_metric_drop=None))
 
     def keeping_float(self, layers) -> "Quantizer":
         """No error budget, and the named ``layers`` kept float (excluded by literal patterns)."""
@@ -79,27 +80,42 @@ class Quantizer:
             result.skip(reason)
             return result
         opts = self.options
-        if not self.plan(graph, ctx, result, positions).quantized:
+        if not self.plan(graph, ctx, result, positions).quantized and not plan_bodies(self, graph, ctx, result):
             return result
         if ctx.require_opset(13):
             result.count("opset_upgraded_to", 13)
             graph = ctx.graph
         result.skipped.clear()
         plan = self.plan(graph, ctx, result, positions)
-        ranges = self.calibrate(ctx, activation_names(plan), known_ranges)
+        body_plans = plan_bodies(self, graph, ctx, result)  # If/Loop/Scan bodies (passes/quant/subgraphs.py)
+        ranges = self.calibrate(ctx, activation_names(plan) + [n for b in body_plans for n in activation_names(b.plan)],
+                                known_ranges)
         fmt = QuantFormat(activations=opts.activations, weights=opts.weights, bits=opts.bits,
                           symmetric_activations=opts.symmetric_activations)
         reference = ctx.model.copy() if opts.bias_correction else None
-        writer = write_plan(graph, plan, ranges, fmt)
+        names = NameFactory(graph)  # names are unique across the graph and its bodies
+        writer = write_plan(graph, plan, ranges, fmt, names)
         if reference is not None:
             correct_biases(graph, ctx, plan, reference, result, opts.samples)
+        for body in body_plans:
+            if unseen(body.plan, ranges):
+                result.skip("body never ran on the calibration data (kept float)")
+                log.info("quant: %s never ran on the calibration data; kept float", body.path)
+                continue
+            body_writer = write_plan(body.graph, body.plan, ranges, fmt, names)
+            self._record(body.plan, body_writer, ranges, result, body.path)
+            result.count("quantized_bodies")
+        self._record(plan, writer, ranges, result)
+        result.modified = bool(plan.quantized) or "quantized_bodies" in result.stats
+        return result
+
+    @staticmethod
+    def _record(plan, writer, ranges: dict, result: PassResult, path: str = "") -> None:
         for op, n in Counter(node.op for node in plan.quantized).items():
             result.count(f"quantized_{op}", n)
         result.count("qdq_pairs", writer.inserted)
         result.count("weights", len(plan.weights))
-        result.details.extend(_details(plan, writer, ranges))
-        result.modified = True
-        return result
+        result.details.extend(_details(plan, writer, ranges, path))
 
     def _config(self) -> PlacementConfig:
         opts = self.options
@@ -157,7 +173,9 @@ def activation_names(plan) -> list[str]:
     return [name for name, aq in plan.activations.items() if isinstance(aq.tensor, gs.Variable)]
 
 
-def _details(plan, writer, ranges) -> list[dict]:
+def _details(plan, writer, ranges, path: str = "") -> list[dict]:
+    """Records of the calibrated tensors and the layers kept float; a body's layers are named by
+    their path (``If_0/then_branch/conv``), as the report's layer table names them."""
     rows = []
     for name, aq in plan.activations.items():
         params = writer.params.get(name)
@@ -168,10 +186,11 @@ def _details(plan, writer, ranges) -> list[dict]:
             "zero_point": int(params.zero_point) if params is not None else None,
             "range": [rng.lo, rng.hi] if rng is not None else None,
             "observed": [rng.observed_min, rng.observed_max] if rng is not None else None,
-            "absorbed": node_label(aq.absorbed) if aq.absorbed is not None else None,
+            "absorbed": node_label(aq.absorbed, path) if aq.absorbed is not None else None,
         })
     quantized = {node.name for node in plan.quantized}
     for name, (op, reason) in plan.kept_float.items():
         if name not in quantized:
-            rows.append({"node": name, "op": op, "precision": "float", "reason": reason})
+            rows.append({"node": f"{path}/{name}" if path else name, "op": op, "precision": "float",
+                         "reason": reason})
     return rows

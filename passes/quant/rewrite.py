@@ -152,10 +152,11 @@ def bias_params(b: np.ndarray, act_scale: np.ndarray, w_scale: np.ndarray) -> tu
 class QdqWriter:
     """Inserts the nodes of a plan, given the calibrated range of every planned activation."""
 
-    def __init__(self, graph: gs.Graph, fmt: QuantFormat):
+    def __init__(self, graph: gs.Graph, fmt: QuantFormat, names: NameFactory | None = None):
         self.graph = graph
         self.fmt = fmt
-        self.names = NameFactory(graph)
+        # a body's writer shares the top graph's factory: names are unique across scopes
+        self.names = names if names is not None else NameFactory(graph)
         self.params: dict[str, QParams] = {}
         self._constants: dict[tuple, tuple[gs.Constant, gs.Constant]] = {}
         self._weights: dict[tuple[int, int | None], tuple[gs.Constant, QParams]] = {}
@@ -413,9 +414,11 @@ def _range_of(aq: ActivationQuant, ranges: dict) -> tuple[float, float]:
     return float(lo), float(hi)
 
 
-def write_plan(graph: gs.Graph, plan: Plan, ranges: dict, fmt: QuantFormat) -> QdqWriter:
-    """Insert every Q/DQ of ``plan``; returns the writer (its ``params`` are the chosen scales)."""
-    writer = QdqWriter(graph, fmt)
+def write_plan(graph: gs.Graph, plan: Plan, ranges: dict, fmt: QuantFormat,
+               names: NameFactory | None = None) -> QdqWriter:
+    """Insert every Q/DQ of ``plan`` into ``graph`` (the top graph or one If/Loop/Scan body, with
+    the top graph's ``names``); returns the writer (its ``params`` are the chosen scales)."""
+    writer = QdqWriter(graph, fmt, names)
     writer.solve_groups(plan, ranges)
     folds = [f for f in plan.folds if writer.solve_fold(f)]
     weight_params_by_node: dict[tuple[int, int], QParams] = {}

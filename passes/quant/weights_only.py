@@ -38,7 +38,8 @@ stored as integers, activations stay float (no calibration of ranges; no Q on ac
   ``auto`` is ``dq`` for a model at opset 21 or later, else ``nbits`` (no opset upgrade).
 
 Only 2-D float32 constant weights whose consumer reads them as the second MatMul/Gemm input are
-rewritten; MatMuls of two activations (attention scores) stay float, with a reason. Nothing is
+rewritten, in the top graph and inside If/Loop/Scan bodies (the new nodes go into the body that
+holds the MatMul/Gemm; an outer-scope weight a body reads becomes a DQ inside that body); MatMuls of two activations (attention scores) stay float, with a reason. Nothing is
 upgraded when nothing is rewritten. The pass records the format, the serialized model size before
 and after, and the latency of the float and the rewritten model (onnxruntime, one thread,
 alternating runs, medians) on the first calibration feed, or without data on a seeded random feed
@@ -54,7 +55,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
-from graphc.ir import NameFactory, is_standard_op, model_bytes, node_label
+from graphc.ir import NameFactory, is_standard_op, model_bytes, node_label, walk_graphs
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
@@ -217,7 +218,7 @@ def eligible_weights(graph: gs.Graph, fmt: str, result: PassResult) -> list[tupl
     """The MatMul/Gemm nodes to rewrite in format ``fmt`` with their weights; the others are
     counted in ``result`` with their reason."""
     targets = []
-    for node in [n for n in graph.nodes if is_standard_op(n, "MatMul", "Gemm")]:
+    for node in [n for _, scope in walk_graphs(graph) for n in scope.nodes if is_standard_op(n, "MatMul", "Gemm")]:
         w, reason = weight_of(node)
         if w is not None and fmt == "nbits" and isinstance(_gemm_bias(node), gs.Variable):
             w, reason = None, "weights-only: Gemm with a non-constant C"
@@ -232,15 +233,19 @@ def eligible_weights(graph: gs.Graph, fmt: str, result: PassResult) -> list[tupl
 def rewrite_weights(graph: gs.Graph, targets: list[tuple[gs.Node, gs.Constant]], bits: int, fmt: str,
                     block_size: int, result: PassResult) -> None:
     """Rewrites the weights of ``targets`` (from :func:`eligible_weights`) in format ``fmt``."""
-    names = NameFactory(graph)
+    names = NameFactory(graph)  # one factory: names are unique across the graph and its bodies
+    scope_of = {id(n): scope for _, scope in walk_graphs(graph) for n in scope.nodes}
     for node, w in targets:
+        scope = scope_of[id(node)]  # the new nodes go into the body that holds the MatMul/Gemm
         if bits == 8:
-            _rewrite_int8(graph, node, w, names)
+            _rewrite_int8(scope, node, w, names)
         elif fmt == "dq":
-            _rewrite_int4_dq(graph, node, w, names, block_size)
+            _rewrite_int4_dq(scope, node, w, names, block_size)
         else:
-            _rewrite_int4_nbits(graph, node, w, names, block_size)
+            _rewrite_int4_nbits(scope, node, w, names, block_size)
         result.count(f"weights_only_{node.op}")
+    for _, scope in walk_graphs(graph):
+        scope.toposort()  # a body's new DequantizeLinear must come before its reader
     graph.cleanup()
 
 
@@ -294,6 +299,6 @@ def check_options(options) -> None:
         raise ValueError(f"weights-only=true takes bits=8 (int8 DequantizeLinear) or bits=4 "
                          f"(int4 block-wise DequantizeLinear or MatMulNBits), not bits={options.bits}")
     if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
-            or options.bias_correction:
-        raise ValueError("weights-only=true cannot be combined with min-sqnr, max-top1-drop, min-cosine or "
-                         "bias-correction")
+            or options.max_metric_drop is not None or options.bias_correction:
+        raise ValueError("weights-only=true cannot be combined with min-sqnr, max-top1-drop, min-cosine, "
+                         "max-metric-drop or bias-correction")

@@ -326,3 +326,17 @@ def test_verify_localize_names_corrupted_conv_in_ppocr_cls(capsys, tmp_path):
                        "--samples", "2")
     assert code == 1
     assert f"candidate node: Conv '{target.name}'" in out and f"reference node: Conv '{target.name}'" in out
+
+
+def test_inspect_says_the_compressed_sizes(capsys, net, tmp_path):
+    code, js, _ = cli(capsys, "inspect", net, "--json")
+    before = json.loads(js)
+    assert before["zlib_bytes"] < before["file_bytes"] and before["lzma_bytes"] < before["file_bytes"]
+    assert before["entropy_coded_bytes"] <= 1.02 * before["file_bytes"]  # of graphc's re-serialization
+    small = tmp_path / "small.onnx"
+    assert cli(capsys, "opt", net, "-o", small, "-p", "sparsify{sparsity=0.5},cluster{bits=2}")[0] == 0
+    code, out, _ = cli(capsys, "inspect", small)
+    assert code == 0 and "compressed: zlib " in out and "entropy-coded " in out
+    after = json.loads(cli(capsys, "inspect", small, "--json")[1])
+    assert after["entropy_coded_bytes"] < 0.7 * before["entropy_coded_bytes"]  # the graph itself is most of it
+    assert after["weight_encodings"]["codebook"] == 3 and "codebook" not in before["weight_encodings"]  # the indices

@@ -10,7 +10,8 @@ import pytest
 from graphc.cli import OPT_FLAGS, main
 from graphc.errors import RecipeError
 from graphc.recipe import (ALL_KEYS, SECTIONS, BenchSettings, DataSettings, GateSettings, ImageSettings,
-                           LimitSettings, OutputSettings, Recipe, VerifySettings, dumps, load_recipe, loads, save_recipe)
+                           LimitSettings, MetricSettings, OutputSettings, Recipe, VerifySettings, dumps,
+                           load_recipe, loads, save_recipe)
 from report_passes import registered, write_labelled_data, write_net
 
 EVERYTHING = Recipe(
@@ -20,7 +21,9 @@ EVERYTHING = Recipe(
     image=ImageSettings(size="32x48", height=32, max_width=320, pad=False, mean=(0.5, 0.25, 0.125),
                         std=(1.0, 2.0, 0.5), scale=0.5, layout="nhwc", channels="bgr"),
     verify=VerifySettings(enabled=True, each=True, rtol=1e-4, atol=2.5e-7, localize=True),
-    gates=GateSettings(min_sqnr=31.5, min_cosine=0.99, min_top1=0.9, max_top1_drop=0.01, min_speedup=1.25),
+    gates=GateSettings(min_sqnr=31.5, min_cosine=0.99, min_top1=0.9, max_top1_drop=0.01, min_speedup=1.25,
+                       min_metric=0.5, max_metric_drop=0.003),
+    metric=MetricSettings(function="graphc.task_metrics:ctc_cer", args=("charset=keys.txt", "blank=0")),
     bench=BenchSettings(enabled=True, threads=1, rounds=7, warmup=0),
     outputs=OutputSettings(model="out/m.onnx", report="out/r.html", keep_failed=True,
                            histograms=("a", "b c"), layer_errors=False),

@@ -81,7 +81,7 @@ def test_corpus_complete():
     expected = {"torch_ts_convnet", "torch_ts_transformer", "torch_dynamo_convnet", "torch_dynamo_transformer",
                 "tf2onnx_classifier", "spox_vad_if", "spox_loop", "conv_bn_noshape", "convtranspose_bn_noshape",
                 "gemm_bn_noshape", "zero_dim_input", "wrong_rank_output", "runtime_shaped_output",
-                "literal_zero_input"}
+                "literal_zero_input", "vad_trained_if"}
     assert set(NAMES) == expected
     assert all((CORPUS / f"{n}.npz").is_file() for n in NAMES)
 

@@ -121,13 +121,43 @@ def test_graph_input_is_not_smoothed():
     assert record.skipped == {"activation is a graph input: no op to fold the scale into": 1}
 
 
-def test_activation_with_a_residual_reader_is_not_smoothed():
+def test_layernorm_with_a_residual_reader_is_smoothed_through_a_compensating_mul(tmp_path):
+    """The LayerNorm output is also the residual (read by an Add and a graph output): the scale
+    goes into gamma/beta, the MatMul readers take it, and one Mul gives the Add back ``h``."""
     model, feeds = _block("ln", readers=("MatMul",), residual=True), _feeds()
     before = model.graph.nodes[0].inputs[1].values.copy()
-    _, record = _smooth(model, feeds)
+    reference, record = _smooth(model, feeds)
+    assert record.stats == {"smoothed_after_LayerNormalization": 1, "compensating_muls": 1}
+    assert {d["node"] for d in record.details} == {"q0", "res.proj"}
+    assert op_count(model, "Mul") == 1
+    ln = next(n for n in model.graph.nodes if n.op == "LayerNormalization")
+    assert not np.allclose(ln.inputs[1].values, before)
+    mul = next(n for n in model.graph.nodes if n.op == "Mul")
+    assert mul.outputs[0].name == "h" and mul.inputs[0] is ln.outputs[0]
+    assert {n.name for n in mul.outputs[0].outputs} == {"residual"}
+    assert_valid(model, tmp_path)
+    for feed in feeds[:3]:  # outputs reach |y| ~ 30 (float32 step 2e-6 there): atol 1e-5
+        assert_same_outputs(reference, model, feed, rtol=RTOL, atol=1e-5)
+    assert not _smooth(model, feeds)[1].modified
+
+
+def test_residual_reader_without_compensation_is_not_smoothed():
+    model, feeds = _block("ln", readers=("MatMul",), residual=True), _feeds()
+    before = model.graph.nodes[0].inputs[1].values.copy()
+    _, record = _smooth(model, feeds, "smooth{compensate=false}")
     assert not record.modified
     assert record.skipped == {"activation has readers other than MatMul/Gemm": 1}
     assert np.array_equal(model.graph.nodes[0].inputs[1].values, before)
+
+
+def test_matmul_output_with_a_residual_reader_is_not_smoothed():
+    """Only LayerNorm sites take a compensating Mul: a MatMul+bias output that is also the
+    residual stays as it is."""
+    model, feeds = _block("matmul", readers=("MatMul",), residual=True), _feeds()
+    _, record = _smooth(model, feeds)
+    assert not record.modified
+    assert record.skipped == {"activation has readers other than MatMul/Gemm": 1,
+                              "activation is a graph input: no op to fold the scale into": 1}
 
 
 def test_needs_data():

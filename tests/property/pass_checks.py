@@ -40,11 +40,13 @@ from support import run
 #: passes whose rewrite must not change the outputs (beyond float rounding).
 EXACT_PASSES = frozenset({"cleanup", "fold-constants", "fold-bn", "canonicalize", "equalize", "smooth"})
 #: passes expected to move the outputs (checked against LOSSY_FLOORS and their own oracles).
-LOSSY_PASSES = frozenset({"quant", "factorize", "prune", "fp16"})
+LOSSY_PASSES = frozenset({"quant", "factorize", "prune", "fp16", "sparsify", "cluster"})
 #: pipeline text used for a pass when its defaults do not suit tiny random graphs.
 PASS_TEXT: dict[str, str] = {
     "quant": "quant{placement=all}",           # the speed model keeps tiny graphs float
     "prune": "prune{exact-borders=true}",      # so the masked original is an exact oracle
+    "sparsify": "sparsify{repair=false}",      # magnitude: kept weights are the originals (its oracle);
+                                               # repair is tested in tests/passes/test_sparsify.py
 }
 #: exact passes left out of the chained pipeline test (test_exact_pipeline_on_random_graphs says why).
 CHAIN_EXCLUDED = frozenset({"equalize"})
@@ -57,6 +59,8 @@ KNOWN_BUGS: dict[str, tuple[Callable[[onnx.ModelProto], bool], str]] = {}
 
 
 RTOL, ATOL = 1e-5, 1e-6
+#: cluster's default 16-value codebooks on the drawn graphs (test_pass_properties.py's docstring)
+CLUSTER_FLOOR_DB = 12.0
 PRUNE_RTOL, PRUNE_ATOL = 1e-4, 1e-5
 
 
@@ -75,13 +79,14 @@ LOSSY_FLOORS: dict[str, Floor] = {
     "quant": Floor(sqnr_db=15.0, cosine=0.98),
     "factorize": Floor(sqnr_db=45.0, cosine=0.99999),
     "fp16": Floor(sqnr_db=45.0, cosine=0.99999),
+    "cluster": Floor(sqnr_db=CLUSTER_FLOOR_DB, cosine=0.97),
 }
 
 #: the share of drawn graphs each pass must rewrite (its menu in random_graphs.MENUS draws graphs
 #: it applies to); measured shares are in test_pass_properties.py's docstring.
 MIN_REWRITTEN: dict[str, float] = {
     "cleanup": 0.8, "fold-constants": 0.8, "fold-bn": 0.9, "canonicalize": 0.8, "equalize": 0.8,
-    "smooth": 0.8, "quant": 0.9, "factorize": 0.9, "prune": 0.7, "fp16": 0.8,
+    "smooth": 0.8, "quant": 0.9, "factorize": 0.9, "prune": 0.7, "fp16": 0.8, "sparsify": 0.8, "cluster": 0.9,
 }
 
 
@@ -157,6 +162,10 @@ def check_pass_on(cls, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], ref
         check_half_weights(prepared(cls, proto), result)
     if cls.name == "prune":
         check_prune_is_masking(proto, report.records[-1].details, feeds, got)
+    if cls.name == "sparsify":
+        check_sparsified_weights(proto, result)
+    if cls.name == "cluster":
+        check_clustered_weights(proto, result)
     if cls.name not in NOT_IDEMPOTENT:
         again = pass_manager(cls, model).run(model)
         assert not again.modified, f"{cls.name} is not idempotent: second run {again.records[-1].stats}"
@@ -239,3 +248,57 @@ def check_prune_is_masking(original: onnx.ModelProto, details: list[dict], feeds
     for want, out in zip(run(to_proto(masked), feeds), got):
         np.testing.assert_allclose(out, want, rtol=PRUNE_RTOL, atol=PRUNE_ATOL,
                                    err_msg="prune: the result is not the original with the removed channels zeroed")
+
+
+# -- sparsify and cluster: the weights against the original ones -----------------------------
+
+def _layer_weights(original: onnx.ModelProto) -> dict[str, np.ndarray]:
+    """{node name: constant weight} of the original's Conv/ConvTranspose/Gemm/MatMul nodes."""
+    inits = {t.name: numpy_helper.to_array(t) for t in original.graph.initializer}
+    return {n.name: inits[n.input[1]] for n in original.graph.node
+            if n.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul") and len(n.input) > 1 and n.input[1] in inits
+            and np.issubdtype(inits[n.input[1]].dtype, np.floating)}
+
+
+def check_sparsified_weights(original: onnx.ModelProto, result: onnx.ModelProto) -> None:
+    """Magnitude sparsity (sparsify{repair=false}): every weight is its original or 0, at least half
+    of each sparsified layer is 0, and no zeroed weight was larger than a kept one."""
+    new_inits = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    by_name = {n.name: n for n in result.graph.node}
+    for name, want in _layer_weights(original).items():
+        got = new_inits[by_name[name].input[1]]
+        assert got.shape == want.shape, f"sparsify: weight of '{name}' changed shape"
+        moved = (got != want) & (got != 0)
+        assert not moved.any(), f"sparsify: {int(moved.sum())} kept weight(s) of '{name}' differ from the original"
+        if np.array_equal(got, want):
+            continue
+        assert np.count_nonzero(got == 0) >= round(0.5 * got.size), f"sparsify: '{name}' is less than half zeros"
+        zeroed, kept = np.abs(want[(got == 0) & (want != 0)]), np.abs(want[got != 0])
+        if zeroed.size and kept.size:
+            assert zeroed.max() <= kept.min(), f"sparsify: '{name}' zeroed a weight larger than one it kept"
+
+
+def check_clustered_weights(original: onnx.ModelProto, result: onnx.ModelProto, bits: int = 4) -> None:
+    """Every layer reading Gather(codebook, Cast(indices)) has at most 2^bits values, its zeros
+    exact, and each nonzero weight decoded to the codebook value (among those nonzeros use)
+    nearest to it."""
+    inits = {t.name: numpy_helper.to_array(t) for t in result.graph.initializer}
+    producers = {o: n for n in result.graph.node for o in n.output}
+    by_name = {n.name: n for n in result.graph.node}
+    for name, want in _layer_weights(original).items():
+        gather = producers.get(by_name[name].input[1])
+        if gather is None or gather.op_type != "Gather":
+            continue  # left as it was (a shared weight; an idle pass fails the rewritten share)
+        cast = producers[gather.input[1]]
+        decoded = inits[gather.input[0]][inits[cast.input[0]].astype(np.int64)]
+        assert decoded.shape == want.shape, f"cluster: weight of '{name}' changed shape"
+        assert len(np.unique(decoded)) <= 2 ** bits, f"cluster: '{name}' has more than {2 ** bits} values"
+        assert np.all(decoded[want == 0] == 0), f"cluster: zeros of '{name}' were not kept exact"
+        nonzero = want != 0
+        centres = np.unique(decoded[nonzero]).astype(np.float64)
+        if centres.size:
+            w = want[nonzero].astype(np.float64)
+            best = np.min(np.abs(w[:, None] - centres[None, :]), axis=1)
+            excess = np.abs(w - decoded[nonzero]) - best
+            assert excess.max() <= 1e-6 * max(float(np.abs(w).max()), 1e-12), \
+                f"cluster: a weight of '{name}' is not decoded to its nearest codebook value"

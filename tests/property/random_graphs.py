@@ -62,6 +62,8 @@ MENUS: dict[str, Menu] = {
     "quant": Menu(("conv", "conv_relu"), ("gemm", "matmul", "act"), min_layers=2),
     "factorize": Menu((), ("lowrank_matmul", "lowrank_gemm"), rank2_share=1.0, min_features=8),
     "prune": Menu(("conv", "conv_relu", "conv_bn"), ("gemm", "matmul"), min_layers=3),
+    "sparsify": Menu(("conv", "conv_relu", "conv_bn", "act"), ("gemm", "matmul", "act"), min_layers=2),
+    "cluster": Menu(("conv", "conv_relu", "conv_bn", "act"), ("gemm", "matmul", "act"), min_layers=2),
     "fp16": Menu(("conv", "conv_relu", "conv_bn", "act", "add_skip", "concat", "transpose", "shape_chain"),
                  ("gemm", "matmul", "act", "add_skip"), min_layers=2),
 }

@@ -8,7 +8,8 @@ Bugs injected, for every registered pass:
   or the masked original (prune);
 - ``idle``: the pass returns ``modified=False`` without doing anything - caught by the
   rewritten-share floor.
-And pass-specific ones: equalize scaling the second Conv's output channels (the wrong axis)
+And pass-specific ones: sparsify zeroing the largest weights; cluster decoding to the next
+centre; equalize scaling the second Conv's output channels (the wrong axis)
 instead of its input channels; factorize dropping the last rank of every factored layer; smooth
 leaving the readers' weights unscaled; quant's weight scales halved.
 """
@@ -118,11 +119,8 @@ def test_smooth_leaving_the_readers_unscaled_is_caught(monkeypatch):
     module = _module(cls, "_divide")
 
     def rescale_source_only(site, s):
-        source = site.source  # the bug: 1/s folded into the producer, s never into the readers
-        targets = source.inputs[1:3] if source.op == "LayerNormalization" else [source.inputs[1]]
-        for t in targets:
-            if t.name:
-                module._divide(t, s)
+        for t in site.params:  # the bug: 1/s folded into the producer, s never into the readers
+            module._divide(t, s)
 
     monkeypatch.setattr(module, "_rescale", rescale_source_only)
     assert "smooth changed output" in _fails(cls)
@@ -140,3 +138,33 @@ def test_quant_with_halved_weight_scales_is_caught(monkeypatch):
     _wrap(monkeypatch, cls, halve_weight_scales)
     message = _fails(cls)
     assert "half a step" in message or "SQNR" in message
+
+
+def test_sparsify_zeroing_the_largest_weights_is_caught(monkeypatch):
+    cls = _pass("sparsify")
+    module = _module(cls, "magnitude_mask")
+
+    def largest(w, rate):  # the bug: the mask of the negated magnitudes
+        k = int(round(rate * w.size))
+        mask = np.zeros(w.size, dtype=bool)
+        mask[np.argsort(-np.abs(w).reshape(-1), kind="stable")[:k]] = True
+        return mask.reshape(w.shape)
+
+    monkeypatch.setattr(module, "magnitude_mask", largest)
+    assert "larger than one it kept" in _fails(cls)
+
+
+def test_cluster_decoding_to_the_neighbouring_centre_is_caught(monkeypatch):
+    cls = _pass("cluster")
+    module = _module(cls, "share_weights")
+    original = module.share_weights
+
+    def shifted(w, k, importance, seed):
+        codebook, indices = original(w, k, importance, seed)
+        top = codebook.size - 1
+        moved = np.where((indices > 0) & (indices < top), indices + 1, indices)  # the bug: off by one
+        return codebook, moved.astype(np.uint8)
+
+    monkeypatch.setattr(module, "share_weights", shifted)
+    message = _fails(cls)
+    assert "nearest codebook value" in message or "SQNR" in message

@@ -1,16 +1,18 @@
 """The HTML and Markdown reports: valid HTML whose embedded plots decode and are not blank, Markdown
-whose linked plot files exist and decode, escaping, and (when Chromium is installed) a screenshot."""
+whose linked plot files exist and decode, escaping, and the report in headless Chromium (no console messages, every plot shown, a screenshot)."""
 from __future__ import annotations
 
 import base64
 import io
+import json
 import re
 import shutil
 import subprocess
+from html import unescape
 from html.parser import HTMLParser
+from pathlib import Path
 
 import numpy as np
-import pytest
 from PIL import Image
 
 from graphc.report import build_report, render
@@ -131,13 +133,62 @@ def test_report_without_plots_or_checks_is_still_valid(tmp_path):
 
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
+#: flags that run headless Chromium as root in a container with no network use, GPU or D-Bus session
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--enable-logging=stderr", "--v=0"]
+#: appended to a copy of the report: after the load event, every image's state goes into the DOM
+IMAGE_PROBE = """<script>
+window.addEventListener("load", function () {
+  var out = [];
+  document.querySelectorAll("img").forEach(function (img) {
+    var r = img.getBoundingClientRect(), s = getComputedStyle(img);
+    out.push({alt: img.alt, complete: img.complete, natural: [img.naturalWidth, img.naturalHeight],
+              box: [r.width, r.height],
+              visible: s.display !== "none" && s.visibility !== "hidden" && s.opacity !== "0"});
+  });
+  var pre = document.createElement("pre");
+  pre.id = "graphc-image-probe";
+  pre.textContent = JSON.stringify(out);
+  document.body.appendChild(pre);
+});
+</script>"""
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="headless Chromium (Debian package 'chromium') is not installed")
+def run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.CompletedProcess:
+    return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *extra, page.as_uri()],
+                          check=True, capture_output=True, text=True, timeout=120)
+
+
+def console_messages(stderr: str) -> list[str]:
+    """What the page wrote to the console (and uncaught exceptions): Chromium logs them as CONSOLE."""
+    return [line for line in stderr.splitlines() if ":CONSOLE" in line]
+
+
 def test_html_report_renders_in_headless_chromium(html_build, tmp_path):
+    """The report in a real browser: no console message, every plot loaded and shown at a real size,
+    and a screenshot that is a picture (kept under test-artifacts/). `make test` installs Chromium
+    (Debian's package); without it this test fails rather than skips."""
+    assert CHROMIUM is not None, ("headless Chromium is not installed: `make test` installs Debian's "
+                                  "'chromium' (apt-get install -y --no-install-recommends chromium)")
     folder, _ = html_build
-    shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", f"--screenshot={shot}",
-                    "--window-size=1280,2400", (folder / "report.html").as_uri()],
-                   check=True, capture_output=True, timeout=120)
+    report = folder / "report.html"
+    text = report.read_text(encoding="utf-8")
+    probed = tmp_path / "probed.html"
+    probed.write_text(text.replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
+    done = run_chromium(probed, tmp_path / "profile-dom", "--dump-dom")
+    assert console_messages(done.stderr) == []
+    found = re.search(r'<pre id="graphc-image-probe">(.*?)</pre>', done.stdout, re.S)
+    assert found, "the page did not finish loading"
+    images = json.loads(unescape(found.group(1)))
+    assert [img["alt"] for img in images] == [img["alt"] for img in parse(text).images] and len(images) == 4
+    for img in images:
+        assert img["complete"] and img["visible"], img
+        assert min(img["natural"]) >= 150 and min(img["box"]) >= 100, img
+    ARTIFACTS.mkdir(exist_ok=True)
+    shot = ARTIFACTS / "report_html_chromium.png"
+    shot.unlink(missing_ok=True)
+    done = run_chromium(report, tmp_path / "profile-shot", f"--screenshot={shot}", "--window-size=1280,2400")
+    assert console_messages(done.stderr) == []
     assert_real_picture(shot.read_bytes())

@@ -64,3 +64,21 @@ def test_detail_text_falls_back_to_short_key_values():
     assert detail_text({"node": "x", "reason": "bias is not constant"}) == "bias is not constant"
     assert detail_text({"node": "x", "a": 1, "b": "two", "c": [1], "d": 2.5}) == "a=1, b=two, d=2.5"
     assert detail_text({"node": "x"}) == "changed"
+
+
+def test_sparsity_and_codebooks_are_read_from_the_result():
+    from graphc.passmanager import PassManager
+    from graphc.report.plots import report_plots, size_accuracy_png, sparsity_png
+
+    original = graphc.load(conv_net().SerializeToString())
+    result = graphc.load(conv_net().SerializeToString())
+    PassManager("sparsify{sparsity=0.5 ignore=fc},cluster{bits=2 ignore=c2}").run(result)
+    rows = rows_by_node(layer_table(original, result, [], {}))
+    c1, c2, fc = rows["c1"], rows["c2"], rows["fc"]
+    assert c1["sparsity"] == 0.5 and c1["codebook"] == 4 and c1["precision"] == "uint8 index"
+    assert c1["weight_shape_after"] == c1["weight_shape"] and c1["status"] == "kept"
+    assert c2["sparsity"] == 0.5 and c2["codebook"] is None and c2["precision"] == "float32"
+    assert fc["sparsity"] == 0.0 and fc["codebook"] == 4
+    assert [p.name for p in report_plots({"layers": list(rows.values())})] == ["sparsity"]
+    assert sparsity_png([dict(r, sparsity=0.0) for r in rows.values()]) is None
+    assert size_accuracy_png({"a": [(2.0, 99.0), (10.0, 98.0)]}, reference=99.1).startswith(b"\x89PNG")

@@ -1,0 +1,195 @@
+"""compression: prune + sparsify + cluster on resnet_digits (size against accuracy), 2:4 on the zoo
+transformer (repair against magnitude), and how sparse weights are best stored.
+
+All numbers come from one run:
+
+1. ``resnet_digits`` after ``fold-bn``: pipelines of prune, sparsify and cluster, calibrated on
+   ``models/digits_calib.npz`` (64 images), scored on the digits test set (450 images): test
+   accuracy and the logits' SQNR against the original, and the size as ratios *original fp32
+   file / result* for the file, its zlib (zip) size and its entropy-coded size
+   (:mod:`graphc.ir.compressed_size`, Deep Compression's figure). The issue's target: >= 12x
+   entropy-coded at <= 1 point accuracy drop, no retraining. The curve is drawn to
+   ``benchmarks/compression_curve.png`` with graphc's report plotting.
+2. The zoo transformer at 2:4: the logits' SQNR and accuracy for magnitude-only, SparseGPT repair
+   measured once on the original, and sequential repair (the default); and a count of the groups
+   of 4 along the reduction axis with fewer than 2 zeros (must be 0).
+3. Storage of a sparse weight: the sparsified transformer saved dense, with ONNX sparse
+   initializers (values + int64 indices, built here with onnx.helper; graphc does not write them),
+   and after cluster (uint8 indices): file bytes, whether onnxruntime loads it, and the largest
+   output difference from the dense file.
+
+    python benchmarks/run.py compression
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+from onnx import helper, numpy_helper
+
+import graphc
+from graphc.calib.data import open_data
+from graphc.ir import to_proto
+from graphc.ir.compressed_size import compressed_size
+from graphc.metrics import sqnr_db
+from graphc.passmanager import PassManager
+from graphc.report.plots import size_accuracy_png
+from graphc.runtime import create_session, run_session
+
+TITLE = "compression: sparsify, cluster and the entropy-coded size"
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "models"
+CURVE = Path(__file__).resolve().parent / "compression_curve.png"
+TARGET_RATIO, MAX_DROP = 12.0, 1.0
+
+#: (curve, pipeline after fold-bn); the issue's pipeline is the third
+RESNET = [
+    ("cluster only", "cluster{bits=4}"),
+    ("sparsify + cluster 4 bits", "sparsify{sparsity=0.5},cluster{bits=4}"),
+    ("prune + sparsify + cluster 4 bits", "prune{flops=0.7},sparsify{sparsity=0.5},cluster{bits=4}"),
+    ("prune + sparsify + cluster 4 bits", "prune{flops=0.7},sparsify{sparsity=0.7 min-params=4096},cluster{bits=4}"),
+    ("prune + sparsify + cluster 3 bits", "prune{flops=0.7},sparsify{sparsity=0.5},cluster{bits=3}"),
+    ("prune + sparsify + cluster 3 bits", "prune{flops=0.7},sparsify{sparsity=0.7 min-params=4096},cluster{bits=3}"),
+]
+DONE_WHEN = "prune{flops=0.7},sparsify{sparsity=0.5},cluster{bits=4}"
+TRANSFORMER = [
+    ("magnitude", "sparsify{pattern=2:4 repair=false}"),
+    ("repair, moments of the original", "sparsify{pattern=2:4 sequential=false}"),
+    ("repair, sequential (default)", "sparsify{pattern=2:4}"),
+]
+
+
+def _logits(model, x: np.ndarray) -> np.ndarray:
+    session = create_session(model)
+    return np.concatenate([run_session(session, {"input": x[i:i + 150]})[0] for i in range(0, len(x), 150)])
+
+
+def _accuracy(logits: np.ndarray, labels: np.ndarray) -> float:
+    return 100.0 * float(np.mean(logits.argmax(1) == labels))
+
+
+def _resnet_section(test) -> str:
+    original = graphc.load(MODELS / "resnet_digits.onnx")
+    base = compressed_size(original)
+    x, labels = test["input"], test["labels"]
+    ref = _logits(original, x)
+    acc0 = _accuracy(ref, labels)
+    rows, curves, verdict = [], {}, "not run"
+    for curve, pipeline in RESNET:
+        model = original.copy()
+        start = time.perf_counter()
+        PassManager(f"fold-bn,{pipeline}", data=open_data(MODELS / "digits_calib.npz", original, batch=16)).run(model)
+        wall = time.perf_counter() - start
+        got = _logits(model, x)
+        size = compressed_size(model)
+        acc = _accuracy(got, labels)
+        ratio = base.file_bytes / size.entropy_coded_bytes
+        curves.setdefault(curve, []).append((ratio, acc))
+        if pipeline == DONE_WHEN:
+            met = ratio >= TARGET_RATIO and acc0 - acc <= MAX_DROP
+            verdict = (f"**{'met' if met else 'NOT met'}**: `{pipeline}` is {ratio:.1f}x smaller entropy-coded "
+                       f"at {acc - acc0:+.2f} points (target >= {TARGET_RATIO:.0f}x at >= -{MAX_DROP:.0f} point)")
+        rows.append(f"| `{pipeline}` | {base.file_bytes / size.file_bytes:.2f}x | {base.file_bytes / size.zlib_bytes:.2f}x | "
+                    f"**{ratio:.1f}x** | {acc0:.2f} -> {acc:.2f} | {acc - acc0:+.2f} | {sqnr_db(ref, got):.1f} | "
+                    f"{wall:.0f} s |")
+    CURVE.write_bytes(size_accuracy_png(curves, reference=acc0))
+    head = ("| pipeline (after fold-bn) | file | zlib | entropy-coded | test acc % | change | SQNR dB | time |\n"
+            "|---|---|---|---|---|---|---|---|")
+    return (f"### resnet_digits: size against accuracy, no retraining\n\n"
+            f"Sizes are *original fp32 file ({base.file_bytes / 1e6:.2f} MB) / result*; the original's own "
+            f"zlib and entropy-coded ratios are {base.file_bytes / base.zlib_bytes:.2f}x and "
+            f"{base.file_bytes / base.entropy_coded_bytes:.2f}x. Calibration: 64 images; test: 450.\n\n"
+            + head + "\n" + "\n".join(rows) + f"\n\n{verdict}.\n\n"
+            f"![entropy-coded size against test accuracy](benchmarks/{CURVE.name})")
+
+
+def _violations(model) -> tuple[int, int]:
+    """(groups of 4 along the reduction axis with fewer than 2 zeros, groups) over MatMul/Gemm weights."""
+    bad = total = 0
+    for node in model.graph.nodes:
+        if node.op not in ("MatMul", "Gemm") or not hasattr(node.inputs[1], "values"):
+            continue
+        w = node.inputs[1].values
+        along = w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
+        zeros = (along.T.reshape(along.shape[1], -1, 4) == 0).sum(axis=-1)
+        bad += int(np.count_nonzero(zeros < 2))
+        total += zeros.size
+    return bad, total
+
+
+def _transformer_section(test) -> tuple[str, object]:
+    original = graphc.load(MODELS / "transformer_digits.onnx")
+    x, labels = test["input"], test["labels"]
+    ref = _logits(original, x)
+    rows, kept = [], None
+    for label, pipeline in TRANSFORMER:
+        model = original.copy()
+        start = time.perf_counter()
+        PassManager(pipeline, data=open_data(MODELS / "digits_calib.npz", original, batch=16)).run(model)
+        wall = time.perf_counter() - start
+        got = _logits(model, x)
+        bad, total = _violations(model)
+        rows.append(f"| {label} | `{pipeline}` | {sqnr_db(ref, got):.1f} | {_accuracy(ref, labels):.2f} -> "
+                    f"{_accuracy(got, labels):.2f} | {bad} of {total} | {wall:.1f} s |")
+        kept = model
+    head = ("| sparsify | pipeline | logits SQNR dB | test acc % | groups of 4 with < 2 zeros | time |\n"
+            "|---|---|---|---|---|---|")
+    return ("### transformer_digits at 2:4 (N:M along the reduction axis)\n\n" + head + "\n" + "\n".join(rows)), kept
+
+
+def _sparse_initializers(proto) -> bytes:
+    """``proto`` with every float 2-D initializer that is mostly zeros as an ONNX sparse initializer."""
+    dense = []
+    for tensor in list(proto.graph.initializer):
+        a = numpy_helper.to_array(tensor)
+        if a.dtype == np.float32 and a.ndim == 2 and np.mean(a == 0) >= 0.5:
+            index = np.flatnonzero(a).astype(np.int64)
+            values = numpy_helper.from_array(a.reshape(-1)[index], tensor.name)
+            proto.graph.sparse_initializer.append(
+                helper.make_sparse_tensor(values, numpy_helper.from_array(index, tensor.name + "_index"), list(a.shape)))
+        else:
+            dense.append(tensor)
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(dense)
+    return proto.SerializeToString()
+
+
+def _storage_section(test) -> str:
+    x = test["input"][:64]
+    original = graphc.load(MODELS / "transformer_digits.onnx")
+    rows = []
+    for sparsity in (0.5, 0.8):
+        model = original.copy()
+        PassManager(f"sparsify{{sparsity={sparsity}}}").run(model)
+        dense = to_proto(model).SerializeToString()
+        want = _logits(dense, x)
+        clustered = model.copy()
+        PassManager("cluster{bits=4}").run(clustered)
+        forms = [("dense float32 (what sparsify writes)", dense),
+                 ("ONNX sparse initializers (int64 indices)", _sparse_initializers(to_proto(model))),
+                 ("cluster{bits=4}: uint8 indices + codebook", to_proto(clustered).SerializeToString())]
+        for label, data in forms:
+            try:
+                got, loads = _logits(data, x), "yes"
+                diff = f"{float(np.abs(got - want).max()):.1e}"
+            except Exception as exc:  # a form onnxruntime refuses is a result here, not a failure
+                loads, diff = f"no ({type(exc).__name__})", "-"
+            rows.append(f"| {sparsity:.0%} | {label} | {len(data) / len(dense):.2f} | {loads} | {diff} |")
+    head = ("| sparsity | stored as | file / dense | onnxruntime loads | max logit change |\n"
+            "|---|---|---|---|---|")
+    return ("### Storing sparse weights (transformer_digits, magnitude sparsify)\n\n" + head + "\n" + "\n".join(rows)
+            + "\n\nonnxruntime CPU loads sparse initializers (it densifies them), but with int64 indices a "
+              "nonzero costs 12 bytes against 4 dense, so they shrink the file only above 2/3 sparsity; "
+              "cluster's uint8 indices make it about 4x smaller at any sparsity, and the zip / "
+              "entropy-coded sizes count the zeros as the few bits they are.")
+
+
+def run() -> str:
+    missing = [f for f in ("resnet_digits.onnx", "transformer_digits.onnx", "digits_calib.npz", "digits_test.npz")
+               if not (MODELS / f).exists()]
+    if missing:
+        return f"skipped: missing {', '.join(missing)}"
+    test = dict(np.load(MODELS / "digits_test.npz"))
+    transformer, _ = _transformer_section(test)
+    return "\n\n".join([_resnet_section(test), transformer, _storage_section(test)])

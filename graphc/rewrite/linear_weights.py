@@ -1,0 +1,142 @@
+"""The weight of a linear layer as a matrix ``W`` (outputs x reduction), for passes that rewrite
+weights in place (sparsify, cluster): read it, change it, write it back in the node's layout.
+
+``y = W x`` per output position, ``x`` the layer's input features along its reduction axis:
+
+- ``MatMul(x, B)``, B constant 2-D (in x out): ``W = B^T``;
+- ``Gemm(x, B)`` (no transA): ``W = B^T``, or ``B`` with ``transB=1`` (alpha scales every
+  output alike and does not matter to a weight mask);
+- ``Conv``, weight ``(Cout, Cin/g, k1, ..., kd)``: the rows are the output channels, the columns
+  the receptive field ordered ``(k1, ..., kd, c)`` - input channels innermost, so consecutive
+  columns are consecutive input channels, the reduction axis N:M sparsity groups along (NVIDIA's
+  2:4 for convolutions groups input channels at a fixed kernel position);
+- ``ConvTranspose``, weight ``(Cin, Cout/g, k1, ..., kd)``: rows ``(Cout/g, k1, ..., kd)``,
+  columns the input channels (its reduction axis).
+
+``moment_layout`` says how :mod:`graphc.calib.moments` reads the input samples ``x`` so that
+``E[x x^T]`` matches the columns: MatMul/Gemm read features on the last axis; a Conv with
+``group = 1`` reads im2col receptive fields, ordered ``(c, k1, ..., kd)`` by the moments module and
+permuted here by ``moment_order`` to the column order. Grouped Convs and ConvTranspose have no
+layout (no data-aware treatment: magnitude only).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from math import prod
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphc.calib.moments import Layout
+from graphc.ir import constant_value, is_standard_op
+from graphc.ir.op_kinds import FLOAT_DTYPES
+from graphc.ir.padding import explicit_pads
+
+
+@dataclass
+class LinearWeight:
+    """One layer's constant weight, seen as ``W`` (rows = outputs, columns = reduction)."""
+
+    node: gs.Node
+    tensor: gs.Constant
+    kind: str                          # "matmul", "gemm", "gemm_t" (transB), "conv", "convtranspose"
+    layout: Layout | None = None       # how the input's samples are read for E[x x^T]; None: no data use
+    moment_order: np.ndarray | None = None  # column j of W is feature moment_order[j] of the moment
+
+    @property
+    def label(self) -> str:
+        return self.node.name or self.node.outputs[0].name
+
+    @property
+    def input_name(self) -> str:
+        return self.node.inputs[0].name
+
+    def matrix(self) -> np.ndarray:
+        """``W`` in float64."""
+        w = np.asarray(self.tensor.values, dtype=np.float64)
+        if self.kind in ("matmul", "gemm"):
+            return w.T
+        if self.kind == "gemm_t":
+            return w
+        nd = w.ndim - 2
+        if self.kind == "conv":  # (Cout, C, k...) -> (Cout, k..., C)
+            return w.transpose(0, *range(2, 2 + nd), 1).reshape(w.shape[0], -1)
+        # convtranspose: (Cin, Cout/g, k...) -> (Cout/g, k..., Cin)
+        return w.transpose(1, *range(2, 2 + nd), 0).reshape(-1, w.shape[0])
+
+    def to_weight(self, matrix: np.ndarray) -> np.ndarray:
+        """The node's weight (its own shape and dtype) holding ``matrix``."""
+        shape, dtype = self.tensor.values.shape, self.tensor.values.dtype
+        if self.kind in ("matmul", "gemm"):
+            return np.ascontiguousarray(matrix.T).astype(dtype)
+        if self.kind == "gemm_t":
+            return np.ascontiguousarray(matrix).astype(dtype)
+        nd = len(shape) - 2
+        if self.kind == "conv":
+            inner = matrix.reshape((shape[0], *shape[2:], shape[1]))
+            return np.ascontiguousarray(np.moveaxis(inner, -1, 1)).astype(dtype)
+        inner = matrix.reshape((shape[1], *shape[2:], shape[0]))
+        return np.ascontiguousarray(inner.transpose(nd + 1, 0, *range(1, nd + 1))).astype(dtype)
+
+    def write(self, matrix: np.ndarray) -> bool:
+        """Store ``matrix`` as the weight; True if any value changed."""
+        new = self.to_weight(matrix)
+        if np.array_equal(new, self.tensor.values):
+            return False
+        self.tensor.values = new
+        return True
+
+    def moment_in_columns(self, moment: np.ndarray) -> np.ndarray:
+        """``E[x x^T]`` as read by ``layout``, with rows and columns in the order of W's columns."""
+        if self.moment_order is None:
+            return moment
+        return moment[np.ix_(self.moment_order, self.moment_order)]
+
+
+def match_linear_weight(node: gs.Node, shapes) -> LinearWeight | str:
+    """The node's weight as a :class:`LinearWeight`, or why it has none this module rewrites."""
+    if not is_standard_op(node, "Conv", "ConvTranspose", "Gemm", "MatMul"):
+        return "not a Conv, ConvTranspose, Gemm or MatMul"
+    if len(node.inputs) < 2 or not node.outputs:
+        return "malformed node"
+    tensor = node.inputs[1]
+    value = constant_value(tensor)
+    if value is None or not isinstance(tensor, gs.Constant):
+        return "weight is not constant"
+    if np.dtype(value.dtype) not in FLOAT_DTYPES:
+        return f"weight dtype {value.dtype} is not floating point"
+    if constant_value(node.inputs[0]) is not None:
+        return "input is constant (fold-constants applies)"
+    if len(tensor.outputs) != 1:
+        return "weight shared with another node"
+    if not np.isfinite(value).all():
+        return "weight has non-finite values (NaN or inf)"
+    if node.op == "MatMul":
+        return LinearWeight(node, tensor, "matmul", Layout()) if value.ndim == 2 else "weight is not 2-D"
+    if node.op == "Gemm":
+        if node.attrs.get("transA", 0):
+            return "Gemm with transA"
+        kind = "gemm_t" if node.attrs.get("transB", 0) else "gemm"
+        return LinearWeight(node, tensor, kind, Layout()) if value.ndim == 2 else "weight is not 2-D"
+    if value.ndim < 3:
+        return "weight is not a convolution kernel"
+    if node.op == "ConvTranspose":
+        return LinearWeight(node, tensor, "convtranspose")
+    return _conv_weight(node, tensor, value, shapes)
+
+
+def _conv_weight(node: gs.Node, tensor: gs.Constant, value: np.ndarray, shapes) -> LinearWeight:
+    kernel = tuple(int(k) for k in value.shape[2:])
+    weight = LinearWeight(node, tensor, "conv")
+    if int(node.attrs.get("group", 1)) != 1:
+        return weight  # grouped: the samples of one group's rows are not one moment's features
+    info = shapes.get(node.inputs[0].name) if shapes is not None else None
+    spatial = info.shape[2:] if info is not None and info.shape is not None else None
+    pads = explicit_pads(node, kernel, spatial)
+    if isinstance(pads, str):
+        return weight
+    weight.layout = Layout.conv(kernel, node.attrs.get("strides"), pads, node.attrs.get("dilations"))
+    channels, taps = value.shape[1], prod(kernel)
+    # the moments order a receptive field (c, k...): feature c * taps + t; W's columns are (k..., c)
+    weight.moment_order = (np.arange(channels)[None, :] * taps + np.arange(taps)[:, None]).reshape(-1)
+    return weight

@@ -1,0 +1,184 @@
+"""cluster: weight sharing - each layer's weights replaced by a codebook of at most 2^bits values.
+
+Every Conv, ConvTranspose, Gemm and MatMul with a constant float weight ``W`` gets a per-layer
+codebook ``c`` (k = 2^bits centres, 2..256) and an index per weight, found by weighted k-means
+(:mod:`.kmeans`: seeded k-means++, so runs are deterministic; Han et al.'s Deep Compression
+shares weights this way). Zeros stay exact: when ``W`` has zeros (after sparsify or prune),
+centre 0 of the codebook is 0.0, kept for them alone, and the other k - 1 centres cluster the
+nonzeros - the sparsity survives and the indices of zeros are all 0.
+
+Data-aware (with ``--data`` and ``weighted=true``): weight ``w`` of input feature ``j`` counts
+with importance ``E[x_j^2]`` (mean square of that input channel over the calibration data), so
+the codebook minimises ``sum_j E[x_j^2] (w_j - c)^2``, each weight's share of the output error when
+inputs are uncorrelated. Without data every weight counts alike.
+
+Stored form that onnxruntime runs: ``uint8`` indices (the shape of W) and the codebook (float,
+the weight's dtype), decoded by ``Gather(codebook, Cast(indices, int32))`` into the layer's weight
+input. Both inputs are constants, so onnxruntime folds the decode at session creation: inference
+runs the dense weight at the same speed, the file holds one byte per weight instead of four, and
+the entropy-coded size (:mod:`graphc.ir.compressed_size`) counts the Huffman-coded indices.
+Don't run fold-constants after cluster: it would decode the weights back into dense constants.
+
+A layer whose weight is already decoded from a codebook is no longer constant and is skipped:
+the pass is idempotent. Details per layer: node, op, clusters, bits, params, weighted, and the
+relative weight error ``||W - W'|| / ||W||`` (importance-weighted when data-aware).
+"""
+from __future__ import annotations
+
+import fnmatch
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from graphc.calib.moments import channel_moments
+from graphc.ir import NameFactory, node_label
+from graphc.passes.cluster.kmeans import kmeans_1d
+from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+from graphc.rewrite.linear_weights import LinearWeight, match_linear_weight
+
+log = logging.getLogger(__name__)
+
+#: ONNX TensorProto.INT32 (Gather reads int32 or int64 indices, not uint8)
+CAST_TO_INT32 = 6
+
+
+@dataclass
+class _Layer:
+    weight: LinearWeight
+    importance: np.ndarray | None = None  # per weight, in the weight's own layout
+
+
+@register_pass
+class Cluster(Pass):
+    name = "cluster"
+    summary = "weight sharing: per-layer k-means codebooks (2^bits values), uint8 indices + Gather"
+    exact = False
+    needs_data = True
+
+    @dataclass(frozen=True)
+    class Options:
+        bits: int = option(4, "codebook of 2^bits values per layer (1..8: 2..256 centres)", min=1, max=8)
+        weighted: bool = option(True, "with --data: weigh each weight by its input channel's mean square")
+        seed: int = option(0, "k-means++ seed (the result is deterministic for a seed)", min=0)
+        min_params: int = option(0, "leave layers with fewer weights than this as they are", min=0)
+        ignore: tuple[str, ...] = option((), "node name patterns (fnmatch) left as they are")
+
+    def requires_data(self) -> bool:
+        return False  # data only weighs the clustering
+
+    def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
+        result = PassResult(modified=False)
+        layers = self._candidates(graph, ctx, result)
+        if layers and ctx.data is not None and self.options.weighted:
+            _attach_importance(ctx, layers)
+        names = NameFactory(graph)
+        for layer in layers:
+            record = self._cluster(graph, layer, names)
+            result.count("clustered")
+            result.details.append(record)
+        if result.details:
+            graph.cleanup()  # drops the replaced float weights, once for all layers
+        result.modified = bool(result.details)
+        return result
+
+    def _candidates(self, graph: gs.Graph, ctx: Context, result: PassResult) -> list[_Layer]:
+        shapes = ctx.shapes()
+        layers = []
+        for node in graph.nodes:
+            if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+                continue
+            weight = match_linear_weight(node, shapes)
+            if isinstance(weight, LinearWeight):
+                reason = self._refuse(weight)
+                if reason is None:
+                    layers.append(_Layer(weight))
+                    continue
+            else:
+                reason = weight
+            result.skip(reason)
+            log.info("%s not clustered: %s", node_label(node), reason)
+        return layers
+
+    def _refuse(self, weight: LinearWeight) -> str | None:
+        if any(fnmatch.fnmatchcase(weight.node.name or "", p) for p in self.options.ignore):
+            return "ignored by pattern"
+        size = weight.tensor.values.size
+        if size < max(self.options.min_params, 1):
+            return "fewer weights than min-params"
+        return None
+
+    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory) -> dict:
+        w = np.asarray(layer.weight.tensor.values)
+        codebook, indices = share_weights(w, 2 ** self.options.bits, layer.importance, self.options.seed)
+        decoded = codebook[indices]
+        h = np.ones(w.shape) if layer.importance is None else layer.importance
+        w64 = w.astype(np.float64)
+        signal = float(np.sum(h * w64 ** 2))
+        error = float(np.sqrt(np.sum(h * (w64 - decoded) ** 2) / signal)) if signal > 0 else 0.0
+        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names)
+        return {"node": layer.weight.label, "op": layer.weight.node.op, "clusters": int(codebook.size),
+                "bits": self.options.bits, "params": int(w.size), "weighted": layer.importance is not None,
+                "est_error": error}
+
+
+def share_weights(w: np.ndarray, k: int, importance: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codebook float64 (<= k,), uint8 indices the shape of w); zeros map to an exact 0.0 at index 0."""
+    flat = w.astype(np.float64).reshape(-1)
+    h = None if importance is None else importance.reshape(-1)
+    zero = flat == 0
+    if not zero.any():
+        book = kmeans_1d(flat, k, h, seed=seed)
+        return book.centres, book.assignment.astype(np.uint8).reshape(w.shape)
+    indices = np.zeros(flat.size, dtype=np.uint8)
+    if zero.all():
+        return np.zeros(1), indices.reshape(w.shape)
+    book = kmeans_1d(flat[~zero], k - 1, None if h is None else h[~zero], seed=seed)
+    indices[~zero] = (book.assignment + 1).astype(np.uint8)
+    return np.concatenate([[0.0], book.centres]), indices.reshape(w.shape)
+
+
+def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, indices: np.ndarray,
+                 names: NameFactory) -> None:
+    """Replace the node's weight input by Gather(codebook, Cast(indices, int32))."""
+    base = weight.tensor.name
+    book = gs.Constant(names(f"{base}.codebook"), np.ascontiguousarray(codebook))
+    codes = gs.Constant(names(f"{base}.indices"), np.ascontiguousarray(indices))
+    wide = gs.Variable(names(f"{base}.indices_int32"), dtype=np.int32, shape=list(indices.shape))
+    decoded = gs.Variable(names(f"{base}.decoded"), dtype=codebook.dtype, shape=list(indices.shape))
+    graph.nodes.append(gs.Node(op="Cast", name=names(f"{base}.cast"), inputs=[codes], outputs=[wide],
+                               attrs={"to": CAST_TO_INT32}))
+    graph.nodes.append(gs.Node(op="Gather", name=names(f"{base}.gather"), inputs=[book, wide],
+                               outputs=[decoded], attrs={"axis": 0}))
+    weight.node.inputs[1] = decoded
+
+
+def _input_channel(weight: LinearWeight) -> tuple[int, np.ndarray]:
+    """(channel axis of the input, the input channel each weight element multiplies)."""
+    w = weight.tensor.values
+    if weight.kind in ("matmul", "gemm"):  # (in, out)
+        return -1, np.broadcast_to(np.arange(w.shape[0])[:, None], w.shape)
+    if weight.kind == "gemm_t":  # (out, in)
+        return -1, np.broadcast_to(np.arange(w.shape[1])[None, :], w.shape)
+    extra = (1,) * (w.ndim - 2)
+    if weight.kind == "convtranspose":  # (Cin, Cout/g, k...)
+        return 1, np.broadcast_to(np.arange(w.shape[0]).reshape(-1, 1, *extra), w.shape)
+    groups = int(weight.node.attrs.get("group", 1))
+    per_group_out, per_group_in = w.shape[0] // groups, w.shape[1]
+    group_of_row = np.arange(w.shape[0]) // per_group_out
+    channel = group_of_row[:, None] * per_group_in + np.arange(per_group_in)[None, :]
+    return 1, np.broadcast_to(channel.reshape(*channel.shape, *extra), w.shape)
+
+
+def _attach_importance(ctx: Context, layers: list[_Layer]) -> None:
+    """Per weight, the mean square of the input channel it multiplies, in one calibration run."""
+    axes = {}
+    channels = {}
+    for i, layer in enumerate(layers):
+        axes[layer.weight.input_name], channels[i] = _input_channel(layer.weight)
+    moments = channel_moments(ctx.model, ctx.data, axes)
+    for i, layer in enumerate(layers):
+        square = moments[layer.weight.input_name].mean_square
+        if square.size > int(channels[i].max()):
+            layer.importance = square[channels[i]]
