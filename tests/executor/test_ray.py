@@ -17,7 +17,7 @@ from graphc.errors import DataError
 from graphc.executor import RayExecutor
 from graphc.recipe import Recipe
 
-ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'graphc[ray]'; make test-ray)")
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'graphc[ray]'; it is in the test extra)")
 
 BUDGET = "quant{placement=all per-channel=false calib=minmax min-sqnr=30}"
 PRUNE = "prune{flops=0.5 allocation=sensitivity}"
