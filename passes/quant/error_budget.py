@@ -31,8 +31,9 @@ Procedure:
    The activations are calibrated once, on the float model (ranges do not depend on which layers
    are float), and every evaluation re-uses them.
 2. Sensitivity: each candidate quantized alone (every other candidate float). These evaluations
-   are independent and run in a ``ProcessPoolExecutor`` (``workers`` processes, spawned, each
-   given the model, feeds, reference outputs and ranges once), under a progress bar. A layer's
+   are independent and run on the executor in force (:mod:`graphc.executor`: local spawned
+   processes by default, or Ray; each worker is given the model, feeds, reference outputs and
+   ranges once), under a progress bar. A layer's
    sensitivity is its solo SQNR (continuous, so it orders layers even where the top-1
    disagreement of one layer alone is 0).
 3. Everything quantized; if the budget is met, nothing stays float.
