@@ -93,3 +93,44 @@ def _numpy_features() -> set[str] | None:
             return None
     present = {name.lower() for name, on in table.items() if on}
     return present if present else None
+
+
+#: the CPU features that decide which onnxruntime (MLAS) kernels run, float and integer: what a
+#: measured cost table depends on besides the CPU's model.
+KERNEL_FLAGS = ("sse4_1", "avx", "fma", "avx2", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16",
+                "avx_vnni", "avxvnni", "amx_tile", "amx_int8", "amx_bf16", "asimd", "asimddp", "i8mm", "sve")
+
+
+@dataclass(frozen=True)
+class CpuKey:
+    """What identifies a CPU for measured kernel costs: its model name and kernel-relevant flags."""
+
+    model: str
+    flags: tuple[str, ...]
+
+    def describe(self) -> str:
+        return f"{self.model} [{' '.join(self.flags) or 'no vector flags'}]"
+
+
+def cpu_key(cpuinfo: str | None = None) -> CpuKey:
+    """The :class:`CpuKey` of the CPU ``cpuinfo`` describes (``/proc/cpuinfo`` text; the running
+    machine's when None). Without cpuinfo: ``platform.processor()`` (or the machine name) and
+    numpy's CPU features."""
+    text = read_cpuinfo() if cpuinfo is None else cpuinfo
+    model = _model_name(text) if text else None
+    flags = _flags(text) if text else None
+    if flags is None:
+        flags = _numpy_features() or set()
+    if not model:
+        model = platform.processor() or platform.machine() or "unknown CPU"
+    return CpuKey(model, tuple(f for f in KERNEL_FLAGS if f in flags))
+
+
+def _model_name(text: str) -> str | None:
+    """The first ``model name`` (x86) or ``CPU part``/``Hardware`` line's value (ARM)."""
+    for key in ("model name", "hardware", "cpu part"):
+        for line in text.splitlines():
+            name, sep, value = line.partition(":")
+            if sep and name.strip().lower() == key and value.strip():
+                return " ".join(value.split())
+    return None

@@ -124,6 +124,10 @@ class Quantize(Pass):
                                   "DequantizeLinear (opset 21), 'nbits' = onnxruntime's MatMulNBits, "
                                   "auto = dq when the model is at opset 21 or later, else nbits",
                                   choices=("auto", "dq", "nbits"))
+        speed_model: str = option("auto", "placement=auto's cost table: measured (timed once on this CPU and "
+                                  "onnxruntime, cached in ~/.cache/graphc/speed-model), builtin (the shipped "
+                                  "table), auto: $GRAPHC_SPEED_MODEL if set, else measured",
+                                  choices=("auto", "measured", "builtin"))
         prepare: bool = option(True, "run fold-bn,canonicalize first when the pipeline does not "
                                "(the canonical form that integer kernels fuse on)")
 

@@ -26,7 +26,7 @@ from graphc.ir import NameFactory, node_label
 from graphc.passes.quant.bias_correction import correct_biases
 from graphc.passes.quant.placement import PlacementConfig, candidate_nodes, plan_quantization
 from graphc.passes.quant.rewrite import QuantFormat, write_plan
-from graphc.passes.quant.speed_model import SpeedModel, integer_nodes
+from graphc.passes.quant.speed_model import SpeedModel, cost_table, integer_nodes
 from graphc.passes.quant.subgraphs import plan_bodies, unseen
 from graphc.passmanager import Context, PassResult
 
@@ -135,6 +135,7 @@ class Quantizer:
             config = dataclasses.replace(config, allowed=frozenset(chosen))
             result.stats["speed_model_float_us"] = round(estimate["estimated_float_us"], 1)
             result.stats["speed_model_chosen_us"] = round(estimate["estimated_cut_us"], 1)
+            result.stats["speed_model"] = estimate["table"]
         plan = plan_quantization(graph, config, ctx.shapes())
         for reason, n in plan.skipped.items():
             result.skipped[reason] = result.skipped.get(reason, 0) + n
@@ -147,10 +148,13 @@ class Quantizer:
         chosen, _ = self._speed_choice(graph, ctx, self._config())
         return frozenset(i for i, node in enumerate(graph.nodes) if id(node) in chosen)
 
-    @staticmethod
-    def _speed_choice(graph: gs.Graph, ctx: Context, config: PlacementConfig) -> tuple[set[int], dict]:
-        """The speed model's minimum cut: ids of the nodes worth running on integers."""
-        return integer_nodes(graph, candidate_nodes(graph, config), SpeedModel(ctx.cost_shapes()))
+    def _speed_choice(self, graph: gs.Graph, ctx: Context, config: PlacementConfig) -> tuple[set[int], dict]:
+        """The speed model's minimum cut: ids of the nodes worth running on integers (the
+        estimate names the cost table under ``"table"``)."""
+        table = cost_table(self.options.speed_model)
+        log.info("quant: speed model: %s", table.source)
+        chosen, estimate = integer_nodes(graph, candidate_nodes(graph, config), SpeedModel(ctx.cost_shapes(), table))
+        return chosen, {**estimate, "table": table.source}
 
     def calibrate(self, ctx: Context, names: list[str], known: dict | None = None) -> dict:
         """Ranges of ``names`` on ``ctx.data``; those in ``known`` are taken from it, the others

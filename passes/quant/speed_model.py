@@ -9,8 +9,11 @@ disagreement, so it is solved exactly by one s-t minimum cut (networkx):
 
 - source side = float, sink side = integer; an edge ``source -> op`` of capacity ``int_ns``
   (paid when the op ends up integer), ``op -> sink`` of capacity ``float_ns``;
-- each data edge ``u -> v`` becomes two arcs of capacity ``conversion_ns`` (paid when cut);
-- ops that cannot run on integers, graph inputs and graph outputs are tied to the source.
+- each tensor costs one ``conversion_ns`` when its producer and any of its readers are in
+  different domains (one DQ serves every float reader, one Q every integer reader): a hyperedge,
+  cut exactly through an auxiliary node (:func:`_conversions`);
+- ops that cannot run on integers, graph inputs (and a body's outer-scope tensors) and graph
+  outputs are tied to the source.
 
 So a model where integers do not pay (PP-OCR cls at 48x192: tiny channel counts, many depthwise
 convolutions) stays float instead of getting slower, and a region that pays only as a whole
@@ -22,16 +25,35 @@ digits, is what matters: integer pointwise Conv/MatMul are ~2.5x cheaper per MAC
 depthwise Conv costs the same per MAC but ~35 us more per call; QLinearMul, Resize and MaxPool on
 uint8 are slower than their float versions; a float HardSwish/Relu after a Conv is fused for free;
 an affine map folded into a DQ costs nothing. MACs are ``M``, output elements ``E``.
+
+Measured tables. That table is right on the CPU it was fitted on and for PP-OCR's shapes. By
+default (``quant{speed-model=auto}``, or ``measured``) the classes it matters most for are
+measured on the running machine instead (:mod:`graphc.bench.cost_probe`: one-op float and QDQ
+models at representative shapes, one intra-op thread, like this table; fitted by least squares)
+and cached per CPU and onnxruntime version (:mod:`graphc.bench.cost_table`): ``conv`` (2-D),
+``conv1d`` (``(N, C, T)``, e.g. a VAD's), ``depthwise``, ``grouped``, ``matmul`` (constant weight,
+``[B*T, K] x [K, N]``), ``matmul_act`` (attention), ``add`` and ``convert``. Classes the probe does
+not measure keep this table's costs; a class the builtin table does not name takes its nearest
+(``conv1d`` -> ``conv``, ``grouped`` -> ``depthwise``, ``matmul_act`` -> ``matmul``), so the builtin
+model behaves exactly as before. ``speed-model=builtin`` or ``GRAPHC_SPEED_MODEL=builtin`` (read
+when the option is ``auto``) picks this table alone (deterministic; the tests use it). Which table
+was used is in the pass's stats (``speed_model``).
 """
 from __future__ import annotations
 
+import logging
+import os
 from dataclasses import dataclass
 from math import prod
 
 import networkx as nx
 import onnx_graphsurgeon as gs
 
+from graphc.bench.cost_table import measured_table
+from graphc.errors import GraphcError
 from graphc.ir import consumers, is_graph_output, is_standard_op, producer
+
+log = logging.getLogger(__name__)
 
 #: a conversion: a QuantizeLinear or DequantizeLinear plus the layout change between the float
 #: (NCHWc) and integer (NHWC) kernels: fixed ns, ns per element.
@@ -77,10 +99,79 @@ TABLE: dict[str, tuple[Linear, Linear]] = {
 }
 
 
+#: a Relu/Clip after a Conv costs nothing either way, so the cut is indifferent to where the Q
+#: goes when the next op is float; a nanosecond breaks the tie towards integers, where the Q
+#: after the Relu absorbs it and its range starts at 0 (twice the resolution of a Q before it)
+FUSED_TIE_NS = 1.0
+#: a class the builtin table does not name costs what its nearest class costs there
+NEAREST = {"conv1d": "conv", "grouped": "depthwise", "matmul_act": "matmul"}
+#: where the cost table comes from when the option is ``auto``
+ENV = "GRAPHC_SPEED_MODEL"
+
+
+@dataclass(frozen=True)
+class CostTable:
+    """The (float, integer) cost of each op class, the cost of one conversion, and where they
+    come from (``source``: "builtin ..." or "measured on <cpu>, onnxruntime <version>")."""
+
+    entries: dict
+    convert: tuple[float, float]
+    source: str
+
+    def costs(self, cls: str) -> tuple[Linear, Linear]:
+        if cls in self.entries:
+            return self.entries[cls]
+        return self.entries[NEAREST[cls]]
+
+    @classmethod
+    def from_measured(cls, table: dict, source: str) -> "CostTable":
+        """The builtin table with the measured classes (and conversion) replaced."""
+        entries = dict(TABLE)
+        for name, sides in table.items():
+            if name != "convert":
+                entries[name] = (Linear(*sides["float"]), Linear(*sides["int"]))
+        fixed, _, per_elem = table["convert"]["int"]
+        return cls(entries, (fixed, per_elem), source)
+
+
+BUILTIN = CostTable(TABLE, CONVERT_NS, "builtin (fitted on an AVX512-VNNI Xeon, onnxruntime 1.32)")
+
+
+def cost_table(choice: str = "auto") -> CostTable:
+    """The table for ``quant{speed-model=choice}``: ``auto`` reads ``$GRAPHC_SPEED_MODEL``
+    (``builtin`` or ``measured``) and is ``measured`` without it; ``measured`` falls back to the
+    builtin table, with a warning, when it cannot be measured."""
+    if choice == "auto":
+        choice = os.environ.get(ENV, "").strip().lower() or "measured"
+        if choice not in ("builtin", "measured"):
+            log.warning("speed model: %s=%r is neither builtin nor measured; using measured", ENV, choice)
+            choice = "measured"
+    if choice == "builtin":
+        return BUILTIN
+    try:
+        measured = measured_table()
+    except (GraphcError, OSError, RuntimeError, ValueError) as exc:
+        log.warning("speed model: cannot measure this CPU (%s); using the builtin table", exc)
+        return BUILTIN
+    return CostTable.from_measured(measured.table, f"measured on {measured.key.describe()}")
+
+
+def conv_class(node: gs.Node) -> str:
+    """conv (2-D and more), conv1d (``(N, C, T)``), depthwise (one input channel per group) or
+    grouped (several)."""
+    w = node.inputs[1] if len(node.inputs) > 1 else None
+    shape = w.values.shape if isinstance(w, gs.Constant) else None
+    if int(node.attrs.get("group", 1)) > 1:
+        return "depthwise" if shape is None or shape[1] == 1 else "grouped"
+    return "conv1d" if shape is not None and len(shape) == 3 else "conv"
+
+
 def op_class(node: gs.Node, fused_after_conv: bool) -> str | None:
     op = node.op
     if op == "Conv":
-        return "depthwise" if int(node.attrs.get("group", 1)) > 1 else "conv"
+        return conv_class(node)
+    if op == "MatMul" and len(node.inputs) > 1 and not isinstance(node.inputs[1], gs.Constant):
+        return "matmul_act"
     if op in ("Gemm", "MatMul", "ConvTranspose"):
         return "matmul" if op != "ConvTranspose" else "conv"
     if op in ("Relu", "Clip"):
@@ -106,8 +197,9 @@ def op_class(node: gs.Node, fused_after_conv: bool) -> str | None:
 class SpeedModel:
     """Float and integer cost of each candidate, from element counts at concrete shapes."""
 
-    def __init__(self, shapes: dict):
+    def __init__(self, shapes: dict, table: CostTable = BUILTIN):
         self.shapes = shapes
+        self.table = table
 
     def elems(self, tensor: gs.Tensor) -> float:
         info = self.shapes.get(tensor.name)
@@ -136,12 +228,14 @@ class SpeedModel:
         cls = self._class(node)
         if cls is None:
             return None
-        fl, it = TABLE[cls]
+        fl, it = self.table.costs(cls)
         if cls in ("pool", "maxpool"):
             elems = self.elems(node.inputs[0])
         else:
             elems = self.elems(node.outputs[0]) if node.outputs else 0.0
         macs = self.macs(node)
+        if cls == "fused":  # a tie: the Q after an integer Conv absorbs it (see FUSED_TIE_NS)
+            return fl(macs, elems) + FUSED_TIE_NS, it(macs, elems)
         return fl(macs, elems), it(macs, elems)
 
     def _class(self, node: gs.Node) -> str | None:
@@ -174,7 +268,7 @@ class SpeedModel:
         return len(node.inputs) == 2 and any(self._is_hardsigmoid_of_other(t, node) for t in node.inputs)
 
     def conversion(self, tensor: gs.Tensor) -> float:
-        fixed, per = CONVERT_NS
+        fixed, per = self.table.convert
         return fixed + per * self.elems(tensor)
 
 
@@ -185,41 +279,62 @@ def integer_nodes(graph: gs.Graph, candidates: list[gs.Node], model: SpeedModel)
     s, t = "float", "integer"
     g.add_node(s)
     g.add_node(t)
-    est_float = est_mixed = 0.0
+    est_float = 0.0
     costs = {}
     for node in candidates:
         c = model.costs(node)
         if c is None:
             continue
         costs[id(node)] = c
-        g.add_edge(s, id(node), capacity=c[1])
-        g.add_edge(id(node), t, capacity=c[0])
+        _add(g, s, id(node), c[1])
+        _add(g, id(node), t, c[0])
         est_float += c[0]
-    for node in graph.nodes:
-        for out in node.outputs:
-            for user in consumers(out):
-                _link(g, node, user, model.conversion(out), costs)
-            if is_graph_output(graph, out) and id(node) in costs:  # outputs are read as float
-                prev = g.get_edge_data(s, id(node), {}).get("capacity", 0.0)
-                g.add_edge(s, id(node), capacity=prev + model.conversion(out))
-    for tensor in graph.inputs:
-        for user in consumers(tensor):
-            if id(user) in costs:
-                g.add_edge(s, id(user), capacity=g.get_edge_data(s, id(user), {}).get("capacity", 0)
-                           + model.conversion(tensor))
+    for tensor in _data_tensors(graph, [cand[n] for n in costs]):
+        _conversions(g, graph, tensor, model.conversion(tensor), costs)
     cut, (float_side, int_side) = nx.minimum_cut(g, s, t)
     chosen = {n for n in int_side if n in cand and n in costs}
-    for nid, (fl, it) in costs.items():
-        est_mixed += it if nid in chosen else fl
     return chosen, {"estimated_float_us": est_float / 1000, "estimated_cut_us": cut / 1000}
 
 
-def _link(g: nx.DiGraph, u: gs.Node, v: gs.Node, conversion: float, costs: dict) -> None:
-    """A data edge u -> v: conversion cost if their domains differ. Non-candidates are float."""
-    a = id(u) if id(u) in costs else "float"
-    b = id(v) if id(v) in costs else "float"
-    if a == b:
-        return
-    for x, y in ((a, b), (b, a)):
-        prev = g.get_edge_data(x, y, {}).get("capacity", 0.0)
-        g.add_edge(x, y, capacity=prev + conversion)
+def _data_tensors(graph: gs.Graph, nodes: list[gs.Node]) -> list[gs.Tensor]:
+    """Every tensor the graph's nodes produce, and every activation a candidate reads (graph
+    inputs, outer-scope tensors of a body), once each."""
+    seen: dict[int, gs.Tensor] = {}
+    for node in graph.nodes:
+        for out in node.outputs:
+            seen.setdefault(id(out), out)
+    for node in nodes:
+        for tensor in node.inputs:
+            if isinstance(tensor, gs.Variable) and tensor.name:
+                seen.setdefault(id(tensor), tensor)
+    return list(seen.values())
+
+
+def _conversions(g: nx.DiGraph, graph: gs.Graph, tensor: gs.Tensor, conversion: float, costs: dict) -> None:
+    """A tensor costs one DequantizeLinear when its producer is integer and any reader float
+    (graph outputs are read as float), and one QuantizeLinear when its producer is float and any
+    reader integer: one conversion however many readers share it. Each is a hyperedge, exact in
+    a cut through an auxiliary node: ``reader -> aux`` (infinite) and ``aux -> producer``
+    (``conversion``) for the DQ; ``producer -> aux`` (``conversion``) and ``aux -> reader``
+    (infinite) for the Q. Non-candidates (and graph inputs) are the float source."""
+    src = producer(tensor)
+    u = id(src) if src is not None and id(src) in costs else "float"
+    readers = ["float" if id(v) not in costs else id(v) for v in consumers(tensor)]
+    if is_graph_output(graph, tensor):
+        readers.append("float")
+    int_readers = [r for r in readers if r != "float"]
+    if u != "float" and readers:
+        dq = ("dq", id(tensor))
+        for r in set(readers):
+            g.add_edge(r, dq)  # no capacity: infinite
+        _add(g, dq, u, conversion)
+    if int_readers:
+        q = ("q", id(tensor))
+        _add(g, u, q, conversion)
+        for r in set(int_readers):
+            g.add_edge(q, r)
+
+
+def _add(g: nx.DiGraph, a, b, capacity: float) -> None:
+    prev = g.get_edge_data(a, b, {}).get("capacity", 0.0)
+    g.add_edge(a, b, capacity=prev + capacity)
