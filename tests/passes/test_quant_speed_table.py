@@ -105,8 +105,21 @@ def test_a_failed_measurement_falls_back_to_the_builtin_table(monkeypatch):
 def test_measured_classes_replace_the_builtin_ones_and_the_rest_stay():
     table = CostTable.from_measured({"convert": {"float": [7.0, 0.0, 0.5], "int": [7.0, 0.0, 0.5]},
                                      "conv1d": {"float": [1.0, 2.0, 3.0], "int": [4.0, 5.0, 6.0]}}, "measured")
-    assert table.costs("conv1d") == (Linear(1, 2, 3), Linear(4, 5, 6))
-    assert table.costs("depthwise") == TABLE["depthwise"] and table.convert == (7.0, 0.5)
+    assert table.costs("conv1d") == (Linear(1, 2, 3), Linear(4, 5, 6))  # nothing to scale by: 1
+    assert table.costs("depthwise") == TABLE["depthwise"] and table.convert == speed_model.CONVERT_NS
+
+
+def test_measured_costs_are_put_in_the_builtin_units():
+    # this machine runs float Conv at half the builtin table's cost: its measured Conv1d costs
+    # count double in the builtin units; the measured 2-D Conv itself is not taken
+    fl = TABLE["conv"][0]
+    half = [fl.fixed / 2, fl.per_mac / 2, fl.per_elem / 2]
+    table = CostTable.from_measured({"convert": {"float": [0.0, 0.0, 0.0], "int": [0.0, 0.0, 0.0]},
+                                     "conv": {"float": half, "int": half},
+                                     "conv1d": {"float": [1.0, 2.0, 3.0], "int": [4.0, 5.0, 6.0]}}, "measured")
+    assert speed_model.machine_scale({"conv": (Linear(*half), Linear())}) == pytest.approx(0.5)
+    assert table.costs("conv1d")[0] == Linear(2, 4, 6) and table.costs("conv1d")[1] == Linear(8, 10, 12)
+    assert table.costs("conv") == TABLE["conv"]
 
 
 # -- the cut ----------------------------------------------------------------------------------
