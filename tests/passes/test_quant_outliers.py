@@ -190,16 +190,34 @@ def test_static_only_options():
 # -- embedding row scales (passes/quant/embedding.py) ---------------------------------------
 
 
-def test_embedding_row_scales_half_when_they_fit():
+def test_embedding_row_scales_coded_when_their_range_is_narrow():
+    from graphc.passes.quant.embedding import CODEBOOK, int8_rows
+
+    table = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+    q, scales = int8_rows(table)
+    assert scales.table is None and scales.codes.dtype == np.uint8 and scales.codes.shape == (3000, 1)
+    assert scales.codebook.dtype == np.float32 and scales.codebook.shape == (CODEBOOK,)
+    exact = np.abs(table.astype(np.float64)).max(axis=1, keepdims=True) / 127
+    stored = scales.values()
+    # rounded up onto the grid: never below the exact scale, at most rho = (hi/lo)^(1/255) above
+    rho = (exact.max() / exact.min()) ** (1 / (CODEBOOK - 1))
+    assert np.all(stored >= exact) and np.all(stored <= exact * rho * (1 + 1e-6))
+    assert np.abs(q).max() <= 127
+    assert np.all(np.abs(q * stored - table) <= stored / 2 + 1e-7)
+
+
+def test_embedding_row_scales_half_when_their_range_is_wide():
     from graphc.passes.quant.embedding import int8_rows
 
     table = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
-    q, scale = int8_rows(table)
-    assert scale.dtype == np.float16 and scale.shape == (300, 1)
+    table[3] *= 1e3  # the scales span 1e3+: a 256-level grid would step by more than 2^-6
+    q, scales = int8_rows(table)
+    scale = scales.table
+    assert scales.codes is None and scale.dtype == np.float16 and scale.shape == (300, 1)
     exact = np.abs(table.astype(np.float64)).max(axis=1, keepdims=True) / 127
     assert np.all(scale.astype(np.float64) >= exact) and np.all(scale.astype(np.float64) <= exact * (1 + 2 ** -10))
     assert np.abs(q).max() <= 127
     assert np.all(np.abs(q * scale.astype(np.float64) - table) <= scale.astype(np.float64) / 2 + 1e-7)
     table[7] *= 1e-6  # a row whose scale is below float16's normal range
-    _, scale = int8_rows(table)
-    assert scale.dtype == np.float32
+    _, scales = int8_rows(table)
+    assert scales.table.dtype == np.float32
