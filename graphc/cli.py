@@ -536,6 +536,25 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, flush=True)
 
 
+class InputNotesOnce(logging.Filter):
+    """Lets each of load's notes about the input (``input: ...``: functions inlined, declarations
+    repaired) through once per command: a run reads its input again (the reference for
+    verification, the per-layer error, the report), and every read would repeat them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("input: "):
+            return True
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else \
         logging.ERROR if args.quiet else logging.WARNING
@@ -545,6 +564,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     handler = logging.StreamHandler(sys.stderr)  # the current stderr, also when tests swap it
     handler.setFormatter(logging.Formatter("graphc: %(levelname)s: %(message)s"))
     handler._graphc_cli = True  # type: ignore[attr-defined]
+    handler.addFilter(InputNotesOnce())  # a new handler per command: once per run
     logger.addHandler(handler)
     logger.setLevel(level)
 
