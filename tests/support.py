@@ -15,6 +15,7 @@ import onnx
 import onnxruntime as ort
 
 import graphc
+from graphc.cli import main
 from graphc.ir import Model, to_proto
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +114,13 @@ def op_count(model: Model, op: str) -> int:
 def node_named(model: Model, name: str):
     """The node of ``model`` called ``name`` (StopIteration if there is none)."""
     return next(n for n in model.graph.nodes if n.name == name)
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``graphc ARGS`` in process: (exit code, stdout, stderr); arguments are made strings."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def make_model(graph: onnx.GraphProto, opset: int = 13) -> onnx.ModelProto:
