@@ -416,14 +416,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _groups_text(model: Any, args: argparse.Namespace) -> str:
     """The channel-group report of :mod:`graphc.analysis` (and its DOT graph with --dot)."""
     # lazy: a command imports only what it needs (CLI start-up time)
-    from graphc.analysis import ChannelGroups, ChannelGroupsByHeadDim, format_groups, to_dot
     from graphc.passmanager import Context
+    from graphc.analysis import (BodyChannelGroups, BodyChannelGroupsByHeadDim, ChannelGroups,
+                                 ChannelGroupsByHeadDim, format_groups, to_dot)
 
-    kind = ChannelGroups if args.attention == "heads" else ChannelGroupsByHeadDim
-    analysis = Context(model, input_shapes=_shapes(args.input_shape)).analysis(kind)
+    heads = args.attention == "heads"
+    ctx = Context(model, input_shapes=_shapes(args.input_shape))
+    analysis = ctx.analysis(ChannelGroups if heads else ChannelGroupsByHeadDim)
+    bodies = ctx.analysis(BodyChannelGroups if heads else BodyChannelGroupsByHeadDim)
     if args.dot:
         to_dot(analysis, args.dot)
-    return format_groups(analysis) + (f"\nwrote {args.dot}" if args.dot else "")
+    text = "\n".join([format_groups(analysis)] + [format_groups(body) for body in bodies])
+    return text + (f"\nwrote {args.dot} (top graph)" if args.dot and bodies else f"\nwrote {args.dot}" if args.dot else "")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
