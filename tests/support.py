@@ -6,6 +6,7 @@ these helpers deliberately do not use, so tests of passes do not depend on the c
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sysconfig
 from pathlib import Path
@@ -114,6 +115,14 @@ def op_count(model: Model, op: str) -> int:
 def node_named(model: Model, name: str):
     """The node of ``model`` called ``name`` (StopIteration if there is none)."""
     return next(n for n in model.graph.nodes if n.name == name)
+
+
+def load_module(path: Path):
+    """The Python file at ``path`` (a generator script under models/ or tests/data/) as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def cli(capsys, *args) -> tuple[int, str, str]:
