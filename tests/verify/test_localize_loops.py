@@ -4,6 +4,8 @@ divergence, in the first iteration it shows in, even when a node earlier in the 
 from the next iteration on; an uncorrupted model blames nothing; the lifted, stacked body values
 are those of the recurrence computed by hand, and a body layer's error is the error over all its
 iterations concatenated."""
+from pathlib import Path
+
 import numpy as np
 import onnx
 import pytest
@@ -15,7 +17,7 @@ from graphc.ir.outputs import with_outputs
 from graphc.metrics import sqnr_db
 from graphc.verify import Tolerances, compare_models, localize_divergence, shared_tensors
 from graphc.verify.layers import layer_errors
-from support import make_model, run
+from support import cli, make_model, run
 
 STEPS, HIDDEN = 5, 8
 RNG = np.random.default_rng(7)
@@ -200,3 +202,17 @@ def test_body_that_cannot_be_lifted_stops_at_its_loop_with_a_note():
     found = localize_divergence(reference, bad, feeds, Tolerances())
     assert found.candidate_node == "Loop 'grow'"
     assert "inside the Loop's body: not localized further (its body could not be lifted out)" in found.note
+
+
+def test_cli_verify_localize_names_the_body_node_and_its_iteration(tmp_path, capsys):
+    # spox_loop's state starts at zero, so its recurrent weight rnn.U shows from iteration 1 on
+    corpus = Path(__file__).resolve().parents[1] / "models" / "corpus"
+    model = graphc.load(corpus / "spox_loop.onnx")
+    weight = next(t for _, g in walk_graphs(model.graph) for t in g.tensors().values() if t.name == "rnn.U")
+    weight.values = weight.values * np.float32(1.05)
+    bad = graphc.save(model, tmp_path / "bad.onnx")
+    code, out, err = cli(capsys, "verify", corpus / "spox_loop.onnx", bad, "--data", corpus / "spox_loop.npz",
+                         "--localize")
+    assert code == 1, err
+    assert "    candidate node: MatMul 'rnn/body/body.hu'" in out
+    assert "    inside the body of rnn: first diverges in iteration 1 (of 16)" in out
