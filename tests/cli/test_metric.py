@@ -8,21 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphc.cli import main
-from report_passes import registered, write_labelled_data, write_net
-from support import run
+from report_passes import write_labelled_data, write_net
+from support import cli, run
 
 
-@pytest.fixture(autouse=True)
-def test_passes():
-    with registered():
-        yield
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+pytestmark = pytest.mark.usefixtures("report_passes_registered")
 
 
 def gate(report, name):
