@@ -44,3 +44,24 @@ def relative_error(reference, candidate, labels=None):
 
 
 relative_error.higher_is_better = False
+
+
+def _argmax_counts(reference, candidate, labels=None, output="y"):
+    """Per sample: positions whose argmax over axis 1 differs from the reference's, and positions."""
+    errors, totals = [], []
+    for r, c in zip(reference, candidate):
+        ref, cand = np.argmax(r[output], axis=1), np.argmax(c[output], axis=1)
+        errors.append(int(np.sum(ref != cand)))
+        totals.append(ref.size)
+    return np.array(errors), np.array(totals)
+
+
+def argmax_error(reference, candidate, labels=None, output="y"):
+    """Pooled fraction of positions whose argmax over axis 1 moved: lower is better; its per-sample
+    counts let a budget bound it (graphc.verify.metric_bound)."""
+    errors, totals = _argmax_counts(reference, candidate, labels, output)
+    return float(errors.sum() / totals.sum())
+
+
+argmax_error.higher_is_better = False
+argmax_error.counts = _argmax_counts
