@@ -275,7 +275,8 @@ def _run_pipeline(recipe: Recipe, inputs: _Inputs, instruments: list[Any]) -> An
                        tolerances=tolerances(recipe), input_shapes=inputs.shapes, seed=recipe.data.seed,
                        verify_data=verify_data, instruments=instruments,
                        max_seconds=recipe.limits.max_seconds, metric=inputs.metric,
-                       evaluation=inputs.evaluation if recipe.data.evaluation else None).run(inputs.model)
+                       evaluation=inputs.evaluation if recipe.data.evaluation else None,
+                       evaluation_labels=inputs.metric_labels if recipe.data.evaluation else None).run(inputs.model)
 
 
 def tolerances(recipe: Recipe) -> Any:

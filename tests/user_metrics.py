@@ -47,12 +47,14 @@ relative_error.higher_is_better = False
 
 
 def _argmax_counts(reference, candidate, labels=None, output="y"):
-    """Per sample: positions whose argmax over axis 1 differs from the reference's, and positions."""
+    """Per sample: positions whose argmax over axis 1 differs from the labels' (one [H, W] map of
+    class indices per sample) or else from the reference's, and positions."""
     errors, totals = [], []
-    for r, c in zip(reference, candidate):
-        ref, cand = np.argmax(r[output], axis=1), np.argmax(c[output], axis=1)
-        errors.append(int(np.sum(ref != cand)))
-        totals.append(ref.size)
+    for i, (r, c) in enumerate(zip(reference, candidate)):
+        cand = np.argmax(c[output], axis=1)
+        truth = np.argmax(r[output], axis=1) if labels is None else np.asarray(labels[i]).reshape(cand.shape)
+        errors.append(int(np.sum(truth != cand)))
+        totals.append(truth.size)
     return np.array(errors), np.array(totals)
 
 

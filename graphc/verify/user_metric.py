@@ -37,7 +37,7 @@ from graphc.progress import progress
 from graphc.runtime import create_session, run_session
 from graphc.verify.compare import match_outputs
 from graphc.verify.feeds import ModelInput, open_model
-from graphc.verify.metric_bound import pooled_rate, rate_upper
+from graphc.verify.metric_bound import paired_bootstrap_upper, pooled_rate, rate_upper
 
 
 @dataclass(frozen=True)
@@ -84,7 +84,9 @@ class UserMetric:
             cand = self.function.counts(reference, candidate, labels, **dict(self.args))
         except Exception as exc:  # the user's code: any exception becomes one line
             raise MetricError(f"metric {self.spec} counts raised {type(exc).__name__}: {_first_line(exc)}") from None
-        return rate_upper(*cand, confidence) - pooled_rate(ref)
+        if labels is None:  # the reference is the truth: its rate is 0, the candidate's its disagreement
+            return rate_upper(*cand, confidence) - pooled_rate(ref)
+        return paired_bootstrap_upper(cand, ref, confidence)
 
 
 def load_metric(spec: str, args: Iterable[str] = ()) -> UserMetric:

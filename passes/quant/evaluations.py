@@ -9,9 +9,10 @@ force (:mod:`graphc.executor`: by default two spawned processes, each given the 
 or Ray, the job put in its object store once); results come back in the order asked.
 
 Evaluation data. A metric budget (``max-metric-drop``) scores on the evaluation data when the run
-has it (``--eval-data``, :attr:`Context.evaluation`; up to ``MAX_EVAL_FEEDS`` samples), apart from
-the calibration samples the ranges come from: more samples than calibration needs, and not the
-ones the ranges were fitted on. Each evaluation then also gives the metric drop's upper confidence
+has it (``--eval-data``, :attr:`Context.evaluation`; up to ``MAX_EVAL_FEEDS`` samples, all of them
+when it has labels), apart from the calibration samples the ranges come from: more samples than
+calibration needs, and not the ones the ranges were fitted on. With labels
+(:attr:`Context.evaluation_labels`) the metric's truth is the labels, not the float outputs. Each evaluation then also gives the metric drop's upper confidence
 bound (``metric-confidence``, :mod:`graphc.verify.metric_bound`), which the budget holds to.
 
 Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
@@ -22,6 +23,7 @@ the sensitivity sweep and every set already measured.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -113,6 +115,7 @@ class Job:
     metric_reference: float | None = None  # the float model's own score (its outputs as the truth)
     confidence: float = 0.0  # of the metric drop's upper bound (0: the point estimate only)
     calibration_feeds: list[dict] | None = None  # when the budget scores on evaluation data
+    labels: Any = None  # of the evaluation data: the metric's truth (None: the float outputs)
 
     def metric_drop(self, outputs: list[list[np.ndarray]] | None) -> tuple[float | None, float | None]:
         """What the candidate's ``outputs`` lose in the user's metric (positive is worse), and the
@@ -120,10 +123,11 @@ class Job:
         if self.metric is None or outputs is None:
             return None, None
         named = lambda lists: [dict(zip(self.output_names, o)) for o in lists]  # noqa: E731
-        gap = self.metric_reference - self.metric.score(named(self.references), named(outputs))
+        gap = self.metric_reference - self.metric.score(named(self.references), named(outputs), self.labels)
         bound = None
         if self.confidence > 0:
-            bound = self.metric.drop_upper_bound(named(self.references), named(outputs), self.confidence)
+            bound = self.metric.drop_upper_bound(named(self.references), named(outputs), self.confidence,
+                                                 self.labels)
         return (gap if self.metric.higher_is_better else -gap), bound
 
     def allowed(self, graph, float_layers) -> frozenset[int] | None:
@@ -165,8 +169,11 @@ class Budget:
         #: what the evaluations score on: a metric budget uses the evaluation data when given
         #: (held apart from calibration, and as many samples as given, for a tighter bound)
         self.feeds = self.calibration_feeds
+        self.labels = None
         if self.metric is not None and ctx.evaluation is not None:
-            self.feeds = [dict(f) for _, f in zip(range(MAX_EVAL_FEEDS), ctx.evaluation)]
+            self.labels = ctx.evaluation_labels  # all of the evaluation data then: labels match it
+            limit = None if self.labels is not None else MAX_EVAL_FEEDS
+            self.feeds = [dict(f) for f in itertools.islice(ctx.evaluation, limit)]
         self.cache = EvaluationCache(self._digest())
         self.runs = 0
         self._job: Job | None = None
@@ -196,7 +203,7 @@ class Budget:
             self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions,
                             *self._metric_fields(references), confidence=self._confidence(),
                             calibration_feeds=self.calibration_feeds if self.feeds is not self.calibration_feeds
-                            else None)
+                            else None, labels=self.labels)
             self._plan_ctx = plan_ctx
         return self._job
 
@@ -221,7 +228,7 @@ class Budget:
             return ()
         names = tuple(t.name for t in self._ctx.model.graph.outputs)
         named = [dict(zip(names, o)) for o in references]
-        return self.metric, names, self.metric.score(named, named)
+        return self.metric, names, self.metric.score(named, named, self.labels)
 
     def _confidence(self) -> float:
         return float(getattr(self.options, "metric_confidence", 0.0) or 0.0) if self.metric is not None else 0.0
@@ -230,6 +237,8 @@ class Budget:
         h = hashlib.sha256(self.model_bytes)
         if self.metric is not None:  # scores measured with another metric are not these
             h.update(repr((self.metric.spec, self.metric.args)).encode())
+        if self.labels is not None:
+            h.update(repr(np.asarray(self.labels).tolist()).encode())
         for feed in self.feeds + ([] if self.feeds is self.calibration_feeds else self.calibration_feeds):
             for name in sorted(feed):
                 h.update(name.encode())

@@ -101,3 +101,31 @@ def test_a_bound_too_wide_for_the_data_says_to_give_more():
     _, model, record = _bounded("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.001}",
                                 _feeds(), None)
     assert any("more --eval-data tightens it" in reason for reason in record.skipped)
+
+
+def test_with_labels_the_budget_bounds_the_change_against_the_truth():
+    from graphc.verify.metric_bound import paired_bootstrap_upper
+    from graphc.verify.scores import reference_outputs
+    from user_metrics import _argmax_counts
+
+    evaluation = _eval_feeds()
+    model = _chain()
+    reference = model.copy()
+    float_out = [{"y": o[0]} for o in reference_outputs(reference, evaluation)]
+    # the truth: the float model's argmax with every 7th position moved, so the float model has errors
+    labels = np.stack([np.argmax(f["y"], axis=1) for f in float_out])
+    labels.reshape(-1)[::7] = (labels.reshape(-1)[::7] + 1) % 16
+    manager = graphc.PassManager("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.03}",
+                                 data=open_data(_feeds(), model), metric=load_metric("user_metrics:argmax_error"),
+                                 evaluation=open_data(evaluation, model), evaluation_labels=labels)
+    s = manager.run(model).records[-1].stats
+    got = [{"y": o[0]} for o in reference_outputs(model, evaluation)]
+    cand, ref = _argmax_counts(float_out, got, labels), _argmax_counts(float_out, float_out, labels)
+    drop = cand[0].sum() / cand[1].sum() - ref[0].sum() / ref[1].sum()
+    assert ref[0].sum() > 0  # the float model is not the truth here
+    assert s["budget_metric_drop"] == pytest.approx(drop, abs=1e-6)
+    bound = paired_bootstrap_upper(cand, ref, 0.95)
+    assert s["budget_metric_drop_bound"] == pytest.approx(bound, abs=1e-6) and bound <= 0.03
+    # against the labels the drop is a difference: smaller than the disagreement with the float model
+    disagreement = _argmax_counts(float_out, got)
+    assert drop < disagreement[0].sum() / disagreement[1].sum()

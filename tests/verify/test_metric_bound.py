@@ -65,3 +65,20 @@ def test_pooled_rate_and_the_drop_bound_of_a_metric_with_counts():
     assert bound > 0.04
     plain = UserMetric("x:y", lambda r, c, labels=None: 0.0)
     assert not plain.has_counts and plain.drop_upper_bound(ref, cand, 0.95) is None
+
+
+def test_paired_bootstrap_counts_changes_both_ways():
+    from graphc.verify.metric_bound import paired_bootstrap_upper
+
+    totals = np.full(200, 20)
+    reference = np.zeros(200); reference[::10] = 2          # 40 errors in 4000 characters
+    # the candidate mends 10 lines and breaks 12 others by one character: +2 errors in all
+    candidate = reference.copy(); candidate[:100:10] -= 1; candidate[1:25:2] += 1
+    bound = paired_bootstrap_upper((candidate, totals), (reference, totals), 0.95)
+    point = (candidate.sum() - reference.sum()) / totals.sum()
+    assert point == pytest.approx(2 / 4000) and point < bound < 0.003
+    # the same candidate as the reference: every resample's difference is 0
+    assert paired_bootstrap_upper((reference, totals), (reference, totals), 0.95) == 0.0
+    # labelled drop through a metric: the paired bound, not the disagreement bound
+    with pytest.raises(ValueError, match="samples"):
+        paired_bootstrap_upper((candidate[:3], totals[:3]), (reference, totals), 0.95)
