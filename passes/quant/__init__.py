@@ -87,9 +87,10 @@ class Quantize(Pass):
                                   "needed); auto: dynamic without --data, and with it when MatMul/Gemm "
                                   "with constant weights hold most MACs (transformers), else u8",
                                   choices=("auto", "u8", "s8", "dynamic"))
-        outlier_channels: int = option(8, "activations=dynamic with --data: at most this many input channels "
-                                       "per MatMul/Gemm whose calibrated max |x| exceeds 6x the median "
-                                       "channel's stay float (a thin float MatMul beside the int8 one); 0: none",
+        outlier_channels: int = option(16, "activations=dynamic with --data: at most this many input channels "
+                                       "per MatMul/Gemm whose calibrated max |x| exceeds 4x the median "
+                                       "channel's stay float (a thin float MatMul beside the int8 one; when "
+                                       "none exceeds 6x, they are moved into the weights instead); 0: none",
                                        min=0, max=64)
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
