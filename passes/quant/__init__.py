@@ -113,8 +113,13 @@ class Quantize(Pass):
                                           "at least this", min=0.0, max=1.0)
         max_metric_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
                                                "user's metric (--metric) loses at most this against the float "
-                                               "model on the calibration data, the float outputs as the truth",
+                                               "model on the evaluation data (--eval-data, else the calibration "
+                                               "data), the float outputs as the truth",
                                                min=0.0)
+        metric_confidence: float = option(0.95, "max-metric-drop: hold the drop's upper bound at this confidence "
+                                          "(binomial and bootstrap over samples, for metrics with per-sample "
+                                          "counts such as ctc_cer and box F1); 0: the point estimate",
+                                          min=0.0, max=0.999)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "
