@@ -25,20 +25,16 @@ relative weight error ``||W - W'|| / ||W||`` (importance-weighted when data-awar
 """
 from __future__ import annotations
 
-import fnmatch
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.calib.moments import channel_moments
-from graphc.ir import NameFactory, node_label
+from graphc.ir import NameFactory
 from graphc.passes.cluster.kmeans import kmeans_1d
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
-from graphc.rewrite.linear_weights import LinearWeight, match_linear_weight
-
-log = logging.getLogger(__name__)
+from graphc.rewrite.linear_weights import LinearWeight, collect_linear_weights
 
 #: ONNX TensorProto.INT32 (Gather reads int32 or int64 indices, not uint8)
 CAST_TO_INT32 = 6
@@ -84,30 +80,10 @@ class Cluster(Pass):
         return result
 
     def _candidates(self, graph: gs.Graph, ctx: Context, result: PassResult) -> list[_Layer]:
-        shapes = ctx.shapes()
-        layers = []
-        for node in graph.nodes:
-            if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-                continue
-            weight = match_linear_weight(node, shapes)
-            if isinstance(weight, LinearWeight):
-                reason = self._refuse(weight)
-                if reason is None:
-                    layers.append(_Layer(weight))
-                    continue
-            else:
-                reason = weight
-            result.skip(reason)
-            log.info("%s not clustered: %s", node_label(node), reason)
-        return layers
-
-    def _refuse(self, weight: LinearWeight) -> str | None:
-        if any(fnmatch.fnmatchcase(weight.node.name or "", p) for p in self.options.ignore):
-            return "ignored by pattern"
-        size = weight.tensor.values.size
-        if size < max(self.options.min_params, 1):
-            return "fewer weights than min-params"
-        return None
+        opts = self.options
+        weights = collect_linear_weights(graph, ctx.shapes(), result, action="clustered",
+                                         ignore=opts.ignore, min_params=opts.min_params)
+        return [_Layer(weight) for weight in weights]
 
     def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory) -> dict:
         w = np.asarray(layer.weight.tensor.values)
