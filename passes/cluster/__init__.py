@@ -14,9 +14,13 @@ inputs are uncorrelated. Without data every weight counts alike.
 
 Stored form that onnxruntime runs: ``uint8`` indices (the shape of W) and the codebook (float,
 the weight's dtype), decoded by ``Gather(codebook, Cast(indices, int32))`` into the layer's weight
-input. Both inputs are constants, so onnxruntime folds the decode at session creation: inference
-runs the dense weight at the same speed, the file holds one byte per weight instead of four, and
-the entropy-coded size (:mod:`graphc.ir.compressed_size`) counts the Huffman-coded indices.
+input. With ``pack=true`` (the default), a codebook of at most 16 values (bits <= 4) and at least
+1024 weights (below, the unpacking nodes cost more than they save), the indices are packed two to a byte and unpacked in the graph by Mod/BitShift on uint8
+(:mod:`graphc.ir.codebook`; opset >= 11, else uint8): half the index bytes, the same decoded
+weight bit for bit. All inputs are constants, so onnxruntime folds the decode at session creation:
+inference runs the dense weight at the same speed, the file holds one byte (or half a byte) per
+weight instead of four, and the entropy-coded size (:mod:`graphc.ir.compressed_size`) counts the
+Huffman-coded indices.
 Don't run fold-constants after cluster: it would decode the weights back into dense constants.
 
 A layer whose weight is already decoded from a codebook is no longer constant and is skipped:
@@ -32,6 +36,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.calib.moments import channel_moments
 from graphc.ir import NameFactory
+from graphc.ir.codebook import NIBBLE_SYMBOLS, PACK_MIN_INDICES, PACKING_OPSET, pack_nibbles
 from graphc.passes.cluster.kmeans import kmeans_1d
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 from graphc.rewrite.linear_weights import LinearWeight, collect_linear_weights
@@ -60,6 +65,8 @@ class Cluster(Pass):
         seed: int = option(0, "k-means++ seed (the result is deterministic for a seed)", min=0)
         min_params: int = option(0, "leave layers with fewer weights than this as they are", min=0)
         ignore: tuple[str, ...] = option((), "node name patterns (fnmatch) left as they are")
+        pack: bool = option(True, "codebooks of <= 16 values, layers of >= 1024 weights: two indices per "
+                            "byte, unpacked in the graph by Mod/BitShift (opset >= 11)")
 
     def requires_data(self) -> bool:
         return False  # data only weighs the clustering
@@ -70,8 +77,11 @@ class Cluster(Pass):
         if layers and ctx.data is not None and self.options.weighted:
             _attach_importance(ctx, layers)
         names = NameFactory(graph)
+        pack = self.options.pack and ctx.opset >= PACKING_OPSET
+        if self.options.pack and not pack and layers:
+            ctx.note(f"cluster: opset {ctx.opset} < {PACKING_OPSET} has no BitShift; indices stored as uint8")
         for layer in layers:
-            record = self._cluster(graph, layer, names)
+            record = self._cluster(graph, layer, names, pack)
             result.count("clustered")
             result.details.append(record)
         if result.details:
@@ -85,7 +95,7 @@ class Cluster(Pass):
                                          ignore=opts.ignore, min_params=opts.min_params)
         return [_Layer(weight) for weight in weights]
 
-    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory) -> dict:
+    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory, pack: bool) -> dict:
         w = np.asarray(layer.weight.tensor.values)
         codebook, indices = share_weights(w, 2 ** self.options.bits, layer.importance, self.options.seed)
         decoded = codebook[indices]
@@ -93,10 +103,11 @@ class Cluster(Pass):
         w64 = w.astype(np.float64)
         signal = float(np.sum(h * w64 ** 2))
         error = float(np.sqrt(np.sum(h * (w64 - decoded) ** 2) / signal)) if signal > 0 else 0.0
-        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names)
+        packed = pack and codebook.size <= NIBBLE_SYMBOLS and indices.size >= PACK_MIN_INDICES
+        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names, packed)
         return {"node": layer.weight.label, "op": layer.weight.node.op, "clusters": int(codebook.size),
                 "bits": self.options.bits, "params": int(w.size), "weighted": layer.importance is not None,
-                "est_error": error}
+                "packed": packed, "est_error": error}
 
 
 def share_weights(w: np.ndarray, k: int, importance: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -116,11 +127,15 @@ def share_weights(w: np.ndarray, k: int, importance: np.ndarray | None, seed: in
 
 
 def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, indices: np.ndarray,
-                 names: NameFactory) -> None:
-    """Replace the node's weight input by Gather(codebook, Cast(indices, int32))."""
+                 names: NameFactory, packed: bool) -> None:
+    """Replace the node's weight input by Gather(codebook, Cast(indices, int32)), the indices a
+    uint8 constant or unpacked from two per byte (:mod:`graphc.ir.codebook`)."""
     base = weight.tensor.name
     book = gs.Constant(names(f"{base}.codebook"), np.ascontiguousarray(codebook))
-    codes = gs.Constant(names(f"{base}.indices"), np.ascontiguousarray(indices))
+    if packed:
+        codes = _unpacking(graph, base, indices, names)
+    else:
+        codes = gs.Constant(names(f"{base}.indices"), np.ascontiguousarray(indices))
     wide = gs.Variable(names(f"{base}.indices_int32"), dtype=np.int32, shape=list(indices.shape))
     decoded = gs.Variable(names(f"{base}.decoded"), dtype=codebook.dtype, shape=list(indices.shape))
     graph.nodes.append(gs.Node(op="Cast", name=names(f"{base}.cast"), inputs=[codes], outputs=[wide],
@@ -128,6 +143,30 @@ def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, in
     graph.nodes.append(gs.Node(op="Gather", name=names(f"{base}.gather"), inputs=[book, wide],
                                outputs=[decoded], attrs={"axis": 0}))
     weight.node.inputs[1] = decoded
+
+
+def _unpacking(graph: gs.Graph, base: str, indices: np.ndarray, names: NameFactory) -> gs.Variable:
+    """The uint8 indices, unpacked in the graph from their two-per-byte constant."""
+    packed = gs.Constant(names(f"{base}.indices_packed"), pack_nibbles(indices))
+    rows, count = packed.values.shape[0], int(indices.size)
+
+    def node(op: str, inputs: list, shape: list[int], **attrs) -> gs.Variable:
+        out = gs.Variable(names(f"{base}.{op.lower()}"), dtype=np.uint8, shape=shape)
+        graph.nodes.append(gs.Node(op=op, name=names(f"{base}.unpack.{op.lower()}"), inputs=inputs,
+                                   outputs=[out], attrs=attrs))
+        return out
+
+    def const(name: str, value) -> gs.Constant:
+        return gs.Constant(names(f"{base}.{name}"), np.asarray(value))
+
+    low = node("Mod", [packed, const("sixteen", np.uint8(NIBBLE_SYMBOLS))], [rows, 1])
+    high = node("BitShift", [packed, const("four", np.uint8(4))], [rows, 1], direction="RIGHT")
+    pairs = node("Concat", [low, high], [rows, 2], axis=1)
+    flat = node("Reshape", [pairs, const("flat", np.array([2 * rows], np.int64))], [2 * rows])
+    if count != 2 * rows:
+        flat = node("Slice", [flat, const("start", np.array([0], np.int64)),
+                              const("stop", np.array([count], np.int64))], [count])
+    return node("Reshape", [flat, const("shape", np.array(indices.shape, np.int64))], list(indices.shape))
 
 
 def _input_channel(weight: LinearWeight) -> tuple[int, np.ndarray]:

@@ -12,7 +12,9 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import graphc
 from graphc.cli import main
+from graphc.ir.codebook import read_codebook
 from support import sqnr_over
 
 COMPOSED = "prune{flops=0.7},sparsify{sparsity=0.5},cluster{bits=4}"
@@ -85,8 +87,10 @@ def test_composed_prune_sparsify_cluster_passes_a_tolerance_it_meets(capsys, fil
     assert [p["name"] for p in report["passes"]][-3:] == ["prune", "sparsify", "cluster"]
     saved = onnx.load(str(result))
     assert [n.op_type for n in saved.graph.node].count("Gather") == 3  # every layer decoded from a codebook
-    shapes = {i.name: list(i.dims) for i in saved.graph.initializer}
-    assert shapes["w1.indices"] == [32, 3, 3, 3] and shapes["w2.indices"] == [32, 32, 3, 3]  # pruned 64 -> 32
+    layers = {n.name: read_codebook(n.inputs[1]) for n in graphc.load(result).graph.nodes if n.op in ("Conv", "Gemm")}
+    assert all(book is not None and book.codebook.size <= 16 for book in layers.values())
+    assert layers["c2"].packed and not layers["fc"].packed  # 9216 indices packed, 320 (< 1024) as uint8
+    assert layers["c1"].indices.shape == (32, 3, 3, 3) and layers["c2"].indices.shape == (32, 32, 3, 3)  # 64 -> 32
     stats = {p["name"]: p["stats"] for p in report["passes"]}
     assert stats["sparsify"]["sparsified"] == 3 and stats["cluster"]["clustered"] == 3
     sqnr = next(g for g in report["gates"] if g["name"] == "min_sqnr")
