@@ -12,7 +12,7 @@ from graphc.errors import OptionError
 from graphc.ir import to_proto
 from graphc.ir.codebook import pack_nibbles, read_codebook, unpack_nibbles
 from graphc.ir.compressed_size import compressed_size
-from graphc.passes.cluster.kmeans import kmeans_1d, nearest
+from graphc.passes.cluster.kmeans import SortedRuns, kmeans_1d, nearest
 from graphc.passmanager import PassManager, parse_pipeline
 from support import assert_valid, make_model, op_count, run
 
@@ -217,3 +217,56 @@ def test_an_opset_without_bitshift_keeps_uint8_indices():
     proto.opset_import[0].version = 10
     model, record = _cluster(proto, "cluster{bits=2}")
     assert not record.details[0]["packed"] and op_count(model, "BitShift") == 0
+
+
+def _per_value_lloyd(values, h, centres, iterations=50):
+    """Lloyd's iteration as the pass ran it before SortedRuns: a nearest-centre search per value and
+    bincount sums (the reference the sorted-run form must equal)."""
+    assignment = nearest(values, centres)
+    for _ in range(iterations):
+        mass = np.bincount(assignment, weights=h, minlength=len(centres))
+        sums = np.bincount(assignment, weights=h * values, minlength=len(centres))
+        used = mass > 0
+        centres = np.unique(sums[used] / mass[used])
+        new = nearest(values, centres)
+        if np.array_equal(new, assignment):
+            break
+        assignment = new
+    return centres
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sorted_runs_lloyd_equals_the_per_value_iteration(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 5000))
+    values = rng.standard_normal(n) if seed % 2 else rng.integers(0, 12, n).astype(np.float64)  # ties
+    h = np.ones(n) if seed % 3 == 0 else np.exp(rng.uniform(-6, 6, n))
+    k = int(rng.choice([2, 3, 8, 16]))
+    start = np.unique(rng.choice(values, size=k, replace=False))
+    got = SortedRuns(values, h).lloyd(start, 50)
+    want = _per_value_lloyd(values, h, start)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(nearest(values, got), nearest(values, want))
+
+
+def test_a_value_on_a_midpoint_joins_the_lower_run():
+    values = np.arange(7, dtype=np.float64)  # the midpoint of centres 1 and 5 is the value 3
+    runs = SortedRuns(values, np.ones(7))
+    np.testing.assert_array_equal(runs.bounds(np.array([1.0, 5.0])), [0, 4, 7])
+    np.testing.assert_array_equal(runs.lloyd(np.array([1.0, 5.0]), 1), [1.5, 5.0])
+
+
+RECORDED_CENTRES = [-1.457773893964396, -0.4052867732395752, 0.4658671005105617, 1.5452026550281308]
+RECORDED_COUNTS = [532, 944, 1036, 488]
+
+
+def test_kmeans_on_a_seed_is_what_it_was_before_the_sorted_runs():
+    """The whole k-means (seeding, restarts, choice) on a fixed seed, against values recorded with the
+    per-value Lloyd iteration (commit f3d6046)."""
+    values = np.random.default_rng(11).standard_normal(3000)
+    h = np.exp(np.random.default_rng(12).uniform(-3, 3, 3000))
+    book = kmeans_1d(values, 4, h, seed=5)
+    assert book.centres.size == 4
+    np.testing.assert_allclose(book.centres, RECORDED_CENTRES, rtol=1e-12)
+    assert np.bincount(book.assignment).tolist() == RECORDED_COUNTS
