@@ -54,7 +54,7 @@ class _Layer:
 @register_pass
 class Cluster(Pass):
     name = "cluster"
-    summary = "weight sharing: per-layer k-means codebooks (2^bits values), uint8 indices + Gather"
+    summary = "weight sharing: per-layer k-means codebooks (2^bits values), uint8 or packed 4-bit indices + Gather"
     exact = False
     needs_data = True
 
@@ -80,8 +80,9 @@ class Cluster(Pass):
         pack = self.options.pack and ctx.opset >= PACKING_OPSET
         if self.options.pack and not pack and layers:
             ctx.note(f"cluster: opset {ctx.opset} < {PACKING_OPSET} has no BitShift; indices stored as uint8")
+        unpacking = _Unpacking(graph, names) if pack else None
         for layer in layers:
-            record = self._cluster(graph, layer, names, pack)
+            record = self._cluster(graph, layer, names, unpacking)
             result.count("clustered")
             result.details.append(record)
         if result.details:
@@ -95,7 +96,7 @@ class Cluster(Pass):
                                          ignore=opts.ignore, min_params=opts.min_params)
         return [_Layer(weight) for weight in weights]
 
-    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory, pack: bool) -> dict:
+    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory, unpacking: "_Unpacking | None") -> dict:
         w = np.asarray(layer.weight.tensor.values)
         codebook, indices = share_weights(w, 2 ** self.options.bits, layer.importance, self.options.seed)
         decoded = codebook[indices]
@@ -103,8 +104,8 @@ class Cluster(Pass):
         w64 = w.astype(np.float64)
         signal = float(np.sum(h * w64 ** 2))
         error = float(np.sqrt(np.sum(h * (w64 - decoded) ** 2) / signal)) if signal > 0 else 0.0
-        packed = pack and codebook.size <= NIBBLE_SYMBOLS and indices.size >= PACK_MIN_INDICES
-        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names, packed)
+        packed = unpacking is not None and codebook.size <= NIBBLE_SYMBOLS and indices.size >= PACK_MIN_INDICES
+        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names, unpacking if packed else None)
         return {"node": layer.weight.label, "op": layer.weight.node.op, "clusters": int(codebook.size),
                 "bits": self.options.bits, "params": int(w.size), "weighted": layer.importance is not None,
                 "packed": packed, "est_error": error}
@@ -127,13 +128,13 @@ def share_weights(w: np.ndarray, k: int, importance: np.ndarray | None, seed: in
 
 
 def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, indices: np.ndarray,
-                 names: NameFactory, packed: bool) -> None:
+                 names: NameFactory, unpacking: "_Unpacking | None") -> None:
     """Replace the node's weight input by Gather(codebook, Cast(indices, int32)), the indices a
     uint8 constant or unpacked from two per byte (:mod:`graphc.ir.codebook`)."""
     base = weight.tensor.name
     book = gs.Constant(names(f"{base}.codebook"), np.ascontiguousarray(codebook))
-    if packed:
-        codes = _unpacking(graph, base, indices, names)
+    if unpacking is not None:
+        codes = unpacking(base, indices)
     else:
         codes = gs.Constant(names(f"{base}.indices"), np.ascontiguousarray(indices))
     wide = gs.Variable(names(f"{base}.indices_int32"), dtype=np.int32, shape=list(indices.shape))
@@ -145,28 +146,44 @@ def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, in
     weight.node.inputs[1] = decoded
 
 
-def _unpacking(graph: gs.Graph, base: str, indices: np.ndarray, names: NameFactory) -> gs.Variable:
-    """The uint8 indices, unpacked in the graph from their two-per-byte constant."""
-    packed = gs.Constant(names(f"{base}.indices_packed"), pack_nibbles(indices))
-    rows, count = packed.values.shape[0], int(indices.size)
+class _Unpacking:
+    """Builds each packed layer's unpacking (:mod:`graphc.ir.codebook`); the modulus and shift
+    scalars are one pair of constants for the whole graph, and an even count of indices is
+    reshaped straight from the (rows, 2) pairs, so a layer costs few bytes of graph."""
 
-    def node(op: str, inputs: list, shape: list[int], **attrs) -> gs.Variable:
-        out = gs.Variable(names(f"{base}.{op.lower()}"), dtype=np.uint8, shape=shape)
-        graph.nodes.append(gs.Node(op=op, name=names(f"{base}.unpack.{op.lower()}"), inputs=inputs,
-                                   outputs=[out], attrs=attrs))
+    def __init__(self, graph: gs.Graph, names: NameFactory):
+        self.graph, self.names = graph, names
+        self._scalars: tuple[gs.Constant, gs.Constant] | None = None
+
+    def scalars(self) -> tuple[gs.Constant, gs.Constant]:
+        if self._scalars is None:
+            self._scalars = (gs.Constant(self.names("cluster.nibble_modulus"), np.asarray(np.uint8(NIBBLE_SYMBOLS))),
+                             gs.Constant(self.names("cluster.nibble_shift"), np.asarray(np.uint8(4))))
+        return self._scalars
+
+    def __call__(self, base: str, indices: np.ndarray) -> gs.Variable:
+        """The uint8 indices, unpacked in the graph from their two-per-byte constant."""
+        packed = gs.Constant(self.names(f"{base}.indices_packed"), pack_nibbles(indices))
+        rows, count = packed.values.shape[0], int(indices.size)
+        modulus, shift = self.scalars()
+        low = self._node("Mod", base, "lo", [packed, modulus], [rows, 1])
+        high = self._node("BitShift", base, "hi", [packed, shift], [rows, 1], direction="RIGHT")
+        pairs = self._node("Concat", base, "pairs", [low, high], [rows, 2], axis=1)
+        if count != 2 * rows:  # drop the pad nibble of an odd count
+            flat = self._node("Reshape", base, "flat", [pairs, self._ints(base, "flat_shape", [2 * rows])], [2 * rows])
+            pairs = self._node("Slice", base, "cut", [flat, self._ints(base, "start", [0]),
+                                                      self._ints(base, "stop", [count])], [count])
+        shape = self._ints(base, "shape", list(indices.shape))
+        return self._node("Reshape", base, "idx", [pairs, shape], list(indices.shape))
+
+    def _node(self, op: str, base: str, tag: str, inputs: list, shape: list[int], **attrs) -> gs.Variable:
+        out = gs.Variable(self.names(f"{base}.{tag}"), dtype=np.uint8, shape=shape)
+        self.graph.nodes.append(gs.Node(op=op, name=self.names(f"{base}.{tag}_op"), inputs=inputs, outputs=[out],
+                                        attrs=attrs))
         return out
 
-    def const(name: str, value) -> gs.Constant:
-        return gs.Constant(names(f"{base}.{name}"), np.asarray(value))
-
-    low = node("Mod", [packed, const("sixteen", np.uint8(NIBBLE_SYMBOLS))], [rows, 1])
-    high = node("BitShift", [packed, const("four", np.uint8(4))], [rows, 1], direction="RIGHT")
-    pairs = node("Concat", [low, high], [rows, 2], axis=1)
-    flat = node("Reshape", [pairs, const("flat", np.array([2 * rows], np.int64))], [2 * rows])
-    if count != 2 * rows:
-        flat = node("Slice", [flat, const("start", np.array([0], np.int64)),
-                              const("stop", np.array([count], np.int64))], [count])
-    return node("Reshape", [flat, const("shape", np.array(indices.shape, np.int64))], list(indices.shape))
+    def _ints(self, base: str, tag: str, values: list[int]) -> gs.Constant:
+        return gs.Constant(self.names(f"{base}.{tag}"), np.array(values, dtype=np.int64))
 
 
 def _input_channel(weight: LinearWeight) -> tuple[int, np.ndarray]:
