@@ -3,8 +3,8 @@
 ``x`` is a size to minimise (the entropy-coded bytes of :mod:`graphc.ir.compressed_size`), ``y`` a
 quality to maximise (SQNR in dB, accuracy in %). A point is on the **Pareto front** when no other
 point is at least as small and at least as good and strictly better in one of the two
-(:func:`pareto_front`); the front is drawn as a step line through its points and its markers are
-filled.
+(:func:`pareto_front`); the front's markers are filled and joined by a dashed line, left to
+right.
 
 Coordinates: the data ranges ``[x0, x1]`` and ``[y0, y1]`` are padded by 6% on each side (a
 single value by +-1 or +-6% of itself) and mapped linearly onto the plot box
@@ -72,7 +72,7 @@ def _ticks(lo: float, hi: float) -> list[float]:
     """About TICKS round values inside [lo, hi]."""
     raw = (hi - lo) / TICKS
     step = 10 ** math.floor(math.log10(raw))
-    step *= next(m for m in (1, 2, 5, 10) if raw <= m * step)
+    step *= min((1, 2, 5, 10), key=lambda m: abs(m * step - raw))
     first = math.ceil(lo / step) * step
     return [first + i * step for i in range(int((hi - first) / step) + 1)]
 
