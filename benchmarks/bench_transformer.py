@@ -16,8 +16,13 @@ downloaded). Variants, each made from the float model:
   sentences, fed one at a time.
 
 Accuracy on the held-out sentences, each run alone (batch 1, no padding): mean cosine of the
-sentence embeddings against float, and nearest-neighbour agreement (each sentence's nearest
-other held-out sentence by cosine is the same as with float). Speed: float median / variant
+sentence embeddings against float, and nearest-neighbour agreement (the fraction of held-out
+sentences whose nearest other held-out sentence by cosine is the same as with float). The
+agreement is deterministic (the float model run twice agrees with itself exactly; every variant
+is one fixed model) but coarse: one sentence is 0.004 of it, and many sentences have two
+neighbours almost tied under float, where an embedding error far below the cosine target flips
+the pick. So the table also gives the number of sentences whose float top-2 cosine gap is below
+``TIE`` and the agreement over the others ("clear" neighbours). Speed: float median / variant
 median, all variants timed in one alternation (:func:`graphc.bench.compare_all`, ``THREADS``
 threads), on 16 held-out sentences padded to the longest and on one sentence; 25th-75th
 percentiles of the per-round ratios in brackets. Size: serialized model as a ratio to float.
@@ -51,6 +56,8 @@ BATCH = 16
 ROUNDS = {"16 sentences": 40, "1 sentence": 150}
 GRAPHC, ORT_PC = "graphc quant --data", "ort quantize_dynamic per_channel"
 NEEDS = ("torch", "tokenizers", "safetensors", "all_minilm_l6_v2")
+#: float top-2 cosine gap below which a sentence's nearest neighbour counts as near-tied
+TIE = 0.01
 TARGETS = {"cosine": 0.995, "nn": 0.95, "nodata_cosine": 0.99, "nodata_speed": 2.0}
 
 
@@ -108,18 +115,28 @@ def embeddings(model: bytes, feeds: list[dict]) -> np.ndarray:
     return np.concatenate([run_session(session, f)[0] for f in feeds])
 
 
-def scores(reference: np.ndarray, got: np.ndarray) -> tuple[float, float]:
-    """(mean cosine, nearest-neighbour agreement) of ``got`` against ``reference`` rows."""
+def scores(reference: np.ndarray, got: np.ndarray) -> tuple[float, float, float]:
+    """(mean cosine, nearest-neighbour agreement, agreement over the sentences whose float
+    top-2 gap is at least ``TIE``) of ``got`` against ``reference`` rows."""
     def unit(e):
         return e / np.linalg.norm(e, axis=1, keepdims=True)
 
-    def nearest(e):
+    def similarities(e):
         s = e @ e.T
         np.fill_diagonal(s, -np.inf)
-        return s.argmax(1)
+        return s
 
     r, g = unit(reference), unit(got)
-    return float(np.mean(np.sum(r * g, 1))), float(np.mean(nearest(r) == nearest(g)))
+    sr = similarities(r)
+    agree = sr.argmax(1) == similarities(g).argmax(1)
+    clear = near_ties(sr) == 0
+    return float(np.mean(np.sum(r * g, 1))), float(np.mean(agree)), float(np.mean(agree[clear]))
+
+
+def near_ties(similarities: np.ndarray) -> np.ndarray:
+    """1 for each row whose two largest similarities differ by less than ``TIE``, else 0."""
+    top2 = np.sort(similarities, axis=1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0] < TIE).astype(int)
 
 
 def timing_feeds(held: dict) -> dict[str, dict]:
@@ -146,8 +163,9 @@ def measure(models: dict[str, bytes], held: dict) -> dict[str, dict]:
     reference = embeddings(models["float"], feeds)
     rows = {}
     for label, blob in models.items():
-        cos, nn = scores(reference, embeddings(blob, feeds)) if label != "float" else (1.0, 1.0)
-        rows[label] = {"cosine": cos, "nn": nn, "size": len(blob) / len(models["float"]), "speed": {}}
+        cos, nn, clear = scores(reference, embeddings(blob, feeds)) if label != "float" else (1.0, 1.0, 1.0)
+        rows[label] = {"cosine": cos, "nn": nn, "nn_clear": clear, "size": len(blob) / len(models["float"]),
+                       "bytes": len(blob), "speed": {}}
     for feed_label, feed in timing_feeds(held).items():
         log.info("transformer: timing %s", feed_label)
         stats = compare_all(models, feed, threads=THREADS, warmup=3, rounds=ROUNDS[feed_label])
@@ -166,12 +184,14 @@ def measure(models: dict[str, bytes], held: dict) -> dict[str, dict]:
 
 def table(rows: dict[str, dict]) -> str:
     feeds = list(ROUNDS)
-    head = "| variant | cosine | NN agreement | size | " + " | ".join(f"speed, {f}" for f in feeds) + " |"
-    lines = [head, "|" + "---|" * (4 + len(feeds))]
+    head = (f"| variant | cosine | NN agreement | NN, clear (gap >= {TIE}) | size | "
+            + " | ".join(f"speed, {f}" for f in feeds) + " |")
+    lines = [head, "|" + "---|" * (5 + len(feeds))]
     for label, r in rows.items():
         speed = " | ".join(f"{r['speed'][f][0]:.2f}x [{r['speed'][f][1]:.2f}-{r['speed'][f][2]:.2f}] "
                            f"({r['speed'][f][3]:.1f} ms)" for f in feeds)
-        lines.append(f"| {label} | {r['cosine']:.5f} | {r['nn']:.3f} | {r['size']:.3f}x | {speed} |")
+        lines.append(f"| {label} | {r['cosine']:.5f} | {r['nn']:.3f} | {r['nn_clear']:.3f} | {r['size']:.4f}x "
+                     f"({r['bytes']:,} B) | {speed} |")
     return "\n".join(lines)
 
 
@@ -183,12 +203,20 @@ def verdict(rows: dict[str, dict]) -> str:
         *((f"speed on {f}: graphc / ort per-channel, median of per-round ratios {g['vs_ort'][f][0]:.2f}x "
            f"[{g['vs_ort'][f][1]:.2f}-{g['vs_ort'][f][2]:.2f}] >= 1 (ratios of medians: {g['speed'][f][0]:.2f}x "
            f"vs {o['speed'][f][0]:.2f}x)", g["vs_ort"][f][0] >= 1.0) for f in ROUNDS),
-        (f"size {g['size']:.4f}x <= ort per-channel {o['size']:.4f}x", g["size"] <= o["size"]),
+        (f"size {g['bytes']:,} B <= ort per-channel {o['bytes']:,} B", g["bytes"] <= o["bytes"]),
         (f"no data: cosine {n['cosine']:.4f} >= {TARGETS['nodata_cosine']}", n["cosine"] >= TARGETS["nodata_cosine"]),
         *((f"no data: speed on {f} {n['speed'][f][0]:.2f}x >= {TARGETS['nodata_speed']}x",
            n["speed"][f][0] >= TARGETS["nodata_speed"]) for f in ROUNDS),
     ]
     return "\n".join(f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks)
+
+
+def tie_count(model: bytes, held: dict) -> int:
+    e = embeddings(model, sentences(held))
+    e = e / np.linalg.norm(e, axis=1, keepdims=True)
+    s = e @ e.T
+    np.fill_diagonal(s, -np.inf)
+    return int(near_ties(s).sum())
 
 
 def run() -> str:
@@ -202,12 +230,15 @@ def run() -> str:
         models, notice = variants(folder, Path(tmp))
     rows = measure(models, held)
     load_after = os.getloadavg()[0]
+    ties = tie_count(models["float"], held)
     return (
         f"all-MiniLM-L6-v2 (6 layers, hidden 384; torch export, opset 17, "
         f"{len(models['float']) / 1e6:.1f} MB), {held['input_ids'].shape[0]} held-out sentences. Float anchor "
         f"= 1.00x; speed = float median / variant median ({THREADS} threads, all variants alternated in one "
         f"run; [25th-75th percentile of per-round ratios]). {os.cpu_count()} CPUs, 1-minute load average "
-        f"{load_before:.1f} before and {load_after:.1f} after.\n\n" + table(rows) + "\n\n" + verdict(rows)
+        f"{load_before:.1f} before and {load_after:.1f} after. {ties} of the {held['input_ids'].shape[0]} "
+        f"held-out sentences have two nearest neighbours within {TIE} cosine of each other under float "
+        f"(near-ties; the \"clear\" column leaves them out).\n\n" + table(rows) + "\n\n" + verdict(rows)
         + f"\n\n`-p quant` without data says: `{notice.strip()}`\n"
     )
 

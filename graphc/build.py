@@ -274,7 +274,9 @@ def _run_pipeline(recipe: Recipe, inputs: _Inputs, instruments: list[Any]) -> An
     return PassManager(recipe.pipeline, data=inputs.calibration, verify_each=recipe.verify.each,
                        tolerances=tolerances(recipe), input_shapes=inputs.shapes, seed=recipe.data.seed,
                        verify_data=verify_data, instruments=instruments,
-                       max_seconds=recipe.limits.max_seconds, metric=inputs.metric).run(inputs.model)
+                       max_seconds=recipe.limits.max_seconds, metric=inputs.metric,
+                       evaluation=inputs.evaluation if recipe.data.evaluation else None,
+                       evaluation_labels=inputs.metric_labels if recipe.data.evaluation else None).run(inputs.model)
 
 
 def tolerances(recipe: Recipe) -> Any:

@@ -416,14 +416,18 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 def _groups_text(model: Any, args: argparse.Namespace) -> str:
     """The channel-group report of :mod:`graphc.analysis` (and its DOT graph with --dot)."""
     # lazy: a command imports only what it needs (CLI start-up time)
-    from graphc.analysis import ChannelGroups, ChannelGroupsByHeadDim, format_groups, to_dot
     from graphc.passmanager import Context
+    from graphc.analysis import (BodyChannelGroups, BodyChannelGroupsByHeadDim, ChannelGroups,
+                                 ChannelGroupsByHeadDim, format_groups, to_dot)
 
-    kind = ChannelGroups if args.attention == "heads" else ChannelGroupsByHeadDim
-    analysis = Context(model, input_shapes=_shapes(args.input_shape)).analysis(kind)
+    heads = args.attention == "heads"
+    ctx = Context(model, input_shapes=_shapes(args.input_shape))
+    analysis = ctx.analysis(ChannelGroups if heads else ChannelGroupsByHeadDim)
+    bodies = ctx.analysis(BodyChannelGroups if heads else BodyChannelGroupsByHeadDim)
     if args.dot:
         to_dot(analysis, args.dot)
-    return format_groups(analysis) + (f"\nwrote {args.dot}" if args.dot else "")
+    text = "\n".join([format_groups(analysis)] + [format_groups(body) for body in bodies])
+    return text + (f"\nwrote {args.dot} (top graph)" if args.dot and bodies else f"\nwrote {args.dot}" if args.dot else "")
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -536,6 +540,25 @@ def _say(args: argparse.Namespace, text: str) -> None:
         print(text, flush=True)
 
 
+class InputNotesOnce(logging.Filter):
+    """Lets each of load's notes about the input (``input: ...``: functions inlined, declarations
+    repaired) through once per command: a run reads its input again (the reference for
+    verification, the per-layer error, the report), and every read would repeat them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        if not text.startswith("input: "):
+            return True
+        if text in self.seen:
+            return False
+        self.seen.add(text)
+        return True
+
+
 def _setup_logging(args: argparse.Namespace) -> None:
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else \
         logging.ERROR if args.quiet else logging.WARNING
@@ -545,6 +568,7 @@ def _setup_logging(args: argparse.Namespace) -> None:
     handler = logging.StreamHandler(sys.stderr)  # the current stderr, also when tests swap it
     handler.setFormatter(logging.Formatter("graphc: %(levelname)s: %(message)s"))
     handler._graphc_cli = True  # type: ignore[attr-defined]
+    handler.addFilter(InputNotesOnce())  # a new handler per command: once per run
     logger.addHandler(handler)
     logger.setLevel(level)
 

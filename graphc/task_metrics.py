@@ -24,6 +24,16 @@ is better.
   highest IoU >= ``iou`` (default 0.5). F1 = 2 TP / (2 TP + FP + FN) over all images (1.0 when
   neither side has a box). Labels: [N, M, 4] or [N, M, 5] (class last) truth boxes, rows with NaN
   are padding. Higher is better.
+- ``det_box_f1``: the same F1 for a text detector whose output is a [N, 1, H, W] probability map
+  (PP-OCR det, DBNet): boxes are extracted as DB post-processing does (``thresh`` 0.3 binarizes,
+  8-connected components, a component's mean probability is its score, kept at ``box_thresh``
+  0.6 and sides >= ``min_size`` 3 pixels; axis-aligned, no unclip: :func:`probability_map_boxes`),
+  then matched at ``iou`` (default 0.5) against the float model's boxes or ``labels`` ([N, M, 4]
+  in map pixels). Higher is better.
+
+Each metric also exposes ``function.counts`` (per-sample errors and opportunities: edit
+operations and truth characters; ``FP + FN`` and ``2 TP + FP + FN``), from which an error budget
+bounds the drop with a confidence margin (:mod:`graphc.verify.metric_bound`).
 """
 from __future__ import annotations
 
@@ -96,6 +106,17 @@ def ctc_cer(reference: Outputs, candidate: Outputs, labels: Any = None, *, chars
             output: str | None = None, blank: str = "0", spaces: str = "keep") -> float:
     """Character error rate of the candidate's greedy CTC decoding (see the module docstring);
     ``spaces=collapse`` strips text and merges runs of spaces on both sides first."""
+    errors, totals = ctc_cer_counts(reference, candidate, labels, charset=charset, output=output,
+                                    blank=blank, spaces=spaces)
+    total = int(totals.sum())
+    if total == 0:
+        return 0.0 if errors.sum() == 0 else 1.0
+    return float(errors.sum()) / total
+
+
+def ctc_cer_counts(reference: Outputs, candidate: Outputs, labels: Any = None, *, charset: str | None = None,
+                   output: str | None = None, blank: str = "0", spaces: str = "keep") -> tuple[np.ndarray, np.ndarray]:
+    """Per line: the edit distance to the truth and the truth's length (``ctc_cer`` pools them)."""
     blank_index = int(blank)
     chars = read_charset(charset) if charset else None
     squeeze = (lambda s: " ".join(s.split())) if spaces == "collapse" else (lambda s: s)  # noqa: E731
@@ -110,14 +131,12 @@ def ctc_cer(reference: Outputs, candidate: Outputs, labels: Any = None, *, chars
         truth = [squeeze(t) if chars else t for t in _decoded(reference, output, blank_index, chars)]
     if len(truth) != len(predicted):
         raise MetricArgumentError(f"{len(truth)} labels for {len(predicted)} decoded lines")
-    errors = sum(edit_distance(t, p) for t, p in zip(truth, predicted))
-    total = sum(len(t) for t in truth)
-    if total == 0:
-        return 0.0 if errors == 0 else 1.0
-    return errors / total
+    errors = np.array([edit_distance(t, p) for t, p in zip(truth, predicted)], dtype=np.int64)
+    return errors, np.array([len(t) for t in truth], dtype=np.int64)
 
 
 ctc_cer.higher_is_better = False
+ctc_cer.counts = ctc_cer_counts
 
 
 def _decoded(outputs: Outputs, output: str | None, blank: int, chars: list[str] | None) -> list[Any]:
@@ -153,22 +172,41 @@ def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def box_f1(reference: Outputs, candidate: Outputs, labels: Any = None, *, output: str | None = None,
            iou: str = "0.5", score: str = "0.5") -> float:
     """Box-level F1 of the candidate's detections at an IoU threshold (see the module docstring)."""
-    iou_min, score_min = float(iou), float(score)
+    errors, totals = box_f1_counts(reference, candidate, labels, output=output, iou=iou, score=score)
+    return _f1_of(errors, totals)
+
+
+def _f1_of(errors: np.ndarray, totals: np.ndarray) -> float:
+    # 1 - F1 = (FP + FN) / (2 TP + FP + FN)
+    return 1.0 if totals.sum() == 0 else 1.0 - float(errors.sum()) / float(totals.sum())
+
+
+def box_f1_counts(reference: Outputs, candidate: Outputs, labels: Any = None, *, output: str | None = None,
+                  iou: str = "0.5", score: str = "0.5") -> tuple[np.ndarray, np.ndarray]:
+    """Per image: ``FP + FN`` and ``2 TP + FP + FN`` (``box_f1`` is one minus their pooled ratio)."""
+    score_min = float(score)
     predicted = _detections(candidate, output, score_min)
     if labels is not None:
         truth = [_truth_boxes(image) for image in np.asarray(labels, dtype=np.float64)]
     else:
         truth = _detections(reference, output, score_min)
+    return _image_counts(truth, predicted, float(iou))
+
+
+def _image_counts(truth: list, predicted: list, iou_min: float) -> tuple[np.ndarray, np.ndarray]:
     if len(truth) != len(predicted):
         raise MetricArgumentError(f"truth boxes for {len(truth)} images, detections for {len(predicted)}")
-    tp = fp = fn = 0
+    errors, totals = [], []
     for (t_boxes, t_cls, _), (p_boxes, p_cls, p_scores) in zip(truth, predicted):
-        hits = _matches(t_boxes, t_cls, p_boxes, p_cls, p_scores, iou_min)
-        tp, fp, fn = tp + hits, fp + len(p_boxes) - hits, fn + len(t_boxes) - hits
-    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        tp = _matches(t_boxes, t_cls, p_boxes, p_cls, p_scores, iou_min)
+        fp, fn = len(p_boxes) - tp, len(t_boxes) - tp
+        errors.append(fp + fn)
+        totals.append(2 * tp + fp + fn)
+    return np.array(errors, dtype=np.int64), np.array(totals, dtype=np.int64)
 
 
 box_f1.higher_is_better = True
+box_f1.counts = box_f1_counts
 
 
 def _detections(outputs: Outputs, output: str | None, score_min: float) -> list[tuple[np.ndarray, ...]]:
@@ -208,3 +246,107 @@ def _matches(t_boxes: np.ndarray, t_cls: np.ndarray, p_boxes: np.ndarray, p_cls:
             taken[j] = True
             hits += 1
     return hits
+
+
+def det_box_f1(reference: Outputs, candidate: Outputs, labels: Any = None, *, output: str | None = None,
+               iou: str = "0.5", thresh: str = "0.3", box_thresh: str = "0.6", min_size: str = "3") -> float:
+    """Box-level F1 of a text detector's probability maps (see the module docstring): boxes are
+    extracted from both models' maps by :func:`probability_map_boxes`, then matched as ``box_f1``."""
+    errors, totals = det_box_f1_counts(reference, candidate, labels, output=output, iou=iou, thresh=thresh,
+                                       box_thresh=box_thresh, min_size=min_size)
+    return _f1_of(errors, totals)
+
+
+def det_box_f1_counts(reference: Outputs, candidate: Outputs, labels: Any = None, *, output: str | None = None,
+                      iou: str = "0.5", thresh: str = "0.3", box_thresh: str = "0.6",
+                      min_size: str = "3") -> tuple[np.ndarray, np.ndarray]:
+    """Per image: ``FP + FN`` and ``2 TP + FP + FN`` of the boxes extracted from the maps."""
+    settings = (float(thresh), float(box_thresh), int(min_size))
+    predicted = _map_detections(candidate, output, settings)
+    if labels is not None:
+        truth = [_truth_boxes(image) for image in np.asarray(labels, dtype=np.float64)]
+    else:
+        truth = _map_detections(reference, output, settings)
+    return _image_counts(truth, predicted, float(iou))
+
+
+det_box_f1.higher_is_better = True
+det_box_f1.counts = det_box_f1_counts
+
+
+def _map_detections(outputs: Outputs, output: str | None, settings: tuple) -> list[tuple[np.ndarray, ...]]:
+    images = []
+    for feed in outputs:
+        maps = np.asarray(_pick(feed, output), dtype=np.float64)
+        if maps.ndim == 4 and maps.shape[1] == 1:
+            maps = maps[:, 0]
+        if maps.ndim != 3:
+            raise MetricArgumentError(f"probability maps must be [N, 1, H, W] or [N, H, W], got shape "
+                                      f"{list(np.shape(_pick(feed, output)))}")
+        for prob in maps:
+            boxes, scores = probability_map_boxes(prob, *settings)
+            images.append((boxes, np.zeros(len(boxes), np.int64), scores))
+    return images
+
+
+def probability_map_boxes(prob: np.ndarray, thresh: float = 0.3, box_thresh: float = 0.6,
+                          min_size: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes of a [H, W] text probability map as DB post-processing finds them: pixels above
+    ``thresh``, 8-connected components, each component's axis-aligned box ``x1, y1, x2, y2``
+    (pixel edges, x2/y2 exclusive) scored by its mean probability; kept when the score is at least
+    ``box_thresh`` and both sides are at least ``min_size`` pixels. No unclip (DB's polygon offset):
+    truth and candidate go through the same extraction, so matching does not need it; boxes are in
+    map pixels. Components are found on runs of each row (union-find), in numpy and Python."""
+    prob = np.asarray(prob, dtype=np.float64)
+    runs = _row_runs(prob > thresh)
+    if not runs:
+        return np.zeros((0, 4)), np.zeros(0)
+    root = _merge_runs(runs)
+    sums = np.concatenate([np.zeros((prob.shape[0], 1)), np.cumsum(prob, axis=1)], axis=1)
+    found: dict[int, list[float]] = {}
+    for k, (row, start, end) in enumerate(runs):
+        box = found.setdefault(root[k], [start, row, end, row + 1, 0.0, 0.0])
+        box[0], box[1] = min(box[0], start), min(box[1], row)
+        box[2], box[3] = max(box[2], end), max(box[3], row + 1)
+        box[4] += sums[row, end] - sums[row, start]
+        box[5] += end - start
+    boxes, scores = [], []
+    for x1, y1, x2, y2, total, pixels in found.values():
+        score = total / pixels
+        if score >= box_thresh and x2 - x1 >= min_size and y2 - y1 >= min_size:
+            boxes.append((x1, y1, x2, y2))
+            scores.append(score)
+    return np.array(boxes, dtype=np.float64).reshape(-1, 4), np.array(scores, dtype=np.float64)
+
+
+def _row_runs(mask: np.ndarray) -> list[tuple[int, int, int]]:
+    """(row, start, end) of every run of True pixels, end exclusive, rows in order."""
+    padded = np.zeros((mask.shape[0], mask.shape[1] + 2), dtype=np.int8)
+    padded[:, 1:-1] = mask
+    edges = np.diff(padded, axis=1)
+    rows_up, cols_up = np.nonzero(edges == 1)
+    _, cols_down = np.nonzero(edges == -1)  # same row-major order: the k-th start meets the k-th end
+    return list(zip(rows_up.tolist(), cols_up.tolist(), cols_down.tolist()))
+
+
+def _merge_runs(runs: list[tuple[int, int, int]]) -> list[int]:
+    """Each run's component root: runs on adjacent rows that touch, diagonals included, join."""
+    parent = list(range(len(runs)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    by_row: dict[int, list[int]] = {}
+    for k, (row, _, _) in enumerate(runs):
+        by_row.setdefault(row, []).append(k)
+    for k, (row, start, end) in enumerate(runs):
+        for j in by_row.get(row - 1, ()):
+            _, p_start, p_end = runs[j]
+            if p_start <= end and start <= p_end:  # 8-connected: overlap or touch at a corner
+                a, b = find(j), find(k)
+                if a != b:
+                    parent[max(a, b)] = min(a, b)
+    return [find(k) for k in range(len(runs))]

@@ -30,10 +30,11 @@ import numpy as np
 import onnx
 import torch
 import torch.nn.functional as F
-from onnx import TensorProto, helper, numpy_helper
+from onnx import TensorProto, helper
 from torch import nn
 
 import build
+from corpus_graphs import TfGraph
 from graphc.metrics import ctc_greedy_decode
 
 LOG = logging.getLogger("models.build_seqmodels")
@@ -91,72 +92,28 @@ class Tf2onnxDigits(nn.Module):
         return self.logits(x_nchw)
 
 
-class TfWriter:
-    """Writes nodes and initializers under tf2onnx's ``scope/op:0`` naming."""
-
-    def __init__(self):
-        self.nodes, self.inits = [], []
-
-    def init(self, name: str, value) -> str:
-        self.inits.append(numpy_helper.from_array(np.asarray(value), name))
-        return name
-
-    def op(self, op: str, scope: str, inputs: list[str], **attrs) -> str:
-        out = f"{scope}:0"
-        self.nodes.append(helper.make_node(op, inputs, [out], name=scope, **attrs))
-        return out
-
-    def const(self, scope: str, value: float) -> str:
-        return self.init(f"{scope}:0", np.float32(value))
-
-    def dense(self, scope: str, x: str, lin: nn.Linear) -> str:
-        y = self.op("MatMul", f"{scope}/MatMul", [x, self.init(f"{scope}/kernel:0", _np(lin.weight).T.copy())])
-        return self.op("Add", f"{scope}/BiasAdd", [y, self.init(f"{scope}/bias:0", _np(lin.bias))])
-
-    def layer_norm(self, scope: str, x: str, ln: nn.LayerNorm) -> str:
-        mean = self.op("ReduceMean", f"{scope}/moments/mean", [x], axes=[-1], keepdims=1)
-        centred = self.op("Sub", f"{scope}/sub", [x, mean])
-        square = self.op("Pow", f"{scope}/pow", [centred, self.const(f"{scope}/two", 2)])
-        var = self.op("ReduceMean", f"{scope}/moments/variance", [square], axes=[-1], keepdims=1)
-        var = self.op("Add", f"{scope}/add_eps", [var, self.const(f"{scope}/eps", LN_EPS)])
-        y = self.op("Div", f"{scope}/truediv", [centred, self.op("Sqrt", f"{scope}/Sqrt", [var])])
-        y = self.op("Mul", f"{scope}/mul", [y, self.init(f"{scope}/gamma:0", _np(ln.weight))])
-        return self.op("Add", f"{scope}/add", [y, self.init(f"{scope}/beta:0", _np(ln.bias))])
-
-    def gelu_tanh(self, scope: str, x: str) -> str:
-        """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-        cube = self.op("Pow", f"{scope}/Pow", [x, self.const(f"{scope}/three", 3)])
-        cube = self.op("Mul", f"{scope}/mul", [cube, self.const(f"{scope}/c", 0.044715)])
-        inner = self.op("Add", f"{scope}/add", [x, cube])
-        inner = self.op("Mul", f"{scope}/mul_1", [inner, self.const(f"{scope}/k", np.sqrt(2 / np.pi))])
-        t = self.op("Add", f"{scope}/add_1", [self.op("Tanh", f"{scope}/Tanh", [inner]), self.const(f"{scope}/one", 1)])
-        half = self.op("Mul", f"{scope}/mul_2", [x, self.const(f"{scope}/half", 0.5)])
-        return self.op("Mul", f"{scope}/mul_3", [half, t])
-
-    def softmax(self, scope: str, x: str) -> str:
-        peak = self.op("ReduceMax", f"{scope}/Max", [x], axes=[-1], keepdims=1)
-        e = self.op("Exp", f"{scope}/Exp", [self.op("Sub", f"{scope}/sub", [x, peak])])
-        total = self.op("ReduceSum", f"{scope}/Sum", [e, self.init(f"{scope}/axis:0", np.array([-1], np.int64))],
-                        keepdims=1)
-        return self.op("Div", f"{scope}/truediv", [e, total])
-
-    def shape(self, scope: str, dims) -> str:
-        return self.init(f"{scope}/shape:0", np.array(dims, np.int64))
-
-
 def _np(t: torch.Tensor) -> np.ndarray:
     return t.detach().numpy().astype(np.float32)
 
 
-def _conv(g: TfWriter, scope: str, x: str, conv: nn.Conv2d, **attrs) -> str:
+def _dense(lin: nn.Linear) -> tuple[np.ndarray, np.ndarray]:
+    """tf2onnx's kernel [in, out] and bias of a torch Linear."""
+    return _np(lin.weight).T.copy(), _np(lin.bias)
+
+
+def _norm(ln: nn.LayerNorm) -> tuple[np.ndarray, np.ndarray]:
+    return _np(ln.weight), _np(ln.bias)
+
+
+def _conv(g: TfGraph, scope: str, x: str, conv: nn.Conv2d, **attrs) -> str:
     return g.op("Conv", f"{scope}/Conv2D", [x, g.init(f"{scope}/kernel:0", _np(conv.weight)),
                                              g.init(f"{scope}/bias:0", _np(conv.bias))], **attrs)
 
 
-def _attention(g: TfWriter, scope: str, h: str, blk: Block) -> str:
+def _attention(g: TfGraph, scope: str, h: str, blk: Block) -> str:
     heads = []
     for name, lin in (("query", blk.q), ("key", blk.k), ("value", blk.v)):
-        y = g.dense(f"{scope}/{name}", h, lin)
+        y = g.dense(f"{scope}/{name}", h, *_dense(lin))
         y = g.op("Reshape", f"{scope}/{name}/Reshape", [y, g.shape(f"{scope}/{name}", [-1, TOKENS, HEADS, DIM // HEADS])])
         heads.append(g.op("Transpose", f"{scope}/{name}/transpose", [y], perm=[0, 2, 1, 3]))
     q, k, v = heads
@@ -166,12 +123,12 @@ def _attention(g: TfWriter, scope: str, h: str, blk: Block) -> str:
     ctx = g.op("MatMul", f"{scope}/einsum_1/MatMul", [g.softmax(f"{scope}/softmax", scores), v])
     ctx = g.op("Transpose", f"{scope}/transpose", [ctx], perm=[0, 2, 1, 3])
     ctx = g.op("Reshape", f"{scope}/Reshape", [ctx, g.shape(f"{scope}/merge", [-1, TOKENS, DIM])])
-    return g.dense(f"{scope}/attention_output", ctx, blk.o)
+    return g.dense(f"{scope}/attention_output", ctx, *_dense(blk.o))
 
 
 def tf2onnx_graph(net: Tf2onnxDigits) -> onnx.ModelProto:
     """The trained classifier as tf2onnx writes it (opset 13, NHWC input ``input_image:0``)."""
-    g = TfWriter()
+    g = TfGraph()
     x = g.op("Transpose", "model/conv/Conv2D__6", ["input_image:0"], perm=[0, 3, 1, 2])
     x = g.op("Relu", "model/conv/Relu", [_conv(g, "model/conv", x, net.conv, pads=[1, 1, 1, 1], kernel_shape=[3, 3])])
     x = g.op("Transpose", "model/conv/Relu__10", [x], perm=[0, 2, 3, 1])
@@ -182,12 +139,12 @@ def tf2onnx_graph(net: Tf2onnxDigits) -> onnx.ModelProto:
     x = g.op("Add", "model/pos/add", [x, g.init("model/pos/embedding:0", _np(net.pos))])
     for i, blk in enumerate(net.blocks):
         s = f"model/block_{i}"
-        x = g.op("Add", f"{s}/add", [x, _attention(g, f"{s}/attention", g.layer_norm(f"{s}/ln_1", x, blk.ln1), blk)])
-        h = g.dense(f"{s}/mlp/dense_1", g.layer_norm(f"{s}/ln_2", x, blk.ln2), blk.fc1)
-        h = g.dense(f"{s}/mlp/dense_2", g.gelu_tanh(f"{s}/mlp/gelu", h), blk.fc2)
+        x = g.op("Add", f"{s}/add", [x, _attention(g, f"{s}/attention", g.layer_norm(f"{s}/ln_1", x, *_norm(blk.ln1), LN_EPS), blk)])
+        h = g.dense(f"{s}/mlp/dense_1", g.layer_norm(f"{s}/ln_2", x, *_norm(blk.ln2), LN_EPS), *_dense(blk.fc1))
+        h = g.dense(f"{s}/mlp/dense_2", g.gelu_tanh(f"{s}/mlp/gelu", h), *_dense(blk.fc2))
         x = g.op("Add", f"{s}/add_1", [x, h])
-    pooled = g.op("ReduceMean", "model/pool/Mean", [g.layer_norm("model/ln_f", x, net.ln)], axes=[1], keepdims=0)
-    probs = g.softmax("model/softmax", g.dense("model/head", pooled, net.head))
+    pooled = g.op("ReduceMean", "model/pool/Mean", [g.layer_norm("model/ln_f", x, *_norm(net.ln), LN_EPS)], axes=[1], keepdims=0)
+    probs = g.softmax("model/softmax", g.dense("model/head", pooled, *_dense(net.head)))
     g.nodes.append(helper.make_node("Identity", [probs], ["probs:0"], name="Identity"))
     graph = helper.make_graph(
         g.nodes, "tf2onnx", [helper.make_tensor_value_info("input_image:0", TensorProto.FLOAT, ["unk__0", 16, 16, 1])],

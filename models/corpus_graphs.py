@@ -43,6 +43,10 @@ class Weights:
     def vector(self, n: int, scale: float = 0.1) -> np.ndarray:
         return (self.rng.standard_normal(n) * scale).astype(np.float32)
 
+    def dense(self, rows: int, cols: int) -> tuple[np.ndarray, np.ndarray]:
+        """A dense layer's kernel [rows, cols] and bias [cols]."""
+        return self.matrix(rows, cols), self.vector(cols)
+
     def bn(self, c: int) -> list[np.ndarray]:
         """gamma, beta, mean, var (mean~N(0,.5), var~U(.5,2), gamma~U(.5,1.5), beta~N(0,.2))."""
         return [(self.rng.random(c) + 0.5).astype(np.float32), self.vector(c, 0.2),
@@ -71,9 +75,11 @@ def model(graph: onnx.GraphProto, opset: int, producer: str) -> onnx.ModelProto:
 
 
 class TfGraph:
-    """Collects nodes and initializers under tf2onnx's ``scope/op:0`` naming."""
+    """Collects nodes and initializers under tf2onnx's ``scope/op:0`` naming, and spells the ops
+    tf2onnx decomposes (LayerNorm, tanh GELU, Softmax) as it does; build_seqmodels.py writes its
+    trained classifier with it too. ``w``: the seeded weights of a hand-written graph, if any."""
 
-    def __init__(self, w: Weights):
+    def __init__(self, w: Weights | None = None):
         self.w, self.nodes, self.inits = w, [], []
 
     def init(self, name: str, value) -> str:
@@ -85,31 +91,36 @@ class TfGraph:
         self.nodes.append(helper.make_node(op, inputs, [out], name=scope, **attrs))
         return out
 
-    def dense(self, scope: str, x: str, cin: int, cout: int) -> str:
-        y = self.op("MatMul", f"{scope}/MatMul", [x, self.init(f"{scope}/kernel:0", self.w.matrix(cin, cout))])
-        return self.op("Add", f"{scope}/BiasAdd", [y, self.init(f"{scope}/bias:0", self.w.vector(cout))])
+    def const(self, scope: str, value: float) -> str:
+        return self.init(f"{scope}:0", np.float32(value))
 
-    def layer_norm(self, scope: str, x: str, dim: int) -> str:
+    def shape(self, scope: str, dims) -> str:
+        return self.init(f"{scope}/shape:0", np.array(dims, np.int64))
+
+    def dense(self, scope: str, x: str, kernel: np.ndarray, bias: np.ndarray) -> str:
+        y = self.op("MatMul", f"{scope}/MatMul", [x, self.init(f"{scope}/kernel:0", kernel)])
+        return self.op("Add", f"{scope}/BiasAdd", [y, self.init(f"{scope}/bias:0", bias)])
+
+    def layer_norm(self, scope: str, x: str, gamma: np.ndarray, beta: np.ndarray, eps: float = 1e-6) -> str:
         mean = self.op("ReduceMean", f"{scope}/moments/mean", [x], axes=[-1], keepdims=1)
         centred = self.op("Sub", f"{scope}/sub", [x, mean])
-        square = self.op("Pow", f"{scope}/pow", [centred, self.init(f"{scope}/two:0", np.float32(2))])
+        square = self.op("Pow", f"{scope}/pow", [centred, self.const(f"{scope}/two", 2)])
         var = self.op("ReduceMean", f"{scope}/moments/variance", [square], axes=[-1], keepdims=1)
-        var = self.op("Add", f"{scope}/add_eps", [var, self.init(f"{scope}/eps:0", np.float32(1e-6))])
+        var = self.op("Add", f"{scope}/add_eps", [var, self.const(f"{scope}/eps", eps)])
         std = self.op("Sqrt", f"{scope}/Sqrt", [var])
         y = self.op("Div", f"{scope}/truediv", [centred, std])
-        gamma, beta = self.w.bn(dim)[:2]
         y = self.op("Mul", f"{scope}/mul", [y, self.init(f"{scope}/gamma:0", gamma)])
         return self.op("Add", f"{scope}/add", [y, self.init(f"{scope}/beta:0", beta)])
 
     def gelu_tanh(self, scope: str, x: str) -> str:
         """0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))."""
-        cube = self.op("Pow", f"{scope}/Pow", [x, self.init(f"{scope}/three:0", np.float32(3))])
-        cube = self.op("Mul", f"{scope}/mul", [cube, self.init(f"{scope}/c:0", np.float32(0.044715))])
+        cube = self.op("Pow", f"{scope}/Pow", [x, self.const(f"{scope}/three", 3)])
+        cube = self.op("Mul", f"{scope}/mul", [cube, self.const(f"{scope}/c", 0.044715)])
         inner = self.op("Add", f"{scope}/add", [x, cube])
-        inner = self.op("Mul", f"{scope}/mul_1", [inner, self.init(f"{scope}/k:0", np.float32(np.sqrt(2 / np.pi)))])
+        inner = self.op("Mul", f"{scope}/mul_1", [inner, self.const(f"{scope}/k", np.sqrt(2 / np.pi))])
         t = self.op("Tanh", f"{scope}/Tanh", [inner])
-        t = self.op("Add", f"{scope}/add_1", [t, self.init(f"{scope}/one:0", np.float32(1))])
-        half = self.op("Mul", f"{scope}/mul_2", [x, self.init(f"{scope}/half:0", np.float32(0.5))])
+        t = self.op("Add", f"{scope}/add_1", [t, self.const(f"{scope}/one", 1)])
+        half = self.op("Mul", f"{scope}/mul_2", [x, self.const(f"{scope}/half", 0.5)])
         return self.op("Mul", f"{scope}/mul_3", [half, t])
 
     def softmax(self, scope: str, x: str) -> str:
@@ -133,19 +144,19 @@ def tf2onnx_classifier() -> onnx.ModelProto:
     x = g.op("Relu", "model/conv/Relu", [x])
     x = g.op("Transpose", "model/conv/Relu__10", [x], perm=[0, 2, 3, 1])
     x = g.op("Reshape", "model/flatten/Reshape", [x, g.init("model/flatten/shape:0", np.array([-1, 256, 8], np.int64))])
-    x = g.dense("model/embed", x, 8, DIM)
-    h = g.layer_norm("model/ln", x, DIM)
-    h = g.dense("model/mlp/fc1", h, DIM, 2 * DIM)
+    x = g.dense("model/embed", x, *g.w.dense(8, DIM))
+    h = g.layer_norm("model/ln", x, *g.w.bn(DIM)[:2])
+    h = g.dense("model/mlp/fc1", h, *g.w.dense(DIM, 2 * DIM))
     # an affine map spelled Add then Mul, (h + 1) * 0.5, as jax.nn activations come out of tf2onnx
     h = g.op("Add", "model/ApplyActivation_1/AddV2_1", [h, g.init("model/ApplyActivation_1/one:0", np.float32(1))])
     h = g.op("Mul", "model/ApplyActivation_1/mul", [h, g.init("model/ApplyActivation_1/half:0", np.float32(0.5))])
     h = g.gelu_tanh("model/ApplyActivation", h)
-    x = g.op("Add", "model/residual/AddV2", [x, g.dense("model/mlp/fc2", h, 2 * DIM, DIM)])
+    x = g.op("Add", "model/residual/AddV2", [x, g.dense("model/mlp/fc2", h, *g.w.dense(2 * DIM, DIM))])
     pooled = g.op("ReduceMean", "model/pool/Mean", [x], axes=[1], keepdims=0)
     hint = g.op("Equal", "model/one_hot/Equal", ["class_hint:0", g.init("model/one_hot/range:0", np.arange(10, dtype=np.int64)[None])])
     hint = g.op("Cast", "model/one_hot/Cast", [hint], to=FLOAT)
-    pooled = g.op("Add", "model/hint/AddV2", [pooled, g.dense("model/hint", hint, 10, DIM)])
-    logits = g.dense("model/head", pooled, DIM, 10)
+    pooled = g.op("Add", "model/hint/AddV2", [pooled, g.dense("model/hint", hint, *g.w.dense(10, DIM))])
+    logits = g.dense("model/head", pooled, *g.w.dense(DIM, 10))
     g.nodes.append(helper.make_node("Identity", [g.softmax("model/softmax", logits)], ["probs:0"], name="Identity"))
     graph = helper.make_graph(
         g.nodes, "tf2onnx", [helper.make_tensor_value_info("input_image:0", FLOAT, ["unk__0", 16, 16, 1]),

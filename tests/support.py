@@ -6,6 +6,7 @@ these helpers deliberately do not use, so tests of passes do not depend on the c
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import sysconfig
 from pathlib import Path
@@ -15,6 +16,7 @@ import onnx
 import onnxruntime as ort
 
 import graphc
+from graphc.cli import main
 from graphc.ir import Model, to_proto
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,6 +115,21 @@ def op_count(model: Model, op: str) -> int:
 def node_named(model: Model, name: str):
     """The node of ``model`` called ``name`` (StopIteration if there is none)."""
     return next(n for n in model.graph.nodes if n.name == name)
+
+
+def load_module(path: Path):
+    """The Python file at ``path`` (a generator script under models/ or tests/data/) as a module."""
+    spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cli(capsys, *args) -> tuple[int, str, str]:
+    """``graphc ARGS`` in process: (exit code, stdout, stderr); arguments are made strings."""
+    code = main([str(a) for a in args])
+    out, err = capsys.readouterr()
+    return code, out, err
 
 
 def make_model(graph: onnx.GraphProto, opset: int = 13) -> onnx.ModelProto:

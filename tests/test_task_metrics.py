@@ -121,3 +121,84 @@ def test_charset_from_model_metadata_and_collapsed_spaces(tmp_path):
     onnx.save(helper.make_model(graph), tmp_path / "plain.onnx")
     with pytest.raises(MetricArgumentError, match="no 'character' metadata"):
         ctc_cer(cand, cand, np.array(["a b"]), charset=str(tmp_path / "plain.onnx"))
+
+
+def test_cer_counts_are_per_line_distances_and_truth_lengths():
+    from graphc.task_metrics import ctc_cer_counts
+
+    ref = [{"y": one_hot([[1, 2, 3, 0], [4, 4, 0, 0]])}]            # "123", "4"
+    cand = [{"y": one_hot([[1, 2, 2, 0], [4, 0, 4, 0]])}]           # "12", "44"
+    errors, totals = ctc_cer_counts(ref, cand)
+    assert errors.tolist() == [1, 1] and totals.tolist() == [3, 1]
+    assert ctc_cer.counts is ctc_cer_counts
+
+
+def two_blob_map() -> np.ndarray:
+    """[1, 1, 20, 30] map: blob A rows 2-5, cols 3-9 at 0.9; blob B rows 10-14, cols 12-24 at 0.8
+    plus one diagonal pixel (15, 25) at 0.7 (8-connected to B); a faint pixel (10, 25) at 0.2."""
+    prob = np.zeros((20, 30), np.float32)
+    prob[2:6, 3:10] = 0.9
+    prob[10:15, 12:25] = 0.8
+    prob[10, 25] = 0.2
+    prob[15, 25] = 0.7
+    return prob[None, None]
+
+
+def test_probability_map_boxes_by_hand():
+    from graphc.task_metrics import probability_map_boxes
+
+    boxes, scores = probability_map_boxes(two_blob_map()[0, 0])
+    # A: x 3..10, y 2..6; B: x 12..26 (the diagonal pixel joins), y 10..16; B's score is
+    # (65 * 0.8 + 0.7) / 66
+    assert boxes.tolist() == [[3, 2, 10, 6], [12, 10, 26, 16]]
+    assert scores == pytest.approx([0.9, (65 * 0.8 + 0.7) / 66], abs=1e-6)
+    # box_thresh drops B (mean 0.798), min_size drops a 2-pixel-high blob, thresh drops everything
+    assert probability_map_boxes(two_blob_map()[0, 0], box_thresh=0.85)[0].tolist() == [[3, 2, 10, 6]]
+    thin = np.zeros((10, 10)); thin[4:6, 1:9] = 0.9
+    assert len(probability_map_boxes(thin)[0]) == 0 and len(probability_map_boxes(thin, min_size=2)[0]) == 1
+    assert len(probability_map_boxes(two_blob_map()[0, 0], thresh=0.95)[0]) == 0
+
+
+def test_probability_map_components_are_8_connected_not_merged_across_gaps():
+    from graphc.task_metrics import probability_map_boxes
+
+    prob = np.zeros((12, 12))
+    prob[1:4, 1:4] = 0.9   # touches the next only at a corner: one component
+    prob[4:7, 4:7] = 0.9
+    prob[1:4, 8:11] = 0.9  # one empty column apart: its own component
+    boxes, _ = probability_map_boxes(prob)
+    assert sorted(boxes.tolist()) == [[1, 1, 7, 7], [8, 1, 11, 4]]
+
+
+def test_det_box_f1_two_blobs_by_hand():
+    from graphc.task_metrics import det_box_f1, det_box_f1_counts
+
+    ref = [{"maps": two_blob_map()}]
+    assert det_box_f1(ref, ref) == 1.0
+    lost = two_blob_map()
+    lost[0, 0, 10:16, 12:26] = 0.1                 # blob B gone: TP 1, FN 1 -> F1 = 2/3
+    assert det_box_f1(ref, [{"maps": lost}]) == pytest.approx(2 / 3)
+    errors, totals = det_box_f1_counts(ref, [{"maps": lost}])
+    assert errors.tolist() == [1] and totals.tolist() == [3]
+    shifted = two_blob_map()
+    shifted[0, 0, 2:6, 3:10] = 0.0
+    shifted[0, 0, 2:6, 6:13] = 0.9                 # A moved 3 px right: IoU 4*4 / (4*10) = 0.4
+    assert det_box_f1(ref, [{"maps": shifted}], iou="0.5") == pytest.approx(2 / 4)   # TP 1, FP 1, FN 1
+    assert det_box_f1(ref, [{"maps": shifted}], iou="0.35") == 1.0
+    # truth boxes as labels, [N, M, 4] in map pixels, NaN rows padding
+    labels = np.array([[[3, 2, 10, 6], [12, 10, 26, 16], [np.nan] * 4]])
+    assert det_box_f1(ref, ref, labels) == 1.0
+    assert det_box_f1(ref, [{"maps": lost}], labels) == pytest.approx(2 / 3)
+    with pytest.raises(MetricArgumentError, match="probability maps"):
+        det_box_f1([{"maps": np.zeros((2, 3))}], [{"maps": np.zeros((2, 3))}])
+    assert det_box_f1.higher_is_better is True
+
+
+def test_box_f1_counts_pool_to_the_f1():
+    from graphc.task_metrics import box_f1_counts
+
+    truth = [{"d": np.array([[[0, 0, 10, 10, 0.9], [20, 20, 30, 30, 0.9]]])}]
+    cand = [{"d": np.array([[[0, 0, 10, 10, 0.9], [50, 50, 60, 60, 0.9]]])}]   # TP 1, FP 1, FN 1
+    errors, totals = box_f1_counts(truth, cand)
+    assert errors.tolist() == [2] and totals.tolist() == [4]
+    assert box_f1(truth, cand) == pytest.approx(1 - 2 / 4)

@@ -44,3 +44,26 @@ def relative_error(reference, candidate, labels=None):
 
 
 relative_error.higher_is_better = False
+
+
+def _argmax_counts(reference, candidate, labels=None, output="y"):
+    """Per sample: positions whose argmax over axis 1 differs from the labels' (one [H, W] map of
+    class indices per sample) or else from the reference's, and positions."""
+    errors, totals = [], []
+    for i, (r, c) in enumerate(zip(reference, candidate)):
+        cand = np.argmax(c[output], axis=1)
+        truth = np.argmax(r[output], axis=1) if labels is None else np.asarray(labels[i]).reshape(cand.shape)
+        errors.append(int(np.sum(truth != cand)))
+        totals.append(truth.size)
+    return np.array(errors), np.array(totals)
+
+
+def argmax_error(reference, candidate, labels=None, output="y"):
+    """Pooled fraction of positions whose argmax over axis 1 moved: lower is better; its per-sample
+    counts let a budget bound it (graphc.verify.metric_bound)."""
+    errors, totals = _argmax_counts(reference, candidate, labels, output)
+    return float(errors.sum() / totals.sum())
+
+
+argmax_error.higher_is_better = False
+argmax_error.counts = _argmax_counts

@@ -49,6 +49,7 @@ from graphc.ir import consumers, node_label, producer
 from graphc.ir.shapes import TensorInfo
 from graphc.ir.stats import node_macs
 from graphc.ir.structure import find_cycle_free_order
+from graphc.ir.subgraphs import walk_graphs
 
 log = logging.getLogger(__name__)
 
@@ -65,10 +66,11 @@ class Member:
     node: gs.Node
     role: str        # producer | consumer | norm | bias | param | reshape | split | slice | ...
     slot: SlotKey
+    path: str = ""   # the body the node sits in ("" top graph)
 
     @property
     def label(self) -> str:
-        return node_label(self.node)
+        return node_label(self.node, self.path)
 
 
 @dataclass(eq=False)
@@ -155,8 +157,13 @@ class ChannelAnalysis:
     """Result of the analysis: groups, slots, and how they were derived."""
 
     def __init__(self, graph: gs.Graph, shapes: dict[str, TensorInfo], opset: int, attention: str,
-                 cost_shapes: dict[str, TensorInfo] | None = None):
+                 cost_shapes: dict[str, TensorInfo] | None = None, path: str = "",
+                 node_paths: dict[int, str] | None = None):
         self.graph = graph
+        #: the body analysed (``If_0/then_branch``; "" the top graph) and where each node sits
+        self.path = path
+        self.node_paths = node_paths if node_paths is not None else \
+            {id(n): p for p, g in walk_graphs(graph, path) for n in g.nodes}
         order = find_cycle_free_order(graph)
         self.order = {id(n): i for i, n in enumerate(order)}
         self.shapes = complete_shapes(graph, shapes, order)
@@ -181,6 +188,10 @@ class ChannelAnalysis:
 
     def tensor(self, name: str) -> gs.Tensor:
         return self._tensors[name]
+
+    def label(self, node: gs.Node) -> str:
+        """``node_label`` with the node's body path (``Conv 'If_0/then_branch/conv'``)."""
+        return node_label(node, self.node_paths.get(id(node), ""))
 
     def dims(self, tensor: gs.Tensor) -> tuple | None:
         if isinstance(tensor, gs.Constant):
@@ -268,18 +279,20 @@ class ChannelGroupsByHeadDim(ChannelGroups):
 
 
 def analyze_channels(graph: gs.Graph, shapes: dict[str, TensorInfo], opset: int | None = None,
-                     attention: str = "heads", cost_shapes: dict[str, TensorInfo] | None = None
-                     ) -> ChannelAnalysis:
+                     attention: str = "heads", cost_shapes: dict[str, TensorInfo] | None = None,
+                     *, path: str = "", node_paths: dict[int, str] | None = None) -> ChannelAnalysis:
     """Compute the channel groups of ``graph``.
 
     ``shapes`` must come from the model's declared inputs (``ctx.shapes()``): groups drive
     rewrites, which must hold for every input shape. ``cost_shapes`` (``ctx.cost_shapes()``, the
-    user's ``--input-shape``) only feeds the MACs-per-channel estimates.
+    user's ``--input-shape``) only feeds the MACs-per-channel estimates. ``graph`` may be a body
+    (:mod:`graphc.analysis.body_groups`): ``path`` names it, ``node_paths`` (id(node) -> body
+    path, of the whole model) names the nodes of every scope in reasons and members.
     """
     if attention not in ATTENTION_MODES:
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, not {attention!r}")
     analysis = ChannelAnalysis(graph, shapes, int(opset if opset is not None else graph.opset), attention,
-                               cost_shapes)
+                               cost_shapes, path, node_paths)
     builder = Builder(analysis)
     builder.run()
     build_groups(analysis, builder)
@@ -304,6 +317,7 @@ class Builder:
         self.attention = analysis.attention
         self.rules = channel_rules
         self.top_level = {id(n) for n in self.graph.nodes}
+        self.nested = {id(n) for p, g in walk_graphs(self.graph) if p for n in g.nodes}
         self.parent: dict[SlotKey, SlotKey] = {}
         self.queue: deque[SlotKey] = deque()
         self.visited: set[tuple[int, SlotKey]] = set()
@@ -444,7 +458,7 @@ class Builder:
 
     def role(self, node: gs.Node, role: str, key: SlotKey | None) -> None:
         if key is not None:
-            self.a.roles.append(Member(node, role, key))
+            self.a.roles.append(Member(node, role, key, self.a.node_paths.get(id(node), "")))
             self.visited.add((id(node), key))
 
     def fixup(self, node: gs.Node, kind: str, slots: tuple, **data) -> None:
@@ -473,7 +487,7 @@ class Builder:
                         continue
                     self.visited.add((id(node), key))
                     if id(node) not in self.top_level:
-                        self.block(key, f"'{key[0]}' is read inside a subgraph ({node_label(node)})")
+                        self.block(key, self._crossing(key, node))
                         continue
                     self.rules.apply(self, node, key)
             deferred, self.deferred = self.deferred, []
@@ -485,6 +499,14 @@ class Builder:
         for key in list(self.a.slot_size):
             for reason in self.tensor_blocks.get(key[0], ()):
                 self.block(key, reason)
+
+
+    def _crossing(self, key: SlotKey, node: gs.Node) -> str:
+        """Why a slot whose tensor is also used outside the analysed graph's own nodes is blocked."""
+        if id(node) in self.nested:
+            return f"'{key[0]}' is read inside a subgraph ({self.a.label(node)})"
+        return (f"'{key[0]}' crosses the boundary of {self.a.path or 'the graph'} "
+                f"(also used by {self.a.label(node)})")
 
 
 def _label(node: gs.Node | None) -> str:
@@ -582,7 +604,7 @@ def _attach(a: ChannelAnalysis, b: Builder) -> None:
     seen_members: set = set()
     for member in a.roles:
         if member.slot[0] in a.bias_constants and member.role == "param":
-            member = Member(member.node, "bias", member.slot)
+            member = Member(member.node, "bias", member.slot, member.path)
         for gid in a.slot_groups.get(member.slot, ()):
             key = (gid, id(member.node), member.role, member.slot)
             if key not in seen_members:
@@ -591,7 +613,7 @@ def _attach(a: ChannelAnalysis, b: Builder) -> None:
     for fix in a.fixups:
         gids = {gid for s in fix.slots for gid in a.slot_groups.get(s, ())}
         for gid in gids:
-            groups[gid].members.append(Member(fix.node, fix.kind, fix.slots[0]))
+            groups[gid].members.append(Member(fix.node, fix.kind, fix.slots[0], a.node_paths.get(id(fix.node), "")))
     weighted = {id(m.node) for m in a.roles}
     seen: dict[int, set[int]] = defaultdict(set)
     for link in a.links:

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import networkx as nx
 
-from graphc.ir import node_label
 
 _ROLE_TITLES = (("producer", "producers"), ("consumer", "consumers"), ("norm", "norms"),
                 ("bias", "biases"), ("param", "per-channel constants"))
@@ -25,7 +24,8 @@ _ROLE_TITLES = (("producer", "producers"), ("consumer", "consumers"), ("norm", "
 def format_groups(analysis, *, limit_members: int = 6) -> str:
     groups = analysis.groups
     counts = Counter(g.status for g in groups)
-    lines = [f"channel groups: {len(groups)} ({counts['prunable']} prunable, {counts['inexact']} inexact, "
+    where = f"{analysis.path}: " if analysis.path else ""
+    lines = [f"{where}channel groups: {len(groups)} ({counts['prunable']} prunable, {counts['inexact']} inexact, "
              f"{counts['blocked']} blocked); attention pruned by {analysis.attention}"]
     for g in groups:
         macs = "?" if g.macs_per_channel is None else _si(g.macs_per_channel)
@@ -47,7 +47,7 @@ def format_groups(analysis, *, limit_members: int = 6) -> str:
         gids = ", ".join(str(i) for i in row["groups"]) or "none"
         reasons = "; ".join(row["reasons"][:2] or ["no group"])
         state = "prunable" if row["prunable"] else reasons if reasons.startswith("inexact") else f"blocked: {reasons}"
-        lines.append(f"    {node_label(row['node'])}: output group {gids}, {state}")
+        lines.append(f"    {analysis.label(row['node'])}: output group {gids}, {state}")
     reasons = Counter(r for g in groups for r in g.blocked[:1])
     if reasons:
         lines.append("most common block reasons:")
@@ -96,7 +96,7 @@ def dependency_graph(analysis) -> nx.MultiGraph:
                        status=status, blocked=list(analysis.slot_blocks.get(key, [])))
     for link in analysis.links:
         graph.add_edge(slot_label(link.a), slot_label(link.b), kind=link.kind,
-                       op=node_label(link.node) if link.node is not None else "")
+                       op=analysis.label(link.node) if link.node is not None else "")
     return graph
 
 

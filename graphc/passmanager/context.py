@@ -73,9 +73,15 @@ class Context:
     (:class:`graphc.calib.data.DataSource`) or None."""
 
     def __init__(self, model: Model, *, data: Any = None,
-                 input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, metric: Any = None):
+                 input_shapes: dict[str, tuple[int, ...]] | None = None, seed: int = 0, metric: Any = None,
+                 evaluation: Any = None, evaluation_labels: Any = None):
         self.model = model
         self.data = data
+        #: evaluation data apart from the calibration data (--eval-data) or None: what a metric
+        #: budget scores on when given
+        self.evaluation = evaluation
+        #: the labels of ``evaluation`` (any dtype, as the metric takes them) or None
+        self.evaluation_labels = evaluation_labels
         #: the user's task metric (graphc.verify.user_metric.UserMetric, --metric) or None: what
         #: error budgets such as quant{max-metric-drop=...} measure
         self.metric = metric

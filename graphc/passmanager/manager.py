@@ -99,6 +99,8 @@ class PassManager:
         prepare: bool = True,
         max_seconds: float | None = None,
         metric: Any = None,
+        evaluation: Any = None,
+        evaluation_labels: Any = None,
     ):
         if isinstance(pipeline, str):
             pipeline = parse_pipeline(pipeline)
@@ -113,6 +115,8 @@ class PassManager:
         self.instruments = list(instruments)
         self.seed = seed
         self.metric = metric  # the user's task metric, for budgets (Context.metric)
+        self.evaluation = evaluation  # evaluation data apart from calibration (Context.evaluation)
+        self.evaluation_labels = evaluation_labels  # its labels, for a metric budget
         #: wall-clock limit of each pass (its post-pass check included); None: no limit
         if max_seconds is not None and not max_seconds > 0:
             raise ValueError(f"max_seconds must be positive, not {max_seconds}")
@@ -136,7 +140,8 @@ class PassManager:
             from graphc.calib.declared_shapes import repair_declarations_by_run
 
             repair_declarations_by_run(model, self.data)
-        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed, metric=self.metric)
+        ctx = Context(model, data=self.data, input_shapes=self.input_shapes, seed=self.seed, metric=self.metric,
+                      evaluation=self.evaluation, evaluation_labels=self.evaluation_labels)
         keep = any(inst.keeps_original for inst in self.instruments) or any(
             step.requires_data() or step.wants_original() for _, step in steps)
         ctx.original = model.copy() if keep else None

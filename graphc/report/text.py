@@ -121,7 +121,8 @@ def localization_lines(loc: dict[str, Any] | None) -> list[str]:
     return [f"  localize: first divergence at tensor '{loc['tensor']}'",
             f"    candidate node: {loc['candidate_node']}",
             f"    reference node: {loc['reference_node']}",
-            f"    {reason} ({loc['compared']} of {loc['shared']} shared tensors compared)"]
+            f"    {reason} ({loc['compared']} of {loc['shared']} shared tensors compared)"] + \
+        ([f"    {loc['note']}"] if loc.get("note") else [])
 
 
 def opt_text(report: dict[str, Any]) -> str:

@@ -7,6 +7,10 @@ folding, cleanup) leave almost every layer measurable. After fold-bn a Conv comp
 BatchNormalization computed before, under the same name, so the error is measured after the
 normalization. Tensors whose shape changed (pruned channels) are not comparable and are left out.
 
+A layer inside a Loop or Scan body is keyed by its path (``loop/body/conv``) and its error is that
+of its output stacked over every iteration (:mod:`graphc.verify.body_tensors`): the metrics of all
+iterations' values concatenated. Layers inside If branches are not measured here.
+
 Metrics are those of :mod:`graphc.verify.running`, accumulated over every sample of ``data``,
 measured only (no pass/fail). Layers are visited in chunks (as localization does), so memory
 holds one chunk of one sample at a time.
@@ -17,6 +21,7 @@ import logging
 
 from graphc.calib.data import DataSource
 from graphc.ir.model import Model
+from graphc.ir.subgraphs import path_name
 from graphc.progress import progress
 from graphc.verify.localize import DEFAULT_MAX_BYTES, _compare_chunk, chunks, shared_tensors
 from graphc.verify.running import TensorMetrics
@@ -45,5 +50,5 @@ def layer_errors(reference: Model, candidate: Model, data: DataSource, *,
                 log.info("layer %s: output '%s' changed shape; error not measured",
                          tensor.candidate_node.name, tensor.name)
                 continue
-            errors.setdefault(tensor.candidate_node.name, metrics)
+            errors.setdefault(path_name(tensor.candidate_path, tensor.candidate_node), metrics)
     return errors

@@ -20,9 +20,14 @@ compared are those of the graph as written.
 
 Inside If branches: an If that every sample takes the same way is replaced, in copies of both
 models, by the branch it takes (:mod:`graphc.verify.branches`), so the branch's tensors are
-compared too and a divergence there is named by path (``Conv 'If_0/then_branch/conv'``). A
-divergence first seen at the output of a Loop or Scan (or of an If the samples take both ways)
-is reported at that node, with a note that its body was not searched.
+compared too and a divergence there is named by path (``Conv 'If_0/then_branch/conv'``).
+Inside Loop and Scan bodies: the body's tensors are lifted out as scan outputs, stacked over the
+iterations, and compared before the node's own outputs, iteration by iteration
+(:mod:`graphc.verify.body_tensors` says why and how), so a divergence there is named by path
+(``MatMul 'loop/body/step'``) with the iteration it first shows in. A chunk holds a body's
+tensors whole. A divergence first seen at the output of an If the samples take both ways (or of
+a Loop/Scan whose body could not be lifted) is reported at that node, with a note that its body
+was not searched.
 """
 from __future__ import annotations
 
@@ -36,11 +41,12 @@ import onnx_graphsurgeon as gs
 
 from graphc.calib.data import DataSource
 from graphc.ir.model import Model
-from graphc.ir.outputs import computed_tensors, with_outputs
+from graphc.ir.outputs import with_outputs
 from graphc.ir.shapes import infer_shapes
 from graphc.ir.structure import node_label
 from graphc.progress import progress
 from graphc.runtime import create_session, run_session
+from graphc.verify.body_tensors import computed_in_order, first_failure
 from graphc.verify.branches import taken_branch_views
 from graphc.verify.running import RunningMetrics, TensorMetrics
 from graphc.verify.tolerances import Tolerances
@@ -88,24 +94,38 @@ class SharedTensor:
     candidate_node: gs.Node
     reference_node: gs.Node
     nbytes: int  # static size in the candidate, 0 when unknown
+    candidate_path: str = ""   # the body the candidate's node sits in ("" top graph)
+    reference_path: str = ""
+    loop: str | None = None    # the outermost Loop/Scan whose body computes it (None: top graph)
+
+    @property
+    def candidate_label(self) -> str:
+        return node_label(self.candidate_node, self.candidate_path)
+
+    @property
+    def reference_label(self) -> str:
+        return node_label(self.reference_node, self.reference_path)
 
 
 def shared_tensors(reference: Model, candidate: Model,
                    input_shapes: dict[str, tuple[int, ...]] | None = None) -> list[SharedTensor]:
-    """Tensors computed in both models under the same name, in the candidate's topological
-    order; those whose static shapes are known to differ are left out."""
-    ref_tensors = {t.name: t for t in computed_tensors(reference)}
+    """Tensors computed in both models under the same name (also inside Loop/Scan bodies, in
+    both models), in the candidate's order (:mod:`graphc.verify.body_tensors`); those whose
+    static shapes are known to differ are left out."""
+    ref_tensors = {c.tensor.name: c for c in computed_in_order(reference)}
     ref_shapes = infer_shapes(reference, input_shapes)
     cand_shapes = infer_shapes(candidate, input_shapes)
     shared = []
-    for tensor in computed_tensors(candidate):
-        ref = ref_tensors.get(tensor.name)
-        if ref is None:
+    for found in computed_in_order(candidate):
+        ref = ref_tensors.get(found.tensor.name)
+        if ref is None or (found.loop is None) != (ref.loop is None):
             continue
-        a, b = cand_shapes.get(tensor.name), ref_shapes.get(tensor.name)
+        a, b = cand_shapes.get(found.tensor.name), ref_shapes.get(found.tensor.name)
         if a is not None and b is not None and a.static and b.static and a.shape != b.shape:
             continue
-        shared.append(SharedTensor(tensor.name, tensor.inputs[0], ref.inputs[0], _nbytes(a)))
+        shared.append(SharedTensor(found.tensor.name, found.node, ref.node,
+                                   _nbytes(a) if found.loop is None else 0,
+                                   found.path, ref.path, found.loop))
     return shared
 
 
@@ -116,11 +136,13 @@ def _nbytes(info) -> int:
 
 
 def chunks(tensors: list[SharedTensor], chunk_size: int, max_bytes: int) -> Iterator[list[SharedTensor]]:
-    """Consecutive runs of at most ``chunk_size`` tensors and (where known) ``max_bytes``."""
+    """Consecutive runs of at most ``chunk_size`` tensors and (where known) ``max_bytes``; the
+    tensors of one Loop/Scan body stay in one chunk (their order is judged per iteration)."""
     chunk: list[SharedTensor] = []
     size = 0
     for tensor in tensors:
-        if chunk and (len(chunk) >= chunk_size or size + tensor.nbytes > max_bytes):
+        same_body = tensor.loop is not None and chunk and chunk[-1].loop == tensor.loop
+        if chunk and not same_body and (len(chunk) >= chunk_size or size + tensor.nbytes > max_bytes):
             yield chunk
             chunk, size = [], 0
         chunk.append(tensor)
@@ -165,49 +187,112 @@ def _first_divergence(reference: Model, candidate: Model, data, budget: Toleranc
     if not shared:
         return Localization(None, None, None, None, 0, 0, "the models share no intermediate tensor names")
     compared = 0
+    unsearched: set[str] = set()
     for chunk in progress(chunks(shared, max(1, chunk_size), max_bytes), desc="localizing", unit="chunk"):
-        results = _compare_chunk(reference, candidate, chunk, data, budget, optimize)
-        for tensor, metrics in zip(chunk, results):
-            if metrics is None:
-                continue
-            compared += 1
-            if not metrics.passed:
-                return Localization(tensor.name, node_label(tensor.candidate_node),
-                                    node_label(tensor.reference_node), metrics, len(shared), compared,
-                                    _body_note(tensor.candidate_node))
+        run = ChunkRun(reference, candidate, chunk, budget, optimize, by_iteration=True).measure(data)
+        unsearched |= run.unsearched
+        name = first_failure([t.name for t in chunk], {t.name: t.loop for t in chunk},
+                             dict(zip((t.name for t in chunk), run.overall)), run.per_iteration)
+        upto = next(i for i, t in enumerate(chunk) if t.name == name) + 1 if name is not None else len(chunk)
+        compared += sum(m is not None for m in run.overall[:upto])
+        if name is not None:
+            tensor = chunk[upto - 1]
+            metrics, note = run.verdict(tensor)
+            return Localization(tensor.name, tensor.candidate_label, tensor.reference_label, metrics,
+                                len(shared), compared, note or _body_note(tensor.candidate_node, unsearched))
     return Localization(None, None, None, None, len(shared), compared,
                         "every shared tensor is within budget; the divergence is in tensors "
                         "the models do not share")
 
 
-def _body_note(node: gs.Node) -> str:
+def _body_note(node: gs.Node, unsearched: set[str]) -> str:
     """What localization cannot see: the inside of the body of the node it stopped at."""
-    if node.op in ("Loop", "Scan"):
-        return f"inside the {node.op}'s body: not localized further (its body runs once per iteration)"
+    if node.op in ("Loop", "Scan") and (node.name in unsearched or not node.name):
+        return f"inside the {node.op}'s body: not localized further (its body could not be lifted out)"
     if node.op == "If":
         return "inside the If's branches: not localized further (the samples take different branches)"
     return ""
 
 
+class ChunkRun:
+    """Runs both models with a chunk's tensors exposed and accumulates their metrics over the
+    samples: ``overall`` per tensor (None: not comparable, shape or dtype differ), and with
+    ``by_iteration`` also ``per_iteration[name]`` for body tensors (one per outer iteration).
+    A chunk whose body tensors onnxruntime cannot lift (their shape changes between iterations) is
+    measured without them; their Loop/Scan names are in ``unsearched``."""
+
+    def __init__(self, reference: Model, candidate: Model, chunk: list[SharedTensor], budget: Tolerances,
+                 optimize: bool, by_iteration: bool = False):
+        self.reference, self.candidate, self.chunk = reference, candidate, chunk
+        self.budget, self.optimize, self.by_iteration = budget, optimize, by_iteration
+        self.overall: list[TensorMetrics | None] = []
+        self.per_iteration: dict[str, list[TensorMetrics]] = {}
+        self.unsearched: set[str] = set()
+
+    def measure(self, data) -> "ChunkRun":
+        try:
+            self._measure(self.chunk, data)
+        except Exception as exc:  # onnxruntime refuses a lifted body tensor: compare without the bodies
+            bodies = {t.loop for t in self.chunk if t.loop is not None}
+            if not bodies:
+                raise
+            log.info("localize: Loop/Scan bodies %s not searched: %s", sorted(bodies), exc)
+            self.unsearched |= bodies
+            top = [t for t in self.chunk if t.loop is None]
+            self.overall = []
+            if top:
+                self._measure(top, data)
+            kept = dict(zip((t.name for t in top), self.overall))
+            self.overall = [kept.get(t.name) for t in self.chunk]
+            self.per_iteration = {}
+        return self
+
+    def verdict(self, tensor: SharedTensor) -> tuple[TensorMetrics | None, str]:
+        """The metrics to report for a failing tensor and a note: a body tensor's are those of the
+        first iteration that fails."""
+        if tensor.loop is None:
+            return self.overall[self.chunk.index(tensor)], ""
+        iterations = self.per_iteration.get(tensor.name, [])
+        first = next(i for i, m in enumerate(iterations) if not m.passed)
+        return iterations[first], (f"inside the body of {tensor.loop}: first diverges in iteration {first} "
+                                   f"(of {len(iterations)})")
+
+    def _measure(self, tensors: list[SharedTensor], data) -> None:
+        names = [t.name for t in tensors]
+        log.info("localize: comparing %d tensors from '%s'", len(names), names[0])
+        ref_session = create_session(with_outputs(self.reference, names), optimize=self.optimize,
+                                     label="reference", spin=False)
+        cand_session = create_session(with_outputs(self.candidate, names), optimize=self.optimize,
+                                      label="candidate", spin=False)
+        running = [RunningMetrics(n, n, self.budget) for n in names]
+        steps: dict[str, list[RunningMetrics]] = {t.name: [] for t in tensors if t.loop is not None}
+        comparable = [True] * len(names)
+        for feed in data:
+            ref_values = run_session(ref_session, feed, names, label="reference")
+            cand_values = run_session(cand_session, feed, names, label="candidate")
+            for i, (ref, got) in enumerate(zip(ref_values, cand_values)):
+                if not comparable[i]:
+                    continue
+                if np.shape(ref) != np.shape(got) or np.asarray(ref).dtype != np.asarray(got).dtype:
+                    comparable[i] = False
+                    continue
+                running[i].update(ref, got)
+                if self.by_iteration and names[i] in steps:
+                    self._update_steps(steps[names[i]], names[i], np.asarray(ref), np.asarray(got))
+        self.overall = [r.result() if ok else None for r, ok in zip(running, comparable)]
+        self.per_iteration = {n: [r.result() for r in steps[n]] for n, ok in zip(names, comparable)
+                              if ok and n in steps}
+
+    def _update_steps(self, steps: list[RunningMetrics], name: str, ref: np.ndarray, got: np.ndarray) -> None:
+        """Per outer iteration (the lifted value's leading axis) metrics of a body tensor."""
+        while len(steps) < ref.shape[0]:
+            steps.append(RunningMetrics(name, name, self.budget))
+        for i in range(ref.shape[0]):
+            steps[i].update(ref[i], got[i])
+
+
 def _compare_chunk(reference: Model, candidate: Model, chunk: list[SharedTensor], data: DataSource,
                    budget: Tolerances, optimize: bool) -> list[TensorMetrics | None]:
-    """Metrics per tensor of the chunk (None: not comparable: shape or dtype differ)."""
-    names = [t.name for t in chunk]
-    log.info("localize: comparing %d tensors from '%s'", len(names), names[0])
-    ref_session = create_session(with_outputs(reference, names), optimize=optimize,
-                                 label="reference", spin=False)
-    cand_session = create_session(with_outputs(candidate, names), optimize=optimize,
-                                  label="candidate", spin=False)
-    running = [RunningMetrics(n, n, budget) for n in names]
-    comparable = [True] * len(names)
-    for feed in data:
-        ref_values = run_session(ref_session, feed, names, label="reference")
-        cand_values = run_session(cand_session, feed, names, label="candidate")
-        for i, (ref, got) in enumerate(zip(ref_values, cand_values)):
-            if not comparable[i]:
-                continue
-            if np.shape(ref) != np.shape(got) or np.asarray(ref).dtype != np.asarray(got).dtype:
-                comparable[i] = False
-                continue
-            running[i].update(ref, got)
-    return [r.result() if ok else None for r, ok in zip(running, comparable)]
+    """Metrics per tensor of the chunk over all samples (and, for a body tensor, all iterations;
+    None: not comparable: shape or dtype differ, or a body that could not be lifted)."""
+    return ChunkRun(reference, candidate, chunk, budget, optimize).measure(data).overall

@@ -17,7 +17,11 @@ reference's own score is ``function(reference, reference, labels)``, so
 
 is what the candidate costs in the metric's own units; ``--max-metric-drop`` bounds it and
 ``--min-metric`` bounds the candidate's score from below (from above when lower is better).
-Ready metrics: ``graphc.task_metrics:ctc_cer`` and ``graphc.task_metrics:box_f1``.
+A callable whose score is a pooled error rate may expose ``function.counts`` (per-sample errors
+and opportunities); its drop then has an upper confidence bound (:mod:`graphc.verify.metric_bound`),
+which ``quant{max-metric-drop=...}`` holds to instead of the point estimate.
+Ready metrics: ``graphc.task_metrics:ctc_cer``, ``graphc.task_metrics:box_f1`` and
+``graphc.task_metrics:det_box_f1`` (probability maps, boxes extracted as DB post-processing does).
 """
 from __future__ import annotations
 
@@ -33,6 +37,7 @@ from graphc.progress import progress
 from graphc.runtime import create_session, run_session
 from graphc.verify.compare import match_outputs
 from graphc.verify.feeds import ModelInput, open_model
+from graphc.verify.metric_bound import paired_bootstrap_upper, pooled_rate, rate_upper
 
 
 @dataclass(frozen=True)
@@ -61,6 +66,27 @@ class UserMetric:
         if not math.isfinite(number):
             raise MetricError(f"metric {self.spec} returned {number}, not a finite number")
         return number
+
+    @property
+    def has_counts(self) -> bool:
+        """Whether the callable exposes its per-sample error counts (``function.counts``), so that
+        its drop can be bounded (:mod:`graphc.verify.metric_bound`)."""
+        return callable(getattr(self.function, "counts", None))
+
+    def drop_upper_bound(self, reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]],
+                         confidence: float, labels: Any = None) -> float | None:
+        """Upper ``confidence`` bound of the candidate's drop against the reference (None: the
+        metric has no counts); see :mod:`graphc.verify.metric_bound`."""
+        if not self.has_counts:
+            return None
+        try:
+            ref = self.function.counts(reference, reference, labels, **dict(self.args))
+            cand = self.function.counts(reference, candidate, labels, **dict(self.args))
+        except Exception as exc:  # the user's code: any exception becomes one line
+            raise MetricError(f"metric {self.spec} counts raised {type(exc).__name__}: {_first_line(exc)}") from None
+        if labels is None:  # the reference is the truth: its rate is 0, the candidate's its disagreement
+            return rate_upper(*cand, confidence) - pooled_rate(ref)
+        return paired_bootstrap_upper(cand, ref, confidence)
 
 
 def load_metric(spec: str, args: Iterable[str] = ()) -> UserMetric:

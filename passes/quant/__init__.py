@@ -87,9 +87,10 @@ class Quantize(Pass):
                                   "needed); auto: dynamic without --data, and with it when MatMul/Gemm "
                                   "with constant weights hold most MACs (transformers), else u8",
                                   choices=("auto", "u8", "s8", "dynamic"))
-        outlier_channels: int = option(8, "activations=dynamic with --data: at most this many input channels "
-                                       "per MatMul/Gemm whose calibrated max |x| exceeds 6x the median "
-                                       "channel's stay float (a thin float MatMul beside the int8 one); 0: none",
+        outlier_channels: int = option(16, "activations=dynamic with --data: at most this many input channels "
+                                       "per MatMul/Gemm whose calibrated max |x| exceeds 4x the median "
+                                       "channel's stay float (a thin float MatMul beside the int8 one; when "
+                                       "none exceeds 6x, they are moved into the weights instead); 0: none",
                                        min=0, max=64)
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
@@ -112,8 +113,13 @@ class Quantize(Pass):
                                           "at least this", min=0.0, max=1.0)
         max_metric_drop: float | None = option(None, "error budget: keep the fewest layers float so that the "
                                                "user's metric (--metric) loses at most this against the float "
-                                               "model on the calibration data, the float outputs as the truth",
+                                               "model on the evaluation data (--eval-data, else the calibration "
+                                               "data), the float outputs as the truth",
                                                min=0.0)
+        metric_confidence: float = option(0.95, "max-metric-drop: hold the drop's upper bound at this confidence "
+                                          "(binomial and bootstrap over samples, for metrics with per-sample "
+                                          "counts such as ctc_cer and box F1); 0: the point estimate",
+                                          min=0.0, max=0.999)
         bias_correction: bool = option(False, "subtract the mean output shift measured on the calibration "
                                        "data from each quantized Conv/Gemm bias (one topological sweep)")
         weights_only: bool = option(False, "MatMul/Gemm weights only, activations float: int8 "

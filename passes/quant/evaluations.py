@@ -8,6 +8,13 @@ on the first evaluation that is not cached. Independent evaluations run on the e
 force (:mod:`graphc.executor`: by default two spawned processes, each given the job once;
 or Ray, the job put in its object store once); results come back in the order asked.
 
+Evaluation data. A metric budget (``max-metric-drop``) scores on the evaluation data when the run
+has it (``--eval-data``, :attr:`Context.evaluation`; up to ``MAX_EVAL_FEEDS`` samples, all of them
+when it has labels), apart from the calibration samples the ranges come from: more samples than
+calibration needs, and not the ones the ranges were fitted on. With labels
+(:attr:`Context.evaluation_labels`) the metric's truth is the labels, not the float outputs. Each evaluation then also gives the metric drop's upper confidence
+bound (``metric-confidence``, :mod:`graphc.verify.metric_bound`), which the budget holds to.
+
 Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
 feeds and the quant options (other than the budget), under ``$GRAPHC_CACHE_DIR`` or
 ``~/.cache/graphc`` (``quant-budget/<digest>.json``): a second run with another budget re-uses
@@ -16,6 +23,7 @@ the sensitivity sweep and every set already measured.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -36,7 +44,9 @@ from graphc.passmanager import Context, PassResult
 log = logging.getLogger(__name__)
 
 MAX_FEEDS = 32
-CACHE_VERSION = 4
+CACHE_VERSION = 5
+#: at most this many evaluation samples (--eval-data) a metric budget scores on
+MAX_EVAL_FEEDS = 1000
 
 
 def cache_dir() -> Path:
@@ -53,10 +63,12 @@ class Score:
     disagreement: float | None
     cosine: float = 1.0
     metric_drop: float | None = None
+    #: upper confidence bound of the metric drop (None: no bound asked for or the metric has no counts)
+    metric_bound: float | None = None
 
     def to_json(self) -> dict:
         return {"sqnr": self.sqnr, "disagreement": self.disagreement, "cosine": self.cosine,
-                "metric_drop": self.metric_drop}
+                "metric_drop": self.metric_drop, "metric_bound": self.metric_bound}
 
 
 class EvaluationCache:
@@ -70,7 +82,7 @@ class EvaluationCache:
             stored = json.loads(self.path.read_text())
             if stored.get("version") == CACHE_VERSION:
                 self.values = {k: Score(float(v["sqnr"]), v["disagreement"], float(v["cosine"]),
-                                        v.get("metric_drop"))
+                                        v.get("metric_drop"), v.get("metric_bound"))
                                for k, v in stored["evaluations"].items()}
         except (OSError, ValueError, KeyError, TypeError, AttributeError):
             self.values = {}
@@ -101,14 +113,22 @@ class Job:
     metric: Any = None                # the user's metric (UserMetric), when the budget bounds it
     output_names: tuple[str, ...] = ()
     metric_reference: float | None = None  # the float model's own score (its outputs as the truth)
+    confidence: float = 0.0  # of the metric drop's upper bound (0: the point estimate only)
+    calibration_feeds: list[dict] | None = None  # when the budget scores on evaluation data
+    labels: Any = None  # of the evaluation data: the metric's truth (None: the float outputs)
 
-    def metric_drop(self, outputs: list[list[np.ndarray]] | None) -> float | None:
-        """What the candidate's ``outputs`` lose in the user's metric (positive is worse)."""
+    def metric_drop(self, outputs: list[list[np.ndarray]] | None) -> tuple[float | None, float | None]:
+        """What the candidate's ``outputs`` lose in the user's metric (positive is worse), and the
+        upper confidence bound of that loss (:mod:`graphc.verify.metric_bound`; None: not asked)."""
         if self.metric is None or outputs is None:
-            return None
+            return None, None
         named = lambda lists: [dict(zip(self.output_names, o)) for o in lists]  # noqa: E731
-        gap = self.metric_reference - self.metric.score(named(self.references), named(outputs))
-        return gap if self.metric.higher_is_better else -gap
+        gap = self.metric_reference - self.metric.score(named(self.references), named(outputs), self.labels)
+        bound = None
+        if self.confidence > 0:
+            bound = self.metric.drop_upper_bound(named(self.references), named(outputs), self.confidence,
+                                                 self.labels)
+        return (gap if self.metric.higher_is_better else -gap), bound
 
     def allowed(self, graph, float_layers) -> frozenset[int] | None:
         return allowed_positions(self.positions, graph, float_layers)
@@ -128,14 +148,14 @@ def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
     from graphc.verify.scores import score_outputs  # lazy: loads onnxruntime
 
     model = load(job.model_bytes)
-    ctx = Context(model, data=open_data(job.feeds, model))
+    ctx = Context(model, data=open_data(job.calibration_feeds or job.feeds, model))
     Quantizer(job.options).keeping_float(float_layers).quantize(
         model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
         positions=job.allowed(model.graph, float_layers))
     model.graph.cleanup().toposort()
     outputs: list | None = [] if job.metric is not None else None
     score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)", keep=outputs)
-    return Score(score.sqnr, score.disagreement, score.cosine, job.metric_drop(outputs))
+    return Score(score.sqnr, score.disagreement, score.cosine, *job.metric_drop(outputs))
 
 
 class Budget:
@@ -144,8 +164,16 @@ class Budget:
     def __init__(self, quantizer: Quantizer, ctx: Context):
         self.options = quantizer.options
         self.model_bytes = model_bytes(ctx.model)
-        self.feeds = [dict(f) for _, f in zip(range(self.options.samples or MAX_FEEDS), ctx.data)]
+        self.calibration_feeds = [dict(f) for _, f in zip(range(self.options.samples or MAX_FEEDS), ctx.data)]
         self.metric = ctx.metric if getattr(self.options, "max_metric_drop", None) is not None else None
+        #: what the evaluations score on: a metric budget uses the evaluation data when given
+        #: (held apart from calibration, and as many samples as given, for a tighter bound)
+        self.feeds = self.calibration_feeds
+        self.labels = None
+        if self.metric is not None and ctx.evaluation is not None:
+            self.labels = ctx.evaluation_labels  # all of the evaluation data then: labels match it
+            limit = None if self.labels is not None else MAX_EVAL_FEEDS
+            self.feeds = [dict(f) for f in itertools.islice(ctx.evaluation, limit)]
         self.cache = EvaluationCache(self._digest())
         self.runs = 0
         self._job: Job | None = None
@@ -162,7 +190,7 @@ class Budget:
             model = load(self.model_bytes)  # what the workers load: the same node order
             if [n.op for n in model.graph.nodes] != [n.op for n in self._ctx.graph.nodes]:
                 raise PassError("quant budget: the model's nodes moved when serialized", node=None)
-            plan_ctx = Context(model, data=open_data(self.feeds, model))
+            plan_ctx = Context(model, data=open_data(self.calibration_feeds, model))
             quant = Quantizer(self.options).without_budget()
             positions = quant.speed_positions(plan_ctx.graph, plan_ctx)
             names = activation_names(quant.plan(plan_ctx.graph, plan_ctx, PassResult(modified=False), positions))
@@ -173,7 +201,9 @@ class Budget:
                     allowed_positions(positions, plan_ctx.graph, others)))
             ranges = quant.calibrate(plan_ctx, list(dict.fromkeys(names)))
             self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions,
-                            *self._metric_fields(references))
+                            *self._metric_fields(references), confidence=self._confidence(),
+                            calibration_feeds=self.calibration_feeds if self.feeds is not self.calibration_feeds
+                            else None, labels=self.labels)
             self._plan_ctx = plan_ctx
         return self._job
 
@@ -198,13 +228,18 @@ class Budget:
             return ()
         names = tuple(t.name for t in self._ctx.model.graph.outputs)
         named = [dict(zip(names, o)) for o in references]
-        return self.metric, names, self.metric.score(named, named)
+        return self.metric, names, self.metric.score(named, named, self.labels)
+
+    def _confidence(self) -> float:
+        return float(getattr(self.options, "metric_confidence", 0.0) or 0.0) if self.metric is not None else 0.0
 
     def _digest(self) -> str:
         h = hashlib.sha256(self.model_bytes)
         if self.metric is not None:  # scores measured with another metric are not these
             h.update(repr((self.metric.spec, self.metric.args)).encode())
-        for feed in self.feeds:
+        if self.labels is not None:
+            h.update(repr(np.asarray(self.labels).tolist()).encode())
+        for feed in self.feeds + ([] if self.feeds is self.calibration_feeds else self.calibration_feeds):
             for name in sorted(feed):
                 h.update(name.encode())
                 h.update(np.ascontiguousarray(feed[name]).tobytes())

@@ -33,6 +33,7 @@ import onnx_graphsurgeon as gs
 from graphc.ir import NameFactory, consumers, is_graph_output
 
 from graphc.passes.quant.placement import (
+    SAME_SCALE_OPS,
     ActivationQuant,
     AffineFold,
     BiasQuant,
@@ -286,6 +287,11 @@ class QdqWriter:
         top = self._top_level()
         readers = [n for n in consumers(tensor) if id(n) in top]
         as_output = is_graph_output(self.graph, tensor)
+        if not readers and not as_output and self._moved_here(tensor):
+            # onnxruntime aborts the process (an assertion) when it optimizes DQ -> Transpose
+            # (or another data-movement op) whose output only bodies read: they read this pair,
+            # placed right after the producer, so before every node holding them
+            readers = consumers(tensor)
         name = tensor.name
         q = gs.Variable(self.names(f"{name}_quantized"), dtype=self.fmt.act_dtype(), shape=tensor.shape)
         if as_output:
@@ -306,6 +312,11 @@ class QdqWriter:
         self._place_after(tensor, [qnode, dqnode])
         self._integers[name] = q
         self.inserted += 1
+
+    def _moved_here(self, tensor: gs.Tensor) -> bool:
+        """``tensor`` is the output of a data-movement op of this graph (same scale in and out)."""
+        src = tensor.inputs[0] if tensor.inputs else None
+        return src is not None and id(src) in self._top and src.op in SAME_SCALE_OPS
 
     def _quantize_constant_operand(self, const: gs.Constant, params: QParams, scale, zp) -> None:
         ints = gs.Constant(self.names(f"{const.name}_quantized"),

@@ -7,7 +7,10 @@ one calibration run for the top graph and every body together.
   on the body's nodes). A body reads outer tensors by the same objects, so an outer activation
   that a body's Conv reads gets its own Q/DQ pair inside the body (the top graph's pair, if any,
   serves only the top graph's readers: a DQ node of the outer graph would not be ordered before
-  the node that holds the body). Outer constants (a bias shared by two branches) are quantized
+  the node that holds the body). One exception: the output of an outer data-movement op
+  (Transpose, Reshape...) that only bodies read is read through the outer pair, placed right after
+  its producer, because onnxruntime aborts on a DQ -> Transpose whose output has no reader in its
+  own graph. Outer constants (a bias shared by two branches) are quantized
   per body, by new constants; the shared float constant is left to its other readers.
 - **Calibrate.** A body's tensors are calibrated with the top graph's in one streaming pass:
   :func:`graphc.ir.outputs.with_outputs` lifts them out of their bodies (:mod:`graphc.ir.lift`).

@@ -13,20 +13,13 @@ import onnx
 import pytest
 
 import graphc
-from graphc.cli import main
 from graphc.passmanager import Pass, PassResult, all_passes, register_pass
 from graphc.passmanager import registry
-from support import PPOCR_SHAPES, ppocr_model, scale_middle_conv
+from support import PPOCR_SHAPES, cli, ppocr_model, scale_middle_conv
 from tiny_nets import conv_net, scaled
 
 #: MACs of tiny_nets.conv_net at batch 1: c1, c2, fc.
 CONV_NET_MACS = 4 * 64 * 3 * 9 + 6 * 64 * 4 * 9 + 6 * 5
-
-
-def cli(capsys, *args: str) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def digest(path: Path) -> str:

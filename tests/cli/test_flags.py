@@ -19,18 +19,12 @@ from onnx import numpy_helper
 
 import graphc
 from graphc.cli import main
-from support import MODELS, run, scale_middle_conv
+from support import MODELS, cli, run, scale_middle_conv
 
 RESNET = MODELS / "resnet_digits.onnx"
 TRANSFORMER = MODELS / "transformer_digits.onnx"
 CALIB = MODELS / "digits_calib.npz"
 TEST = MODELS / "digits_test.npz"
-
-
-def cli(capsys, *args) -> tuple[int, str, str]:
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_version(capsys):

@@ -13,15 +13,11 @@ from onnx import TensorProto, helper
 
 import graphc.build
 from graphc.bench import latency
-from graphc.cli import main
-from report_passes import registered, write_labelled_data, write_net
-from support import make_model
+from report_passes import write_labelled_data, write_net
+from support import cli, make_model
 
 
-@pytest.fixture(autouse=True)
-def test_passes():
-    with registered():
-        yield
+pytestmark = pytest.mark.usefixtures("report_passes_registered")
 
 
 @pytest.fixture
@@ -34,12 +30,6 @@ def outdir(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     return out
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def report_of(path):

@@ -12,7 +12,7 @@ import hashlib
 import onnx
 from onnx import TensorProto, helper
 
-from graphc.cli import main
+from support import cli
 
 
 def _chain(path, n=5000):
@@ -21,12 +21,6 @@ def _chain(path, n=5000):
                               [helper.make_tensor_value_info(f"t{n - 1}", TensorProto.FLOAT, [2, 3])])
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
     return path
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _digest(folder):

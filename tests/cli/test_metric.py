@@ -8,21 +8,11 @@ import numpy as np
 import onnx
 import pytest
 
-from graphc.cli import main
-from report_passes import registered, write_labelled_data, write_net
-from support import run
+from report_passes import write_labelled_data, write_net
+from support import cli, run
 
 
-@pytest.fixture(autouse=True)
-def test_passes():
-    with registered():
-        yield
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
+pytestmark = pytest.mark.usefixtures("report_passes_registered")
 
 
 def gate(report, name):
@@ -107,3 +97,22 @@ def test_metric_gates_need_a_metric(capsys, tmp_path):
     net = write_net(tmp_path)
     code, _, err = cli(capsys, "opt", net, "-p", "cleanup", "-o", tmp_path / "x.onnx", "--max-metric-drop", "0.1")
     assert code == 2 and "--max-metric-drop need --metric" in err
+
+
+def test_quant_metric_budget_measures_on_the_eval_data(capsys, tmp_path, monkeypatch):
+    monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / "cache"))
+    net = write_net(tmp_path)
+    rng = np.random.default_rng(3)
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((4, 1, 3, 8, 8)).astype(np.float32))
+    np.savez(tmp_path / "eval.npz", x=rng.standard_normal((10, 1, 3, 8, 8)).astype(np.float32))
+    out, report = tmp_path / "x.onnx", tmp_path / "r.json"
+    args = ["opt", net, "-p", "quant{placement=all max-metric-drop=1}", "-o", out, "--data", tmp_path / "calib.npz",
+            "--metric", "user_metrics:argmax_error", "--metric-arg", "output=probs", "--report", report]
+    code, _, err = cli(capsys, *args, "--eval-data", tmp_path / "eval.npz")
+    assert code == 0, err
+    stats = next(p["stats"] for p in json.loads(report.read_text())["passes"] if p["name"] == "quant")
+    assert stats["budget_metric_data"] == "evaluation" and stats["budget_metric_samples"] == 10
+    assert stats["budget_metric_confidence"] == 0.95 and "budget_metric_drop_bound" in stats
+    code, _, err = cli(capsys, *args)
+    stats = next(p["stats"] for p in json.loads(report.read_text())["passes"] if p["name"] == "quant")
+    assert code == 0 and stats["budget_metric_data"] == "calibration" and stats["budget_metric_samples"] == 4

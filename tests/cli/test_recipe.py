@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from graphc.cli import OPT_FLAGS, main
+from graphc.cli import OPT_FLAGS
 from graphc.errors import RecipeError
 from graphc.recipe import (ALL_KEYS, SECTIONS, BenchSettings, DataSettings, GateSettings, ImageSettings,
                            LimitSettings, MetricSettings, OutputSettings, Recipe, VerifySettings, dumps,
                            load_recipe, loads, save_recipe)
 from report_passes import registered, write_labelled_data, write_net
+from support import cli
 
 EVERYTHING = Recipe(
     pipeline="cleanup,fold-constants{max-elements=64}",
@@ -29,12 +30,6 @@ EVERYTHING = Recipe(
                            histograms=("a", "b c"), layer_errors=False),
     limits=LimitSettings(max_seconds=90.5),
 )
-
-
-def cli(capsys, *args):
-    code = main([str(a) for a in args])
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def test_every_field_is_set_in_the_round_trip_example():

@@ -10,13 +10,10 @@ import pytest
 
 from graphc.bench import latency
 from graphc.cli import main
-from report_passes import registered, write_labelled_data, write_net
+from report_passes import write_labelled_data, write_net
 
 
-@pytest.fixture(autouse=True)
-def test_passes():
-    with registered():
-        yield
+pytestmark = pytest.mark.usefixtures("report_passes_registered")
 
 
 def cli_json(capsys, *args):

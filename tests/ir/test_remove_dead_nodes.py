@@ -93,18 +93,6 @@ def test_graph_with_a_body_goes_to_graphsurgeon_which_cleans_the_body():
     assert [n.name for n in graph.nodes[0].attrs["then_branch"].nodes] == ["body_live"]
 
 
-@pytest.fixture
-def node_comparisons(monkeypatch):
-    calls = [0]
-    original = gs.Node.__eq__
-
-    def counting(self, other):
-        calls[0] += 1
-        return original(self, other)
-    monkeypatch.setattr(gs.Node, "__eq__", counting)
-    return calls
-
-
 N = 2000
 
 

@@ -10,7 +10,6 @@ failures are xfail(strict=True) with the exact failure, so they flip when the fi
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -20,7 +19,7 @@ import pytest
 
 from graphc.cli import main
 from graphc.passmanager import all_passes
-from support import MODELS
+from support import MODELS, load_module
 
 CORPUS = Path(__file__).resolve().parent / "corpus"
 NAMES = sorted(p.stem for p in CORPUS.glob("*.onnx"))
@@ -123,9 +122,7 @@ def test_corpus_shapes_of_exporters():
 
 
 def test_hand_written_graphs_rebuild_byte_identical():
-    spec = importlib.util.spec_from_file_location("corpus_graphs", MODELS / "corpus_graphs.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_module(MODELS / "corpus_graphs.py")
     for name, make in module.GRAPHS.items():
         assert make().SerializeToString() == (CORPUS / f"{name}.onnx").read_bytes(), name
 

@@ -4,7 +4,6 @@ inside the branches, onnxruntime runs them as QLinearConv there, and the speech 
 held-out clips (models/vad_signals.py, regenerated from its seed) agree with the float model's on
 >= 99.5% of frames at each rate. The float model itself is trained (>= 95% of frames right)."""
 import collections
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -15,21 +14,14 @@ import pytest
 import graphc
 from graphc.calib.data import open_data
 from graphc.ir import walk_graphs
-from support import MODELS, ROOT
+from support import MODELS, ROOT, load_module
 
 CORPUS = ROOT / "tests" / "models" / "corpus"
 SOURCE = CORPUS / "vad_trained_if.onnx"
 PIPELINE = "quant{placement=all}"
 
 
-def _signals():
-    spec = importlib.util.spec_from_file_location("vad_signals", MODELS / "vad_signals.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-SIGNALS = _signals()
+SIGNALS = load_module(MODELS / "vad_signals.py")
 
 
 def session(model):

@@ -6,7 +6,6 @@ import sys
 import textwrap
 
 import numpy as np
-import onnx_graphsurgeon as gs
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -122,19 +121,6 @@ def test_max_work_option_bounds_cheap_ops_too(monkeypatch):
 
 
 # -- linear removal: counted node comparisons, not wall time ----------------------------------------
-
-@pytest.fixture
-def node_comparisons(monkeypatch):
-    """How often graphsurgeon's Node.__eq__ runs (list.remove and `in` scans call it per element)."""
-    calls = [0]
-    original = gs.Node.__eq__
-
-    def counting(self, other):
-        calls[0] += 1
-        return original(self, other)
-    monkeypatch.setattr(gs.Node, "__eq__", counting)
-    return calls
-
 
 def _chain(pattern, n, *, const_prefix=0, out_shape=(2, 3)):
     """x -> ops of ``pattern`` repeated to n nodes -> y; ``const_prefix`` constant Neg nodes feed an

@@ -237,10 +237,11 @@ def test_transformer_digits_accuracy_and_size(tmp_path):
 
 # -- embedding tables ------------------------------------------------------------------------------
 
-def _embedding_model(vocab=4096, dim=32):
+def _embedding_model(vocab=4096, dim=32, spread=(0.01, 2.0)):
     """ids[2, 5] -> Gather(table[vocab, dim]) -> emb; a small table (10 x 4) -> pos; and a
-    Gather of a shape (int64 data) that is no embedding."""
-    table = (RNG.standard_normal((vocab, dim)) * np.linspace(0.01, 2.0, vocab)[:, None]).astype(np.float32)
+    Gather of a shape (int64 data) that is no embedding. Row ``v`` of the table is scaled by
+    ``spread`` interpolated (the default: row scales too far apart for the codebook)."""
+    table = (RNG.standard_normal((vocab, dim)) * np.linspace(*spread, vocab)[:, None]).astype(np.float32)
     small = RNG.standard_normal((10, 4)).astype(np.float32)
     inits = [numpy_helper.from_array(table, "table"), numpy_helper.from_array(small, "small"),
              numpy_helper.from_array(np.array(1, np.int64), "one")]
@@ -276,6 +277,26 @@ def test_embedding_table_is_stored_as_int8_rows(tmp_path):
     row_scale = np.abs(table.astype(np.float64)).max(axis=1) / 127  # independent of the pass
     # float16 scales, rounded up: the step is at most 2^-10 larger
     assert np.all(np.abs(emb - ref_emb) <= row_scale[ids][..., None] * (1 + 2 ** -10) / 2 + 1e-6)
+    assert _cosine(emb, ref_emb) > 0.9999
+
+
+def test_embedding_row_scales_as_codes_when_their_range_is_narrow(tmp_path):
+    model, table = _embedding_model(spread=(0.5, 2.0))
+    out, record = _quant(model, "quant{activations=dynamic}")
+    assert record.stats["quantized_Gather"] == 1
+    # Gather the uint8 code, Cast it to int32, Gather the codebook; the int8 rows and their Cast
+    assert op_count(out, "Gather") == 5 and op_count(out, "Cast") == 2 and op_count(out, "Mul") == 1
+    path = assert_valid(out, tmp_path)
+    half = graphc.save(_quant(_embedding_model()[0], "quant{activations=dynamic}")[0],
+                       tmp_path / "half.onnx").stat().st_size
+    # one byte per row less than float16 scales, plus the 256 float32 codebook and two nodes
+    assert path.stat().st_size <= half - 4096 + 256 * 4 + 300
+    ids = RNG.integers(0, 4096, (2, 5)).astype(np.int64)
+    feeds = {"ids": ids, "pos_ids": np.arange(5, dtype=np.int64)}
+    emb, ref_emb = run(path, feeds)[0], run(to_proto(model), feeds)[0]
+    row_scale = np.abs(table.astype(np.float64)).max(axis=1) / 127  # independent of the pass
+    # scales rounded up onto a 256-level geometric grid: the step is at most 2^-6 larger
+    assert np.all(np.abs(emb - ref_emb) <= row_scale[ids][..., None] * (1 + 2 ** -6) / 2 + 1e-6)
     assert _cosine(emb, ref_emb) > 0.9999
 
 

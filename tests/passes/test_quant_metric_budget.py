@@ -50,3 +50,82 @@ def test_metric_budget_is_met_on_the_calibration_data():
 def test_metric_budget_needs_a_metric():
     with pytest.raises(DataError, match="max-metric-drop needs the user's metric"):
         _quantize("quant{placement=all max-metric-drop=0.02}", _feeds(), metric=None)
+
+
+def _eval_feeds(n=12):
+    rng = np.random.default_rng(5)
+    return [{"x": rng.standard_normal(f["x"].shape).astype(np.float32)} for f in _feeds(n)]
+
+
+def _bounded(text, feeds, evaluation):
+    model = _chain()
+    reference = model.copy()
+    manager = graphc.PassManager(text, data=open_data(feeds, model), metric=load_metric("user_metrics:argmax_error"),
+                                 evaluation=open_data(evaluation, model) if evaluation else None)
+    return reference, model, manager.run(model).records[-1]
+
+
+def test_metric_budget_holds_the_upper_bound_on_the_evaluation_data():
+    from graphc.verify.metric_bound import rate_upper
+    from graphc.verify.scores import reference_outputs
+    from user_metrics import _argmax_counts
+
+    base = "quant{placement=all per-channel=false calib=minmax max-metric-drop=0.08"
+    evaluation = _eval_feeds()
+    # the point estimate: all quantized loses 0.0775 <= 0.08 on these 1200 positions, so it passes
+    _, _, point = _bounded(base + " metric-confidence=0}", _feeds(), evaluation)
+    assert point.stats["budget_metric_drop_all_quantized"] <= 0.08 and point.stats["budget_float_layers"] == 0
+    assert "budget_metric_drop_bound" not in point.stats
+    # its 95% upper bound does not: layers stay float until the bound holds
+    reference, model, record = _bounded(base + "}", _feeds(), evaluation)
+    s = record.stats
+    assert s["budget_metric_data"] == "evaluation" and s["budget_metric_samples"] == 12
+    assert s["budget_metric_confidence"] == 0.95 and s["budget_float_layers"] > 0
+    # by hand, through the same session settings (argmax ties move with float rounding)
+    ref = [{"y": outs[0]} for outs in reference_outputs(reference, evaluation)]
+    got = [{"y": outs[0]} for outs in reference_outputs(model, evaluation)]
+    bound = rate_upper(*_argmax_counts(ref, got), 0.95)
+    assert bound <= 0.08 and s["budget_metric_drop_bound"] == pytest.approx(bound, abs=1e-6)
+    kept = [d for d in record.details if d.get("precision") == "float"]
+    assert kept and all("upper bound" in d["reason"] for d in kept)
+
+
+def test_metric_budget_without_evaluation_data_scores_the_calibration_samples():
+    _, _, record = _bounded("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.2}",
+                            _feeds(), None)
+    assert record.stats["budget_metric_data"] == "calibration" and record.stats["budget_metric_samples"] == 6
+
+
+def test_a_bound_too_wide_for_the_data_says_to_give_more():
+    # 0 errors in 6 x 100 positions bounds the rate at 1 - 0.05^(1/600) = 0.005 > 0.001
+    _, model, record = _bounded("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.001}",
+                                _feeds(), None)
+    assert any("more --eval-data tightens it" in reason for reason in record.skipped)
+
+
+def test_with_labels_the_budget_bounds_the_change_against_the_truth():
+    from graphc.verify.metric_bound import paired_bootstrap_upper
+    from graphc.verify.scores import reference_outputs
+    from user_metrics import _argmax_counts
+
+    evaluation = _eval_feeds()
+    model = _chain()
+    reference = model.copy()
+    float_out = [{"y": o[0]} for o in reference_outputs(reference, evaluation)]
+    # the truth: the float model's argmax with every 7th position moved, so the float model has errors
+    labels = np.stack([np.argmax(f["y"], axis=1) for f in float_out])
+    labels.reshape(-1)[::7] = (labels.reshape(-1)[::7] + 1) % 16
+    manager = graphc.PassManager("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.03}",
+                                 data=open_data(_feeds(), model), metric=load_metric("user_metrics:argmax_error"),
+                                 evaluation=open_data(evaluation, model), evaluation_labels=labels)
+    s = manager.run(model).records[-1].stats
+    got = [{"y": o[0]} for o in reference_outputs(model, evaluation)]
+    cand, ref = _argmax_counts(float_out, got, labels), _argmax_counts(float_out, float_out, labels)
+    drop = cand[0].sum() / cand[1].sum() - ref[0].sum() / ref[1].sum()
+    assert ref[0].sum() > 0  # the float model is not the truth here
+    assert s["budget_metric_drop"] == pytest.approx(drop, abs=1e-6)
+    bound = paired_bootstrap_upper(cand, ref, 0.95)
+    assert s["budget_metric_drop_bound"] == pytest.approx(bound, abs=1e-6) and bound <= 0.03
+    # against the labels the drop is a difference: smaller than the disagreement with the float model
+    disagreement = _argmax_counts(float_out, got)
+    assert drop < disagreement[0].sum() / disagreement[1].sum()

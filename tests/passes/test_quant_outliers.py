@@ -60,6 +60,84 @@ def _quant(model, pipeline, data=None):
     return model, report.records[-1]
 
 
+def test_classify_split_mild_or_none():
+    from graphc.passes.quant.outliers import classify
+
+    values = np.ones(100)
+    values[[3, 50]] = [10.0, 5.0]
+    found = classify(values, limit=16)
+    assert found.channels.tolist() == [3, 50] and not found.mild   # 10 > 6x: split, with 5 > 4x
+    values[3] = 5.5
+    found = classify(values, limit=16)
+    assert found.channels.tolist() == [3, 50] and found.mild       # none above 6x: mild
+    # s = max|x_c| / t, t the largest other channel (1.0): the scaled range is t
+    assert found.scales()[[3, 50, 0]].tolist() == [5.5, 5.0, 1.0]
+    values[[3, 50]] = 3.9
+    assert classify(values, limit=16) is None
+    assert classify(np.full(100, 2.0), limit=16) is None
+
+
+def _mild_feeds(n, seed):
+    """x whose channels 5 and 77 reach 5x the others' range (mild: between 4x and 6x)."""
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        x = rng.uniform(-1, 1, (M, K)).astype(np.float32)
+        x[:, list(OUTLIERS)] *= 5.0
+        feeds.append({"x": x})
+    return feeds
+
+
+def test_mild_outliers_moved_into_the_weights(tmp_path):
+    """x W = (x / s) (diag(s) W): one Mul on x, no float MatMul; matches numpy."""
+    model = _graph()
+    out, record = _quant(model, "quant{activations=dynamic}", data=_mild_feeds(8, 0))
+    assert record.stats["outlier_channels_scaled"] == len(OUTLIERS) and "outlier_channels_float" not in record.stats
+    assert op_count(out, "MatMul") == 0 and op_count(out, "Gather") == 0 and op_count(out, "MatMulInteger") == 2
+    assert op_count(out, "DynamicQuantizeLinear") == 1
+    assert_valid(out, tmp_path)
+    # numpy: s from the calibrated maxima, u8 dynamic range of x / s, int8 per-column diag(s) W
+    calib = np.concatenate([f["x"] for f in _mild_feeds(8, 0)])
+    absmax = np.abs(calib.astype(np.float64)).max(0)
+    s = np.ones(K)
+    s[list(OUTLIERS)] = absmax[list(OUTLIERS)] / np.delete(absmax, OUTLIERS).max()
+    x = _mild_feeds(1, 5)[0]["x"]
+    xs = x * (1.0 / s).astype(np.float32)
+    lo, hi = min(xs.min(), 0.0), max(xs.max(), 0.0)
+    sx = np.float32((hi - lo) / 255.0)
+    zx = np.clip(np.round(-lo / sx), 0, 255)
+    xq = np.clip(np.round(xs / sx) + zx, 0, 255)
+    w = _weights(1).astype(np.float64) * s[:, None]
+    sw = np.abs(w).max(0) / 127.0
+    expected = ((xq - zx) @ np.clip(np.round(w / sw), -127, 127)) * (sx * sw)
+    got = run(out, {"x": x})[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    held = _mild_feeds(4, 9)
+    plain, _ = _quant(model, "quant{activations=dynamic outlier-channels=0}", data=_mild_feeds(8, 0))
+    assert sqnr_over(model, out, held) > sqnr_over(model, plain, held) + 1.5  # measured +2.3 dB
+
+
+def test_outlier_add_comes_after_the_bias(tmp_path):
+    """MatMul -> Add(bias): the bias Add reads the integer part (onnxruntime fuses it into the
+    integer kernel), the float outlier part is added after it; same values."""
+    b = np.random.default_rng(4).standard_normal(N).astype(np.float32)
+    inits = [numpy_helper.from_array(_weights(1), "wq"), numpy_helper.from_array(b, "b")]
+    nodes = [helper.make_node("MatMul", ["x", "wq"], ["mm"], name="q"),
+             helper.make_node("Add", ["mm", "b"], ["q"], name="bias")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
+                              [helper.make_tensor_value_info("q", TensorProto.FLOAT, [M, N])], inits)
+    model = graphc.load(make_model(graph, opset=13))
+    out, _ = _quant(model, "quant{activations=dynamic}", data=_feeds(8, 0))
+    bias = next(n for n in out.graph.nodes if n.name == "bias")
+    assert bias.inputs[0].inputs[0].op == "Mul"   # the rescale of the integer sum
+    last = out.graph.outputs[0].inputs[0]
+    assert last.op == "Add" and bias.outputs[0] in last.inputs
+    assert_valid(out, tmp_path)
+    x = _feeds(1, 3)[0]["x"]
+    split_only, _ = _quant(_graph(), "quant{activations=dynamic}", data=_feeds(8, 0))
+    np.testing.assert_allclose(run(out, {"x": x})[0], run(split_only, {"x": x})[0] + b, rtol=1e-5, atol=1e-4)
+
+
 def test_outlier_channels_rule():
     values = np.ones(100)
     values[[3, 50]] = [10.0, 7.0]
@@ -84,9 +162,10 @@ def test_split_with_data_keeps_outliers_float(tmp_path):
     gathers = [n for n in out.graph.nodes if n.op == "Gather"]
     assert all(g.inputs[1].values.tolist() == list(OUTLIERS) for g in gathers)
     assert sum(g.inputs[0].name == "x" for g in gathers) == 1
-    cast = next(n for n in out.graph.nodes if n.op == "Mul" and n.inputs[0].name == "x").inputs[1].inputs[0]
-    mask = cast.inputs[0].values
-    assert mask.dtype == np.uint8 and np.flatnonzero(mask == 0).tolist() == list(OUTLIERS)
+    # the 0/1 mask: ScatterND(ConstantOfShape(K, 1), O, 0) - constant ops, only O stored
+    scatter = next(n for n in out.graph.nodes if n.op == "Mul" and n.inputs[0].name == "x").inputs[1].inputs[0]
+    assert scatter.op == "ScatterND" and scatter.inputs[0].inputs[0].op == "ConstantOfShape"
+    assert scatter.inputs[1].values[:, 0].tolist() == list(OUTLIERS) and not scatter.inputs[2].values.any()
     assert_valid(out, tmp_path)
     records = [d for d in record.details if "outlier_channels" in d]
     assert sorted(d["node"] for d in records) == ["k", "q"]
@@ -190,16 +269,34 @@ def test_static_only_options():
 # -- embedding row scales (passes/quant/embedding.py) ---------------------------------------
 
 
-def test_embedding_row_scales_half_when_they_fit():
+def test_embedding_row_scales_coded_when_their_range_is_narrow():
+    from graphc.passes.quant.embedding import CODEBOOK, int8_rows
+
+    table = np.random.default_rng(0).standard_normal((3000, 16)).astype(np.float32)
+    q, scales = int8_rows(table)
+    assert scales.table is None and scales.codes.dtype == np.uint8 and scales.codes.shape == (3000, 1)
+    assert scales.codebook.dtype == np.float32 and scales.codebook.shape == (CODEBOOK,)
+    exact = np.abs(table.astype(np.float64)).max(axis=1, keepdims=True) / 127
+    stored = scales.values()
+    # rounded up onto the grid: never below the exact scale, at most rho = (hi/lo)^(1/255) above
+    rho = (exact.max() / exact.min()) ** (1 / (CODEBOOK - 1))
+    assert np.all(stored >= exact) and np.all(stored <= exact * rho * (1 + 1e-6))
+    assert np.abs(q).max() <= 127
+    assert np.all(np.abs(q * stored - table) <= stored / 2 + 1e-7)
+
+
+def test_embedding_row_scales_half_when_their_range_is_wide():
     from graphc.passes.quant.embedding import int8_rows
 
     table = np.random.default_rng(0).standard_normal((300, 16)).astype(np.float32)
-    q, scale = int8_rows(table)
-    assert scale.dtype == np.float16 and scale.shape == (300, 1)
+    table[3] *= 1e3  # the scales span 1e3+: a 256-level grid would step by more than 2^-6
+    q, scales = int8_rows(table)
+    scale = scales.table
+    assert scales.codes is None and scale.dtype == np.float16 and scale.shape == (300, 1)
     exact = np.abs(table.astype(np.float64)).max(axis=1, keepdims=True) / 127
     assert np.all(scale.astype(np.float64) >= exact) and np.all(scale.astype(np.float64) <= exact * (1 + 2 ** -10))
     assert np.abs(q).max() <= 127
     assert np.all(np.abs(q * scale.astype(np.float64) - table) <= scale.astype(np.float64) / 2 + 1e-7)
     table[7] *= 1e-6  # a row whose scale is below float16's normal range
-    _, scale = int8_rows(table)
-    assert scale.dtype == np.float32
+    _, scales = int8_rows(table)
+    assert scales.table.dtype == np.float32

@@ -4,6 +4,8 @@ no calibration sample took stays float; a second run changes nothing; weights-on
 Loop body's MatMul weights. Accuracy against the float model in onnxruntime, on feeds that take
 each branch (bounds below what was measured: see each test)."""
 import collections
+import subprocess
+import sys
 
 import numpy as np
 import onnx
@@ -220,3 +222,57 @@ def test_layers_kept_float_inside_a_branch_are_named_by_path():
     assert kept == [{"node": "If_0/then_branch/then.conv2", "op": "Conv", "precision": "float",
                      "reason": "Conv excluded by pattern"}]
     assert int8_weights(dict(walk_graphs(model.graph))["If_0/then_branch"]) == 1
+
+
+def transposed_into_loop_model(steps=5) -> onnx.ModelProto:
+    """Conv -> Relu -> Transpose (time major) whose output only a Loop body reads (Gather per
+    step), as spox_loop writes it: the top graph's DQ -> Transpose then has no top-level reader."""
+    body = helper.make_graph(
+        [helper.make_node("Gather", ["feats", "i"], ["x_t"], name="b.gather", axis=0),
+         helper.make_node("MatMul", ["x_t", "W"], ["xw"], name="b.xw"),
+         helper.make_node("Add", ["xw", "h"], ["h_next"], name="b.add"),
+         helper.make_node("Identity", ["cond"], ["cond_out"], name="b.cond")],
+        "body", [helper.make_tensor_value_info("i", TensorProto.INT64, []),
+                 helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+                 helper.make_tensor_value_info("h", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []),
+         helper.make_tensor_value_info("h_next", TensorProto.FLOAT, [1, 16])])
+    rng = np.random.default_rng(4)
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "cw"], ["c"], name="conv", pads=[1, 1]),
+         helper.make_node("Relu", ["c"], ["r"], name="relu"),
+         helper.make_node("Transpose", ["r"], ["feats"], name="to_time_major", perm=[2, 0, 1]),
+         helper.make_node("Loop", ["steps", "", "h0"], ["h_final"], name="Loop_0", body=body)],
+        "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4, steps]),
+              helper.make_tensor_value_info("h0", TensorProto.FLOAT, [1, 16])],
+        [helper.make_tensor_value_info("h_final", TensorProto.FLOAT, [1, 16])],
+        [numpy_helper.from_array(np.array(steps, np.int64), "steps"),
+         numpy_helper.from_array((rng.standard_normal((8, 4, 3)) / 3).astype(np.float32), "cw"),
+         numpy_helper.from_array((rng.standard_normal((8, 16)) / 3).astype(np.float32), "W")])
+    return make_model(graph, 13)
+
+
+def test_transpose_read_only_by_a_loop_body_gets_its_q_dq_at_the_top(tmp_path):
+    # onnxruntime (1.32) aborts the process (a C++ assertion, no exception) when it optimizes a
+    # DQ -> Transpose whose output only a subgraph reads: the Transpose's output needs a top-level
+    # Q/DQ, which the body's readers read.
+    proto = transposed_into_loop_model()
+    rng = np.random.default_rng(0)
+    calib = [{"x": rng.standard_normal((1, 4, 5)).astype(np.float32),
+              "h0": np.zeros((1, 16), np.float32)} for _ in range(8)]
+    model, record = quantize(proto, "quant{placement=all}", calib)
+    assert record.stats["quantized_Transpose"] == 1
+    top = {n.name: n for n in model.graph.nodes}
+    feats_q = [n for n in model.graph.nodes if n.op == "QuantizeLinear" and n.inputs[0].name == "feats"]
+    assert len(feats_q) == 1
+    gather = next(n for n in dict(walk_graphs(model.graph))["Loop_0/body"].nodes if n.name == "b.gather")
+    assert gather.inputs[0].inputs[0].op == "DequantizeLinear" and gather.inputs[0].inputs[0].name in {
+        n.name for n in model.graph.nodes}
+    assert "to_time_major" in top
+    path = assert_valid(model, tmp_path)
+    code = ("import onnxruntime as ort; o = ort.SessionOptions(); "
+            "o.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL; "
+            f"ort.InferenceSession({str(path)!r}, o, providers=['CPUExecutionProvider'])")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-500:]  # an abort is -6, without the fix
+    assert sqnr_over(proto, path, calib[:4]) > 25

@@ -2,22 +2,16 @@
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 from pathlib import Path
+
+from support import load_module
 
 ROOT = Path(__file__).resolve().parents[2]
 DATA = ROOT / "tests" / "data"
 BAD = DATA / "bad"
 
 
-def _load_generator():
-    spec = importlib.util.spec_from_file_location("make_bad", DATA / "make_bad.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-make_bad = _load_generator()
+make_bad = load_module(DATA / "make_bad.py")
 MANIFEST: list[dict] = make_bad.MANIFEST
 REJECT = [e for e in MANIFEST if e["expect"] == "reject"]
 ACCEPT = [e for e in MANIFEST if e["expect"] == "accept"]

@@ -1,7 +1,7 @@
 """Localization inside If branches (graphc/verify/branches.py): a corrupted weight inside a branch
 of the corpus VAD (If(sr == 16000), samples taking both ways) is named by its path, whichever
-branch it is in; a corrupted weight read inside a Loop body stops at the Loop with a note; the
-branch views run the same outputs as the original on the samples they were made for."""
+branch it is in; a corrupted weight read inside a Loop body is named by its path (more in
+test_localize_loops.py); the branch views run the same outputs as the original on the samples they were made for."""
 from pathlib import Path
 
 import numpy as np
@@ -46,14 +46,14 @@ def test_cli_verify_localize_names_the_path(tmp_path, capsys):
     assert "candidate node: Conv 'If_0/then_branch/then_16k.conv0'" in out
 
 
-def test_corrupted_weight_read_in_a_loop_body_stops_at_the_loop_with_a_note(tmp_path):
+def test_corrupted_weight_read_in_a_loop_body_is_named_by_path(tmp_path):
     model = graphc.load(LOOP)
     weight = next(t for _, g in walk_graphs(model.graph) for t in g.tensors().values() if t.name == "rnn.W")
     weight.values = weight.values * np.float32(1.05)
     bad = graphc.save(model, tmp_path / "bad.onnx")
     found = compare_models(LOOP, bad, data=LOOP_DATA, samples=None, localize=True).localization
-    assert found.candidate_node == "Loop 'rnn'"
-    assert "inside the Loop's body: not localized further" in found.note
+    assert found.candidate_node == found.reference_node == "MatMul 'rnn/body/body.xw'"
+    assert "inside the body of rnn: first diverges in iteration 0" in found.note
     assert found.note in found.summary()
 
 

@@ -1,0 +1,81 @@
+"""``--executor ray://HOST:PORT`` against a real Ray head started here (``ray start --head`` with a
+client server port, 2 CPUs, its own temp folder so no other Ray user on the machine finds it): a
+small quant budget through the Ray client gives the local executor's output bytes and report
+figures. Needs Ray's client extra (``ray[client]``: grpcio), which the test extra installs."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'graphc[ray]')")
+pytest.importorskip("grpc", reason="Ray client needs grpcio (pip install 'ray[client]')")
+
+from test_ray import BUDGET, _build, _pass_record, _stable  # noqa: E402  (same case, same comparison)
+
+START_SECONDS = 90
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port: int, proc: subprocess.Popen, log: Path) -> None:
+    deadline = time.monotonic() + START_SECONDS
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"ray start exited with {proc.returncode}: {log.read_text()[-2000:]}")
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        time.sleep(0.5)
+    pytest.fail(f"Ray's client server did not open port {port} in {START_SECONDS} s")
+
+
+@pytest.fixture(scope="module")
+def ray_head():
+    """``ray://127.0.0.1:PORT`` of a head started for this module, stopped by its process group."""
+    gcs, client = _free_port(), _free_port()
+    temp = Path(tempfile.mkdtemp(prefix="rayc"))  # short: Ray's socket paths must stay < 108 chars
+    log = temp / "start.log"
+    ray_cli = Path(sys.executable).with_name("ray")
+    with open(log, "w") as out:
+        proc = subprocess.Popen([str(ray_cli), "start", "--head", f"--port={gcs}",
+                                 f"--ray-client-server-port={client}", "--num-cpus=2",
+                                 "--include-dashboard=false", "--disable-usage-stats", f"--temp-dir={temp}",
+                                 "--block"], stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                # no token auth on this throwaway head (a token in ~/.ray would turn
+                                # it on, and the client does not send it unless RAY_AUTH_MODE=token)
+                                env={**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"})
+    try:
+        _wait_for_port(client, proc, log)
+        yield f"ray://127.0.0.1:{client}"
+    finally:
+        if ray.is_initialized():
+            ray.shutdown()
+        os.killpg(proc.pid, signal.SIGTERM)  # only the head this fixture started
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def test_quant_budget_through_a_ray_client_is_bit_identical_to_local(ray_head, tmp_path, monkeypatch):
+    local_bytes, local = _build(tmp_path, monkeypatch, BUDGET, "local", "local")
+    remote_bytes, remote = _build(tmp_path, monkeypatch, BUDGET, ray_head, "client")
+    quant = _pass_record(remote, "quant")
+    assert quant["stats"]["budget_evaluations_run"] > 2 and quant["stats"]["budget_float_layers"] > 0
+    assert remote_bytes == local_bytes
+    assert _stable(remote) == _stable(local)

@@ -1,0 +1,84 @@
+"""The upper confidence bound of a pooled error rate (graphc.verify.metric_bound): Clopper-Pearson
+against the binomial CDF computed independently, the bootstrap's clustering, and the drop bound
+of a user metric with counts."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from graphc.task_metrics import ctc_cer
+from graphc.verify.metric_bound import binomial_upper, bootstrap_upper, pooled_rate, rate_upper
+from graphc.verify.user_metric import UserMetric
+
+
+def binomial_cdf(k: int, n: int, p: float) -> float:
+    return sum(math.comb(n, i) * p ** i * (1 - p) ** (n - i) for i in range(k + 1))
+
+
+@pytest.mark.parametrize("k, n", [(1, 10), (3, 50), (10, 400), (0, 1000)])
+def test_clopper_pearson_upper_leaves_alpha_below(k, n):
+    p = binomial_upper(k, n, 0.95)
+    assert binomial_cdf(k, n, p) == pytest.approx(0.05, abs=1e-6)
+    assert p > k / n
+
+
+def test_no_errors_seen_is_not_a_zero_bound():
+    # the rule of three: 0 errors in 1000 characters is still up to ~0.3% at 95%
+    assert binomial_upper(0, 1000, 0.95) == pytest.approx(1 - 0.05 ** (1 / 1000))
+    assert 0.0029 < binomial_upper(0, 1000, 0.95) < 0.0031
+    assert binomial_upper(0, 100, 0.95) > 0.029          # a budget of 0.003 cannot hold on 100 chars
+    assert binomial_upper(5, 5, 0.95) == 1.0 and binomial_upper(0, 0, 0.95) == 1.0
+
+
+def test_bootstrap_sees_errors_that_cluster_in_few_samples():
+    # 40 errors in 4000 opportunities, all in 2 of 100 lines: the binomial bound thinks they are
+    # independent (about 1.3%); resampling lines finds rates up to twice that
+    errors = np.zeros(100); errors[:2] = 20
+    totals = np.full(100, 40.0)
+    binomial = binomial_upper(40, 4000, 0.95)
+    boot = bootstrap_upper(errors, totals, 0.95)
+    assert binomial < 0.014 < boot
+    assert rate_upper(errors, totals, 0.95) == boot
+    assert bootstrap_upper(errors, totals, 0.95) == boot           # seeded: the same every time
+    # spread-out errors: the binomial bound is the larger one
+    spread = np.zeros(100); spread[:40] = 1
+    assert rate_upper(spread, totals, 0.95) == binomial_upper(40, 4000, 0.95)
+
+
+def test_pooled_rate_and_the_drop_bound_of_a_metric_with_counts():
+    assert pooled_rate((np.array([1, 2]), np.array([10, 10]))) == pytest.approx(0.15)
+    assert pooled_rate((np.array([0]), np.array([0]))) == 0.0
+    line = np.zeros((1, 4, 3), np.float32)
+    line[0, [0, 1, 2, 3], [1, 0, 2, 0]] = 1          # "12"
+    other = np.zeros((1, 4, 3), np.float32)
+    other[0, [0, 1, 2, 3], [1, 0, 1, 0]] = 1         # "11": one substitution
+    ref = [{"y": line}] * 50                         # 100 characters
+    cand = [{"y": other}] + [{"y": line}] * 49
+    metric = UserMetric("graphc.task_metrics:ctc_cer", ctc_cer)
+    assert metric.has_counts
+    assert metric.score(ref, cand) == pytest.approx(0.01)
+    bound = metric.drop_upper_bound(ref, cand, 0.95)
+    assert bound == pytest.approx(max(binomial_upper(1, 100, 0.95), bootstrap_upper(
+        np.array([1] + [0] * 49), np.full(50, 2), 0.95)))
+    assert bound > 0.04
+    plain = UserMetric("x:y", lambda r, c, labels=None: 0.0)
+    assert not plain.has_counts and plain.drop_upper_bound(ref, cand, 0.95) is None
+
+
+def test_paired_bootstrap_counts_changes_both_ways():
+    from graphc.verify.metric_bound import paired_bootstrap_upper
+
+    totals = np.full(200, 20)
+    reference = np.zeros(200); reference[::10] = 2          # 40 errors in 4000 characters
+    # the candidate mends 10 lines and breaks 12 others by one character: +2 errors in all
+    candidate = reference.copy(); candidate[:100:10] -= 1; candidate[1:25:2] += 1
+    bound = paired_bootstrap_upper((candidate, totals), (reference, totals), 0.95)
+    point = (candidate.sum() - reference.sum()) / totals.sum()
+    assert point == pytest.approx(2 / 4000) and point < bound < 0.003
+    # the same candidate as the reference: every resample's difference is 0
+    assert paired_bootstrap_upper((reference, totals), (reference, totals), 0.95) == 0.0
+    # labelled drop through a metric: the paired bound, not the disagreement bound
+    with pytest.raises(ValueError, match="samples"):
+        paired_bootstrap_upper((candidate[:3], totals[:3]), (reference, totals), 0.95)
