@@ -8,16 +8,20 @@ combinations). A combination whose ``result.json`` exists is finished: a re-run 
 interrupted sweep resumes where it stopped.
 
 The summary (``summary.json``, ``summary.md``, ``summary.html``) has one row per combination:
-output size (bytes), speed (the result's latency in ms and the speed-up, when the recipe or
-``--bench`` measures it) and error (the worst output's SQNR in dB against the input model).
-A row is on the Pareto front when no other row of the same model is at least as good in every
-measured figure (smaller, faster, higher SQNR) and better in one.
+output size (bytes, and entropy-coded bytes: :mod:`graphc.ir.compressed_size`), speed (the result's
+latency in ms and the speed-up, when the recipe or ``--bench`` measures it) and error (the worst
+output's SQNR in dB against the input model). A row is on the Pareto front when no other row of
+the same model is at least as good in every measured figure (smaller, faster, higher SQNR) and
+better in one. ``summary.html`` also plots, per model, the entropy-coded size against the SQNR
+(:mod:`graphc.report.scatter`: one point per recipe, the front of those two figures marked; a
+result with infinite SQNR - exact - or no measured error is listed under the plot, not drawn).
 """
 from __future__ import annotations
 
 import html
 import json
 import logging
+import math
 import os
 import tempfile
 from dataclasses import dataclass
@@ -28,11 +32,13 @@ from graphc.build import build
 from graphc.errors import OutputError
 from graphc.executor import Executor, LocalExecutor, current, using
 from graphc.recipe import load_recipe
+from graphc.report.scatter import ScatterPoint, size_error_svg
 
 log = logging.getLogger(__name__)
 
 RESULT = "result.json"
-COLUMNS = ("model", "recipe", "passed", "size_bytes", "latency_ms", "speedup", "sqnr_db", "pareto")
+COLUMNS = ("model", "recipe", "passed", "size_bytes", "entropy_coded_bytes", "latency_ms", "speedup", "sqnr_db",
+           "pareto")
 
 
 @dataclass(frozen=True)
@@ -90,6 +96,7 @@ def _row(combo: Combination, report: dict[str, Any]) -> dict[str, Any]:
     latency, error = summary.get("latency") or {}, summary.get("error") or {}
     return {"model": combo.model, "recipe": combo.recipe, "passed": report.get("passed"),
             "size_bytes": (summary.get("file_bytes") or {}).get("after"),
+            "entropy_coded_bytes": (summary.get("entropy_coded_bytes") or {}).get("after"),
             "latency_ms": latency.get("after_ms"), "speedup": latency.get("speedup"),
             "sqnr_db": error.get("sqnr_db")}
 
@@ -174,7 +181,29 @@ def summary_html(rows: list[dict[str, Any]]) -> str:
     return ("<!doctype html><html><head><meta charset=\"utf-8\"><title>graphc sweep</title><style>"
             "table{border-collapse:collapse}td,th{border:1px solid #ccc;padding:2px 6px}"
             "tr.pareto{font-weight:bold;background:#eef8ee}</style></head><body><h1>graphc sweep</h1>"
-            f"<table><tr>{head}</tr>{body}</table><p>Bold rows: the Pareto front per model.</p></body></html>\n")
+            f"<table><tr>{head}</tr>{body}</table><p>Bold rows: the Pareto front per model.</p>"
+            + "".join(size_error_figure(model, [r for r in rows if r["model"] == model])
+                      for model in dict.fromkeys(r["model"] for r in rows))
+            + "</body></html>\n")
+
+
+def size_error_figure(model: str, rows: list[dict[str, Any]]) -> str:
+    """The model's entropy-coded size against SQNR plot (module docstring), with the rows not drawn."""
+    drawn, left_out = [], []
+    for row in rows:
+        size, sqnr = row.get("entropy_coded_bytes"), row.get("sqnr_db")
+        value = None if sqnr is None else float(sqnr)  # a JSON report writes an exact SQNR as "inf"
+        if size is None or value is None or not math.isfinite(value):
+            left_out.append(f"{Path(row['recipe']).name} (SQNR {sqnr if sqnr is not None else 'not measured'})")
+        else:
+            drawn.append(ScatterPoint(Path(row["recipe"]).name, float(size), value))
+    name = Path(model).name
+    title = f"{name}: entropy-coded size against SQNR"
+    svg = size_error_svg(drawn, xlabel="entropy-coded size (bytes)", ylabel="SQNR (dB), worst output",
+                         title=title) if drawn else ""
+    note = f"<p>Not drawn: {html.escape(', '.join(left_out))}.</p>" if left_out else ""
+    return (f"<h2>{html.escape(name)}</h2><figure>{svg}<figcaption>{html.escape(title)}: one point per recipe; "
+            "filled: the Pareto front of these two figures.</figcaption></figure>" + note)
 
 
 def _write_json(path: Path, value: Any) -> None:

@@ -20,7 +20,9 @@ Four figures (:func:`compressed_size`):
     ``g_i = p_i - p_{i-1} - 1`` (``p_0 = -1``) plus a gap table of ``4 + 1`` bytes per distinct
     gap, and the nonzero values themselves coded ``dense`` or ``codebook``, whichever is smaller.
 
-  A stream of ``b`` bits costs ``ceil(b / 8)`` bytes.
+  A stream of ``b`` bits costs ``ceil(b / 8)`` bytes. Cluster indices packed two to a byte
+  (:mod:`graphc.ir.codebook`) are coded as the stream of their 4-bit symbols (at most their
+  packed bytes), so packing shrinks the file but not the entropy-coded size.
 
 Huffman size: for symbol counts ``f_s``, the optimal prefix code spends ``sum_s f_s * len_s``
 bits, which equals the sum of the weights of the internal nodes of the Huffman tree (every
@@ -33,13 +35,14 @@ from __future__ import annotations
 import heapq
 import lzma
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from math import ceil
 from typing import Iterable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.ir.codebook import packed_nibbles
 from graphc.ir.model import Model, model_bytes
 from graphc.ir.subgraphs import walk_graphs
 
@@ -118,6 +121,17 @@ def tensor_code(values: np.ndarray) -> TensorCode:
     return best
 
 
+def _constant_code(tensor: gs.Constant) -> TensorCode:
+    """A constant's code; packed 4-bit indices (:mod:`graphc.ir.codebook`) are coded as their 4-bit
+    symbols, and cost at most their packed bytes."""
+    nibbles = packed_nibbles(tensor)
+    if nibbles is None:
+        return tensor_code(np.asarray(tensor.values))
+    raw = int(np.asarray(tensor.values).nbytes)
+    code = tensor_code(nibbles)
+    return replace(code, raw_bytes=raw) if code.bytes < raw else TensorCode("dense", raw, raw)
+
+
 @dataclass(frozen=True)
 class CompressedSize:
     """The four sizes of the module docstring, and how the weights were coded."""
@@ -153,7 +167,7 @@ def compressed_size(model: Model, *, general: bool = True) -> CompressedSize:
     raw = coded = 0
     encodings: dict[str, int] = {}
     for tensor in weight_constants(model):
-        code = tensor_code(np.asarray(tensor.values))
+        code = _constant_code(tensor)
         raw += code.raw_bytes
         coded += code.bytes
         encodings[code.encoding] = encodings.get(code.encoding, 0) + 1

@@ -16,7 +16,8 @@ It is found again in the result by that name; its row holds:
   rank chosen; ``reason`` explains what was not done);
 - ``sparsity``: the share of zeros in its weight in the result (sparsify, prune's masks), read
   through a codebook decode; ``codebook``: the number of shared values when the weight is
-  ``Gather(codebook, Cast(indices))`` (cluster), whose precision then reads ``uint8 index``;
+  ``Gather(codebook, Cast(indices))`` (cluster), whose precision then reads ``uint8 index`` (or
+  ``4-bit index``, packed two to a byte: :mod:`graphc.ir.codebook`);
 - ``sqnr_db`` / ``cosine``: the error of its output against the input model
   (:func:`graphc.verify.layers.layer_errors`), when measured.
 """
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from graphc.ir.codebook import read_codebook
 from graphc.ir.model import Model
 from graphc.ir.subgraphs import named_nodes
 from graphc.ir.usedef import is_standard_op, producer
@@ -77,7 +79,7 @@ def _row(node: gs.Node, weight: _Weight, new: gs.Node | None, found: dict[str, A
     }
     values = _weight_values(new) if new_weight is not None else None
     row["sparsity"] = float(np.mean(values == 0)) if values is not None and values.size else None
-    book = _codebook(new.inputs[1]) if new_weight is not None else None
+    book = read_codebook(new.inputs[1]) if new_weight is not None else None
     row["codebook"] = int(book[0].size) if book is not None else None
     if quantized and precision is not None and precision.startswith("float") and row["reason"] is None:
         row["reason"] = "no reason recorded by the quantizing pass"
@@ -107,9 +109,9 @@ def _weight(node: gs.Node | None) -> _Weight | None:
     if node is None or not is_standard_op(node, *WEIGHTED_OPS) or len(node.inputs) < 2:
         return None
     tensor = node.inputs[1]
-    book = _codebook(tensor)
+    book = read_codebook(tensor)
     if book is not None:
-        return _Weight(tuple(book[1].shape), "uint8 index")
+        return _Weight(tuple(book.indices.shape), "4-bit index" if book.packed else "uint8 index")
     dequant = producer(tensor)
     if dequant is None or not is_standard_op(dequant, "DequantizeLinear"):
         return _Weight(tuple(tensor.shape), _dtype(tensor)) if isinstance(tensor, gs.Constant) else None
@@ -123,23 +125,12 @@ def _weight(node: gs.Node | None) -> _Weight | None:
     return _Weight(tuple(quant.inputs[0].shape), _dtype(zero_point) if zero_point is not None else "uint8")
 
 
-def _codebook(tensor: gs.Tensor) -> tuple[np.ndarray, np.ndarray] | None:
-    """(codebook, indices) when ``tensor`` is Gather(constant codebook, Cast(constant indices))."""
-    gather = producer(tensor)
-    if gather is None or not is_standard_op(gather, "Gather") or not isinstance(gather.inputs[0], gs.Constant):
-        return None
-    cast = producer(gather.inputs[1])
-    if cast is None or not is_standard_op(cast, "Cast") or not isinstance(cast.inputs[0], gs.Constant):
-        return None
-    return gather.inputs[0].values, cast.inputs[0].values
-
-
 def _weight_values(node: gs.Node) -> np.ndarray | None:
     """The float weight the layer computes with: a constant, or a decoded codebook."""
     tensor = node.inputs[1]
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
-    book = _codebook(tensor)
+    book = read_codebook(tensor)
     return None if book is None else book[0][book[1].astype(np.int64)]
 
 

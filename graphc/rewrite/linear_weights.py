@@ -21,6 +21,9 @@ layout (no data-aware treatment: magnitude only).
 """
 from __future__ import annotations
 
+import fnmatch
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from math import prod
 
@@ -28,9 +31,15 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.calib.moments import Layout
-from graphc.ir import constant_value, is_standard_op
+from graphc.ir import constant_value, is_standard_op, node_label
 from graphc.ir.op_kinds import FLOAT_DTYPES
 from graphc.ir.padding import explicit_pads
+from graphc.passmanager import PassResult
+
+log = logging.getLogger(__name__)
+
+#: the ops whose constant weight this module reads as a matrix
+LINEAR_OPS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
 
 
 @dataclass
@@ -50,6 +59,16 @@ class LinearWeight:
     @property
     def input_name(self) -> str:
         return self.node.inputs[0].name
+
+    @property
+    def columns(self) -> int:
+        """The number of columns of ``W`` (the reduction length), without building it."""
+        shape = self.tensor.values.shape
+        if self.kind in ("matmul", "gemm"):
+            return int(shape[0])
+        if self.kind == "gemm_t":
+            return int(shape[1])
+        return int(prod(shape[1:])) if self.kind == "conv" else int(shape[0])
 
     def matrix(self) -> np.ndarray:
         """``W`` in float64."""
@@ -91,6 +110,39 @@ class LinearWeight:
         if self.moment_order is None:
             return moment
         return moment[np.ix_(self.moment_order, self.moment_order)]
+
+
+def collect_linear_weights(graph: gs.Graph, shapes, result: PassResult, *, action: str,
+                           ignore: tuple[str, ...] = (), min_params: int = 0,
+                           refuse: Callable[[LinearWeight], str | None] | None = None) -> list[LinearWeight]:
+    """The weights of the graph's linear layers that a weight-rewriting pass takes, in graph order.
+
+    A layer is refused when :func:`match_linear_weight` finds no weight it reads, its name matches
+    an ``ignore`` pattern (fnmatch), it has fewer than ``min_params`` weights (at least 1), or the
+    pass's own ``refuse`` gives a reason; each refusal is a ``result.skip`` and an INFO log
+    ``<node> not <action>: <reason>``.
+    """
+    taken = []
+    for node in graph.nodes:
+        if node.op not in LINEAR_OPS:
+            continue
+        weight = match_linear_weight(node, shapes)
+        reason = weight if isinstance(weight, str) else _refusal(weight, ignore, min_params, refuse)
+        if reason is None:
+            taken.append(weight)
+            continue
+        result.skip(reason)
+        log.info("%s not %s: %s", node_label(node), action, reason)
+    return taken
+
+
+def _refusal(weight: LinearWeight, ignore: tuple[str, ...], min_params: int,
+             refuse: Callable[[LinearWeight], str | None] | None) -> str | None:
+    if any(fnmatch.fnmatchcase(weight.node.name or "", pattern) for pattern in ignore):
+        return "ignored by pattern"
+    if weight.tensor.values.size < max(min_params, 1):
+        return "fewer weights than min-params"
+    return refuse(weight) if refuse is not None else None
 
 
 def match_linear_weight(node: gs.Node, shapes) -> LinearWeight | str:

@@ -14,9 +14,13 @@ inputs are uncorrelated. Without data every weight counts alike.
 
 Stored form that onnxruntime runs: ``uint8`` indices (the shape of W) and the codebook (float,
 the weight's dtype), decoded by ``Gather(codebook, Cast(indices, int32))`` into the layer's weight
-input. Both inputs are constants, so onnxruntime folds the decode at session creation: inference
-runs the dense weight at the same speed, the file holds one byte per weight instead of four, and
-the entropy-coded size (:mod:`graphc.ir.compressed_size`) counts the Huffman-coded indices.
+input. With ``pack=true`` (the default), a codebook of at most 16 values (bits <= 4) and at least
+1024 weights (below, the unpacking nodes cost more than they save), the indices are packed two to a byte and unpacked in the graph by Mod/BitShift on uint8
+(:mod:`graphc.ir.codebook`; opset >= 11, else uint8): half the index bytes, the same decoded
+weight bit for bit. All inputs are constants, so onnxruntime folds the decode at session creation:
+inference runs the dense weight at the same speed, the file holds one byte (or half a byte) per
+weight instead of four, and the entropy-coded size (:mod:`graphc.ir.compressed_size`) counts the
+Huffman-coded indices.
 Don't run fold-constants after cluster: it would decode the weights back into dense constants.
 
 A layer whose weight is already decoded from a codebook is no longer constant and is skipped:
@@ -25,20 +29,17 @@ relative weight error ``||W - W'|| / ||W||`` (importance-weighted when data-awar
 """
 from __future__ import annotations
 
-import fnmatch
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.calib.moments import channel_moments
-from graphc.ir import NameFactory, node_label
+from graphc.ir import NameFactory
+from graphc.ir.codebook import NIBBLE_SYMBOLS, PACK_MIN_INDICES, PACKING_OPSET, pack_nibbles
 from graphc.passes.cluster.kmeans import kmeans_1d
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
-from graphc.rewrite.linear_weights import LinearWeight, match_linear_weight
-
-log = logging.getLogger(__name__)
+from graphc.rewrite.linear_weights import LinearWeight, collect_linear_weights
 
 #: ONNX TensorProto.INT32 (Gather reads int32 or int64 indices, not uint8)
 CAST_TO_INT32 = 6
@@ -53,7 +54,7 @@ class _Layer:
 @register_pass
 class Cluster(Pass):
     name = "cluster"
-    summary = "weight sharing: per-layer k-means codebooks (2^bits values), uint8 indices + Gather"
+    summary = "weight sharing: per-layer k-means codebooks (2^bits values), uint8 or packed 4-bit indices + Gather"
     exact = False
     needs_data = True
 
@@ -64,6 +65,8 @@ class Cluster(Pass):
         seed: int = option(0, "k-means++ seed (the result is deterministic for a seed)", min=0)
         min_params: int = option(0, "leave layers with fewer weights than this as they are", min=0)
         ignore: tuple[str, ...] = option((), "node name patterns (fnmatch) left as they are")
+        pack: bool = option(True, "codebooks of <= 16 values, layers of >= 1024 weights: two indices per "
+                            "byte, unpacked in the graph by Mod/BitShift (opset >= 11)")
 
     def requires_data(self) -> bool:
         return False  # data only weighs the clustering
@@ -74,8 +77,12 @@ class Cluster(Pass):
         if layers and ctx.data is not None and self.options.weighted:
             _attach_importance(ctx, layers)
         names = NameFactory(graph)
+        pack = self.options.pack and ctx.opset >= PACKING_OPSET
+        if self.options.pack and not pack and layers:
+            ctx.note(f"cluster: opset {ctx.opset} < {PACKING_OPSET} has no BitShift; indices stored as uint8")
+        unpacking = _Unpacking(graph, names) if pack else None
         for layer in layers:
-            record = self._cluster(graph, layer, names)
+            record = self._cluster(graph, layer, names, unpacking)
             result.count("clustered")
             result.details.append(record)
         if result.details:
@@ -84,32 +91,12 @@ class Cluster(Pass):
         return result
 
     def _candidates(self, graph: gs.Graph, ctx: Context, result: PassResult) -> list[_Layer]:
-        shapes = ctx.shapes()
-        layers = []
-        for node in graph.nodes:
-            if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-                continue
-            weight = match_linear_weight(node, shapes)
-            if isinstance(weight, LinearWeight):
-                reason = self._refuse(weight)
-                if reason is None:
-                    layers.append(_Layer(weight))
-                    continue
-            else:
-                reason = weight
-            result.skip(reason)
-            log.info("%s not clustered: %s", node_label(node), reason)
-        return layers
+        opts = self.options
+        weights = collect_linear_weights(graph, ctx.shapes(), result, action="clustered",
+                                         ignore=opts.ignore, min_params=opts.min_params)
+        return [_Layer(weight) for weight in weights]
 
-    def _refuse(self, weight: LinearWeight) -> str | None:
-        if any(fnmatch.fnmatchcase(weight.node.name or "", p) for p in self.options.ignore):
-            return "ignored by pattern"
-        size = weight.tensor.values.size
-        if size < max(self.options.min_params, 1):
-            return "fewer weights than min-params"
-        return None
-
-    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory) -> dict:
+    def _cluster(self, graph: gs.Graph, layer: _Layer, names: NameFactory, unpacking: "_Unpacking | None") -> dict:
         w = np.asarray(layer.weight.tensor.values)
         codebook, indices = share_weights(w, 2 ** self.options.bits, layer.importance, self.options.seed)
         decoded = codebook[indices]
@@ -117,10 +104,11 @@ class Cluster(Pass):
         w64 = w.astype(np.float64)
         signal = float(np.sum(h * w64 ** 2))
         error = float(np.sqrt(np.sum(h * (w64 - decoded) ** 2) / signal)) if signal > 0 else 0.0
-        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names)
+        packed = unpacking is not None and codebook.size <= NIBBLE_SYMBOLS and indices.size >= PACK_MIN_INDICES
+        _decode_into(graph, layer.weight, codebook.astype(w.dtype), indices, names, unpacking if packed else None)
         return {"node": layer.weight.label, "op": layer.weight.node.op, "clusters": int(codebook.size),
                 "bits": self.options.bits, "params": int(w.size), "weighted": layer.importance is not None,
-                "est_error": error}
+                "packed": packed, "est_error": error}
 
 
 def share_weights(w: np.ndarray, k: int, importance: np.ndarray | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -140,11 +128,15 @@ def share_weights(w: np.ndarray, k: int, importance: np.ndarray | None, seed: in
 
 
 def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, indices: np.ndarray,
-                 names: NameFactory) -> None:
-    """Replace the node's weight input by Gather(codebook, Cast(indices, int32))."""
+                 names: NameFactory, unpacking: "_Unpacking | None") -> None:
+    """Replace the node's weight input by Gather(codebook, Cast(indices, int32)), the indices a
+    uint8 constant or unpacked from two per byte (:mod:`graphc.ir.codebook`)."""
     base = weight.tensor.name
     book = gs.Constant(names(f"{base}.codebook"), np.ascontiguousarray(codebook))
-    codes = gs.Constant(names(f"{base}.indices"), np.ascontiguousarray(indices))
+    if unpacking is not None:
+        codes = unpacking(base, indices)
+    else:
+        codes = gs.Constant(names(f"{base}.indices"), np.ascontiguousarray(indices))
     wide = gs.Variable(names(f"{base}.indices_int32"), dtype=np.int32, shape=list(indices.shape))
     decoded = gs.Variable(names(f"{base}.decoded"), dtype=codebook.dtype, shape=list(indices.shape))
     graph.nodes.append(gs.Node(op="Cast", name=names(f"{base}.cast"), inputs=[codes], outputs=[wide],
@@ -152,6 +144,46 @@ def _decode_into(graph: gs.Graph, weight: LinearWeight, codebook: np.ndarray, in
     graph.nodes.append(gs.Node(op="Gather", name=names(f"{base}.gather"), inputs=[book, wide],
                                outputs=[decoded], attrs={"axis": 0}))
     weight.node.inputs[1] = decoded
+
+
+class _Unpacking:
+    """Builds each packed layer's unpacking (:mod:`graphc.ir.codebook`); the modulus and shift
+    scalars are one pair of constants for the whole graph, and an even count of indices is
+    reshaped straight from the (rows, 2) pairs, so a layer costs few bytes of graph."""
+
+    def __init__(self, graph: gs.Graph, names: NameFactory):
+        self.graph, self.names = graph, names
+        self._scalars: tuple[gs.Constant, gs.Constant] | None = None
+
+    def scalars(self) -> tuple[gs.Constant, gs.Constant]:
+        if self._scalars is None:
+            self._scalars = (gs.Constant(self.names("cluster.nibble_modulus"), np.asarray(np.uint8(NIBBLE_SYMBOLS))),
+                             gs.Constant(self.names("cluster.nibble_shift"), np.asarray(np.uint8(4))))
+        return self._scalars
+
+    def __call__(self, base: str, indices: np.ndarray) -> gs.Variable:
+        """The uint8 indices, unpacked in the graph from their two-per-byte constant."""
+        packed = gs.Constant(self.names(f"{base}.indices_packed"), pack_nibbles(indices))
+        rows, count = packed.values.shape[0], int(indices.size)
+        modulus, shift = self.scalars()
+        low = self._node("Mod", base, "lo", [packed, modulus], [rows, 1])
+        high = self._node("BitShift", base, "hi", [packed, shift], [rows, 1], direction="RIGHT")
+        pairs = self._node("Concat", base, "pairs", [low, high], [rows, 2], axis=1)
+        if count != 2 * rows:  # drop the pad nibble of an odd count
+            flat = self._node("Reshape", base, "flat", [pairs, self._ints(base, "flat_shape", [2 * rows])], [2 * rows])
+            pairs = self._node("Slice", base, "cut", [flat, self._ints(base, "start", [0]),
+                                                      self._ints(base, "stop", [count])], [count])
+        shape = self._ints(base, "shape", list(indices.shape))
+        return self._node("Reshape", base, "idx", [pairs, shape], list(indices.shape))
+
+    def _node(self, op: str, base: str, tag: str, inputs: list, shape: list[int], **attrs) -> gs.Variable:
+        out = gs.Variable(self.names(f"{base}.{tag}"), dtype=np.uint8, shape=shape)
+        self.graph.nodes.append(gs.Node(op=op, name=self.names(f"{base}.{tag}_op"), inputs=inputs, outputs=[out],
+                                        attrs=attrs))
+        return out
+
+    def _ints(self, base: str, tag: str, values: list[int]) -> gs.Constant:
+        return gs.Constant(self.names(f"{base}.{tag}"), np.array(values, dtype=np.int64))
 
 
 def _input_channel(weight: LinearWeight) -> tuple[int, np.ndarray]:

@@ -35,15 +35,12 @@ repaired.
 """
 from __future__ import annotations
 
-import fnmatch
-import logging
 from dataclasses import dataclass
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.calib.moments import second_moments
-from graphc.ir import node_label
 from graphc.passes.sparsify.masks import (
     Pattern,
     global_rates,
@@ -54,9 +51,7 @@ from graphc.passes.sparsify.masks import (
 )
 from graphc.passes.sparsify.repair import sparsegpt
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
-from graphc.rewrite.linear_weights import LinearWeight, match_linear_weight
-
-log = logging.getLogger(__name__)
+from graphc.rewrite.linear_weights import LinearWeight, collect_linear_weights
 
 
 def parse_pattern(text: str) -> str:
@@ -128,30 +123,11 @@ class Sparsify(Pass):
         return result
 
     def _candidates(self, graph: gs.Graph, ctx: Context, pattern: Pattern, result: PassResult) -> list[_Layer]:
-        shapes = ctx.shapes()
-        layers = []
-        for node in graph.nodes:
-            if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-                continue
-            weight = match_linear_weight(node, shapes)
-            if isinstance(weight, LinearWeight):
-                matrix = weight.matrix()
-                reason = self._refuse(weight, matrix, pattern)
-                if reason is None:
-                    layers.append(_Layer(weight, matrix))
-                    continue
-            else:
-                reason = weight
-            result.skip(reason)
-            log.info("%s not sparsified: %s", node_label(node), reason)
-        return layers
-
-    def _refuse(self, weight: LinearWeight, matrix: np.ndarray, pattern: Pattern) -> str | None:
-        if any(fnmatch.fnmatchcase(weight.node.name or "", p) for p in self.options.ignore):
-            return "ignored by pattern"
-        if matrix.size < max(self.options.min_params, 1):
-            return "fewer weights than min-params"
-        return structured_problem(matrix.shape[1], pattern)
+        opts = self.options
+        weights = collect_linear_weights(graph, ctx.shapes(), result, action="sparsified", ignore=opts.ignore,
+                                         min_params=opts.min_params,
+                                         refuse=lambda weight: structured_problem(weight.columns, pattern))
+        return [_Layer(weight, weight.matrix()) for weight in weights]
 
     def _allocate(self, layers: list[_Layer], pattern: Pattern) -> None:
         opts = self.options

@@ -4,6 +4,7 @@ finished combinations (counted: no build runs), and a removed result runs again 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -57,6 +58,15 @@ def test_sweep_writes_everything_and_resumes(tmp_path, counted):
         assert exact["pareto"] and int8["pareto"] == (int8["size_bytes"] < exact["size_bytes"])
     assert "| mobilenetv2_digits.onnx | int8.toml |" in (out / "summary.md").read_text()
     assert (out / "summary.html").read_text().count('class="pareto"') == sum(r["pareto"] for r in rows)
+    # the size/error plot: one per model, a point per recipe at its entropy-coded size and SQNR
+    page = (out / "summary.html").read_text()
+    finite = [r for r in rows if math.isfinite(float(r["sqnr_db"]))]  # an exact result is listed, not drawn
+    assert page.count("<svg") == 2 and page.count('<circle class="point') == len(finite) >= 2
+    assert page.count("Not drawn: exact.toml (SQNR inf)") == len(rows) - len(finite)
+    for row in rows:
+        assert 0 < row["entropy_coded_bytes"] <= row["size_bytes"] * 1.02
+    for row in finite:
+        assert f'data-x="{float(row["entropy_coded_bytes"])!r}" data-y="{float(row["sqnr_db"])!r}"' in page
 
     again = sweep(ZOO, recipes, out, executor=LocalExecutor(1))
     assert (again.ran, again.skipped, len(counted)) == (0, 4, 4)

@@ -10,7 +10,9 @@ import graphc
 from graphc.calib.data import IterableSource
 from graphc.errors import OptionError
 from graphc.ir import to_proto
-from graphc.passes.cluster.kmeans import kmeans_1d, nearest
+from graphc.ir.codebook import pack_nibbles, read_codebook, unpack_nibbles
+from graphc.ir.compressed_size import compressed_size
+from graphc.passes.cluster.kmeans import SortedRuns, kmeans_1d, nearest
 from graphc.passmanager import PassManager, parse_pipeline
 from support import assert_valid, make_model, op_count, run
 
@@ -39,10 +41,10 @@ def _conv(w):
 
 
 def _decoded(model):
-    """(codebook, indices) of the only clustered weight, read from the graph."""
+    """(codebook, indices) of the only clustered weight, read from the graph (either index form)."""
     gather = next(n for n in model.graph.nodes if n.op == "Gather")
-    cast = gather.inputs[1].inputs[0]
-    return gather.inputs[0].values, cast.inputs[0].values
+    book = read_codebook(gather.outputs[0])
+    return book.codebook, book.indices
 
 
 def _cluster(proto, text="cluster", data=None):
@@ -153,3 +155,118 @@ def test_non_finite_weights_are_left_alone():
     for text in ("cluster", "sparsify"):
         model, record = _cluster(_matmul(w), text)
         assert not record.modified and record.skipped == {"weight has non-finite values (NaN or inf)": 1}
+
+
+@pytest.mark.parametrize("shape", [(16, 8), (7, 5), (1, 1)])
+def test_nibble_packing_round_trips_low_nibble_first(shape):
+    indices = np.random.default_rng(3).integers(0, 16, size=shape).astype(np.uint8)
+    packed = pack_nibbles(indices)
+    assert packed.shape == ((indices.size + 1) // 2, 1) and packed.dtype == np.uint8
+    assert packed[0, 0] == indices.reshape(-1)[0] | (indices.reshape(-1)[1] << 4 if indices.size > 1 else 0)
+    np.testing.assert_array_equal(unpack_nibbles(packed, shape), indices)
+    with pytest.raises(ValueError):
+        pack_nibbles(np.array([16], np.uint8))
+
+
+@pytest.mark.parametrize("build, w", [(_matmul, _weights(65, 33)), (_conv, _weights(16, 9, 3, 3))])
+def test_packed_indices_decode_exactly_as_the_uint8_form(tmp_path, build, w):
+    w = w.copy()
+    w[np.abs(w) < 0.05] = 0.0  # zeros keep index 0 in both forms
+    plain, _ = _cluster(build(w), "cluster{bits=4 pack=false}")
+    packed, record = _cluster(build(w), "cluster{bits=4}")
+    assert record.details[0]["packed"] and record.stats == {"clustered": 1}
+    book_u8, indices_u8 = _decoded(plain)
+    book_p, indices_p = _decoded(packed)
+    np.testing.assert_array_equal(book_p, book_u8)
+    np.testing.assert_array_equal(indices_p, indices_u8)
+    stored = [t for t in packed.graph.tensors().values() if t.name.endswith(".indices_packed")]
+    assert len(stored) == 1 and stored[0].values.shape == ((w.size + 1) // 2, 1)
+    assert (op_count(packed, "Mod"), op_count(packed, "BitShift"), op_count(packed, "Gather")) == (1, 1, 1)
+    assert op_count(packed, "Slice") == (w.size % 2)  # odd counts drop the pad nibble
+    assert_valid(packed, tmp_path)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((3, w.shape[0]) if build is _matmul else (1, w.shape[1], 5, 5)).astype(np.float32)
+    np.testing.assert_allclose(run(packed, {"x": x})[0], run(plain, {"x": x})[0], rtol=1e-5, atol=1e-6)
+    assert not PassManager("cluster{bits=4}").run(packed).modified  # idempotent
+
+
+def test_packing_halves_the_index_bytes_and_keeps_the_entropy_coded_size(tmp_path):
+    w = _weights(128, 64)
+    w[np.abs(w) < 0.03] = 0.0
+    plain, _ = _cluster(_matmul(w), "cluster{bits=4 pack=false}")
+    packed, _ = _cluster(_matmul(w), "cluster{bits=4}")
+    u8 = graphc.save(plain, tmp_path / "u8.onnx").stat().st_size
+    p4 = graphc.save(packed, tmp_path / "p4.onnx").stat().st_size
+    # 4096 of the 8192 index bytes saved, less the unpacking nodes (about 430 bytes of names and shapes)
+    assert u8 - p4 >= w.size // 2 - 512 and p4 < 0.6 * u8
+    coded_u8, coded_p4 = compressed_size(plain), compressed_size(packed)
+    # the same 4-bit symbols are coded either way: only the few bytes of the unpacking nodes differ
+    assert coded_u8.weight_coded_bytes - 64 <= coded_p4.weight_coded_bytes <= coded_u8.weight_coded_bytes + 64
+    assert coded_p4.weight_coded_bytes <= coded_p4.weight_bytes
+
+
+def test_more_than_16_values_pack_false_or_a_small_layer_keep_uint8_indices():
+    for text in ("cluster{bits=5}", "cluster{bits=3 pack=false}", "cluster{bits=4 min-params=1}"):
+        model, record = _cluster(_matmul(_weights(32, 16) if text.endswith("1}") else _weights(64, 32)), text)
+        assert not record.details[0]["packed"] and op_count(model, "BitShift") == 0
+        assert any(t.name.endswith(".indices") for t in model.graph.tensors().values())
+
+
+def test_an_opset_without_bitshift_keeps_uint8_indices():
+    proto = _matmul(_weights(64, 32))
+    proto.opset_import[0].version = 10
+    model, record = _cluster(proto, "cluster{bits=2}")
+    assert not record.details[0]["packed"] and op_count(model, "BitShift") == 0
+
+
+def _per_value_lloyd(values, h, centres, iterations=50):
+    """Lloyd's iteration as the pass ran it before SortedRuns: a nearest-centre search per value and
+    bincount sums (the reference the sorted-run form must equal)."""
+    assignment = nearest(values, centres)
+    for _ in range(iterations):
+        mass = np.bincount(assignment, weights=h, minlength=len(centres))
+        sums = np.bincount(assignment, weights=h * values, minlength=len(centres))
+        used = mass > 0
+        centres = np.unique(sums[used] / mass[used])
+        new = nearest(values, centres)
+        if np.array_equal(new, assignment):
+            break
+        assignment = new
+    return centres
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_sorted_runs_lloyd_equals_the_per_value_iteration(seed):
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(20, 5000))
+    values = rng.standard_normal(n) if seed % 2 else rng.integers(0, 12, n).astype(np.float64)  # ties
+    h = np.ones(n) if seed % 3 == 0 else np.exp(rng.uniform(-6, 6, n))
+    k = int(rng.choice([2, 3, 8, 16]))
+    start = np.unique(rng.choice(values, size=k, replace=False))
+    got = SortedRuns(values, h).lloyd(start, 50)
+    want = _per_value_lloyd(values, h, start)
+    assert got.shape == want.shape
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=0)
+    np.testing.assert_array_equal(nearest(values, got), nearest(values, want))
+
+
+def test_a_value_on_a_midpoint_joins_the_lower_run():
+    values = np.arange(7, dtype=np.float64)  # the midpoint of centres 1 and 5 is the value 3
+    runs = SortedRuns(values, np.ones(7))
+    np.testing.assert_array_equal(runs.bounds(np.array([1.0, 5.0])), [0, 4, 7])
+    np.testing.assert_array_equal(runs.lloyd(np.array([1.0, 5.0]), 1), [1.5, 5.0])
+
+
+RECORDED_CENTRES = [-1.457773893964396, -0.4052867732395752, 0.4658671005105617, 1.5452026550281308]
+RECORDED_COUNTS = [532, 944, 1036, 488]
+
+
+def test_kmeans_on_a_seed_is_what_it_was_before_the_sorted_runs():
+    """The whole k-means (seeding, restarts, choice) on a fixed seed, against values recorded with the
+    per-value Lloyd iteration (commit f3d6046)."""
+    values = np.random.default_rng(11).standard_normal(3000)
+    h = np.exp(np.random.default_rng(12).uniform(-3, 3, 3000))
+    book = kmeans_1d(values, 4, h, seed=5)
+    assert book.centres.size == 4
+    np.testing.assert_allclose(book.centres, RECORDED_CENTRES, rtol=1e-12)
+    assert np.bincount(book.assignment).tolist() == RECORDED_COUNTS

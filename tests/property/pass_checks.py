@@ -33,6 +33,7 @@ import graphc
 from graphc.analysis import analyze_channels, mask_channels
 from graphc.passes.prune.allocation import group_keys
 from graphc.calib.data import RandomSource, input_specs
+from graphc.ir.codebook import unpack_nibbles
 from graphc.ir import infer_shapes, to_proto
 from graphc.passmanager import PassManager
 from support import run
@@ -278,6 +279,18 @@ def check_sparsified_weights(original: onnx.ModelProto, result: onnx.ModelProto)
             assert zeroed.max() <= kept.min(), f"sparsify: '{name}' zeroed a weight larger than one it kept"
 
 
+def _cluster_indices(name: str, inits: dict, producers: dict, shape: tuple) -> np.ndarray:
+    """The indices Cast reads: a uint8 initializer, or unpacked from two per byte (the Mod of the
+    packed initializer sits at the top of the Reshape/Slice/Concat chain: graphc/ir/codebook.py)."""
+    if name in inits:
+        return inits[name].astype(np.int64)
+    node = producers[name]
+    while node.op_type in ("Reshape", "Slice"):
+        node = producers[node.input[0]]
+    assert node.op_type == "Concat", f"cluster: indices '{name}' are neither stored nor unpacked"
+    return unpack_nibbles(inits[producers[node.input[0]].input[0]], shape).astype(np.int64)
+
+
 def check_clustered_weights(original: onnx.ModelProto, result: onnx.ModelProto, bits: int = 4) -> None:
     """Every layer reading Gather(codebook, Cast(indices)) has at most 2^bits values, its zeros
     exact, and each nonzero weight decoded to the codebook value (among those nonzeros use)
@@ -290,7 +303,7 @@ def check_clustered_weights(original: onnx.ModelProto, result: onnx.ModelProto, 
         if gather is None or gather.op_type != "Gather":
             continue  # left as it was (a shared weight; an idle pass fails the rewritten share)
         cast = producers[gather.input[1]]
-        decoded = inits[gather.input[0]][inits[cast.input[0]].astype(np.int64)]
+        decoded = inits[gather.input[0]][_cluster_indices(cast.input[0], inits, producers, want.shape)]
         assert decoded.shape == want.shape, f"cluster: weight of '{name}' changed shape"
         assert len(np.unique(decoded)) <= 2 ** bits, f"cluster: '{name}' has more than {2 ** bits} values"
         assert np.all(decoded[want == 0] == 0), f"cluster: zeros of '{name}' were not kept exact"

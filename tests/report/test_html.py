@@ -161,6 +161,18 @@ def run_chromium(page: Path, profile: Path, *extra: str) -> subprocess.Completed
                           check=True, capture_output=True, text=True, timeout=120)
 
 
+def probe_in_chromium(text: str, probe: str, probe_id: str, folder: Path) -> list:
+    """``text`` (a page) with ``probe`` (a script writing JSON into ``<pre id=probe_id>`` on load)
+    loaded in headless Chromium: the JSON, after checking the page logged nothing to the console."""
+    probed = folder / "probed.html"
+    probed.write_text(text.replace("</body>", probe + "</body>"), encoding="utf-8")
+    done = run_chromium(probed, folder / "profile-dom", "--dump-dom")
+    assert console_messages(done.stderr) == []
+    found = re.search(rf'<pre id="{probe_id}">(.*?)</pre>', done.stdout, re.S)
+    assert found, "the page did not finish loading"
+    return json.loads(unescape(found.group(1)))
+
+
 def console_messages(stderr: str) -> list[str]:
     """What the page wrote to the console (and uncaught exceptions): Chromium logs them as CONSOLE."""
     return [line for line in stderr.splitlines() if ":CONSOLE" in line]
@@ -175,13 +187,7 @@ def test_html_report_renders_in_headless_chromium(html_build, tmp_path):
     folder, _ = html_build
     report = folder / "report.html"
     text = report.read_text(encoding="utf-8")
-    probed = tmp_path / "probed.html"
-    probed.write_text(text.replace("</body>", IMAGE_PROBE + "</body>"), encoding="utf-8")
-    done = run_chromium(probed, tmp_path / "profile-dom", "--dump-dom")
-    assert console_messages(done.stderr) == []
-    found = re.search(r'<pre id="graphc-image-probe">(.*?)</pre>', done.stdout, re.S)
-    assert found, "the page did not finish loading"
-    images = json.loads(unescape(found.group(1)))
+    images = probe_in_chromium(text, IMAGE_PROBE, "graphc-image-probe", tmp_path)
     assert [img["alt"] for img in images] == [img["alt"] for img in parse(text).images] and len(images) == 4
     for img in images:
         assert img["complete"] and img["visible"], img
