@@ -156,7 +156,7 @@ def check_pass_on(cls, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], ref
         for ref, out, vi in zip(reference, got, proto.graph.output):
             np.testing.assert_allclose(out, ref, rtol=RTOL, atol=ATOL, err_msg=f"{cls.name} changed output '{vi.name}'")
     elif cls.name in LOSSY_FLOORS:
-        _check_floor(cls.name, reference, got, proto)
+        _check_floor(cls.name, reference, got, proto, feeds)
     if cls.name == "quant":
         check_quantized_weights(prepared(cls, proto), result)
     if cls.name == "fp16":
@@ -175,14 +175,50 @@ def check_pass_on(cls, proto: onnx.ModelProto, feeds: dict[str, np.ndarray], ref
     return report.records[-1].modified  # the pass itself runs last, after any preparation it declares
 
 
-def _check_floor(name: str, reference, got, proto) -> None:
+def _check_floor(name: str, reference, got, proto, feeds) -> None:
     floor = LOSSY_FLOORS[name]
     for ref, out, vi in zip(reference, got, proto.graph.output):
         if not np.any(ref):
             continue  # an all-zero output (Relu of negatives) has no signal to compare
         db, cos = sqnr_db(ref, out), cosine(ref, out)
+        if name == "fp16" and (db < floor.sqnr_db or cos < floor.cosine) and _half_bound_holds(ref, out, proto, feeds):
+            continue
         assert db >= floor.sqnr_db, f"{name}: output '{vi.name}' SQNR {db:.1f} dB < floor {floor.sqnr_db} dB"
         assert cos >= floor.cosine, f"{name}: output '{vi.name}' cosine {cos:.6f} < floor {floor.cosine}"
+
+
+#: fp16's relative floors assume an output about as large as the values computed on the way to it.
+#: When it is much smaller (``x * s + b`` of a BatchNormalization cancelling to ~0.02 from inputs
+#: ~2, then a Relu: 35.9 dB, graph 19 of the robustness benchmark's draw), float16 arithmetic
+#: cannot deliver the floor: each rounding costs up to the unit roundoff 2^-11 of the values it
+#: rounds, up to ``M``, the largest activation of the original graph on the same feeds. Such an
+#: output is held to the forward-error bound ``max |out - ref| <= HALF_ULPS_PER_NODE * nodes *
+#: 2^-11 * M`` instead (a dropped op or a wrong scale still costs about ``M``).
+HALF_ULPS_PER_NODE = 2.0
+SMALL_OUTPUT = 2.0 ** -4  # outputs below this share of M are "much smaller"
+
+
+def _half_bound_holds(ref: np.ndarray, out: np.ndarray, proto: onnx.ModelProto, feeds) -> bool:
+    largest = _largest_activation(proto, feeds)
+    if float(np.max(np.abs(ref))) >= SMALL_OUTPUT * largest:
+        return False  # the relative floors apply
+    bound = HALF_ULPS_PER_NODE * len(proto.graph.node) * 2.0 ** -11 * largest
+    err = float(np.max(np.abs(np.asarray(out, np.float64) - np.asarray(ref, np.float64))))
+    assert err <= bound, (f"fp16: output max error {err:.3g} > forward-error bound {bound:.3g} "
+                          f"(largest activation {largest:.3g})")
+    return True
+
+
+def _largest_activation(proto: onnx.ModelProto, feeds) -> float:
+    """max |x| over the inputs and every node output of ``proto`` on ``feeds`` (onnxruntime)."""
+    probe = onnx.ModelProto()
+    probe.CopyFrom(proto)
+    named = {o.name for o in probe.graph.output}
+    for node in probe.graph.node:
+        probe.graph.output.extend(onnx.ValueInfoProto(name=o) for o in node.output if o and o not in named)
+    values = list(feeds.values()) + run(probe, feeds)
+    return max(float(np.max(np.abs(v))) for v in values
+               if np.asarray(v).dtype.kind == "f" and np.asarray(v).size)
 
 
 # -- quant: weights round-trip ------------------------------------------------------------------
