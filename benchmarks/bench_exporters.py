@@ -48,9 +48,8 @@ def run() -> str:
         f"result latency, medians of {ROUNDS} alternated runs each on the model's first .npz feed "
         f"(batch {BATCH} where the .npz stacks samples, else one feed; the models are tiny, so "
         "on this shared 2-core machine ratios within ~0.2 of 1.0 are noise). Error: worst output over 8 feeds of the model's .npz. "
-        "Nodes count every If/Loop body's nodes too. Runs are in-process: the `graphc opt` CLI "
-        "still refuses the shape-less and wrong-rank declarations at its result check (load-time "
-        "repair is another branch's work).",
+        "Nodes count every If/Loop body's nodes too. Runs are in-process (`graphc.load` and the "
+        "pass manager, as `graphc opt` runs them; the CLI on the shape-less and wrong declarations: tests/ir/test_declarations.py).",
         "",
         "| model | passes alone that changed it | refused (first words) | exact: nodes | exact: speed | "
         "exact: max abs err | quant: speed | quant: SQNR |",
