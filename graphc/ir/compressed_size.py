@@ -6,7 +6,9 @@ Four figures (:func:`compressed_size`):
 - **zlib bytes**: ``zlib.compress(file, 6)``, the deflate level zip and gzip use by default.
 - **lzma bytes**: ``lzma.compress(file, preset=1)`` (xz; a fast preset: zstd is not a dependency
   of graphc, and stdlib lzma is the strong general-purpose coder at hand). Both general coders
-  are skipped (None) above :data:`GENERAL_CODER_LIMIT` bytes, so ``inspect`` stays fast.
+  are skipped (None) above :data:`GENERAL_CODER_LIMIT` bytes, so ``inspect`` stays fast; the
+  file bytes of a larger model are counted, not serialized (a model past protobuf's 2 GiB limit
+  has them too, and its weights are never copied).
 - **entropy-coded bytes**, the Deep Compression metric (Han et al. 2016): the graph without its
   weights as serialized (``file bytes - raw weight bytes``), plus every weight tensor coded by
   the cheapest of these encodings (:func:`tensor_code`):
@@ -43,11 +45,13 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir.codebook import packed_nibbles
-from graphc.ir.model import Model, model_bytes
+from graphc.ir.model import Model, inline_file_size, model_bytes
 from graphc.ir.subgraphs import walk_graphs
 
 #: most distinct values a tensor may have to be coded by a codebook (uint8 indices).
 MAX_SYMBOLS = 256
+#: leading values checked for more than MAX_SYMBOLS distinct ones before the whole tensor is sorted
+PREFIX = 4096
 #: bytes of one gap table entry: an int32 gap and its code length.
 GAP_ENTRY_BYTES = 5
 #: numpy dtypes ONNX stores two to a byte.
@@ -90,7 +94,10 @@ def _values_bytes(values: np.ndarray) -> tuple[str, int]:
     dense = values.size * values.itemsize
     if values.size == 0:
         return "dense", 0
-    uniques, counts = np.unique(values.view(_bits_dtype(values)), return_counts=True)
+    symbols = values.view(_bits_dtype(values))
+    if len(np.unique(symbols[:PREFIX])) > MAX_SYMBOLS:
+        return "dense", dense  # already too many in a prefix: no need to sort the whole tensor
+    uniques, counts = np.unique(symbols, return_counts=True)
     if len(uniques) > MAX_SYMBOLS:
         return "dense", dense
     coded = _bytes(huffman_bits(counts)) + len(uniques) * (values.itemsize + 1)
@@ -163,7 +170,9 @@ def weight_constants(model: Model) -> list[gs.Constant]:
 def compressed_size(model: Model, *, general: bool = True) -> CompressedSize:
     """Compressed sizes of ``model`` as it would be saved with its weights inline
     (``general=False`` skips zlib and lzma)."""
-    data = model_bytes(model)
+    file_bytes = inline_file_size(model)
+    small = general and file_bytes <= GENERAL_CODER_LIMIT
+    data = model_bytes(model) if small else None  # large models are never serialized here
     raw = coded = 0
     encodings: dict[str, int] = {}
     for tensor in weight_constants(model):
@@ -171,10 +180,9 @@ def compressed_size(model: Model, *, general: bool = True) -> CompressedSize:
         raw += code.raw_bytes
         coded += code.bytes
         encodings[code.encoding] = encodings.get(code.encoding, 0) + 1
-    structure = max(len(data) - raw, 0)
-    small = general and len(data) <= GENERAL_CODER_LIMIT
+    structure = max(file_bytes - raw, 0)
     return CompressedSize(
-        file_bytes=len(data),
+        file_bytes=file_bytes,
         zlib_bytes=len(zlib.compress(data, 6)) if small else None,
         lzma_bytes=len(lzma.compress(data, preset=1)) if small else None,
         entropy_coded_bytes=structure + coded,

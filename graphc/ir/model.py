@@ -537,6 +537,13 @@ def model_bytes(model: Model) -> bytes:
     return proto.SerializeToString()
 
 
+def inline_file_size(model: Model) -> int:
+    """Bytes of ``model`` saved as one file with its weights inline (what :func:`model_bytes`
+    would return, any size), counted without serializing or copying the weights."""
+    proto, weights = _to_proto_and_weights(model)
+    return weight_io.model_file_size(proto, weights)
+
+
 def file_size(path: str | os.PathLike) -> int:
     """Size on disk of a model including its external data files."""
     path = Path(path)

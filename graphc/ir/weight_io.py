@@ -283,6 +283,19 @@ def write_model_file(proto: onnx.ModelProto, weights: list[tuple[str, np.ndarray
     return written
 
 
+def model_file_size(proto: onnx.ModelProto, weights: list[tuple[str, np.ndarray]]) -> int:
+    """Bytes :func:`write_model_file` would write for ``proto`` and ``weights``, counted without
+    writing or copying the weights (``proto`` is left as it was)."""
+    graph = proto.graph.ByteSize()
+    head = proto.ByteSize() - graph - len(_key(_MODEL_GRAPH, _LEN)) - len(_varint(graph)) \
+        if proto.HasField("graph") else proto.ByteSize()
+    prefixes = [TensorProto(name=name, data_type=_ONNX_TYPE[np.dtype(v.dtype).newbyteorder("=")],
+                            dims=v.shape).ByteSize()
+                + len(_key(_TENSOR_RAW_DATA, _LEN)) + len(_varint(v.nbytes)) for name, v in weights]
+    graph_length = graph + sum(_entry_length(p + v.nbytes) for p, (_, v) in zip(prefixes, weights))
+    return head + len(_key(_MODEL_GRAPH, _LEN)) + len(_varint(graph_length)) + graph_length
+
+
 def write_external_data(proto: onnx.ModelProto, weights: list[tuple[str, np.ndarray]],
                         data_path: Path) -> list[RawTensor]:
     """Write ``weights`` one after another to ``data_path`` and add to ``proto``'s graph an

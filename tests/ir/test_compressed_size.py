@@ -73,3 +73,42 @@ def test_model_sizes_count_structure_and_weights():
     assert small.entropy_coded_bytes < 0.6 * size.entropy_coded_bytes
     assert small.encodings == {"sparse": 1}
     assert small.entropy_coded_bytes == small.file_bytes - small.weight_bytes + small.weight_coded_bytes
+
+
+def _two_layer_model(rng) -> graphc.Model:
+    """A large weight (streamed by save) and a small one (kept in the proto), float and int8."""
+    big = rng.standard_normal((64, 300)).astype(np.float32)
+    small = rng.standard_normal((300, 3)).astype(np.float32)
+    codes = rng.integers(-8, 8, (3, 3)).astype(np.int8)
+    nodes = [helper.make_node("MatMul", ["x", "A"], ["h"]), helper.make_node("MatMul", ["h", "B"], ["y0"]),
+             helper.make_node("Cast", ["C"], ["c"], to=TensorProto.FLOAT),
+             helper.make_node("MatMul", ["y0", "c"], ["y"])]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])],
+                              [numpy_helper.from_array(big, "A"), numpy_helper.from_array(small, "B"),
+                               numpy_helper.from_array(codes, "C")])
+    return graphc.load(make_model(graph))
+
+
+def test_file_bytes_are_counted_exactly_without_serializing(monkeypatch):
+    import graphc.ir.compressed_size as cs
+    from graphc.ir.model import model_bytes
+
+    model = _two_layer_model(np.random.default_rng(1))
+    serialized = len(model_bytes(model))
+    assert compressed_size(model).file_bytes == serialized
+    # a model above the general coders' limit is never serialized (protobuf refuses > 2 GiB)
+    monkeypatch.setattr(cs, "GENERAL_CODER_LIMIT", serialized - 1)
+    monkeypatch.setattr(cs, "model_bytes", lambda m: pytest.fail("serialized a large model"))
+    large = compressed_size(model)
+    assert large.file_bytes == serialized
+    assert large.zlib_bytes is None and large.lzma_bytes is None
+    assert large.entropy_coded_bytes == large.file_bytes - large.weight_bytes + large.weight_coded_bytes
+
+
+def test_many_distinct_values_after_the_checked_prefix_are_still_counted():
+    rng = np.random.default_rng(2)
+    head = rng.choice(np.arange(10, dtype=np.float32), 4096)   # a codebook so far...
+    tail = rng.standard_normal(4096).astype(np.float32)         # ...then thousands of distinct values
+    assert tensor_code(np.concatenate([head, tail])).encoding == "dense"
+    assert tensor_code(np.concatenate([head, head])).encoding == "codebook"
