@@ -14,6 +14,7 @@ module, they do not ship code.
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -23,6 +24,9 @@ from graphc.progress import progress_bar
 log = logging.getLogger(__name__)
 
 EXTRA_HINT = "Ray is not installed: pip install 'graphc[ray]'"
+
+#: how many times a cluster address (``ray://``) is tried before its error is raised
+CONNECT_ATTEMPTS = 3
 
 _worker_cache: dict[str, Any] = {}  # {object id: shared value}, in a Ray worker process
 _task = None  # the remote function, made on first use (importing ray is slow)
@@ -35,6 +39,16 @@ def import_ray() -> Any:
     except ImportError as exc:
         raise ExecutorError(f"--executor ray: {EXTRA_HINT}") from exc
     return ray
+
+
+def error_reason(exc: BaseException) -> str:
+    """One line saying why: the exception's first line, or - when that only introduces what
+    follows (Ray's "Initialization failure from server:" then the server's traceback) - its last
+    non-empty line, which names the failure."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    if not lines:
+        return type(exc).__name__
+    return lines[-1] if lines[0].endswith(":") and len(lines) > 1 else lines[0]
 
 
 def _run_task(fn: Callable[[Any, Any], Any], boxed_ref: list, item: Any) -> Any:
@@ -65,19 +79,34 @@ class RayExecutor:
     name: str = "ray"
 
     def connect(self) -> Any:
+        """The initialised ``ray`` module. A cluster address is tried :data:`CONNECT_ATTEMPTS` times
+        (waits of 2, 4 s between): a head whose client server is up can still fail a client's first
+        start-up while its other processes come up; an error that persists is an ExecutorError
+        naming the address and the server's own last line."""
         ray = import_ray()
         if ray.is_initialized():
             return ray
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False}
         if self.address is None and self.num_cpus is not None:
             kwargs["num_cpus"] = self.num_cpus
-        try:
-            ray.init(address=self.address, **kwargs)
-        except Exception as exc:  # ConnectionError, RuntimeError, grpc errors: all mean "not reached"
-            where = self.address or "this machine"
-            raise ExecutorError(f"--executor ray: cannot start or reach Ray on {where}: "
-                                f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        return ray
+        attempts = CONNECT_ATTEMPTS if self.address else 1
+        for attempt in range(1, attempts + 1):
+            try:
+                ray.init(address=self.address, **kwargs)
+                return ray
+            except Exception as exc:  # ConnectionError, RuntimeError, grpc errors: all mean "not reached"
+                reason = error_reason(exc)
+                if attempt == attempts:
+                    where = self.address or "this machine"
+                    raise ExecutorError(f"--executor ray: cannot start or reach Ray on {where}"
+                                        f"{f' (after {attempts} attempts)' if attempts > 1 else ''}: "
+                                        f"{reason}") from exc
+                if ray.is_initialized():
+                    ray.shutdown()
+                log.warning("Ray on %s: %s; trying again (%d of %d)", self.address, reason,
+                            attempt + 1, attempts)
+                time.sleep(2.0 * attempt)
+        raise AssertionError("unreachable")
 
     def map(self, fn: Callable[[Any, Any], Any], shared: Any, items: Sequence[Any], *,
             desc: str = "", unit: str = "it", in_threads: bool = False) -> list[Any]:

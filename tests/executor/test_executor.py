@@ -79,3 +79,62 @@ def test_without_ray_the_ray_executor_is_a_one_line_error_naming_the_extra(tmp_p
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install 'graphc[ray]'" in err, err
     assert not out.exists() and model.read_bytes() == before
+
+
+class _FlakyRay:
+    """A stand-in ``ray`` module whose ``init`` fails ``failures`` times the way a Ray client does
+    when the head cannot start the client's server, then succeeds."""
+
+    SERVER_ERROR = ("Initialization failure from server:\nTraceback (most recent call last):\n"
+                    "  File \"proxier.py\", line 773, in Datapath\n"
+                    "RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err")
+
+    def __init__(self, failures):
+        self.failures, self.calls, self.up = failures, [], False
+
+    def is_initialized(self):
+        return self.up
+
+    def shutdown(self):
+        self.up = False
+
+    def init(self, address=None, **kwargs):
+        self.calls.append(address)
+        if len(self.calls) <= self.failures:
+            raise ConnectionAbortedError(self.SERVER_ERROR)
+        self.up = True
+
+
+@pytest.fixture
+def flaky_ray(monkeypatch):
+    import graphc.executor.ray_cluster as ray_cluster
+
+    def make(failures):
+        fake = _FlakyRay(failures)
+        monkeypatch.setattr(ray_cluster, "import_ray", lambda: fake)
+        monkeypatch.setattr(ray_cluster.time, "sleep", lambda s: None)
+        return fake
+    return make
+
+
+def test_a_cluster_address_is_tried_again_after_a_failed_client_start(flaky_ray):
+    fake = flaky_ray(failures=2)
+    assert RayExecutor(address="ray://head:10001").connect() is fake
+    assert fake.calls == ["ray://head:10001"] * 3 and fake.up
+
+
+def test_a_cluster_that_keeps_failing_names_the_servers_reason(flaky_ray):
+    fake = flaky_ray(failures=99)
+    with pytest.raises(ExecutorError) as err:
+        RayExecutor(address="ray://head:10001").connect()
+    assert len(fake.calls) == 3
+    message = str(err.value)
+    assert "ray://head:10001 (after 3 attempts)" in message
+    assert message.endswith("RuntimeError: Starting Ray client server failed. See ray_client_server_23000.err")
+
+
+def test_a_local_runtime_is_not_retried(flaky_ray):
+    fake = flaky_ray(failures=1)
+    with pytest.raises(ExecutorError, match="on this machine: RuntimeError: Starting Ray client"):
+        RayExecutor().connect()
+    assert fake.calls == [None]
