@@ -48,6 +48,10 @@ def shared_id(shared: dict, item: int) -> int:
     return id(shared)
 
 
+def sized(shared: bytes, item: int) -> int:
+    return len(shared) + item
+
+
 def failing(shared: object, item: int) -> int:
     if item == 2:
         raise DataError(f"task {item}: bad sample")

@@ -4,7 +4,10 @@ itself, ``--executor`` and the recipe key are checked, and without Ray installed
 ``--executor ray`` is a one-line error naming the extra (exit 2)."""
 from __future__ import annotations
 
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -31,6 +34,24 @@ def test_one_worker_runs_in_this_process():
 def test_a_graphc_error_in_a_task_is_raised_as_itself(workers):
     with pytest.raises(DataError, match="task 2: bad sample"):
         LocalExecutor(workers).map(failing, None, [0, 1, 2, 3])
+
+
+def test_a_script_without_a_main_guard_and_a_large_shared_value_does_not_hang(tmp_path):
+    """A spawned worker re-runs such a script and dies while starting; the pool must report it
+    (the items then run in the parent), not block writing the shared value into the dead worker's
+    pipe: 4 MB is far above the 64 KiB pipe buffer."""
+    script = tmp_path / "unguarded.py"
+    script.write_text(textwrap.dedent(f"""
+        import sys
+        sys.path[:0] = [{str(Path(__file__).parent)!r}, {str(Path(__file__).parents[1])!r}]
+        from executor_nets import sized
+        from graphc.executor import LocalExecutor
+        print("result", LocalExecutor(2).map(sized, bytes(4_000_000), [0, 1, 2]))
+    """))
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180, cwd=tmp_path)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout.splitlines()[-1] == "result [4000000, 4000001, 4000002]"
+    assert "worker processes failed" in run.stderr
 
 
 def test_executor_names_and_the_executor_in_force():
