@@ -10,8 +10,9 @@ Three disjoint sets of rendered data (``ppocr_data``), each with its own seed:
 - budget evaluation (seed 7, what ``--eval-data`` gives): 300 rec lines with their text as labels
   / 120 det pages without labels; the metric budget (``quant{max-metric-drop=D}``) measures the
   metric on them - rec: the CER change against the text, its upper 95% bound a paired bootstrap
-  over lines; det: the F1 against the float model's boxes, its upper 95% bound the larger of
-  Clopper-Pearson and a bootstrap over pages - and holds that bound (``metric-confidence``,
+  over lines; det: the F1 against the float model's boxes, its upper 95% bound the largest of
+  Clopper-Pearson, a bootstrap over pages and Clopper-Pearson on the clustering's effective
+  trials - and holds that bound (``metric-confidence``,
   default) to ``D``;
 - held-out (seed 99): 2000 rec lines with their text, the CER of each model against the text;
   240 det pages, the F1 of each model's boxes against the float model's boxes (the reference).
@@ -230,7 +231,7 @@ def run() -> str:
     out = ["Budgets decided on data apart from the held-out set; the metric budget holds the upper 95% "
            "confidence bound of its drop (rec, with the evaluation lines' text as labels: a paired bootstrap "
            "over lines of the CER change; det, the float boxes as the truth: Clopper-Pearson over the pooled "
-           "boxes and a bootstrap over pages, the larger), so a handful of lucky lines cannot pass it. Speed: median "
+           "boxes, a bootstrap over pages and Clopper-Pearson on the effective trials of clustered errors, the largest), so a handful of lucky lines cannot pass it. Speed: median "
            "per-round ratio of the float model's latency over the result (2 threads, one alternation of "
            "all three models), 25-75% spread in brackets.", ""]
     with tempfile.TemporaryDirectory() as tmp:

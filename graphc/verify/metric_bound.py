@@ -7,7 +7,7 @@ errors ``e_i`` and the opportunities ``t_i``, and the score is the rate ``r = su
 (``1 - r`` when higher is better). ``ctc_cer`` (edit operations / truth characters) and ``box_f1``
 (``FP + FN`` / ``2 TP + FP + FN``, since ``1 - F1`` is that ratio) do.
 
-The upper bound of ``r`` at confidence ``c`` is the larger of two estimates, because each alone
+The upper bound of ``r`` at confidence ``c`` is the largest of three estimates, because each alone
 misses a case:
 
 - Clopper-Pearson (exact binomial), treating the ``T = sum t`` opportunities as independent
@@ -16,7 +16,14 @@ misses a case:
   is exactly the case where a budget decided on a few lines is fooled;
 - a bootstrap over samples (1000 resamples of the ``n`` samples with replacement, seeded, the
   ``c`` quantile of the pooled rate): errors cluster within a line or an image, and resampling
-  whole samples keeps that clustering, which the binomial bound ignores.
+  whole samples keeps that clustering, which the binomial bound ignores;
+- Clopper-Pearson on the effective number of trials (Kish's design effect): clustered errors vary
+  ``deff = n var(e_i - r t_i) / (T r (1 - r))`` times more than binomial ones, so ``E / deff``
+  failures in ``T / deff`` trials (rounded the cautious way) have the observed variance and keep
+  the binomial's right skew. The percentile bootstrap alone under-covers when errors are few and
+  clustered: measured on 720 rendered pages (PP-OCRv4 det, box F1 against the float boxes, errors
+  on 1 page in 10), the larger of the first two covered the pooled rate in 90-93% of 60- and
+  120-page sets at 95%; with this one, 95-97%.
 
 Against the float model's outputs as the truth (no labels), the reference's rate is 0 and the
 candidate's rate is its disagreement with the float model, which bounds the change of the true
@@ -82,12 +89,26 @@ def bootstrap_upper(errors: np.ndarray, totals: np.ndarray, confidence: float,
     return float(np.quantile(np.minimum(rates, 1.0), confidence, method="higher"))
 
 
+def clustered_binomial_upper(errors: np.ndarray, totals: np.ndarray, confidence: float) -> float:
+    """Clopper-Pearson on the effective trials ``T / deff`` with ``E / deff`` failures, ``deff``
+    the design effect of the samples' clustering (at least 1; see the module docstring)."""
+    errors, totals = np.asarray(errors, np.float64), np.asarray(totals, np.float64)
+    e, t = float(errors.sum()), float(totals.sum())
+    if len(errors) < 2 or t <= 0 or e <= 0 or e >= t:
+        return binomial_upper(int(round(e)), int(round(t)), confidence)
+    rate = e / t
+    spread = len(errors) * float(np.var(errors - rate * totals, ddof=1))
+    deff = max(spread / (t * rate * (1.0 - rate)), 1.0)
+    return binomial_upper(math.ceil(e / deff - 1e-9), max(int(t / deff), 1), confidence)
+
+
 def rate_upper(errors: np.ndarray, totals: np.ndarray, confidence: float) -> float:
-    """Upper bound of the pooled rate ``sum errors / sum totals``: the larger of the binomial
-    and the bootstrap bound (see the module docstring)."""
+    """Upper bound of the pooled rate ``sum errors / sum totals``: the largest of the binomial,
+    the bootstrap and the clustered binomial bound (see the module docstring)."""
     e, t = float(np.sum(errors)), float(np.sum(totals))
     return max(binomial_upper(int(round(e)), int(round(t)), confidence),
-               bootstrap_upper(errors, totals, confidence))
+               bootstrap_upper(errors, totals, confidence),
+               clustered_binomial_upper(errors, totals, confidence))
 
 
 def paired_bootstrap_upper(candidate: tuple[Any, Any], reference: tuple[Any, Any], confidence: float,

@@ -22,7 +22,8 @@ it on the calibration feeds, against the float model's outputs computed once):
   data when given (``--eval-data``: apart from calibration, up to 1000 samples) and, for metrics
   that expose their per-sample counts (``ctc_cer``, ``box_f1``, ``det_box_f1``), the budget holds
   the drop's upper ``metric-confidence`` bound (default 0.95: Clopper-Pearson over the pooled
-  characters/boxes and a bootstrap over samples, the larger; with labels for the evaluation data
+  characters/boxes, a bootstrap over samples and Clopper-Pearson on the clustering's effective
+  trials, the largest; with labels for the evaluation data
   (the truth then), a paired bootstrap of the change; :mod:`graphc.verify.metric_bound`),
   not its point estimate. With 0 errors in ``T`` characters that bound is about ``3 / T``, so a
   CER budget of 0.003 needs over 1000 evaluation characters to be met at all.
