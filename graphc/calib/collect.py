@@ -104,13 +104,13 @@ class RangeCollector:
     def _grow(self, amax: float) -> None:
         """Widen the range to more than ``amax`` by doubling the bin width, merging bins exactly."""
         if self.width == 0.0:
-            zeros = int(self.counts[self.bins])
             self.width = 2.0 ** (math.floor(math.log2(amax / self.bins)) + 1)
-            self.counts[:] = 0
-            self.counts[self.bins] = zeros
-            return
+            return  # all values so far are zeros, in the bin at zero whatever the width
         k = max(1, math.floor(math.log2(amax / (self.bins * self.width))) + 1)
-        factor = 2 ** k
+        self._widen(2 ** k)
+
+    def _widen(self, factor: int) -> None:
+        """Multiply the bin width by ``factor`` (a power of two), summing runs of ``factor`` bins."""
         merged = np.zeros(2 * self.bins, dtype=np.int64)
         if factor >= self.bins:  # everything lands in the two bins next to zero
             merged[self.bins - 1] = self.counts[:self.bins].sum()
@@ -120,6 +120,41 @@ class RangeCollector:
             merged[self.bins - half:self.bins + half] = self.counts.reshape(-1, factor).sum(axis=1)
         self.counts = merged
         self.width *= factor
+
+    def merge(self, other: "RangeCollector") -> None:
+        """Fold in ``other``, a collector of other samples: the result is exactly the collector of
+        both (min, max and count combine; widths are powers of two, the narrower histogram is
+        widened by summing runs of bins as growing does, then counts add - integers, so the
+        order shards are merged in does not change a bit)."""
+        if other.bins != self.bins or other.histogram != self.histogram:
+            raise ValueError("merging collectors with different bins or histogram settings")
+        if other.count == 0:
+            return
+        self.min, self.max = min(self.min, other.min), max(self.max, other.max)
+        self.count += other.count
+        if not self.histogram:
+            return
+        counts = other.counts
+        if other.width > self.width > 0.0:
+            self._widen(int(other.width / self.width))
+        elif self.width == 0.0:
+            self.width = other.width  # self holds zeros only, in the bin at zero
+        elif 0.0 < other.width < self.width:
+            wider = RangeCollector(self.bins)
+            wider.counts, wider.width = other.counts.copy(), other.width
+            wider._widen(int(self.width / other.width))
+            counts = wider.counts
+        self.counts = self.counts + counts
+
+    def state(self) -> tuple:
+        """What a worker sends back: ``(min, max, count, counts, width)``."""
+        return self.min, self.max, self.count, self.counts, self.width
+
+    @classmethod
+    def from_state(cls, state: tuple, bins: int = NUM_BINS, histogram: bool = True) -> "RangeCollector":
+        collector = cls(bins, histogram)
+        collector.min, collector.max, collector.count, collector.counts, collector.width = state
+        return collector
 
     def signed_histogram(self) -> SignedHistogram | None:
         if not self.histogram or self.count == 0:
@@ -158,6 +193,18 @@ def collect_stats(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequenc
 
     Graph inputs among ``tensors`` are read from the feeds; the others are exposed as outputs.
     """
+    collectors = collect_collectors(model, data, tensors, histograms=histograms, bins=bins, max_samples=max_samples,
+                                    memory_limit=memory_limit, progress=progress, threads=threads)
+    return {name: TensorStats(name, c.min, c.max, c.count, c.signed_histogram())
+            for name, c in collectors.items()}
+
+
+def collect_collectors(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequence[str], *,
+                       histograms: bool = True, bins: int = NUM_BINS, max_samples: int | None = None,
+                       memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool | None = None,
+                       threads: int | None = None) -> dict[str, RangeCollector]:
+    """:func:`collect_stats` before the statistics are read out: the collectors themselves, which
+    merge (:meth:`RangeCollector.merge`; :mod:`graphc.calib.sharded`)."""
     if not isinstance(model, Model):
         raise TypeError("collect_stats needs a graphc.ir.Model")
     tensors = list(dict.fromkeys(tensors))
@@ -175,8 +222,7 @@ def collect_stats(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequenc
                                   threads, "1/1")
     if samples_seen == 0:
         raise DataError("calibration data is empty")
-    return {name: TensorStats(name, c.min, c.max, c.count, c.signed_histogram())
-            for name, c in collectors.items()}
+    return collectors
 
 
 def _run_chunk(model, data, chunk: list[str], collectors: dict[str, RangeCollector],

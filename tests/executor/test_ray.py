@@ -120,3 +120,21 @@ def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_pat
     for name in ("exact", "int8"):
         folder = f"mobilenetv2_digits--{name}/model.onnx"
         assert (tmp_path / "ray" / folder).read_bytes() == (tmp_path / "local" / folder).read_bytes()
+
+
+def test_calibration_statistics_sharded_through_ray_are_bit_identical_to_one_process(ray_runtime):
+    import numpy as np
+
+    from graphc.calib.collect import collect_stats
+    from graphc.calib.sharded import collect_stats_sharded
+
+    model = executor_nets.conv_chain(3)
+    rng = np.random.default_rng(5)
+    feeds = [{"x": (rng.standard_normal((1, 4, 8, 8)) * 10.0 ** (k % 5 - 2)).astype(np.float32)} for k in range(9)]
+    tensors = ["x"] + [node.outputs[0].name for node in model.graph.nodes]
+    one = collect_stats(model, feeds, tensors, progress=False)
+    sharded = collect_stats_sharded(model, feeds, tensors, shards=4, executor=RayExecutor())
+    for name in tensors:
+        a, b = one[name], sharded[name]
+        assert (a.min, a.max, a.count, a.histogram.width) == (b.min, b.max, b.count, b.histogram.width)
+        assert np.array_equal(a.histogram.counts, b.histogram.counts)
