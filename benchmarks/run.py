@@ -96,8 +96,8 @@ def _header(argv: list[str], started: float, wall: float, ran: list[str], failed
              "runs, each with the date in its last line")
     outcome = f"{len(failed)} failed ({', '.join(failed)})" if failed else "none failed"
     return (
-        f"# Benchmarks\n\nWritten by `{command}` (`make bench` runs it with no names): {scope}, from "
-        f"{_stamp(started)} to {_stamp(started + wall)} ({wall:.0f} s), {outcome}; exit status "
+        f"# Benchmarks\n\nWritten by `{command}` (`make bench` runs it with no names) from "
+        f"{_stamp(started)} to {_stamp(started + wall)} ({wall:.0f} s): {scope}; {outcome}, exit status "
         f"{1 if failed else 0}. Code: {_git_commit()}. Machine: {_cpu_model()}, {os.cpu_count()} CPUs, "
         f"1-minute load average {os.getloadavg()[0]:.1f} at the end. {_versions()}. Each section states "
         "how its timings and memory figures were made (which runs were alternated, how many, in which "
