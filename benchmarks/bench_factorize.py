@@ -59,7 +59,7 @@ def _row(name: str, pipeline: str, label: str, data, test, tmp: Path) -> tuple[l
         record = PassManager(pipeline, data=calib).run(model).records[0]
     except GraphcError as exc:  # the pass's own refusal (max-error without data) is this row's result
         return [f"`{name}`", label, "yes" if calib is not None else "no",
-                f"refused: {str(exc).splitlines()[0][:70]}"] + ["-"] * 7, None
+                f"refused: {str(exc).splitlines()[0].split(';')[0][:90]}"] + ["-"] * 7, None
     path = graphc.save(model, tmp / f"{Path(name).stem}.{len(list(tmp.iterdir()))}.onnx")
     shapes = {"input": (1, 1, 16, 16)}
     before, after = model_stats(original, shapes), model_stats(model, shapes)

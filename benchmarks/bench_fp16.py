@@ -190,7 +190,7 @@ def run() -> str:
         "`convert_float_to_float16`. Speed: per model, the float32 file, the float32 model after fold-bn and "
         f"every valid variant but occ default timed in one alternation ({THREADS} thread; rounds: "
         + ", ".join(f"{k} {v}" for k, v in ROUNDS.items()) + "); a ratio is the median of the per-round ratios "
-        "anchor / variant, in brackets their 25th-75th percentiles.",
+        "anchor / variant, in brackets their 25th-75th percentiles. Convert time: one conversion, wall.",
         "", header, *rows, "",
         *[f"- {v}" for v in verdicts],
         "",

@@ -189,7 +189,9 @@ def run() -> str:
            "over lines of the CER change; det, the float boxes as the truth: Clopper-Pearson over the pooled "
            "boxes and a bootstrap over pages, the larger), so a handful of lucky lines cannot pass it. Speed: median "
            "per-round ratio of the float model's latency over the result (2 threads, one alternation of "
-           "all three models), 25-75% spread in brackets.", ""]
+           f"all three models), 25-75% spread in brackets. Each model row is `{PIPELINE}{{OPTIONS "
+           "samples=<calibration count>}` on the original; build: that pipeline's wall time, once, with an "
+           "evaluation cache that is empty at the start of this section.", ""]
     with tempfile.TemporaryDirectory() as tmp:
         previous = os.environ.get("GRAPHC_CACHE_DIR")
         os.environ["GRAPHC_CACHE_DIR"] = str(Path(tmp) / "cache")  # build times without a warm cache

@@ -152,3 +152,9 @@ def test_quant_verdict_meets_targets_when_fast_enough():
 def test_quant_verdict_misses_when_slower_than_fp32():
     text = bench_quant._speed_verdict(_measured(12.5))  # 0.8x
     assert "det 0.80x (target 1.8x: MISSED; never slower than fp32: MISSED)" in text
+
+
+def test_repair_margin_is_against_magnitude_only():
+    sqnr = {label: value for (label, _), value in zip(bench_compression.TRANSFORMER, (2.9, 19.2, 18.9))}
+    text = bench_compression._repair_margin(sqnr)
+    assert "magnitude-only (2.9 dB)" in text and "repair, sequential (default): +16.0 dB" in text
