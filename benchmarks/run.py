@@ -93,7 +93,7 @@ def _header(argv: list[str], started: float, wall: float, ran: list[str], failed
     command = " ".join(["python benchmarks/run.py", *argv])
     scope = (f"all {len(ran)} benchmark sections in one run" if not argv else
              f"the sections {', '.join(ran)}; the others ({', '.join(kept) or 'none'}) are kept from earlier "
-             "runs, each with the date in its last line")
+             "runs (each one's last line gives its duration and, where recorded, its date)")
     outcome = f"{len(failed)} failed ({', '.join(failed)})" if failed else "none failed"
     return (
         f"# Benchmarks\n\nWritten by `{command}` (`make bench` runs it with no names) from "
