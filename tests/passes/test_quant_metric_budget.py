@@ -129,3 +129,24 @@ def test_with_labels_the_budget_bounds_the_change_against_the_truth():
     # against the labels the drop is a difference: smaller than the disagreement with the float model
     disagreement = _argmax_counts(float_out, got)
     assert drop < disagreement[0].sum() / disagreement[1].sum()
+
+
+def test_a_margin_wider_than_the_budget_is_recorded_and_warned(caplog):
+    # 12 evaluation samples: the all-quantized drop's 95% margin is wider than a 0.01 budget
+    import logging
+
+    caplog.set_level(logging.WARNING, logger="graphc")
+    _, _, record = _bounded("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.01}",
+                            _feeds(), _eval_feeds())
+    margin = record.stats["budget_metric_margin_all_quantized"]
+    assert margin > 0.01
+    warned = [r.getMessage() for r in caplog.records if "sampling noise" in r.getMessage()]
+    assert len(warned) == 1 and "on 12 evaluation samples" in warned[0]
+    needed = int(warned[0].split("about ")[1].split()[0])
+    assert needed == int(np.ceil(12 * (2 * margin / 0.01) ** 2)) or abs(needed - 12 * (2 * margin / 0.01) ** 2) < 2
+    caplog.clear()
+    # a budget wider than the margin: recorded, not warned
+    _, _, wide = _bounded("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.5}",
+                          _feeds(), _eval_feeds())
+    assert 0 < wide.stats["budget_metric_margin_all_quantized"] < 0.5
+    assert not [r for r in caplog.records if "sampling noise" in r.getMessage()]
