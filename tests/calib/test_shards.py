@@ -7,10 +7,12 @@ import pytest
 
 import graphc.calib.channel_max as channel_max_module
 import graphc.calib.collect as collect_module
+import graphc.calib.moments as moments_module
 import graphc.calib.shards as shards_module
 from graphc.calib.calibrate import solve_range
 from graphc.calib.channel_max import channel_absmax
 from graphc.calib.collect import RangeCollector, collect_stats, merge_collectors
+from graphc.calib.moments import Layout, channel_moments, second_moments
 from graphc.calib.shards import SHARD_SIZE, shards_of
 from graphc.executor import LocalExecutor, using
 from test_collect import _model
@@ -185,3 +187,74 @@ def test_sharded_channel_maxima_equal_one_process(sharding):
     for name in one:
         assert sharded[name].dtype == one[name].dtype
         np.testing.assert_array_equal(sharded[name], one[name])
+
+
+def _moment_model():
+    """x (1, 3, 6, 6) -> Relu -> r (the same graph shape as test_collect's, three channels)."""
+    from onnx import TensorProto, helper
+
+    import graphc
+    from support import make_model
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["r"])], "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 3, 6, 6])],
+        [helper.make_tensor_value_info("r", TensorProto.FLOAT, [1, 3, 6, 6])])
+    return graphc.load(make_model(graph))
+
+
+def _moment_feeds(count):
+    rng = np.random.default_rng(5)
+    return [{"x": (rng.standard_normal((1, 3, 6, 6)) * (1 + i % 5) + 0.3).astype(np.float32)}
+            for i in range(count)]
+
+
+REQUESTS = {"conv": ("x", Layout.conv((3, 3), pads=(1, 1, 1, 1))), "rows": ("r", Layout(affine=True)),
+            "channels": ("r", Layout.channels())}
+
+
+def test_sharded_moments_are_the_same_bytes_on_every_executor(sharding, monkeypatch):
+    monkeypatch.setattr(moments_module, "map_shards", sharding_spy(sharding))
+    feeds = _moment_feeds(2 * SHARD_SIZE + 11)
+    results = {}
+    for workers in (1, 2):
+        with using(LocalExecutor(workers)):
+            counts = {}
+            results[workers] = (second_moments(_moment_model(), feeds, REQUESTS, counts_out=counts), counts,
+                                channel_moments(_moment_model(), feeds, {"x": 1, "r": 1}))
+    assert sharding == [2, 2]  # both kinds of sums went to the workers with 2 of them
+    (one, one_counts, one_ch), (two, two_counts, two_ch) = results[1], results[2]
+    assert one_counts == two_counts and one_counts["conv"] == len(feeds) * 36
+    for key in REQUESTS:
+        assert one[key].tobytes() == two[key].tobytes()
+    for name in ("x", "r"):
+        for field in ("mean_abs", "mean", "mean_square"):
+            assert getattr(one_ch[name], field).tobytes() == getattr(two_ch[name], field).tobytes()
+        assert one_ch[name].count == two_ch[name].count
+
+
+def test_moments_by_shards_are_within_the_float64_bound_of_one_running_sum():
+    feeds = _moment_feeds(3 * SHARD_SIZE + 5)
+    with using(LocalExecutor(1)):
+        got = second_moments(_moment_model(), feeds, {"rows": ("x", Layout.channels())})["rows"]
+        ch = channel_moments(_moment_model(), feeds, {"x": 1})["x"]
+    running, magnitude, rows = None, None, 0
+    for feed in feeds:  # the order of additions before sharding: one running sum
+        block = np.moveaxis(feed["x"], 1, -1).reshape(-1, 3).astype(np.float64)
+        term = block.T @ block
+        running = term if running is None else running + term
+        magnitude = np.abs(term) if magnitude is None else magnitude + np.abs(term)
+        rows += block.shape[0]
+    bound = len(feeds) * 2.0 ** -53 * magnitude / rows
+    assert np.all(np.abs(got - running / rows) <= 2 * bound)
+    np.testing.assert_allclose(got, running / rows, rtol=1e-12, atol=0)
+    np.testing.assert_allclose(ch.mean_square, np.diag(got), rtol=1e-12, atol=0)
+
+
+def sharding_spy(calls):
+    real = shards_module.map_shards
+
+    def spy(fn, shared, shards, desc):
+        calls.append(len(shards))
+        return real(fn, shared, shards, desc)
+    return spy
