@@ -13,6 +13,13 @@ and each run of ``2^k`` old bins is summed into one new bin (runs never straddle
 ``x * (1/w)`` is exact for a power-of-two ``w`` and ``floor(floor(y) / 2^k) = floor(y / 2^k)``,
 the result is exactly the histogram of all the data at once with the final width:
 ``np.histogram(x, bins=4096, range=(-2048 w, 2048 w))``.
+
+Shards. The final width is the smallest power of two with ``2048 w > max |x|`` (computed with
+``frexp``, no ``log2`` rounding): a function of the data's range alone. Two collectors that saw two
+shards of the data therefore merge exactly (:meth:`RangeCollector.merge`: re-bin the narrower to the
+wider width, add the integer counts, compare min and max) into the collector that saw all of it,
+which is how :func:`collect_stats` spreads many samples over the executor
+(:mod:`graphc.calib.shards`).
 """
 from __future__ import annotations
 
