@@ -12,10 +12,8 @@ When sharding is used (it only pays when spawning workers costs less than the wo
 - the executor is not a :class:`~graphc.executor.LocalExecutor` on a machine of at most
   :data:`CORES_USED_IN_PROCESS` cores, nor one of one worker: the in-process pass already keeps two
   cores busy (onnxruntime computes sample k+1 while a thread folds sample k into the histograms),
-  so local workers only help where there are more cores. Measured on PP-OCRv4 rec (403 tensors,
-  128 samples of 1x3x48x320, this 2-core machine, loaded): in process 37.7 s, 2 local workers
-  45.0 s (ratio 0.84); folding one sample's 50 M values takes 0.30 s of one core, onnxruntime
-  0.23 s of two;
+  so local workers only help where there are more cores (measured on 2 cores: no gain,
+  benchmarks/design_notes.md);
 - the data has a known length (capped by ``max_samples``) of at least :data:`MIN_SHARDS` shards;
 - the feeds, estimated from the first one, take at most :data:`MAX_SHARDED_BYTES` (sharding holds
   every feed in memory at once, where the in-process pass holds one);
