@@ -297,8 +297,31 @@ def test_static_only_options():
     assert static_only(Quantize.Options()) is None
     model = _graph()
     ctx = Context(model, data=open_data(_feeds(2, 0), model))
-    mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=20.0)), model.graph, ctx)
-    assert mode == "u8" and "error budget" in why
+    # a budget the dynamic mode cannot meet: the static budget search
+    mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=150.0)), model.graph, ctx)
+    assert mode == "u8" and "misses the error budget min-sqnr=150" in why
+    # a budget on the user's metric stays static without measuring
+    mode, why = choose_activations(Quantize(Quantize.Options(max_metric_drop=0.01)), model.graph, ctx)
+    assert mode == "u8" and why == "static: an error budget needs it"
+
+
+def test_budget_met_by_dynamic_gives_dynamic():
+    """A budget on a MatMul model (the dynamic mode's share) that dynamic int8 meets: the result
+    is dynamic (integer MatMuls, no Q/DQ), and it meets the budget on the calibration feeds."""
+    model, feeds = _graph(), _feeds(8, 0, spread=30.0)
+    out, record = _quant(model, "quant{min-cosine=0.999}", data=feeds)
+    why = record.stats["activations_auto"]
+    assert why.startswith("dynamic: meets the error budget min-cosine=0.999"), why
+    assert op_count(out, "MatMulInteger") == 2 and op_count(out, "QuantizeLinear") == 0
+    got = [run(out, f) for f in feeds]
+    ref = [run(model, f) for f in feeds]
+    cos = np.mean([np.sum(g * r, 1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1))
+                   for gs_, rs in zip(got, ref) for g, r in zip(gs_, rs)])
+    assert cos >= 0.999, cos
+    # the same budget out of reach of dynamic: static search (Q/DQ, or every layer float)
+    out, record = _quant(model, "quant{min-sqnr=150}", data=feeds)
+    assert record.stats["activations_auto"].startswith("static: dynamic int8 misses")
+    assert op_count(out, "MatMulInteger") == 0 and op_count(out, "DynamicQuantizeLinear") == 0
 
 
 # -- embedding row scales (passes/quant/embedding.py) ---------------------------------------
