@@ -174,32 +174,29 @@ def matmul_sample(rows: int, k: int, n: int, seed=0) -> Sample:
 
 def matmul_act_sample(heads: int, rows: int, k: int, n: int, seed=0) -> Sample:
     """Attention-style ``[H, rows, K] x [H, K, N]``, both activations (QLinearMatMul)."""
-    rng = np.random.default_rng(seed)
-    a_shape, b_shape, y_shape = (heads, rows, k), (heads, k, n), (heads, rows, n)
-    fl = _model([helper.make_node("MatMul", ["a", "b"], ["y"])], [_vi("a", a_shape), _vi("b", b_shape)],
-                [_vi("y", y_shape)], [])
-    q = _QDQ()
-    q.nodes.append(helper.make_node("MatMul", [q.activation("a", "ad"), q.activation("b", "bd")], ["m"]))
-    q.activation("m", "y")
-    it = _model(q.nodes, [_vi("a", a_shape), _vi("b", b_shape)], [_vi("y", y_shape)], q.inits)
-    feeds = {"a": rng.standard_normal(a_shape).astype(np.float32),
-             "b": rng.standard_normal(b_shape).astype(np.float32)}
-    elems = float(np.prod(y_shape))
-    return Sample("matmul_act", fl, it, feeds, elems * k, elems, float(np.prod(a_shape) + np.prod(b_shape)))
+    y_shape = (heads, rows, n)
+    return _two_activation_sample("matmul_act", "MatMul", (heads, rows, k), (heads, k, n), y_shape,
+                                  float(np.prod(y_shape)) * k, seed)
 
 
 def add_sample(shape, seed=0) -> Sample:
     """``Add`` of two activations of one shape (QLinearAdd)."""
+    return _two_activation_sample("add", "Add", shape, shape, shape, 0.0, seed)
+
+
+def _two_activation_sample(cls: str, op: str, a_shape, b_shape, y_shape, macs: float, seed: int) -> Sample:
+    """``y = op(a, b)`` of two activations: in float, and with both inputs and the output behind Q/DQ."""
     rng = np.random.default_rng(seed)
-    fl = _model([helper.make_node("Add", ["a", "b"], ["y"])], [_vi("a", shape), _vi("b", shape)],
-                [_vi("y", shape)], [])
+    inputs = [_vi("a", a_shape), _vi("b", b_shape)]
+    fl = _model([helper.make_node(op, ["a", "b"], ["y"])], inputs, [_vi("y", y_shape)], [])
     q = _QDQ()
-    q.nodes.append(helper.make_node("Add", [q.activation("a", "ad"), q.activation("b", "bd")], ["m"]))
+    q.nodes.append(helper.make_node(op, [q.activation("a", "ad"), q.activation("b", "bd")], ["m"]))
     q.activation("m", "y")
-    it = _model(q.nodes, [_vi("a", shape), _vi("b", shape)], [_vi("y", shape)], q.inits)
-    feeds = {k: rng.standard_normal(shape).astype(np.float32) for k in ("a", "b")}
-    elems = float(np.prod(shape))
-    return Sample("add", fl, it, feeds, 0.0, elems, 2 * elems)
+    it = _model(q.nodes, inputs, [_vi("y", y_shape)], q.inits)
+    feeds = {"a": rng.standard_normal(a_shape).astype(np.float32),
+             "b": rng.standard_normal(b_shape).astype(np.float32)}
+    in_elems = float(np.prod(a_shape) + np.prod(b_shape))
+    return Sample(cls, fl, it, feeds, macs, float(np.prod(y_shape)), in_elems)
 
 
 def affine_sample(shape, seed=0) -> Sample:
