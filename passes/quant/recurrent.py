@@ -96,7 +96,7 @@ class LstmSpeed:
 def quantize_lstms(graph: gs.Graph, opts, result: PassResult, shapes: Callable[[], dict] | None = None) -> int:
     """Rewrites every eligible LSTM of ``graph`` into DynamicQuantizeLSTM; returns how many.
     ``shapes`` (``ctx.cost_shapes``, called when the speed model is asked) give the batch it costs
-    an LSTM at (1 without)."""
+    an LSTM at (without them: X's declared batch, else 1)."""
     names = NameFactory(graph)
     speed = LstmSpeed(opts.speed_model, shapes)
     count = 0
