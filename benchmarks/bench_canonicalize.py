@@ -177,8 +177,8 @@ def _markdown(rows: list[dict], variants: list, upgrades: list[dict]) -> str:
         "Original vs `canonicalize` (default options). Per model, the original and every canonicalized "
         "variant are timed in one alternation with `graphc.bench.compare_all` (original, variant 1, "
         f"variant 2, ..., repeated: {rounds}, the zoo {ZOO_ROUNDS} rounds, after {WARMUP} warm-up rounds; "
-        "2 threads, graph optimizations on); speedup = median original / median canonicalized, in "
-        "brackets the 25th-75th percentiles of the per-round ratios. Inputs: rendered text pages / "
+        "2 threads, graph optimizations on); speedup = median of the per-round ratios original / "
+        "canonicalized (ms columns: each model's median), in brackets their 25th-75th percentiles. Inputs: rendered text pages / "
         "lines for PP-OCR, seeded random data for the zoo. *max abs diff* is against the original "
         "(both unoptimized); *ORT noise* is how far onnxruntime's own fusions move the original on the "
         "same input.",

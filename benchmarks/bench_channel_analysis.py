@@ -122,9 +122,10 @@ def run() -> str:
     except ImportError:
         pass
     lines = [
-        f"Median of {ROUNDS} alternated runs, one process. `analysis` = `analyze_channels` on shapes already "
+        f"Median of {ROUNDS} runs, one process, alternating load, shapes and analysis in each round. "
+        "weighted layers = Conv/ConvTranspose/Gemm/MatMul nodes. `analysis` = `analyze_channels` on shapes already "
         "inferred (what `ctx.analysis(ChannelGroups)` costs when `ctx.shapes()` is cached); `first` = "
-        "the first call on that model (the very first row also pays lazy imports); `load` "
+        "the first call on that model, timed once (it may also pay lazy imports and first-use caches); `load` "
         "(graphc.load of the in-memory proto) is the anchor.", "",
         "| model | weighted layers | groups (prunable / inexact / blocked) | load | shapes | analysis "
         "| first | analysis / load |",

@@ -152,8 +152,10 @@ def _table(rows: dict[str, list], starts: dict[str, list[float]]) -> str:
     outputs = {r[1] for runs in rows.values() for r in runs}
     local = statistics.median(r[0] for r in rows["local (2 processes)"])
     stats = rows["local (2 processes)"][0][2]
+    how = ("one run per executor (local, ray x2, ray x4 in turn): no median, no spread" if ROUNDS == 1 else
+           f"{ROUNDS} rounds of local, ray x2, ray x4 in turn (alternated), medians")
     lines = [f"PP-OCRv4 rec, `{PIPELINE % (MIN_SQNR, SAMPLES)}`, {SAMPLES} rendered lines, "
-             f"{ROUNDS} alternated round(s), medians; empty cache each run. "
+             f"{how}; empty cache each run. "
              f"Evaluations per run: {stats.get('budget_evaluations_run')} "
              f"({stats.get('budget_layers')} candidates swept), "
              f"{stats.get('budget_float_layers')} layer(s) kept float. "
@@ -186,12 +188,20 @@ def _estimate(rows: dict[str, list]) -> str:
     rounds = max(stats.get("budget_evaluations_run", 0) - stats.get("budget_layers", 0), 0)
     workers = CLUSTER_NODES * WORKERS_PER_NODE
     transfer = put + CLUSTER_NODES * size / NETWORK_BYTES_PER_S
-    cluster = t_seq * scale + (math.ceil(LAYERS / workers) + rounds) * t_task * scale + transfer
+    parts = {"t_seq'": t_seq * scale, "the sweep": math.ceil(LAYERS / workers) * t_task * scale,
+             "R_search sequential evaluations": rounds * t_task * scale, "the transfer": transfer}
+    cluster = sum(parts.values())
     one_machine = t_seq * scale + (math.ceil(LAYERS / 2) + rounds) * t_task * scale
     return (f"Paper estimate, {LAYERS}-layer model on {CLUSTER_NODES} nodes x {WORKERS_PER_NODE} workers "
             f"(formula in the module docstring), from the ray x2 runs: rec has L = {layers} Conv/MatMul/Gemm "
             f"layers, t_task = {t_task:.2f} s, t_seq = {t_seq:.1f} s, R_search = {rounds}, "
             f"t_put = {put * 1000:.0f} ms for S = {size / 1e6:.1f} MB. "
             f"T(cluster) = {cluster:.0f} s against {one_machine:.0f} s on 2 local workers "
-            f"({one_machine / cluster:.1f}x); the sequential part (t_seq' = {t_seq * scale:.0f} s and "
-            f"R_search = {rounds} evaluations one after another) bounds it, not the sweep.")
+            f"({one_machine / cluster:.1f}x). " + _bound_note(parts, cluster))
+
+
+def _bound_note(parts: dict[str, float], total: float) -> str:
+    """Which term of the estimate dominates it, from the computed terms."""
+    terms = ", ".join(f"{name} {seconds:.1f} s" for name, seconds in parts.items())
+    largest = max(parts, key=parts.get)
+    return f"Its terms: {terms}; the largest, {largest}, is {parts[largest] / total:.0%} of it."

@@ -38,16 +38,20 @@ CORPUS = Path(__file__).resolve().parents[1] / "tests" / "models" / "corpus"
 SINGLE = ("cleanup", "fold-constants", "fold-bn", "canonicalize", "quant", "prune", "factorize")
 EXACT = "fold-bn,canonicalize,fold-constants,cleanup"
 ROUNDS = 100
+SAMPLES = 8  # feeds of the .npz compared by graphc.verify
 BATCH = 16  # timed feed: 16 stacked samples where the .npz is a stack (else its first feed)
 
 
 def run() -> str:
     rows = [_model_row(path) for path in sorted(CORPUS.glob("*.onnx"))]
     lines = [
-        f"Models: `tests/models/corpus/` (see its README). Exact pipeline: `{EXACT}`. Speed: original / "
-        f"result latency, medians of {ROUNDS} alternated runs each on the model's first .npz feed "
-        f"(batch {BATCH} where the .npz stacks samples, else one feed; the models are tiny, so "
-        "on this shared 2-core machine ratios within ~0.2 of 1.0 are noise). Error: worst output over 8 feeds of the model's .npz. "
+        f"Models: `tests/models/corpus/` (see its README). Passes run alone: {', '.join(SINGLE)}. "
+        f"Exact pipeline: `{EXACT}`. Speed: original / result latency, the median of the per-round "
+        f"ratios of {ROUNDS} alternated rounds (original, result; 10 warm-up rounds, 2 threads), in "
+        "brackets their 25th-75th percentiles (brackets that hold 1.00 mean no difference this run can "
+        f"resolve), on the model's first .npz feed (batch {BATCH} where the .npz stacks samples, else "
+        f"one feed). Error: worst output over the first {SAMPLES} feeds of the model's .npz (fewer "
+        "where it holds fewer). "
         "Nodes count every If/Loop body's nodes too. Runs are in-process (`graphc.load` and the "
         "pass manager, as `graphc opt` runs them; the CLI on the shape-less and wrong declarations: tests/ir/test_declarations.py).",
         "",
@@ -95,7 +99,7 @@ def _measure(path: Path, pipeline: str, data: Path) -> dict:
     model, report = outcome
     original = graphc.load(path)
     try:
-        verdict = compare_models(original, model, data=open_data(data, original))
+        verdict = compare_models(original, model, data=open_data(data, original), samples=SAMPLES)
         feed = _timed_feed(original, data)
         timing = compare_latency(original, model, feed, threads=2, warmup=10, rounds=ROUNDS)
     except GraphcError as exc:
@@ -103,7 +107,7 @@ def _measure(path: Path, pipeline: str, data: Path) -> dict:
     worst = verdict.worst()
     return {"nodes": (_all_nodes(original), _all_nodes(model)),
             "modified": any(r.modified for r in report.records),
-            "ratio": timing.ratio, "max_abs": max(o.max_abs for o in verdict.outputs),
+            "ratio": timing.ratio, "spread": timing.ratio_spread(), "max_abs": max(o.max_abs for o in verdict.outputs),
             "sqnr": worst.sqnr_db if worst else float("nan")}
 
 
@@ -127,15 +131,20 @@ def _cells(row: dict) -> str:
     if "error" in exact:
         cells += ["-", "-", f"error: {exact['error'][:60]}"]
     else:
-        speed = f"{exact['ratio']:.2f}x" if exact["modified"] else "unchanged"
+        speed = _speed(exact) if exact["modified"] else "unchanged"
         cells += [f"{exact['nodes'][0]} -> {exact['nodes'][1]}", speed, f"{exact['max_abs']:.1e}"]
     if "error" in quant:
         cells += ["-", f"error: {quant['error'][:60]}"]
     elif "quant" not in row["changed"]:
         cells += ["unchanged", "-"]
     else:
-        cells += [f"{quant['ratio']:.2f}x", f"{quant['sqnr']:.1f} dB"]
+        cells += [_speed(quant), f"{quant['sqnr']:.1f} dB"]
     return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"
+
+
+def _speed(measured: dict) -> str:
+    low, high = measured["spread"]
+    return f"{measured['ratio']:.2f}x ({low:.2f}-{high:.2f})"
 
 
 # --------------------------------------------------------------------------
@@ -203,8 +212,9 @@ def _trained_vad() -> list[str]:
         "**Trained VAD** (`vad_trained_if`: conv + LSTM per sample rate inside `If(sr == 16000)`, "
         "trained on seeded synthetic speech-like vs. noise clips). Agreement: share of the "
         f"{len(heldout[16000][1]) * heldout[16000][1].shape[1]} held-out frames per rate whose speech "
-        "decision (p > 0.5) equals fp32's; speed: fp32 / candidate latency at batch 1 "
-        f"(medians of {VAD_ROUNDS} runs, all candidates in one alternation, 2 threads); weights: bytes "
+        "decision (p > 0.5) equals fp32's; speed: fp32 median latency / candidate median at batch 1 "
+        f"(fp32 and all candidates in one alternation of {VAD_ROUNDS} rounds after 10 warm-up rounds, 2 "
+        "threads); weights: bytes "
         "of all constants, graph and bodies.",
         "",
         "| pipeline | what changed | speed 16 kHz | speed 8 kHz | agreement 16 kHz | agreement 8 kHz | "

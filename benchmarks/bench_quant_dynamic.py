@@ -160,8 +160,8 @@ def outputs(model: bytes, feed: dict) -> np.ndarray:
 
 
 def speedups(models: dict[str, bytes], timing_feeds: dict[str, dict]) -> dict[str, dict[str, float]]:
-    """Float median / variant median per feed; and ``graphc vs ort`` (ort per-channel median /
-    graphc dynamic-all median)."""
+    """Per feed, the median of the per-round ratios float / variant (each variant alternated with
+    float alone); and ``graphc vs ort``: ort per-channel / graphc dynamic-all, alternated directly."""
     speed = {label: {} for label in models}
     for feed_label, feed in timing_feeds.items():
         for label, blob in models.items():
@@ -176,7 +176,7 @@ def speedups(models: dict[str, bytes], timing_feeds: dict[str, dict]) -> dict[st
 
 
 def _ratio(a: bytes, b: bytes, feed: dict, rounds: int) -> tuple[float, float, float]:
-    """Median A / median B, and the 25th-75th percentiles of the per-round ratios."""
+    """The median of the per-round ratios A / B, and their 25th-75th percentiles."""
     cmp = compare_latency(a, b, feed, threads=THREADS, warmup=5, rounds=rounds)
     per_round = np.asarray(cmp.a.times_ms) / np.asarray(cmp.b.times_ms)
     low, high = np.percentile(per_round, [25, 75])
@@ -229,8 +229,8 @@ def verdict(rows: list[Row], direct: dict[str, float]) -> str:
     speed = ", ".join(f"{_fmt_speed(ratio)} at {feed}" for feed, ratio in direct.items())
     same = all(low <= 1.0 <= high for _, low, high in direct.values())
     return (f"graphc `dynamic, all` against ort per-channel `quantize_dynamic`: size {ours.size_ratio / theirs.size_ratio:.2f}x "
-            f"of ort's, cosine vs float {ours.cosine:.5f} against {theirs.cosine:.5f}, speed (ort median / graphc "
-            f"median, alternated directly; per-round 25th-75th percentiles in brackets) {speed}"
+            f"of ort's, cosine vs float {ours.cosine:.5f} against {theirs.cosine:.5f}, speed (ort / graphc, the two "
+            f"alternated directly: median of the per-round ratios, their 25th-75th percentiles in brackets) {speed}"
             + ("; the brackets hold 1.0: no speed difference this run can resolve." if same else "."))
 
 
@@ -238,7 +238,8 @@ def _load_note(load: float) -> str:
     """A sentence on how far to trust the timings, from the measured load."""
     cpus = os.cpu_count() or 1
     if load <= cpus:
-        return "The machine was not oversubscribed during the run."
+        return (f"The 1-minute load average was at most the CPU count ({cpus}) at the start and at the end "
+                "(not sampled in between).")
     return (f"The machine was oversubscribed (load {load:.1f} on {cpus} CPUs): rows that run the same kernels "
             "can differ by more than their brackets, so read the speeds as rough; sizes, cosines and kernels "
             "do not depend on the load.")
@@ -258,12 +259,14 @@ def run() -> str:
                                         None, per_row=True)
     load_after = os.getloadavg()[0]
     return (
-        f"Float anchor = 1.00x. Speed = float median / variant median (alternated A/B, {THREADS} threads, > 1 is "
-        f"faster). {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before and {load_after:.1f} after "
+        f"Float anchor = 1.00x. Speed = the median of the per-round ratios float / variant, each variant "
+        f"alternated A/B with the float model on its own (5 warm-up rounds, then "
+        + ", ".join(f"{k}: {v}" for k, v in ROUNDS.items()) + f" rounds; {THREADS} threads, > 1 is "
+        f"faster), in brackets their 25th-75th percentiles. {os.cpu_count()} CPUs, 1-minute load average {load_before:.1f} before and {load_after:.1f} after "
         "the run. Last column: the weight ops in onnxruntime's optimized graph. "
         + _load_note(max(load_before, load_after)) + "\n\n"
-        "**transformer_digits** (cosine = mean per-image cosine of the logits; top-1 on the 450 digits_test "
-        "images; latency on one test image and on 64 calibration images):\n\n"
+        f"**transformer_digits** (cosine = mean per-image cosine of the logits; top-1 on the {len(test['labels'])} "
+        "digits_test images; latency on one test image and on 64 calibration images):\n\n"
         + table(digits) + "\n\n" + verdict(digits, digits_direct)
         + f"\n\n**{LAYERS} x MLP block {HIDDEN}->{FFN}->{HIDDEN}** (synthetic, seeded; cosine and latency on a "
         f"[{TOKENS}, {HIDDEN}] normal input):\n\n"

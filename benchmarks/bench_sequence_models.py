@@ -56,6 +56,8 @@ GRAPHC = "graphc `-p quant` (the one command)"
 COMMANDS = {"tf2onnx_digits": [(GRAPHC, "quant", True), ("graphc `-p smooth,quant --data`", "smooth,quant", True)],
             "crnn_lines": [(GRAPHC, "quant", False), ("graphc `-p quant --data` (activations=auto)", "quant", True)]}
 CONTROL = "float again (timing control)"
+TIMED_BATCH = 32  # tf2onnx_digits images per timed run
+COUNTS: dict[str, int] = {}  # held-out samples per model, filled as they are scored
 
 
 class Row(NamedTuple):
@@ -138,7 +140,8 @@ def classifier_rows() -> list[Row]:
     def score(ref, got):
         return top1_agreement(ref, got), float(np.mean(got.argmax(-1) == labels))
 
-    return measure(variants("tf2onnx_digits"), {"input_image:0": x[:32]}, {"input_image:0": x}, score)
+    COUNTS["tf2onnx_digits"] = len(labels)
+    return measure(variants("tf2onnx_digits"), {"input_image:0": x[:TIMED_BATCH]}, {"input_image:0": x}, score)
 
 
 def recognizer_rows() -> list[Row]:
@@ -151,6 +154,7 @@ def recognizer_rows() -> list[Row]:
         return decoded_agreement(ref, got), float(np.mean([a == b for a, b in zip(lines, truth)]))
 
     x = test["input"]
+    COUNTS["crnn_lines"] = len(truth)
     return measure(variants("crnn_lines"), {"input": x[:1]}, {"input": x}, score)
 
 
@@ -190,15 +194,18 @@ def run() -> str:
     clf, rec = classifier_rows(), recognizer_rows()
     load_after = os.getloadavg()[0]
     return (
-        f"Float anchor = 1.00x; speed = float median / variant median over {ROUNDS} alternated rounds of every "
-        f"variant ({THREADS} threads; per-round 25th-75th percentiles in brackets). {os.cpu_count()} CPUs, "
+        f"Float anchor = 1.00x; speed = the median of the per-round ratios float / variant over {ROUNDS} "
+        f"rounds of float and every variant in one alternation after 5 warm-up rounds ({THREADS} threads; "
+        f"their 25th-75th percentiles in brackets). graphc's rows are what the command shown writes, run "
+        f"through the API (graphc.load, PassManager, the serialized model). {os.cpu_count()} CPUs, "
         f"1-minute load average {load_before:.1f} before and {load_after:.1f} after the run.\n\n"
-        "**tf2onnx_digits** (trained, 97.8% on the held-out digits; agreement = top-1 agreement with float on "
-        "those 450 digits, accuracy against their labels; latency on a batch of 32 images): "
+        f"**tf2onnx_digits** (trained, {100 * clf[0].accuracy:.1f}% on the held-out digits; agreement = top-1 "
+        f"agreement with float on those {COUNTS['tf2onnx_digits']} digits, accuracy against their labels; "
+        f"latency on a batch of {TIMED_BATCH} images): "
         f"{command('tf2onnx_digits')}\n\n"
         + table(clf, "top-1 agreement", "top-1 accuracy") + "\n\n" + verdict("tf2onnx_digits", clf) + "\n\n"
-        "**crnn_lines** (trained; agreement = fraction of the 200 held-out lines whose greedy CTC decoding "
-        f"equals float's, accuracy = exact lines against the rendered text; latency on one line): "
+        f"**crnn_lines** (trained; agreement = fraction of the {COUNTS['crnn_lines']} held-out lines whose "
+        f"greedy CTC decoding equals float's, accuracy = exact lines against the rendered text; latency on one line): "
         f"{command('crnn_lines')}\n\n"
         + table(rec, "decoded-line agreement", "exact-line accuracy") + "\n\n" + verdict("crnn_lines", rec) + "\n"
     )

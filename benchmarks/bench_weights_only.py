@@ -221,7 +221,7 @@ def run() -> str:
     rounds = ", ".join(f"{k} {v}" for k, v in ROUNDS.items())
     accuracy = "top-1 accuracy against the labels" if counts["labels"] else "top-1 agreement with float"
     return (
-        f"Float anchor = 1.00x. Speed = float median / variant median, > 1 is faster: per model and "
+        f"Float anchor = 1.00x. Speed = the median of the per-round ratios float / variant, > 1 is faster: per model and "
         f"batch, the float model and every variant are timed in one alternation "
         f"({', '.join(label for label, _ in VARIANTS)}, repeated: {rounds} rounds after {WARMUP} warm-up "
         f"rounds; {THREADS} threads), in "

@@ -13,8 +13,8 @@ derandomized test drew different graphs alone than after tests/property/test_fuz
 how ``smooth is not idempotent`` failed only when tests/property ran alone). A failure names the
 recipe; ``build_model(Recipe(...))`` replays it.
 
-The number of graphs that ran is counted, printed and written to ``COUNTS_FILE`` (JSON), which
-benchmarks/bench_robustness.py reads. Examples per pass: ``GRAPHC_PROPERTY_EXAMPLES`` (default
+The number of graphs that ran is counted, printed and written to ``COUNTS_FILE`` (JSON);
+benchmarks/bench_robustness.py runs ``check_pass`` on the same draws and counts its own. Examples per pass: ``GRAPHC_PROPERTY_EXAMPLES`` (default
 60; a third for passes that calibrate on data, which run onnxruntime inside the pass).
 
 Measured at the defaults (60 graphs, 20 for passes with data): rewritten cleanup 56/60,
