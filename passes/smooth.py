@@ -194,8 +194,7 @@ def _reader_weight(node: gs.Node, x: gs.Tensor) -> LinearWeight | str:
         return f"{node.op} of two activations (attention): no weight takes the scale"
     if w.values.ndim != 2 or np.dtype(w.dtype) != np.float32:
         return f"{node.op} weight is not a constant 2-D float32 matrix"
-    weight = match_linear_weight(node, None)
-    return weight  # or the shared module's reason: a shared weight, transA, non-finite values
+    return match_linear_weight(node, None)  # or its reason: a shared weight, transA, non-finite values
 
 
 def _private(t: gs.Tensor, ndim: int, width: int) -> bool:

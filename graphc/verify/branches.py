@@ -68,11 +68,12 @@ def _conditions(model: Model, nodes: list[gs.Node], feeds: Feeds) -> dict[tuple,
     order); None when the conditions cannot be read. A condition that is a graph input (a mode
     flag) is read from the samples, the others from one run of the model."""
     constant = {id(n): constant_value(n.inputs[0]) for n in nodes}
-    fed = {t.name for t in model.graph.inputs}
-    names = sorted({n.inputs[0].name for n in nodes if constant[id(n)] is None} - fed)
+    conditions = {n.inputs[0].name for n in nodes if constant[id(n)] is None}
+    fed = conditions & {t.name for t in model.graph.inputs}
+    names = sorted(conditions - fed)
     values: list[dict[str, bool]] = [{} for _ in feeds]
     for row, feed in zip(values, feeds):
-        for name in {n.inputs[0].name for n in nodes if constant[id(n)] is None} & fed:
+        for name in sorted(fed):
             value = feed.get(name, model.input_defaults.get(name))
             if value is None:
                 log.info("branch conditions not read: no value for the input '%s'", name)
