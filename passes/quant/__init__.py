@@ -186,7 +186,7 @@ class Quantize(Pass):
             return run_with_budget(Quantizer(self.options), graph, ctx)
         result = Quantizer(self.options).quantize(graph, ctx, result)
         # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too
-        lstms = quantize_lstms(ctx.graph, self.options, result)
+        lstms = quantize_lstms(ctx.graph, self.options, result, ctx.cost_shapes)
         if lstms:
             ctx.graph.cleanup()
             result.count("quantized_LSTM", lstms)
