@@ -102,20 +102,14 @@ def test_prune_sensitivity_through_ray_is_bit_identical_to_local(ray_runtime, tm
     assert _stable(on_ray) == _stable(local)
 
 
-def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_path):
+def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_path, sweep_recipes):
     from graphc.executor import LocalExecutor
     from graphc.sweep import sweep
     from support import MODELS
 
-    recipes = []
-    for name, pipeline in (("exact", "fold-bn,cleanup"), ("int8", "quant{placement=all}")):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(f'pipeline = "{pipeline}"\n[data]\ncalibration = "{MODELS / "digits_calib.npz"}"\n'
-                        'samples = 4\n[outputs]\nlayer_errors = false\n')
-        recipes.append(str(path))
     models = [str(MODELS / "mobilenetv2_digits.onnx")]
-    local = sweep(models, recipes, tmp_path / "local", executor=LocalExecutor(1))
-    on_ray = sweep(models, recipes, tmp_path / "ray", executor=RayExecutor())
+    local = sweep(models, sweep_recipes, tmp_path / "local", executor=LocalExecutor(1))
+    on_ray = sweep(models, sweep_recipes, tmp_path / "ray", executor=RayExecutor())
     assert on_ray.ran == 2 and on_ray.rows == local.rows
     for name in ("exact", "int8"):
         folder = f"mobilenetv2_digits--{name}/model.onnx"
