@@ -38,7 +38,7 @@ bounds the drop with a confidence margin (:mod:`graphc.verify.metric_bound`).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -185,12 +185,20 @@ def box_f1_counts(reference: Outputs, candidate: Outputs, labels: Any = None, *,
                   iou: str = "0.5", score: str = "0.5") -> tuple[np.ndarray, np.ndarray]:
     """Per image: ``FP + FN`` and ``2 TP + FP + FN`` (``box_f1`` is one minus their pooled ratio)."""
     score_min = float(score)
-    predicted = _detections(candidate, output, score_min)
+    return _box_counts(lambda outputs: _detections(outputs, output, score_min), reference, candidate, labels,
+                       float(iou))
+
+
+def _box_counts(extract: Callable[[Outputs], list], reference: Outputs, candidate: Outputs, labels: Any,
+                iou_min: float) -> tuple[np.ndarray, np.ndarray]:
+    """Counts of the candidate's boxes (``extract(candidate)``) against the truth: the labels' boxes
+    when given, else the reference's boxes extracted the same way."""
+    predicted = extract(candidate)
     if labels is not None:
         truth = [_truth_boxes(image) for image in np.asarray(labels, dtype=np.float64)]
     else:
-        truth = _detections(reference, output, score_min)
-    return _image_counts(truth, predicted, float(iou))
+        truth = extract(reference)
+    return _image_counts(truth, predicted, iou_min)
 
 
 def _image_counts(truth: list, predicted: list, iou_min: float) -> tuple[np.ndarray, np.ndarray]:
@@ -262,12 +270,8 @@ def det_box_f1_counts(reference: Outputs, candidate: Outputs, labels: Any = None
                       min_size: str = "3") -> tuple[np.ndarray, np.ndarray]:
     """Per image: ``FP + FN`` and ``2 TP + FP + FN`` of the boxes extracted from the maps."""
     settings = (float(thresh), float(box_thresh), int(min_size))
-    predicted = _map_detections(candidate, output, settings)
-    if labels is not None:
-        truth = [_truth_boxes(image) for image in np.asarray(labels, dtype=np.float64)]
-    else:
-        truth = _map_detections(reference, output, settings)
-    return _image_counts(truth, predicted, float(iou))
+    return _box_counts(lambda outputs: _map_detections(outputs, output, settings), reference, candidate, labels,
+                       float(iou))
 
 
 det_box_f1.higher_is_better = True

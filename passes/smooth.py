@@ -56,6 +56,7 @@ from graphc.errors import DataError
 from graphc.ir import (NameFactory, consumers, is_graph_output, is_standard_op, node_label, producer, toposort,
                        walk_graphs)
 from graphc.passmanager import Context, Pass, PassResult, option, register_pass
+from graphc.rewrite.linear_weights import LinearWeight, match_linear_weight
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +71,7 @@ class SmoothSite:
     x: gs.Variable
     kind: str                       # LayerNormalization, Mul (a decomposed LayerNorm's affine) or MatMul
     params: list[gs.Constant]       # divided by s along their last axis
-    readers: list[gs.Node] = field(default_factory=list)
+    readers: list[LinearWeight] = field(default_factory=list)   # MatMul/Gemm weights, W's columns scaled by s
     others: list[gs.Node] = field(default_factory=list)   # read x back through a Mul by s
     output: bool = False            # x is a graph output (kept through the Mul)
     scope: gs.Graph | None = None   # the graph or body holding x (where a compensating Mul goes)
@@ -126,7 +127,7 @@ class Smooth(Pass):
                 result.count("compensating_muls")
             result.count(f"smoothed_after_{site.kind}")
             for reader in site.readers:
-                result.details.append({"node": reader.name, "rule": "smooth", "into": site.params[0].name,
+                result.details.append({"node": reader.node.name, "rule": "smooth", "into": site.params[0].name,
                                        "max_scale": round(float(np.max(s)), 4),
                                        "min_scale": round(float(np.min(s)), 4)})
         result.modified = bool(result.stats)
@@ -159,13 +160,16 @@ class Smooth(Pass):
         for r in consumers(x):
             if any(fnmatch.fnmatchcase(r.name or "", p) for p in self.options.ignore):
                 return None, None
-            reason = _reader_check(r, x)
-            (others if reason else readers).append(r)
-            reasons += [reason] if reason else []
+            weight = _reader_weight(r, x)
+            if isinstance(weight, str):
+                others.append(r)
+                reasons.append(weight)
+            else:
+                readers.append(weight)
         if not readers:
             return None, reasons[0]
-        width = _rows(readers[0]).shape[0]
-        if any(_rows(r).shape[0] != width for r in readers):
+        width = readers[0].columns
+        if any(r.columns != width for r in readers):
             return None, "readers disagree on the channel count"
         source = producer(x)
         if source is None:
@@ -180,7 +184,9 @@ class Smooth(Pass):
         return site, None
 
 
-def _reader_check(node: gs.Node, x: gs.Tensor) -> str | None:
+def _reader_weight(node: gs.Node, x: gs.Tensor) -> LinearWeight | str:
+    """The weight of a MatMul/Gemm reading ``x`` as its input, as :mod:`graphc.rewrite.linear_weights`
+    reads it (``W``'s columns are x's channels), or why the reader cannot take the scale."""
     if not is_standard_op(node, "MatMul", "Gemm") or node.inputs[0] is not x or x in node.inputs[1:]:
         return OTHER_READERS
     w = node.inputs[1]
@@ -188,17 +194,7 @@ def _reader_check(node: gs.Node, x: gs.Tensor) -> str | None:
         return f"{node.op} of two activations (attention): no weight takes the scale"
     if w.values.ndim != 2 or np.dtype(w.dtype) != np.float32:
         return f"{node.op} weight is not a constant 2-D float32 matrix"
-    if len(w.outputs) != 1:
-        return f"{node.op} weight is shared with other nodes"
-    if node.op == "Gemm" and node.attrs.get("transA", 0):
-        return "Gemm has transA"
-    return None
-
-
-def _rows(node: gs.Node) -> np.ndarray:
-    """The reader's weight with its input channels on axis 0 (a view)."""
-    w = node.inputs[1].values
-    return w.T if node.op == "Gemm" and node.attrs.get("transB", 0) else w
+    return match_linear_weight(node, None)  # or its reason: a shared weight, transA, non-finite values
 
 
 def _private(t: gs.Tensor, ndim: int, width: int) -> bool:
@@ -260,8 +256,8 @@ def _operand_under_bias(graph: gs.Graph, add: gs.Node, width: int) -> tuple[gs.C
 # -- rewrite -------------------------------------------------------------------------------------
 
 
-def _smoothing_scales(act_max: np.ndarray, readers: list[gs.Node], alpha: float) -> np.ndarray:
-    w_max = np.max([np.abs(_rows(r)).max(axis=1) for r in readers], axis=0).astype(np.float64)
+def _smoothing_scales(act_max: np.ndarray, readers: list[LinearWeight], alpha: float) -> np.ndarray:
+    w_max = np.max([np.abs(r.matrix()).max(axis=0) for r in readers], axis=0)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         s = act_max ** alpha / w_max ** (1.0 - alpha)
     s = np.where((act_max > 0) & (w_max > 0) & np.isfinite(s), s, 1.0)
@@ -275,11 +271,8 @@ def _divide(t: gs.Constant, s: np.ndarray) -> None:
 def _rescale(site: SmoothSite, s: np.ndarray) -> None:
     for t in site.params:  # LayerNorm gamma/beta, affine gamma/beta, W0 columns and bias
         _divide(t, s)
-    for r in site.readers:
-        w = r.inputs[1]
-        transposed = r.op == "Gemm" and r.attrs.get("transB", 0)
-        factor = s[None, :] if transposed else s[:, None]
-        w.values = (w.values.astype(np.float64) * factor).astype(np.float32)
+    for r in site.readers:  # diag(s) W in the docstring's (K, N) layout: W's columns here
+        r.write(r.matrix() * s[None, :])
 
 
 def _compensate(graph: gs.Graph, site: SmoothSite, s: np.ndarray, names: NameFactory) -> None:
@@ -290,6 +283,6 @@ def _compensate(graph: gs.Graph, site: SmoothSite, s: np.ndarray, names: NameFac
     node = producer(x)
     node.outputs[next(i for i, t in enumerate(node.outputs) if t is x)] = scaled
     for r in site.readers:
-        r.inputs[0] = scaled
+        r.node.inputs[0] = scaled
     factor = gs.Constant(names(f"{x.name}_smooth_scale"), s.astype(np.float32))
     (site.scope or graph).nodes.append(gs.Node("Mul", names(f"{x.name}_unsmooth"), inputs=[scaled, factor], outputs=[x]))

@@ -3,7 +3,7 @@ import os
 import onnx_graphsurgeon as gs
 import pytest
 
-from support import ppocr_model
+from support import MODELS, ppocr_model
 
 # placement=auto's cost table: the shipped one, so that no test times kernels or depends on this
 # CPU (tests of the measured table pass their tables or timings explicitly)
@@ -30,3 +30,16 @@ def node_comparisons(monkeypatch):
         return original(self, other)
     monkeypatch.setattr(gs.Node, "__eq__", counting)
     return calls
+
+
+@pytest.fixture
+def sweep_recipes(tmp_path) -> list[str]:
+    """Two recipe files for `graphc sweep` tests, in tmp_path: exact (``fold-bn,cleanup``) and int8
+    (``quant{placement=all}``), both calibrated on 4 samples of digits_calib.npz, no layer errors."""
+    paths = []
+    for name, pipeline in (("exact", "fold-bn,cleanup"), ("int8", "quant{placement=all}")):
+        path = tmp_path / f"{name}.toml"
+        path.write_text(f'pipeline = "{pipeline}"\n\n[data]\ncalibration = "{MODELS / "digits_calib.npz"}"\n'
+                        'samples = 4\n\n[outputs]\nlayer_errors = false\n')
+        paths.append(str(path))
+    return paths

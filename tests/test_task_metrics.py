@@ -202,3 +202,24 @@ def test_box_f1_counts_pool_to_the_f1():
     errors, totals = box_f1_counts(truth, cand)
     assert errors.tolist() == [2] and totals.tolist() == [4]
     assert box_f1(truth, cand) == pytest.approx(1 - 2 / 4)
+
+
+def test_box_metrics_take_the_truth_from_labels_not_the_reference():
+    """With labels, both box metrics count the candidate against the labels' boxes: here the labels
+    hold one box the reference also finds and one it does not, so a candidate equal to the reference
+    scores TP 1, FN 1 (F1 2/3), not 1.0; an empty reference changes nothing."""
+    from graphc.task_metrics import box_f1_counts, det_box_f1, det_box_f1_counts
+
+    labels = np.array([[[3, 2, 10, 6], [0, 0, 2, 2], [np.nan] * 4]])
+    maps = [{"maps": two_blob_map()}]
+    blank = [{"maps": np.zeros_like(two_blob_map())}]
+    # the candidate's two blobs: A matches the first label, B is a false positive, the 2x2 box a miss
+    assert det_box_f1(maps, maps, labels) == pytest.approx(2 / (2 + 1 + 1))
+    assert det_box_f1(blank, maps, labels) == pytest.approx(2 / (2 + 1 + 1))
+    errors, totals = det_box_f1_counts(blank, maps, labels)
+    assert errors.tolist() == [2] and totals.tolist() == [4]
+    detections = [{"d": np.array([[[3, 2, 10, 6, 0.9]]])}]
+    nothing = [{"d": np.zeros((1, 1, 5))}]
+    errors, totals = box_f1_counts(nothing, detections, labels)
+    assert errors.tolist() == [1] and totals.tolist() == [3]            # TP 1, FN 1
+    assert box_f1(detections, detections, labels) == pytest.approx(2 / 3)

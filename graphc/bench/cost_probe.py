@@ -22,6 +22,13 @@ multiply-adds, ``E`` output elements): a least-squares fit over the probe's size
 coefficient kept >= 0 (a negative one is dropped and the rest refitted), see :func:`fit_linear`.
 Classes with no MACs (element-wise, conversions) fit ``fixed`` and ``per_elem`` only.
 
+Recurrent layers. ``lstm`` times a float bidirectional LSTM against the form
+``quant`` writes for it, onnxruntime's ``DynamicQuantizeLSTM`` (int8 weights; X and h quantized
+inside the kernel, so no conversion is taken out), at a few hidden sizes. Its costs are per step
+and direction (a sample's ``runs``: the time, less ``t0``, is divided by ``T D``), so they hold
+at any sequence length: ``M = 4H (I + H)``, ``E = H``. GRU and RNN are not probed: onnxruntime
+has no integer kernel for them, so there is nothing to choose.
+
 The table is plain data (``{class: {"float": [fixed, per_mac, per_elem], "int": [...]}}``);
 the pass turns it into its own cost functions. Measuring everything takes 10-40 s on one core.
 """
@@ -44,8 +51,9 @@ log = logging.getLogger(__name__)
 OPSET = 13
 #: intra-op threads of every timing (the table's unit: one thread).
 THREADS = 1
-#: the probe's version: a cached table measured by another version is measured again.
-VERSION = 1
+#: the probe's version: a cached table measured by another version is measured again
+#: (2: LSTM against DynamicQuantizeLSTM added).
+VERSION = 2
 
 Clock = Callable[[], float]
 Timer = Callable[[list], list]
@@ -63,6 +71,7 @@ class Sample:
     macs: float
     elems: float
     in_elems: float  # elements of the input the int model quantizes (its conversion)
+    runs: float = 1.0  # the op's repetitions in one model run (an LSTM: steps x directions)
 
 
 @dataclass(frozen=True)
@@ -75,6 +84,7 @@ class Timing:
     in_elems: float
     float_ns: float
     int_ns: float | None  # None: no int model (free on integers)
+    runs: float = 1.0     # the op's repetitions in the run: costs are fitted per repetition
 
 
 # -- one-op models -----------------------------------------------------------------------------
@@ -174,32 +184,29 @@ def matmul_sample(rows: int, k: int, n: int, seed=0) -> Sample:
 
 def matmul_act_sample(heads: int, rows: int, k: int, n: int, seed=0) -> Sample:
     """Attention-style ``[H, rows, K] x [H, K, N]``, both activations (QLinearMatMul)."""
-    rng = np.random.default_rng(seed)
-    a_shape, b_shape, y_shape = (heads, rows, k), (heads, k, n), (heads, rows, n)
-    fl = _model([helper.make_node("MatMul", ["a", "b"], ["y"])], [_vi("a", a_shape), _vi("b", b_shape)],
-                [_vi("y", y_shape)], [])
-    q = _QDQ()
-    q.nodes.append(helper.make_node("MatMul", [q.activation("a", "ad"), q.activation("b", "bd")], ["m"]))
-    q.activation("m", "y")
-    it = _model(q.nodes, [_vi("a", a_shape), _vi("b", b_shape)], [_vi("y", y_shape)], q.inits)
-    feeds = {"a": rng.standard_normal(a_shape).astype(np.float32),
-             "b": rng.standard_normal(b_shape).astype(np.float32)}
-    elems = float(np.prod(y_shape))
-    return Sample("matmul_act", fl, it, feeds, elems * k, elems, float(np.prod(a_shape) + np.prod(b_shape)))
+    y_shape = (heads, rows, n)
+    return _two_activation_sample("matmul_act", "MatMul", (heads, rows, k), (heads, k, n), y_shape,
+                                  float(np.prod(y_shape)) * k, seed)
 
 
 def add_sample(shape, seed=0) -> Sample:
     """``Add`` of two activations of one shape (QLinearAdd)."""
+    return _two_activation_sample("add", "Add", shape, shape, shape, 0.0, seed)
+
+
+def _two_activation_sample(cls: str, op: str, a_shape, b_shape, y_shape, macs: float, seed: int) -> Sample:
+    """``y = op(a, b)`` of two activations: in float, and with both inputs and the output behind Q/DQ."""
     rng = np.random.default_rng(seed)
-    fl = _model([helper.make_node("Add", ["a", "b"], ["y"])], [_vi("a", shape), _vi("b", shape)],
-                [_vi("y", shape)], [])
+    inputs = [_vi("a", a_shape), _vi("b", b_shape)]
+    fl = _model([helper.make_node(op, ["a", "b"], ["y"])], inputs, [_vi("y", y_shape)], [])
     q = _QDQ()
-    q.nodes.append(helper.make_node("Add", [q.activation("a", "ad"), q.activation("b", "bd")], ["m"]))
+    q.nodes.append(helper.make_node(op, [q.activation("a", "ad"), q.activation("b", "bd")], ["m"]))
     q.activation("m", "y")
-    it = _model(q.nodes, [_vi("a", shape), _vi("b", shape)], [_vi("y", shape)], q.inits)
-    feeds = {k: rng.standard_normal(shape).astype(np.float32) for k in ("a", "b")}
-    elems = float(np.prod(shape))
-    return Sample("add", fl, it, feeds, 0.0, elems, 2 * elems)
+    it = _model(q.nodes, inputs, [_vi("y", y_shape)], q.inits)
+    feeds = {"a": rng.standard_normal(a_shape).astype(np.float32),
+             "b": rng.standard_normal(b_shape).astype(np.float32)}
+    in_elems = float(np.prod(a_shape) + np.prod(b_shape))
+    return Sample(cls, fl, it, feeds, macs, float(np.prod(y_shape)), in_elems)
 
 
 def affine_sample(shape, seed=0) -> Sample:
@@ -209,6 +216,43 @@ def affine_sample(shape, seed=0) -> Sample:
                 [_const("c", np.float32(0.5))])
     elems = float(np.prod(shape))
     return Sample("affine", fl, None, {"x": rng.standard_normal(shape).astype(np.float32)}, 0.0, elems, elems)
+
+
+#: onnxruntime's contrib domain, where its dynamic-int8 LSTM lives
+MS_DOMAIN = "com.microsoft"
+
+
+def lstm_sample(hidden: int, inputs: int, steps: int, directions: int = 2, seed=0) -> Sample:
+    """An ``LSTM`` over ``[steps, 1, inputs]`` (bidirectional by default, with a bias, outputs Y
+    and Y_h) in float, and as ``com.microsoft.DynamicQuantizeLSTM`` with int8 weights per gate
+    unit - the form :mod:`graphc.passes.quant.recurrent` writes (codes ``[D, K, 4H]``, scales
+    and zero points ``[D, 4H]``), which quantizes X and h at run time: its input and outputs stay
+    float, so there are no conversions to take out. Costs are per step and direction (``runs =
+    T D``): ``M = 4H (I + H)``, both matrix products of a step, and ``E = H``, the outputs of a step.
+    The per-run overhead is spread over the steps."""
+    rng = np.random.default_rng(seed)
+    gates = 4 * hidden
+    w = (rng.standard_normal((directions, gates, inputs)) * 0.1).astype(np.float32)
+    r = (rng.standard_normal((directions, gates, hidden)) * 0.1).astype(np.float32)
+    b = (rng.standard_normal((directions, 2 * gates)) * 0.1).astype(np.float32)
+    x_shape = (steps, 1, inputs)
+    outs = [_vi("y", (steps, directions, 1, hidden)), _vi("y_h", (directions, 1, hidden))]
+    attrs = dict(hidden_size=hidden, direction="bidirectional" if directions == 2 else "forward")
+    fl = _model([helper.make_node("LSTM", ["x", "w", "r", "b"], ["y", "y_h"], **attrs)], [_vi("x", x_shape)], outs,
+                [_const("w", w), _const("r", r), _const("b", b)])
+    inits = [_const("b", b)]
+    for name, m in (("w", w), ("r", r)):
+        scale = np.maximum(np.abs(m).max(axis=2), 1e-8).astype(np.float32) / 127
+        codes = np.clip(np.round(m / scale[..., None]), -127, 127).astype(np.int8)
+        inits += [_const(f"{name}_q", np.ascontiguousarray(codes.transpose(0, 2, 1))), _const(f"{name}_s", scale),
+                  _const(f"{name}_z", np.zeros(scale.shape, np.int8))]
+    node = helper.make_node("DynamicQuantizeLSTM", ["x", "w_q", "r_q", "b", "", "", "", "", "w_s", "w_z", "r_s", "r_z"],
+                            ["y", "y_h"], domain=MS_DOMAIN, **attrs)
+    it = _model([node], [_vi("x", x_shape)], outs, inits)
+    it.opset_import.append(helper.make_opsetid(MS_DOMAIN, 1))
+    feeds = {"x": rng.standard_normal(x_shape).astype(np.float32)}
+    return Sample("lstm", fl, it, feeds, float(gates * (inputs + hidden)), float(hidden), 0.0,
+                  runs=float(steps * directions))
 
 
 def conv_chain(shape, precisions: tuple[str, ...], seed=0) -> onnx.ModelProto:
@@ -296,6 +340,12 @@ def default_samples() -> list[Sample]:
         affine_sample((1, 1)),
         affine_sample((1, 4096)),
         affine_sample((1, 32, 40, 40)),
+        # bidirectional LSTM, float against DynamicQuantizeLSTM: around where int8 starts to pay
+        # (hidden ~48 on an AVX512-VNNI EPYC) and well above it
+        lstm_sample(32, 32, 32),
+        lstm_sample(64, 64, 32),
+        lstm_sample(128, 128, 16),
+        lstm_sample(256, 256, 8),
     ]
 
 
@@ -367,6 +417,9 @@ def fit_linear(macs, elems, ns, use_macs: bool = True) -> Coefficients:
 
 #: classes whose integer kernels run on NHWC data between two layout Transposes
 NHWC_CLASSES = ("conv", "conv1d", "depthwise", "grouped")
+#: classes whose integer form takes and gives float, quantizing inside the kernel
+#: (DynamicQuantizeLSTM): no conversion to take out of its time
+KERNEL_QUANTIZED = ("lstm",)
 
 
 def fit_table(timings: list[Timing], t0_ns: float, convert: Coefficients,
@@ -385,10 +438,11 @@ def fit_table(timings: list[Timing], t0_ns: float, convert: Coefficients,
         macs = [t.macs for t in rows]
         elems = [t.elems for t in rows]
         edge = both if cls in NHWC_CLASSES else convert
-        out_converts = 0 if cls == "matmul" else 1  # MatMulIntegerToFloat writes float itself
-        fl = [max(t.float_ns - t0_ns, 0.0) for t in rows]
-        it = [max(t.int_ns - t0_ns - cost(edge, t.in_elems) - out_converts * cost(edge, t.elems), 0.0)
-              if t.int_ns is not None else 0.0 for t in rows]
+        in_converts = 0 if cls in KERNEL_QUANTIZED else 1
+        out_converts = 0 if cls == "matmul" or cls in KERNEL_QUANTIZED else 1  # MatMulIntegerToFloat: float out
+        fl = [max(t.float_ns - t0_ns, 0.0) / t.runs for t in rows]
+        it = [max(t.int_ns - t0_ns - in_converts * cost(edge, t.in_elems) - out_converts * cost(edge, t.elems), 0.0)
+              / t.runs if t.int_ns is not None else 0.0 for t in rows]
         use_macs = any(m > 0 for m in macs)
         table[cls] = {"float": list(fit_linear(macs, elems, fl, use_macs)),
                       "int": list(fit_linear(macs, elems, it, use_macs))}
@@ -437,7 +491,8 @@ def measure_table(samples: list[Sample] | None = None, rounds: int = 31,
     for s in samples:
         models = [s.float_model] + ([s.int_model] if s.int_model is not None else [])
         times = alternated([Runner(m, s.feeds, clock) for m in models], rounds)
-        timings.append(Timing(s.cls, s.macs, s.elems, s.in_elems, times[0], times[1] if len(times) > 1 else None))
+        timings.append(Timing(s.cls, s.macs, s.elems, s.in_elems, times[0], times[1] if len(times) > 1 else None,
+                              s.runs))
         log.debug("cost probe %s: macs %.0f elems %.0f float/int ns %s", s.cls, s.macs, s.elems,
                   [round(t) for t in times])
     table = fit_table(timings, t0, convert, layout)

@@ -16,7 +16,6 @@ import numpy as np
 
 from graphc.calib.collect import DEFAULT_MEMORY_LIMIT, TensorStats, collect_stats
 from graphc.calib.ranges import METHODS, NUM_BINS, solve_range as solve_histogram_range
-from graphc.calib.sharded import collect_stats_sharded
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +41,16 @@ def calibrate(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequence[st
               method: str = "kl", *, percentile: float = 99.99, symmetric: bool | Collection[str] = False,
               bits: int = 8, max_samples: int | None = None, bins: int = NUM_BINS,
               memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool | None = None,
-              threads: int | None = None, shards: int | None = None) -> dict[str, Range]:
+              threads: int | None = None) -> dict[str, Range]:
     """Calibrated ranges of ``tensors`` of ``model`` (a :class:`graphc.ir.Model`) over ``data``.
 
     ``symmetric``: True for every tensor, or the names of the tensors quantized symmetrically.
-    ``shards``: above 1, the statistics are collected in that many tasks on the executor in force
-    and merged (:mod:`graphc.calib.sharded`; the same ranges, bit for bit).
     """
     if method not in METHODS:
         raise ValueError(f"unknown calibration method '{method}'; expected one of {', '.join(METHODS)}")
-    if shards is not None and shards > 1:
-        feeds = [feed for _, feed in zip(range(max_samples), data)] if max_samples is not None else list(data)
-        stats = collect_stats_sharded(model, feeds, tensors, shards=shards, histograms=method != "minmax",
-                                      bins=bins, memory_limit=memory_limit)
-    else:
-        stats = collect_stats(model, data, tensors, histograms=method != "minmax", bins=bins,
-                              max_samples=max_samples, memory_limit=memory_limit, progress=progress,
-                              threads=threads)
+    stats = collect_stats(model, data, tensors, histograms=method != "minmax", bins=bins,
+                          max_samples=max_samples, memory_limit=memory_limit, progress=progress,
+                          threads=threads)
     sym = set(tensors) if symmetric is True else set(symmetric or ())
 
     def solve(item):

@@ -11,12 +11,15 @@ end for them (a Loop stacks its iterations on a new leading axis). A tensor that
 from __future__ import annotations
 
 import logging
+import time
+from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from graphc.errors import DataError
-from graphc.ir.model import Model
+from graphc.errors import DataError, OutputError
+from graphc.calib.shards import map_shards, pays, shards_of
+from graphc.ir.model import Model, load, model_bytes
 from graphc.ir.outputs import with_outputs
 from graphc.progress import progress
 
@@ -25,9 +28,70 @@ log = logging.getLogger(__name__)
 
 def channel_absmax(model: Model, data: Iterable[dict[str, np.ndarray]],
                    tensors: Mapping[str, int], *, max_samples: int | None = None) -> dict[str, np.ndarray]:
-    """``{tensor name: max |x| per channel}`` for ``tensors = {name: channel axis}``."""
+    """``{tensor name: max |x| per channel}`` for ``tensors = {name: channel axis}``.
+
+    Enough samples for several shards go shard by shard to the executor in force
+    (:mod:`graphc.calib.shards`); the maxima merge exactly, so the result is the same bytes."""
     if not tensors:
         return {}
+    shards = shards_of(data, max_samples)
+    if shards is not None:
+        return _sharded(model, shards, dict(tensors))
+    found, samples = _absmax(model, data, tensors, max_samples, True)
+    if samples == 0:
+        raise DataError("no calibration samples: the data source is empty")
+    log.info("channel ranges of %d tensor(s) over %d feed(s)", len(tensors), samples)
+    return found
+
+
+@dataclass(frozen=True)
+class AbsmaxJob:
+    """The executor's shared value: the model and the tensors' channel axes."""
+
+    model_bytes: bytes
+    tensors: dict[str, int]
+
+
+def absmax_shard(job: AbsmaxJob, feeds: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """An executor task: the channel maxima of one shard of feeds."""
+    return _absmax(load(job.model_bytes), feeds, job.tensors, None, False)[0]
+
+
+def merge_absmax(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Element-wise maxima in shard order (exact); a tensor first seen in a later shard is added
+    where one pass would have added it."""
+    merged = dict(parts[0])
+    for part in parts[1:]:
+        for name, m in part.items():
+            merged[name] = m if name not in merged else np.maximum(merged[name], m)
+    return merged
+
+
+def _sharded(model: Model, shards, tensors: dict[str, int]) -> dict[str, np.ndarray]:
+    """The first shard here, timed; the others on the executor when that pays, else here."""
+    start = time.perf_counter()
+    first, _ = _absmax(model, shards[0], tensors, None, True)
+    rest = shards[1:]
+    job = _job(model, tensors) if pays(time.perf_counter() - start, len(rest)) else None
+    if job is not None:
+        parts = map_shards(absmax_shard, job, rest, desc="channel ranges")
+    else:
+        parts = [_absmax(model, [feed for shard in rest for feed in shard], tensors, None, True)[0]]
+    log.info("channel ranges of %d tensor(s) over %d feed(s)", len(tensors), sum(map(len, shards)))
+    return merge_absmax([first] + parts)
+
+
+def _job(model: Model, tensors: dict[str, int]) -> AbsmaxJob | None:
+    """The executor's job, or None when the model cannot be serialized in memory (> 2 GiB)."""
+    try:
+        return AbsmaxJob(model_bytes(model), tensors)
+    except OutputError:
+        return None
+
+
+def _absmax(model: Model, data, tensors: Mapping[str, int], max_samples: int | None,
+            show_progress: bool) -> tuple[dict[str, np.ndarray], int]:
+    """One pass over ``data`` in this process: (maxima found, samples seen)."""
     # lazy: loads onnxruntime
     from graphc.runtime import create_session, run_session
 
@@ -36,7 +100,8 @@ def channel_absmax(model: Model, data: Iterable[dict[str, np.ndarray]],
     session = create_session(with_outputs(model, fetched), label="model (channel ranges)", spin=False)
     found: dict[str, np.ndarray] = {}
     samples = 0
-    for feed in progress(data, desc="channel ranges", unit="sample"):
+    feeds = progress(data, desc="channel ranges", unit="sample") if show_progress else data
+    for feed in feeds:
         if max_samples is not None and samples >= max_samples:
             break
         values = {n: feed[n] for n in tensors if n in inputs}
@@ -50,7 +115,4 @@ def channel_absmax(model: Model, data: Iterable[dict[str, np.ndarray]],
             m = x.max(axis=other)
             found[name] = m if name not in found else np.maximum(found[name], m)
         samples += 1
-    if samples == 0:
-        raise DataError("no calibration samples: the data source is empty")
-    log.info("channel ranges of %d tensor(s) over %d feed(s)", len(tensors), samples)
-    return found
+    return found, samples

@@ -13,6 +13,13 @@ and each run of ``2^k`` old bins is summed into one new bin (runs never straddle
 ``x * (1/w)`` is exact for a power-of-two ``w`` and ``floor(floor(y) / 2^k) = floor(y / 2^k)``,
 the result is exactly the histogram of all the data at once with the final width:
 ``np.histogram(x, bins=4096, range=(-2048 w, 2048 w))``.
+
+Shards. The final width is the smallest power of two with ``2048 w > max |x|`` (computed with
+``frexp``, no ``log2`` rounding): a function of the data's range alone. Two collectors that saw two
+shards of the data therefore merge exactly (:meth:`RangeCollector.merge`: re-bin the narrower to the
+wider width, add the integer counts, compare min and max) into the collector that saw all of it,
+which is how :func:`collect_stats` spreads many samples over the executor
+(:mod:`graphc.calib.shards`).
 """
 from __future__ import annotations
 
@@ -20,15 +27,17 @@ import logging
 import math
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from graphc.calib.ranges import NUM_BINS, SignedHistogram
-from graphc.errors import DataError
-from graphc.ir.model import Model
+from graphc.calib.shards import map_shards, pays, shards_of
+from graphc.errors import DataError, OutputError
+from graphc.ir.model import Model, load, model_bytes
 from graphc.ir.outputs import with_outputs
 from graphc.ir.shapes import infer_shapes
 from graphc.progress import progress_bar, progress_enabled
@@ -102,15 +111,21 @@ class RangeCollector:
         return cache[dtype]
 
     def _grow(self, amax: float) -> None:
-        """Widen the range to more than ``amax`` by doubling the bin width, merging bins exactly."""
-        if self.width == 0.0:
-            self.width = 2.0 ** (math.floor(math.log2(amax / self.bins)) + 1)
-            return  # all values so far are zeros, in the bin at zero whatever the width
-        k = max(1, math.floor(math.log2(amax / (self.bins * self.width))) + 1)
-        self._widen(2 ** k)
+        """Widen the range to more than ``amax``: the bin width becomes the smallest power of two
+        ``w`` with ``bins * w > amax`` (a function of ``amax`` alone, so any split of the data into
+        shards reaches the same final width), merging bins exactly."""
+        target = _power_of_two_above(amax / self.bins)
+        if self.width == 0.0:  # only zeros so far: they stay in bin ``bins`` at any width
+            self.width = target
+            return
+        self._rebin(target)
 
-    def _widen(self, factor: int) -> None:
-        """Multiply the bin width by ``factor`` (a power of two), summing runs of ``factor`` bins."""
+    def _rebin(self, width: float) -> None:
+        """Re-bin to ``width`` (a power of two, >= the current one): each run of ``width / self.width``
+        bins is summed into one (runs never straddle 0), exactly the histogram at ``width``."""
+        if self.width == 0.0 or width <= self.width:
+            return
+        factor = int(width / self.width)
         merged = np.zeros(2 * self.bins, dtype=np.int64)
         if factor >= self.bins:  # everything lands in the two bins next to zero
             merged[self.bins - 1] = self.counts[:self.bins].sum()
@@ -119,42 +134,35 @@ class RangeCollector:
             half = self.bins // factor
             merged[self.bins - half:self.bins + half] = self.counts.reshape(-1, factor).sum(axis=1)
         self.counts = merged
-        self.width *= factor
+        self.width = width
 
     def merge(self, other: "RangeCollector") -> None:
-        """Fold in ``other``, a collector of other samples: the result is exactly the collector of
-        both (min, max and count combine; widths are powers of two, the narrower histogram is
-        widened by summing runs of bins as growing does, then counts add - integers, so the
-        order shards are merged in does not change a bit)."""
+        """Fold in what ``other`` saw (another shard of the data). Exact: min/max are compared,
+        counts are integers, and both histograms are re-binned to the wider of the two power-of-two
+        widths before adding - the result is the collector that saw both shards' data, bit for bit."""
         if other.bins != self.bins or other.histogram != self.histogram:
-            raise ValueError("merging collectors with different bins or histogram settings")
+            raise ValueError("cannot merge collectors with different bins or histogram settings")
         if other.count == 0:
             return
         self.min, self.max = min(self.min, other.min), max(self.max, other.max)
         self.count += other.count
         if not self.histogram:
             return
+        width = max(self.width, other.width)
         counts = other.counts
-        if other.width > self.width > 0.0:
-            self._widen(int(other.width / self.width))
-        elif self.width == 0.0:
-            self.width = other.width  # self holds zeros only, in the bin at zero
-        elif 0.0 < other.width < self.width:
-            wider = RangeCollector(self.bins)
-            wider.counts, wider.width = other.counts.copy(), other.width
-            wider._widen(int(self.width / other.width))
-            counts = wider.counts
+        if other.width != width:
+            counts = other.copy_rebinned(width)
+        self._rebin(width)
+        if self.width == 0.0:
+            self.width = width
         self.counts = self.counts + counts
 
-    def state(self) -> tuple:
-        """What a worker sends back: ``(min, max, count, counts, width)``."""
-        return self.min, self.max, self.count, self.counts, self.width
-
-    @classmethod
-    def from_state(cls, state: tuple, bins: int = NUM_BINS, histogram: bool = True) -> "RangeCollector":
-        collector = cls(bins, histogram)
-        collector.min, collector.max, collector.count, collector.counts, collector.width = state
-        return collector
+    def copy_rebinned(self, width: float) -> np.ndarray:
+        """The counts re-binned to ``width``, this collector unchanged."""
+        twin = RangeCollector(self.bins, self.histogram)
+        twin.width, twin.counts = self.width, self.counts.copy()
+        twin._rebin(width)
+        return twin.counts
 
     def signed_histogram(self) -> SignedHistogram | None:
         if not self.histogram or self.count == 0:
@@ -192,37 +200,91 @@ def collect_stats(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequenc
     """Run ``model`` (a :class:`graphc.ir.Model`) over ``data`` and return statistics of ``tensors``.
 
     Graph inputs among ``tensors`` are read from the feeds; the others are exposed as outputs.
+    Enough samples for several shards (:mod:`graphc.calib.shards`) are collected shard by shard on
+    the executor in force and merged (:meth:`RangeCollector.merge`, exact): the same statistics,
+    bit for bit, as one pass in this process.
     """
-    collectors = collect_collectors(model, data, tensors, histograms=histograms, bins=bins, max_samples=max_samples,
-                                    memory_limit=memory_limit, progress=progress, threads=threads)
+    if not isinstance(model, Model):
+        raise TypeError("collect_stats needs a graphc.ir.Model")
+    tensors = list(dict.fromkeys(tensors))
+    job = ShardJob(b"", tuple(tensors), histograms, bins, memory_limit, threads)
+    shards = shards_of(data, max_samples)
+    if shards is not None:
+        collectors = _collect_sharded(model, shards, job, progress)
+    else:
+        collectors, samples_seen = _collect(model, data, job, max_samples, progress)
+        if samples_seen == 0:
+            raise DataError("calibration data is empty")
     return {name: TensorStats(name, c.min, c.max, c.count, c.signed_histogram())
             for name, c in collectors.items()}
 
 
-def collect_collectors(model, data: Iterable[dict[str, np.ndarray]], tensors: Sequence[str], *,
-                       histograms: bool = True, bins: int = NUM_BINS, max_samples: int | None = None,
-                       memory_limit: int = DEFAULT_MEMORY_LIMIT, progress: bool | None = None,
-                       threads: int | None = None) -> dict[str, RangeCollector]:
-    """:func:`collect_stats` before the statistics are read out: the collectors themselves, which
-    merge (:meth:`RangeCollector.merge`; :mod:`graphc.calib.sharded`)."""
-    if not isinstance(model, Model):
-        raise TypeError("collect_stats needs a graphc.ir.Model")
-    tensors = list(dict.fromkeys(tensors))
-    collectors = {name: RangeCollector(bins, histograms) for name in tensors}
+@dataclass(frozen=True)
+class ShardJob:
+    """What every calibration shard needs (the executor's shared value): the model and settings."""
+
+    model_bytes: bytes
+    tensors: tuple[str, ...]
+    histograms: bool
+    bins: int
+    memory_limit: int
+    threads: int | None
+
+
+def _collect_sharded(model: Model, shards: list[list[dict[str, np.ndarray]]], job: ShardJob,
+                     progress: bool | None) -> dict[str, RangeCollector]:
+    """The first shard in this process, timed; the others on the executor when that pays
+    (:func:`graphc.calib.shards.pays`), else here. The merge is exact: where shards ran never
+    changes the statistics."""
+    start = time.perf_counter()
+    collectors, _ = _collect(model, shards[0], job, None, progress)
+    rest = shards[1:]
+    shared = _with_model(job, model) if pays(time.perf_counter() - start, len(rest)) else None
+    if shared is not None:
+        return merge_collectors([collectors] + map_shards(collect_shard, shared, rest, desc="calibrating"))
+    feeds = [feed for shard in rest for feed in shard]
+    return merge_collectors([collectors, _collect(model, feeds, job, None, progress)[0]])
+
+
+def _with_model(job: ShardJob, model: Model) -> ShardJob | None:
+    """The job with the model's bytes, or None when it cannot be serialized in memory (> 2 GiB)."""
+    try:
+        return replace(job, model_bytes=model_bytes(model))
+    except OutputError:
+        return None
+
+
+def collect_shard(job: ShardJob, feeds: list[dict[str, np.ndarray]]) -> dict[str, RangeCollector]:
+    """An executor task: the collectors of one shard of feeds (its own onnxruntime session)."""
+    collectors, _ = _collect(load(job.model_bytes), feeds, job, None, False)
+    return collectors
+
+
+def merge_collectors(parts: list[dict[str, RangeCollector]]) -> dict[str, RangeCollector]:
+    """The shards' collectors merged in shard order (exact, so the order only fixes the work)."""
+    merged = parts[0]
+    for part in parts[1:]:
+        for name, collector in merged.items():
+            collector.merge(part[name])
+    return merged
+
+
+def _collect(model: Model, data, job: ShardJob, max_samples: int | None,
+             progress: bool | None) -> tuple[dict[str, RangeCollector], int]:
+    """One pass per chunk of tensors over ``data`` in this process: (collectors, samples seen)."""
+    collectors = {name: RangeCollector(job.bins, job.histograms) for name in job.tensors}
     input_names = {t.name for t in model.graph.inputs}
-    computed = [t for t in tensors if t not in input_names]
-    chunks = _chunks(model, data, computed, memory_limit)
+    computed = [t for t in job.tensors if t not in input_names]
+    chunks = _chunks(model, data, computed, job.memory_limit)
     samples_seen = 0
     for index, chunk in enumerate(chunks):
         first = index == 0
         samples_seen = _run_chunk(model, data, chunk, collectors, input_names if first else set(),
-                                  max_samples, progress, threads, f"{index + 1}/{len(chunks)}")
+                                  max_samples, progress, job.threads, f"{index + 1}/{len(chunks)}")
     if not chunks:  # only graph inputs
         samples_seen = _run_chunk(model, data, [], collectors, input_names, max_samples, progress,
-                                  threads, "1/1")
-    if samples_seen == 0:
-        raise DataError("calibration data is empty")
-    return collectors
+                                  job.threads, "1/1")
+    return collectors, samples_seen
 
 
 def _run_chunk(model, data, chunk: list[str], collectors: dict[str, RangeCollector],
@@ -267,6 +329,12 @@ def _run_chunk(model, data, chunk: list[str], collectors: dict[str, RangeCollect
             if bar is not None:
                 bar.close()
     return seen
+
+
+def _power_of_two_above(value: float) -> float:
+    """The smallest power of two strictly greater than ``value`` (> 0), exactly (no log2 rounding)."""
+    _, exponent = math.frexp(value)  # value = m * 2**exponent, 0.5 <= m < 1
+    return math.ldexp(1.0, exponent)
 
 
 def _length(data, max_samples: int | None) -> int | None:

@@ -1,5 +1,6 @@
 """Executors: where the independent evaluations of a search run (quant's error budget and
-sensitivity sweep, prune's sensitivity, ``graphc sensitivity``).
+sensitivity sweep, prune's sensitivity, ``graphc sensitivity``), and the shards of calibration
+over many samples (:mod:`graphc.calib.shards`).
 
 A search hands an executor one *job*: a top-level function ``fn(shared, item)``, the ``shared``
 value every task needs (model bytes, calibration feeds, reference outputs), and the ``items``.

@@ -65,10 +65,20 @@ def taken_branch_views(reference: Model, candidate: Model, data: Iterable[dict[s
 
 def _conditions(model: Model, nodes: list[gs.Node], feeds: Feeds) -> dict[tuple, Feeds] | None:
     """The samples grouped by the value of every If's condition (a tuple of bools, in ``nodes``'
-    order); None when the conditions cannot be read."""
+    order); None when the conditions cannot be read. A condition that is a graph input (a mode
+    flag) is read from the samples, the others from one run of the model."""
     constant = {id(n): constant_value(n.inputs[0]) for n in nodes}
-    names = sorted({n.inputs[0].name for n in nodes if constant[id(n)] is None})
+    conditions = {n.inputs[0].name for n in nodes if constant[id(n)] is None}
+    fed = conditions & {t.name for t in model.graph.inputs}
+    names = sorted(conditions - fed)
     values: list[dict[str, bool]] = [{} for _ in feeds]
+    for row, feed in zip(values, feeds):
+        for name in sorted(fed):
+            value = feed.get(name, model.input_defaults.get(name))
+            if value is None:
+                log.info("branch conditions not read: no value for the input '%s'", name)
+                return None
+            row[name] = _truth(value)
     if names:
         try:
             session = create_session(with_outputs(model, names), optimize=False, label="reference (branches)")

@@ -34,7 +34,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from math import prod
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -219,12 +219,16 @@ class ChunkRun:
     samples: ``overall`` per tensor (None: not comparable, shape or dtype differ), and with
     ``by_iteration`` also ``per_iteration[name]`` for body tensors (one per outer iteration).
     A chunk whose body tensors onnxruntime cannot lift (their shape changes between iterations) is
-    measured without them; their Loop/Scan names are in ``unsearched``."""
+    measured without them; their Loop/Scan names are in ``unsearched``. ``running`` gives a
+    tensor's accumulator by name (default: a new one per run), so that a caller can pool a
+    tensor's metrics over several runs (the samples of several If-branch views)."""
 
     def __init__(self, reference: Model, candidate: Model, chunk: list[SharedTensor], budget: Tolerances,
-                 optimize: bool, by_iteration: bool = False):
+                 optimize: bool, by_iteration: bool = False,
+                 running: Callable[[str], RunningMetrics] | None = None):
         self.reference, self.candidate, self.chunk = reference, candidate, chunk
         self.budget, self.optimize, self.by_iteration = budget, optimize, by_iteration
+        self.running = running if running is not None else (lambda name: RunningMetrics(name, name, budget))
         self.overall: list[TensorMetrics | None] = []
         self.per_iteration: dict[str, list[TensorMetrics]] = {}
         self.unsearched: set[str] = set()
@@ -264,7 +268,7 @@ class ChunkRun:
                                      label="reference", spin=False)
         cand_session = create_session(with_outputs(self.candidate, names), optimize=self.optimize,
                                       label="candidate", spin=False)
-        running = [RunningMetrics(n, n, self.budget) for n in names]
+        running = [self.running(n) for n in names]
         steps: dict[str, list[RunningMetrics]] = {t.name: [] for t in tensors if t.loop is not None}
         comparable = [True] * len(names)
         for feed in data:

@@ -55,7 +55,7 @@ from graphc.errors import DataError
 from graphc.ir import is_standard_op, walk_graphs
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
-from graphc.passes.quant.mode import choose_activations
+from graphc.passes.quant.mode import choose_activations, without_budget
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
 from graphc.passes.quant.recurrent import quantize_lstms
@@ -175,7 +175,9 @@ class Quantize(Pass):
         if self.options.activations == "auto":
             mode, why = choose_activations(self, graph, ctx)
             log.info("quant: activations=auto -> %s", why)
-            chosen = Quantize(dataclasses.replace(self.options, activations=mode))
+            # a budget the dynamic mode met is spent (mode.py measured it); dynamic takes none
+            chosen = Quantize(without_budget(self.options, mode) if mode == "dynamic"
+                              else dataclasses.replace(self.options, activations=mode))
             result = chosen.run(graph, ctx)
             result.stats["activations_auto"] = why
             return result
@@ -184,7 +186,7 @@ class Quantize(Pass):
             return run_with_budget(Quantizer(self.options), graph, ctx)
         result = Quantizer(self.options).quantize(graph, ctx, result)
         # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too
-        lstms = quantize_lstms(ctx.graph, self.options, result)
+        lstms = quantize_lstms(ctx.graph, self.options, result, ctx.cost_shapes)
         if lstms:
             ctx.graph.cleanup()
             result.count("quantized_LSTM", lstms)

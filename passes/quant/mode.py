@@ -17,8 +17,14 @@ for the model at hand.
 - Otherwise **static** QDQ, without measuring the other mode (convolutional networks, where
   dynamic would quantize next to nothing - PP-OCR det/rec/cls have no MatMul with a constant
   weight).
-- Options that only static quantization has (an error budget, bias correction, ``bits`` < 8,
-  u8 weights, symmetric activations) make it static.
+- Options that only static quantization has (bias correction, ``bits`` < 8, u8 weights,
+  symmetric activations, a budget on the user's metric) make it static.
+- An error budget (``min-sqnr``, ``min-cosine``, ``max-top1-drop``) on a model where dynamic
+  applies (the share above): the dynamic mode is measured first on the same feeds (outputs
+  against the float model's); when it meets the budget it is the result, since it is the fast
+  mode there and keeps its own guard against being slower than float (only MatMuls of at least
+  ``MIN_MACS``). Otherwise the static budget search runs (:mod:`graphc.passes.quant.error_budget`:
+  the fewest layers float). Not yet: a per-layer mix of static, dynamic and float.
 
 Why not static on transformers (measured, all-MiniLM-L6-v2, 256 held-out sentences, mean
 embedding cosine vs fp32): static QDQ with the speed model's placement 0.864, ``placement=all``
@@ -35,6 +41,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.ir import is_standard_op, node_macs
 from graphc.passes.quant.dynamic import dynamic_targets
+from graphc.passes.quant.error_budget import Score, Target, describe
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
@@ -45,10 +52,21 @@ DYNAMIC_SHARE = 0.5
 MAX_FEEDS = 32
 
 
+def has_budget(options) -> bool:
+    return options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
+        or options.max_metric_drop is not None
+
+
+def without_budget(options, activations: str):
+    """``options`` with ``activations`` and no error budget (the dynamic mode takes none)."""
+    return dataclasses.replace(options, activations=activations, min_sqnr=None, max_top1_drop=None,
+                               min_cosine=None, max_metric_drop=None)
+
+
 def static_only(options) -> str | None:
-    """The option that needs static quantization, or None."""
-    if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
-            or options.max_metric_drop is not None:
+    """The option that needs static quantization, or None (an error budget: see
+    :func:`choose_activations`)."""
+    if has_budget(options):
         return "an error budget"
     if options.bias_correction:
         return "bias-correction"
@@ -63,7 +81,7 @@ def dynamic_share(options, graph: gs.Graph, shapes: dict) -> tuple[float, int]:
     """(MACs of the MatMul/Gemm the dynamic mode would rewrite / MACs of every Conv, ConvTranspose,
     MatMul and Gemm, total MACs) at ``shapes``; unknown MACs count 0."""
     # with the dynamic mode's own placement: MatMuls too small to pay do not count
-    dynamic = dataclasses.replace(options, activations="dynamic", placement="auto")
+    dynamic = dataclasses.replace(without_budget(options, "dynamic"), placement="auto")
     chosen = {id(t.node) for t in dynamic_targets(graph, dynamic, shapes, PassResult(modified=False))}
     share = total = 0
     for node in graph.nodes:
@@ -79,11 +97,15 @@ def choose_activations(quant_pass, graph: gs.Graph, ctx: Context) -> tuple[str, 
     """(``"dynamic"`` or ``"u8"``, why) for ``activations=auto`` with calibration data."""
     options = quant_pass.options
     forced = static_only(options)
-    if forced is not None:
+    budget = forced == "an error budget" and options.max_metric_drop is None
+    if forced is not None and not budget:
         return "u8", f"static: {forced} needs it"
     share, total = dynamic_share(options, graph, ctx.cost_shapes())
     if not total or share < DYNAMIC_SHARE:
-        return "u8", f"static: MatMul/Gemm the dynamic mode would rewrite hold {share:.0%} of the MACs"
+        return "u8", (f"static: {forced} needs it" if forced else
+                      f"static: MatMul/Gemm the dynamic mode would rewrite hold {share:.0%} of the MACs")
+    if budget:
+        return _budget_choice(quant_pass, ctx, share)
     scores = {mode: _measured_sqnr(quant_pass, mode, ctx) for mode in ("u8", "dynamic")}
     text = {m: f"{s:.1f} dB" if s is not None else "nothing quantized" for m, s in scores.items()}
     # a candidate that quantized nothing is the float model: most accurate, and no faster
@@ -94,16 +116,41 @@ def choose_activations(quant_pass, graph: gs.Graph, ctx: Context) -> tuple[str, 
                   f"dynamic mode rewrites hold {share:.0%} of the MACs)")
 
 
+def _budget_choice(quant_pass, ctx: Context, share: float) -> tuple[str, str]:
+    """``("dynamic", why)`` when the dynamic mode meets the error budget on the calibration
+    feeds, else ``("u8", why)`` (the static budget search)."""
+    options = quant_pass.options
+    target = Target(options.min_sqnr, options.max_top1_drop, options.min_cosine)
+    measured = _measured_score(quant_pass, "dynamic", ctx)
+    if measured is None:
+        return "u8", f"static: {target.text()}: the dynamic mode quantizes nothing here"
+    score = Score(measured.sqnr, measured.disagreement, measured.cosine)
+    measured = describe(score)
+    if target.met(score):
+        return "dynamic", (f"dynamic: meets the error budget {target.text()} on the calibration data "
+                           f"({measured}; MatMul/Gemm the dynamic mode rewrites hold {share:.0%} of the MACs)")
+    return "u8", (f"static: dynamic int8 misses the error budget {target.text()} on the calibration data "
+                  f"({measured}); the static budget search chooses the float layers")
+
+
 def _measured_sqnr(quant_pass, mode: str, ctx: Context) -> float | None:
     """Output SQNR (dB) on the first ``MAX_FEEDS`` calibration feeds of a copy quantized in
     ``mode``; None when that mode quantizes nothing."""
-    # lazy: loads onnxruntime, needed only when both modes are candidates
+    score = _measured_score(quant_pass, mode, ctx)
+    return score.sqnr if score is not None else None
+
+
+def _measured_score(quant_pass, mode: str, ctx: Context):
+    """Output SQNR, cosine and top-1 disagreement (:class:`graphc.verify.scores.OutputScore`) on
+    the first ``MAX_FEEDS`` calibration feeds of a copy quantized in ``mode`` (no error budget);
+    None when that mode quantizes nothing."""
+    # lazy: loads onnxruntime, needed only when a mode is measured
     from graphc.verify.scores import reference_outputs, score_outputs
 
     feeds = [dict(f) for _, f in zip(range(quant_pass.options.samples or MAX_FEEDS), ctx.data)]
     work = Context(ctx.model.copy(), data=ctx.data, input_shapes=ctx.input_shapes, seed=ctx.seed)
-    if not type(quant_pass)(dataclasses.replace(quant_pass.options, activations=mode)).run(work.graph, work).modified:
+    if not type(quant_pass)(without_budget(quant_pass.options, mode)).run(work.graph, work).modified:
         return None
     work.graph.cleanup().toposort()
     references = reference_outputs(ctx.model, feeds, label="float model (activations=auto)")
-    return score_outputs(work.model, feeds, references, label=f"quant {mode} (activations=auto)").sqnr
+    return score_outputs(work.model, feeds, references, label=f"quant {mode} (activations=auto)")

@@ -11,8 +11,12 @@ transposed, ``Wq [D, I, 4H]`` and ``Rq [D, H, 4H]`` (the layout onnxruntime's ow
 
 Measured (onnxruntime 1.32 CPU, 2 threads, bidirectional, batch 1, alternated medians, scratch
 measurement under load): H = I = 512, T = 40: 2.1x; 128: 2.0x; 64: 1.4x; 32: 0.93x; output
-cosine against float 0.9998. So ``placement=auto`` rewrites an LSTM with ``hidden_size >=
-MIN_HIDDEN``; ``placement=all`` every eligible one.
+cosine against float 0.9998. With ``placement=auto`` the speed model decides: a measured table
+(``speed-model=measured``, the default; :mod:`graphc.bench.cost_probe` times a float LSTM against
+DynamicQuantizeLSTM on this CPU, 1 thread, per step and direction) rewrites an LSTM where its
+integer form measures faster at the LSTM's hidden, input and batch sizes (on an AVX512-VNNI EPYC:
+from ``H = I`` ~48); the builtin table, which has no LSTM costs, rewrites one with ``hidden_size
+>= MIN_HIDDEN``. ``placement=all`` rewrites every eligible one.
 
 Left float: an LSTM whose ``W`` or ``R`` is not a constant 3-D float32 tensor, or with
 ``layout=1`` (the contrib op has no layout attribute). GRU and RNN stay float: onnxruntime has
@@ -23,19 +27,23 @@ from __future__ import annotations
 
 import fnmatch
 import logging
+from collections.abc import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
 
 from graphc.ir import NameFactory, is_standard_op, node_label
+from graphc.passes.quant.speed_model import SpeedModel, cost_table
 from graphc.passmanager import PassResult
 
 log = logging.getLogger(__name__)
 
 FLOAT = np.float32
 MS_DOMAIN = "com.microsoft"
-#: LSTMs with a smaller hidden size stay float with placement=auto (measured; module doc).
+#: LSTMs with a smaller hidden size stay float with placement=auto and the builtin table (module doc).
 MIN_HIDDEN = 64
+#: why placement=auto keeps an LSTM float when the measured speed model says so
+MEASURED_SLOWER = "dynamic: LSTM's integer kernel measured slower at its size (speed model)"
 
 
 def int8_gate_rows(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -49,7 +57,7 @@ def int8_gate_rows(w: np.ndarray, per_channel: bool) -> tuple[np.ndarray, np.nda
     return np.ascontiguousarray(q.transpose(0, 2, 1)), scale
 
 
-def _check(node: gs.Node, opts) -> str:
+def _check(node: gs.Node, opts, speed: "LstmSpeed") -> str:
     """Why the LSTM stays float ('' if it is rewritten)."""
     if any(fnmatch.fnmatchcase(node.name or "", p) for p in opts.exclude):
         return "excluded by pattern"
@@ -59,14 +67,38 @@ def _check(node: gs.Node, opts) -> str:
             return "dynamic: LSTM weights are not constant 3-D float32 tensors"
     if node.attrs.get("layout", 0) != 0:
         return "dynamic: LSTM with layout=1 (DynamicQuantizeLSTM has no layout)"
-    if opts.placement == "auto" and int(node.attrs.get("hidden_size", 0)) < MIN_HIDDEN:
-        return f"dynamic: LSTM hidden_size below {MIN_HIDDEN} (its integer kernel does not pay)"
-    return ""
+    return speed.reason(node) if opts.placement == "auto" else ""
 
 
-def quantize_lstms(graph: gs.Graph, opts, result: PassResult) -> int:
-    """Rewrites every eligible LSTM of ``graph`` into DynamicQuantizeLSTM; returns how many."""
+class LstmSpeed:
+    """placement=auto's verdict on an LSTM: by the measured table's float and DynamicQuantizeLSTM
+    costs when it has them, else by ``hidden_size >= MIN_HIDDEN``. The table is read at the first
+    LSTM that gets this far (a model without LSTMs never asks for it)."""
+
+    def __init__(self, choice: str, shapes: Callable[[], dict] | None):
+        self.choice, self.shapes = choice, shapes
+        self._model: SpeedModel | None = None
+
+    def reason(self, node: gs.Node) -> str:
+        if self._model is None:
+            self._model = SpeedModel(self.shapes() if self.shapes is not None else {}, cost_table(self.choice))
+        costs = self._model.lstm_costs(node)
+        if costs is None:
+            if int(node.attrs.get("hidden_size", 0)) < MIN_HIDDEN:
+                return f"dynamic: LSTM hidden_size below {MIN_HIDDEN} (its integer kernel does not pay)"
+            return ""
+        float_ns, int_ns = costs
+        log.info("%s: float %.0f ns, DynamicQuantizeLSTM %.0f ns per step (%s)", node_label(node), float_ns,
+                 int_ns, self._model.table.source)
+        return MEASURED_SLOWER if int_ns >= float_ns else ""
+
+
+def quantize_lstms(graph: gs.Graph, opts, result: PassResult, shapes: Callable[[], dict] | None = None) -> int:
+    """Rewrites every eligible LSTM of ``graph`` into DynamicQuantizeLSTM; returns how many.
+    ``shapes`` (``ctx.cost_shapes``, called when the speed model is asked) give the batch it costs
+    an LSTM at (without them: X's declared batch, else 1)."""
     names = NameFactory(graph)
+    speed = LstmSpeed(opts.speed_model, shapes)
     count = 0
     for node in list(graph.nodes):
         if is_standard_op(node, "GRU", "RNN"):
@@ -74,7 +106,7 @@ def quantize_lstms(graph: gs.Graph, opts, result: PassResult) -> int:
             continue
         if not is_standard_op(node, "LSTM"):
             continue
-        reason = _check(node, opts)
+        reason = _check(node, opts, speed)
         if reason:
             result.skip(reason)
             log.info("%s stays float: %s", node_label(node), reason)

@@ -40,6 +40,12 @@ nearest (``conv1d`` -> ``conv``, ``grouped`` -> ``depthwise``, ``matmul_act`` ->
 ``speed-model=builtin`` (or ``GRAPHC_SPEED_MODEL=builtin``, read when the option is ``auto``;
 deterministic, the tests use it) behaves as before. The table used is in the pass's stats
 (``speed_model``).
+
+Recurrent layers. A measured table also holds ``lstm``: a float LSTM against onnxruntime's
+``DynamicQuantizeLSTM`` per step and direction (:meth:`SpeedModel.lstm_costs`). An LSTM is not
+a node of the minimum cut (its integer form takes and gives float: no conversion to share), so
+:mod:`graphc.passes.quant.recurrent` compares its two costs alone; with the builtin table, which
+has no ``lstm``, it keeps its fixed hidden-size threshold.
 """
 from __future__ import annotations
 
@@ -141,13 +147,14 @@ class CostTable:
         return cls(entries, CONVERT_NS, source)
 
 
-#: the classes a measured table replaces: the shapes the builtin table was not fitted on. The
+#: the classes a measured table replaces: the shapes the builtin table was not fitted on (and
+#: ``lstm``, which the builtin table has no entry for: see :meth:`SpeedModel.lstm_costs`). The
 #: others (2-D Conv, depthwise, element-wise ops, conversions) keep the builtin costs, fitted in
 #: context on whole models: one-op probes of them misplace PP-OCRv4 rec (12% slower than the
 #: builtin table's placement, measured 2026-12), and the probe's in-context conversion (a
 #: float Conv between two integer ones: 19.9 us + 0.77 ns/element on an AVX512-VNNI EPYC)
 #: confirms CONVERT_NS.
-MEASURED_CLASSES = ("conv1d", "grouped", "matmul", "matmul_act")
+MEASURED_CLASSES = ("conv1d", "grouped", "matmul", "matmul_act", "lstm")
 #: (class, MACs, elements) where :func:`machine_scale` compares measured and builtin float costs
 SCALE_POINTS = (("conv", 5e6, 4e4), ("depthwise", 4e5, 5e4), ("matmul", 1e7, 2.5e4), ("add", 0.0, 4e4))
 
@@ -303,6 +310,26 @@ class SpeedModel:
     def conversion(self, tensor: gs.Tensor) -> float:
         fixed, per = self.table.convert
         return fixed + per * self.elems(tensor)
+
+    def lstm_costs(self, node: gs.Node) -> tuple[float, float] | None:
+        """Float ``LSTM`` and ``DynamicQuantizeLSTM`` cost of one step of one direction, or None
+        when the table has no measured ``lstm`` class (the builtin one) or the weights are not
+        constant ``[D, 4H, I]``. Per step (``M = B 4H (I + H)``, ``E = B H``; batch ``B`` from
+        X's shape in ``shapes``, else as X declares it, else 1): the sequence length scales both
+        sides alike, so their order holds at any length."""
+        if "lstm" not in self.table.entries or len(node.inputs) < 3:
+            return None
+        w, r = node.inputs[1], node.inputs[2]
+        if not (isinstance(w, gs.Constant) and isinstance(r, gs.Constant)) or w.values.ndim != 3:
+            return None
+        hidden, inputs = r.values.shape[-1], w.values.shape[-1]
+        info = self.shapes.get(node.inputs[0].name)
+        shape = info.shape if info is not None else node.inputs[0].shape
+        batch = shape[1] if shape is not None and len(shape) == 3 else 1
+        batch = batch if isinstance(batch, int) and batch > 0 else 1
+        fl, it = self.table.entries["lstm"]
+        macs, elems = float(batch * 4 * hidden * (inputs + hidden)), float(batch * hidden)
+        return fl(macs, elems), it(macs, elems)
 
 
 def integer_nodes(graph: gs.Graph, candidates: list[gs.Node], model: SpeedModel) -> tuple[set[int], dict]:

@@ -81,6 +81,20 @@ def test_fit_table_leaves_folded_classes_free_on_integers():
     assert table["affine"]["float"] == pytest.approx((300, 0, 0.1), rel=1e-6)
 
 
+def test_fit_table_costs_an_lstm_per_step_with_no_conversions():
+    """LSTM timings are whole runs of ``runs = T D`` steps; DynamicQuantizeLSTM takes and gives
+    float, so nothing but the session overhead is taken out before dividing by the steps."""
+    fl, it = (900.0, 0.03, 20.0), (1500.0, 0.01, 8.0)
+    rows = []
+    for hidden, runs in ((32, 64), (64, 64), (128, 32), (256, 16)):
+        macs, elems = 4 * hidden * 2 * hidden, hidden
+        rows.append(Timing("lstm", macs, elems, 0.0, 5000 + runs * (fl[0] + fl[1] * macs + fl[2] * elems),
+                           5000 + runs * (it[0] + it[1] * macs + it[2] * elems), runs))
+    table = fit_table(rows, 5000.0, (4000.0, 0.0, 3.0), (1000.0, 0.0, 1.0))
+    assert table["lstm"]["float"] == pytest.approx(fl, rel=1e-6)
+    assert table["lstm"]["int"] == pytest.approx(it, rel=1e-6)
+
+
 def test_fit_boundary_is_half_the_extra_time_of_a_float_layer_between_int_ones():
     conv = {"float": [0.0, 0.02, 0.0], "int": [0.0, 0.01, 0.0]}
     shapes = [(1, 16, 48, 48), (1, 32, 24, 24), (1, 64, 12, 12)]
@@ -124,15 +138,32 @@ def test_probe_int_models_fuse_into_integer_kernels(tmp_path):
         assert expected[sample.cls] in {n.op_type for n in onnx.load(str(out)).graph.node}, sample.cls
 
 
+def test_probe_lstm_runs_the_int8_kernel_and_approximates_the_float_lstm(tmp_path):
+    sample = cost_probe.lstm_sample(16, 12, 5)
+    assert (sample.macs, sample.elems, sample.runs) == (4 * 16 * (12 + 16), 16, 5 * 2)  # per step and direction
+    onnx.checker.check_model(sample.float_model, full_check=True)
+    onnx.checker.check_model(sample.int_model)  # a com.microsoft op: the checker knows no schema for it
+    out = tmp_path / "lstm.onnx"
+    session = create_session(sample.int_model.SerializeToString(), optimized_model_path=out)
+    assert [n.op_type for n in onnx.load(str(out)).graph.node] == ["DynamicQuantizeLSTM"]
+    ref = run_session(create_session(sample.float_model.SerializeToString()), sample.feeds)
+    got = run_session(session, sample.feeds)
+    for r, g in zip(ref, got):
+        assert r.shape == g.shape
+        cosine = float(np.sum(r * g) / np.sqrt(np.sum(r * r) * np.sum(g * g)))
+        assert cosine > 0.999
+
+
 def test_measure_table_with_a_mocked_clock_fits_every_class(monkeypatch):
     monkeypatch.setattr(cost_probe, "BOUNDARY_SHAPES", ((1, 4, 6, 6), (1, 8, 4, 4)))
     ticks = itertools.count()
     clock = lambda: next(ticks) * 0.01  # noqa: E731  every call 10 ms later: one run per timing
     samples = [cost_probe.conv_sample("conv", (1, 4, 6, 6), 4, (3, 3)),
                cost_probe.conv_sample("conv", (1, 8, 4, 4), 8, (1, 1)),
-               cost_probe.matmul_sample(4, 16, 8), cost_probe.affine_sample((1, 4))]
+               cost_probe.matmul_sample(4, 16, 8), cost_probe.affine_sample((1, 4)),
+               cost_probe.lstm_sample(8, 8, 3), cost_probe.lstm_sample(16, 8, 2)]
     table = cost_probe.measure_table(samples, rounds=2, clock=clock)
-    assert set(table) == {"convert", "conv", "matmul", "affine"}
+    assert set(table) == {"convert", "conv", "matmul", "affine", "lstm"}
     for sides in table.values():
         assert set(sides) == {"float", "int"}
         assert all(len(c) == 3 and min(c) >= 0 for c in sides.values())

@@ -18,17 +18,6 @@ from support import MODELS
 ZOO = [str(MODELS / "mobilenetv2_digits.onnx"), str(MODELS / "transformer_digits.onnx")]
 
 
-def _recipes(tmp_path):
-    data = MODELS / "digits_calib.npz"
-    paths = []
-    for name, pipeline in (("exact", "fold-bn,cleanup"), ("int8", "quant{placement=all}")):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(f'pipeline = "{pipeline}"\n\n[data]\ncalibration = "{data}"\nsamples = 4\n'
-                        '\n[outputs]\nlayer_errors = false\n')
-        paths.append(str(path))
-    return paths
-
-
 @pytest.fixture
 def counted(monkeypatch):
     calls = []
@@ -37,9 +26,9 @@ def counted(monkeypatch):
     return calls
 
 
-def test_sweep_writes_everything_and_resumes(tmp_path, counted):
+def test_sweep_writes_everything_and_resumes(tmp_path, counted, sweep_recipes):
     out = tmp_path / "out"
-    recipes = _recipes(tmp_path)
+    recipes = sweep_recipes
     first = sweep(ZOO, recipes, out, executor=LocalExecutor(1))  # in this process: builds are counted
     assert (first.ran, first.skipped, len(counted)) == (4, 0, 4)
     for model in ("mobilenetv2_digits", "transformer_digits"):
@@ -85,17 +74,17 @@ def test_pareto_front_per_model():
     assert [r["pareto"] for r in mark_pareto(rows)] == [True, True, False, True]
 
 
-def test_colliding_names_are_refused(tmp_path):
+def test_colliding_names_are_refused(tmp_path, sweep_recipes):
     with pytest.raises(OutputError, match="share a file name"):
-        sweep([ZOO[0], ZOO[0]], _recipes(tmp_path)[:1], tmp_path / "out")
+        sweep([ZOO[0], ZOO[0]], sweep_recipes[:1], tmp_path / "out")
 
 
-def test_cli_sweep_on_local_processes(tmp_path, capsys):
+def test_cli_sweep_on_local_processes(tmp_path, capsys, sweep_recipes):
     out = tmp_path / "out"
-    args = ["sweep", "--model", ZOO[0], "--recipe", *_recipes(tmp_path), "-o", str(out)]
+    args = ["sweep", "--model", ZOO[0], "--recipe", *sweep_recipes, "-o", str(out)]
     assert main(args) == 0
     assert "2 run, 0 already finished" in capsys.readouterr().out
     assert main(args) == 0
     assert "0 run, 2 already finished" in capsys.readouterr().out
-    assert main(["sweep", "--model", str(tmp_path / "missing.onnx"), "--recipe", *_recipes(tmp_path),
+    assert main(["sweep", "--model", str(tmp_path / "missing.onnx"), "--recipe", *sweep_recipes,
                  "-o", str(out)]) == 2

@@ -102,39 +102,33 @@ def test_prune_sensitivity_through_ray_is_bit_identical_to_local(ray_runtime, tm
     assert _stable(on_ray) == _stable(local)
 
 
-def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_path):
+def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_path, sweep_recipes):
     from graphc.executor import LocalExecutor
     from graphc.sweep import sweep
     from support import MODELS
 
-    recipes = []
-    for name, pipeline in (("exact", "fold-bn,cleanup"), ("int8", "quant{placement=all}")):
-        path = tmp_path / f"{name}.toml"
-        path.write_text(f'pipeline = "{pipeline}"\n[data]\ncalibration = "{MODELS / "digits_calib.npz"}"\n'
-                        'samples = 4\n[outputs]\nlayer_errors = false\n')
-        recipes.append(str(path))
     models = [str(MODELS / "mobilenetv2_digits.onnx")]
-    local = sweep(models, recipes, tmp_path / "local", executor=LocalExecutor(1))
-    on_ray = sweep(models, recipes, tmp_path / "ray", executor=RayExecutor())
+    local = sweep(models, sweep_recipes, tmp_path / "local", executor=LocalExecutor(1))
+    on_ray = sweep(models, sweep_recipes, tmp_path / "ray", executor=RayExecutor())
     assert on_ray.ran == 2 and on_ray.rows == local.rows
     for name in ("exact", "int8"):
         folder = f"mobilenetv2_digits--{name}/model.onnx"
         assert (tmp_path / "ray" / folder).read_bytes() == (tmp_path / "local" / folder).read_bytes()
 
 
-def test_calibration_statistics_sharded_through_ray_are_bit_identical_to_one_process(ray_runtime):
-    import numpy as np
+def test_sharded_calibration_through_ray_is_bit_identical_to_local(ray_runtime, tmp_path, monkeypatch):
+    import graphc.calib.collect as collect_module
+    import graphc.calib.shards as shards_module
+    from graphc.executor import LocalExecutor, using
+    from test_calibration_shards import quantize
 
-    from graphc.calib.collect import collect_stats
-    from graphc.calib.sharded import collect_stats_sharded
-
-    model = executor_nets.conv_chain(3)
-    rng = np.random.default_rng(5)
-    feeds = [{"x": (rng.standard_normal((1, 4, 8, 8)) * 10.0 ** (k % 5 - 2)).astype(np.float32)} for k in range(9)]
-    tensors = ["x"] + [node.outputs[0].name for node in model.graph.nodes]
-    one = collect_stats(model, feeds, tensors, progress=False)
-    sharded = collect_stats_sharded(model, feeds, tensors, shards=4, executor=RayExecutor())
-    for name in tensors:
-        a, b = one[name], sharded[name]
-        assert (a.min, a.max, a.count, a.histogram.width) == (b.min, b.max, b.count, b.histogram.width)
-        assert np.array_equal(a.histogram.counts, b.histogram.counts)
+    monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 0.0)  # send shards whatever they cost
+    calls = []
+    real = collect_module.map_shards
+    monkeypatch.setattr(collect_module, "map_shards",
+                        lambda fn, shared, shards, desc: calls.append(len(shards)) or real(fn, shared, shards, desc))
+    with using(LocalExecutor(1)):
+        local = quantize(tmp_path, "local", "kl")
+    on_ray = quantize(tmp_path, "ray", "kl", executor="ray")
+    assert calls == [3]  # only the Ray build sent shards (one local worker: in this process)
+    assert on_ray == local

@@ -1,9 +1,10 @@
 """Outlier input channels kept float in dynamic int8 MatMuls (passes/quant/outliers.py) and the
 ``activations=auto`` choice between static and dynamic (passes/quant/mode.py).
 
-The graphs: ``x[16, 128]`` whose channels 5 and 77 carry values 40x larger than the others (the
-LayerNorm-output outliers of a pretrained transformer), read by two MatMuls (Q/K-like, sharing
-``x``) and a residual-free FFN. Error bounds: with the split, the rewritten MatMul equals the
+The graphs: ``x[16, 1024]`` whose channels 5 and 77 carry values 40x larger than the others (the
+outliers of a pretrained transformer's activations), read by two narrowing MatMuls (``[1024, 128]``
+weights, like an FFN's second MatMul, where the split is used; sharing ``x``); a widening reader
+(``[1024, 2048]``) gets the outliers moved into its weights instead. Error bounds: with the split, the rewritten MatMul equals the
 numpy evaluation of ``DynamicQuantizeMatMul(x * m) + x_O W_O`` to float rounding; on held-out
 feeds the split gains more than 10 dB of output SQNR over plain dynamic (measured 20+ dB).
 """
@@ -20,7 +21,7 @@ from graphc.passmanager import Context
 from support import MODELS, assert_valid, make_model, op_count, run, sqnr_over
 from tf2onnx_net import tf2onnx_classifier, tf2onnx_feeds
 
-K, N, M = 128, 1024, 16
+K, N, M = 1024, 128, 16
 OUTLIERS = (5, 77)
 
 
@@ -136,6 +137,40 @@ def test_outlier_add_comes_after_the_bias(tmp_path):
     x = _feeds(1, 3)[0]["x"]
     split_only, _ = _quant(_graph(), "quant{activations=dynamic}", data=_feeds(8, 0))
     np.testing.assert_allclose(run(out, {"x": x})[0], run(split_only, {"x": x})[0] + b, rtol=1e-5, atol=1e-4)
+
+
+def test_classify_splits_only_for_narrowing_readers():
+    from graphc.passes.quant.outliers import classify
+
+    values = np.ones(100)
+    values[[3, 50]] = [10.0, 5.0]
+    assert not classify(values, limit=16, narrowing=True).mild
+    found = classify(values, limit=16, narrowing=False)     # strong, but a widening reader: mild
+    assert found.mild and found.channels.tolist() == [3, 50]
+
+
+def _widening_graph():
+    """x[16, 1024] -> MatMul [1024, 2048] (an FFN's first MatMul: the output is wider than x)."""
+    w = (np.random.default_rng(7).standard_normal((K, 2 * K)) / K ** 0.5).astype(np.float32)
+    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"], name="up")], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [M, K])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [M, 2 * K])],
+                              [numpy_helper.from_array(w, "w")])
+    return graphc.load(make_model(graph, opset=13))
+
+
+def test_strong_outliers_of_a_widening_reader_move_into_its_weights(tmp_path):
+    """The split's float MatMul and Add would write the wide output: the 40x channels are moved
+    into the weight (one Mul on x), still far better than plain dynamic."""
+    model = _widening_graph()
+    out, record = _quant(model, "quant{activations=dynamic}", data=_feeds(8, 0))
+    assert record.stats["outlier_channels_scaled"] == len(OUTLIERS) and "outlier_channels_float" not in record.stats
+    assert op_count(out, "MatMul") == 0 and op_count(out, "Gather") == 0 and op_count(out, "MatMulInteger") == 1
+    assert op_count(out, "Mul") == 3   # x / s, and the integer sum's two rescale Muls
+    assert_valid(out, tmp_path)
+    held = _feeds(4, 9)
+    plain, _ = _quant(model, "quant{activations=dynamic outlier-channels=0}", data=_feeds(8, 0))
+    assert sqnr_over(model, out, held) > sqnr_over(model, plain, held) + 5   # measured +7.3 dB
 
 
 def test_outlier_channels_rule():
@@ -262,8 +297,31 @@ def test_static_only_options():
     assert static_only(Quantize.Options()) is None
     model = _graph()
     ctx = Context(model, data=open_data(_feeds(2, 0), model))
-    mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=20.0)), model.graph, ctx)
-    assert mode == "u8" and "error budget" in why
+    # a budget the dynamic mode cannot meet: the static budget search
+    mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=150.0)), model.graph, ctx)
+    assert mode == "u8" and "misses the error budget min-sqnr=150" in why
+    # a budget on the user's metric stays static without measuring
+    mode, why = choose_activations(Quantize(Quantize.Options(max_metric_drop=0.01)), model.graph, ctx)
+    assert mode == "u8" and why == "static: an error budget needs it"
+
+
+def test_budget_met_by_dynamic_gives_dynamic():
+    """A budget on a MatMul model (the dynamic mode's share) that dynamic int8 meets: the result
+    is dynamic (integer MatMuls, no Q/DQ), and it meets the budget on the calibration feeds."""
+    model, feeds = _graph(), _feeds(8, 0, spread=30.0)
+    out, record = _quant(model, "quant{min-cosine=0.999}", data=feeds)
+    why = record.stats["activations_auto"]
+    assert why.startswith("dynamic: meets the error budget min-cosine=0.999"), why
+    assert op_count(out, "MatMulInteger") == 2 and op_count(out, "QuantizeLinear") == 0
+    got = [run(out, f) for f in feeds]
+    ref = [run(model, f) for f in feeds]
+    cos = np.mean([np.sum(g * r, 1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1))
+                   for gs_, rs in zip(got, ref) for g, r in zip(gs_, rs)])
+    assert cos >= 0.999, cos
+    # the same budget out of reach of dynamic: static search (Q/DQ, or every layer float)
+    out, record = _quant(model, "quant{min-sqnr=150}", data=feeds)
+    assert record.stats["activations_auto"].startswith("static: dynamic int8 misses")
+    assert op_count(out, "MatMulInteger") == 0 and op_count(out, "DynamicQuantizeLinear") == 0
 
 
 # -- embedding row scales (passes/quant/embedding.py) ---------------------------------------

@@ -104,6 +104,30 @@ def test_layernorm_site_with_gemm_and_matmul_readers(tmp_path):
     assert not again.modified
 
 
+def test_reader_refused_by_the_shared_weight_checks_keeps_its_weight():
+    """A reader's weight is read through graphc.rewrite.linear_weights: one with a non-finite value is
+    refused and left as it is; the other reader still takes the scale (the refused one reads the
+    LayerNorm's output back through a compensating Mul). Refused alone, the site gives that module's
+    reason."""
+    model, feeds = _gemm_block(), _feeds((16, K))
+    mm = next(n for n in model.graph.nodes if n.name == "mm")
+    mm.inputs[1].values[0, 0] = np.inf
+    refused_before = mm.inputs[1].values.copy()
+    gemm_before = next(n for n in model.graph.nodes if n.name == "gemm").inputs[1].values.copy()
+    _, record = _smooth(model, feeds)
+    assert record.stats == {"smoothed_after_LayerNormalization": 1, "compensating_muls": 1}
+    assert {d["node"] for d in record.details} == {"gemm"}
+    assert np.array_equal(mm.inputs[1].values, refused_before)
+    gemm = next(n for n in model.graph.nodes if n.name == "gemm")
+    assert not np.allclose(gemm.inputs[1].values, gemm_before)
+    assert gemm.inputs[0] is not mm.inputs[0]  # the Gemm reads x / s, the MatMul x again
+    alone, feeds = _block("ln", readers=("MatMul",)), _feeds()
+    alone.graph.nodes[1].inputs[1].values[0, 0] = np.nan
+    _, record = _smooth(alone, feeds)
+    assert not record.modified
+    assert record.skipped == {"weight has non-finite values (NaN or inf)": 1}
+
+
 def test_matmul_with_bias_takes_the_scale():
     model, feeds = _block("matmul", readers=("MatMul", "MatMul")), _feeds()
     reference, record = _smooth(model, feeds)
