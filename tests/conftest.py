@@ -43,3 +43,27 @@ def sweep_recipes(tmp_path) -> list[str]:
                         'samples = 4\n\n[outputs]\nlayer_errors = false\n')
         paths.append(str(path))
     return paths
+
+
+@pytest.fixture
+def shard_calls(monkeypatch):
+    """Calibration shards go to the executor whatever this machine's cores and the first shard's
+    time; the number of shards each call to ``map_shards`` (ranges, channel maxima, moments) sent
+    is recorded, in call order."""
+    import graphc.calib.channel_max as channel_max_module  # lazy: only the shard tests need them
+    import graphc.calib.collect as collect_module
+    import graphc.calib.moments as moments_module
+    import graphc.calib.shards as shards_module
+
+    monkeypatch.setattr(shards_module, "usable_cores", lambda: 8)
+    monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 0.0)
+    calls = []
+    real = shards_module.map_shards
+
+    def spy(fn, shared, shards, desc):
+        calls.append(len(shards))
+        return real(fn, shared, shards, desc)
+
+    for module in (collect_module, channel_max_module, moments_module):
+        monkeypatch.setattr(module, "map_shards", spy)
+    return calls

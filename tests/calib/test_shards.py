@@ -5,9 +5,6 @@ whatever the executor; small data, one worker or a 2-core machine stay in proces
 import numpy as np
 import pytest
 
-import graphc.calib.channel_max as channel_max_module
-import graphc.calib.collect as collect_module
-import graphc.calib.moments as moments_module
 import graphc.calib.shards as shards_module
 from graphc.calib.calibrate import solve_range
 from graphc.calib.channel_max import channel_absmax
@@ -32,24 +29,6 @@ def _feeds(count, seed=0):
             x[0, 0] = 0.0
         feeds.append({"x": x})
     return feeds
-
-
-@pytest.fixture
-def sharding(monkeypatch):
-    """Shards go to the executor whatever this machine's cores and the first shard's time; the
-    calls to ``map_shards`` are recorded."""
-    monkeypatch.setattr(shards_module, "usable_cores", lambda: 8)
-    monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 0.0)
-    calls = []
-    real = shards_module.map_shards
-
-    def spy(fn, shared, shards, desc):
-        calls.append(len(shards))
-        return real(fn, shared, shards, desc)
-
-    monkeypatch.setattr(collect_module, "map_shards", spy)
-    monkeypatch.setattr(channel_max_module, "map_shards", spy)
-    return calls
 
 
 def _chunks(seed):
@@ -147,13 +126,13 @@ def _assert_same_stats(a, b):
         np.testing.assert_array_equal(a[name].histogram.counts, b[name].histogram.counts)
 
 
-def test_sharded_ranges_equal_one_process_bit_for_bit(sharding):
+def test_sharded_ranges_equal_one_process_bit_for_bit(shard_calls):
     feeds = _feeds(3 * SHARD_SIZE + 7)
     with using(LocalExecutor(1)):
         one = collect_stats(_model(), feeds, TENSORS, progress=False)
     with using(LocalExecutor(2)):
         sharded = collect_stats(_model(), feeds, TENSORS, progress=False)
-    assert sharding == [3]  # the first shard here, three on the spawned workers
+    assert shard_calls == [3]  # the first shard here, three on the spawned workers
     _assert_same_stats(sharded, one)
     widths = {s.histogram.width for s in one.values()}
     assert len(widths) > 1  # the tensors' ranges (and shards' widths) differ
@@ -164,25 +143,25 @@ def test_sharded_ranges_equal_one_process_bit_for_bit(sharding):
                     solve_range(one[name], method, symmetric=symmetric)
 
 
-def test_shards_run_here_when_the_executor_does_not_pay(sharding, monkeypatch):
+def test_shards_run_here_when_the_executor_does_not_pay(shard_calls, monkeypatch):
     monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 1e9)
     feeds = _feeds(2 * SHARD_SIZE + 3)
     with using(LocalExecutor(2)):
         here = collect_stats(_model(), feeds, TENSORS, histograms=False, progress=False)
     with using(LocalExecutor(1)):
         one = collect_stats(_model(), feeds, TENSORS, histograms=False, progress=False)
-    assert sharding == []
+    assert shard_calls == []
     _assert_same_stats(here, one)
 
 
-def test_sharded_channel_maxima_equal_one_process(sharding):
+def test_sharded_channel_maxima_equal_one_process(shard_calls):
     feeds = _feeds(2 * SHARD_SIZE + 9, seed=3)
     tensors = {"x": 1, "y": 1, "n": -1}
     with using(LocalExecutor(1)):
         one = channel_absmax(_model(), feeds, tensors)
     with using(LocalExecutor(2)):
         sharded = channel_absmax(_model(), feeds, tensors)
-    assert sharding == [2]
+    assert shard_calls == [2]
     assert list(sharded) == list(one)
     for name in one:
         assert sharded[name].dtype == one[name].dtype
@@ -213,8 +192,7 @@ REQUESTS = {"conv": ("x", Layout.conv((3, 3), pads=(1, 1, 1, 1))), "rows": ("r",
             "channels": ("r", Layout.channels())}
 
 
-def test_sharded_moments_are_the_same_bytes_on_every_executor(sharding, monkeypatch):
-    monkeypatch.setattr(moments_module, "map_shards", sharding_spy(sharding))
+def test_sharded_moments_are_the_same_bytes_on_every_executor(shard_calls, monkeypatch):
     feeds = _moment_feeds(2 * SHARD_SIZE + 11)
     results = {}
     for workers in (1, 2):
@@ -222,7 +200,7 @@ def test_sharded_moments_are_the_same_bytes_on_every_executor(sharding, monkeypa
             counts = {}
             results[workers] = (second_moments(_moment_model(), feeds, REQUESTS, counts_out=counts), counts,
                                 channel_moments(_moment_model(), feeds, {"x": 1, "r": 1}))
-    assert sharding == [2, 2]  # both kinds of sums went to the workers with 2 of them
+    assert shard_calls == [2, 2]  # both kinds of sums went to the workers with 2 of them
     (one, one_counts, one_ch), (two, two_counts, two_ch) = results[1], results[2]
     assert one_counts == two_counts and one_counts["conv"] == len(feeds) * 36
     for key in REQUESTS:
@@ -249,12 +227,3 @@ def test_moments_by_shards_are_within_the_float64_bound_of_one_running_sum():
     assert np.all(np.abs(got - running / rows) <= 2 * bound)
     np.testing.assert_allclose(got, running / rows, rtol=1e-12, atol=0)
     np.testing.assert_allclose(ch.mean_square, np.diag(got), rtol=1e-12, atol=0)
-
-
-def sharding_spy(calls):
-    real = shards_module.map_shards
-
-    def spy(fn, shared, shards, desc):
-        calls.append(len(shards))
-        return real(fn, shared, shards, desc)
-    return spy

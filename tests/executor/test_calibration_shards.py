@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-import graphc.calib.collect as collect_module
 import graphc.calib.shards as shards_module
 from executor_nets import write_case
 from graphc.build import build
@@ -13,23 +12,6 @@ from graphc.executor import LocalExecutor, using
 from graphc.recipe import Recipe
 
 SAMPLES = 3 * shards_module.SHARD_SIZE + 5
-
-
-@pytest.fixture
-def shard_calls(monkeypatch):
-    """Shards go to the executor whatever this machine's cores and the first shard's time; the
-    number of shards sent to it per call is recorded."""
-    monkeypatch.setattr(shards_module, "usable_cores", lambda: 8)
-    monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 0.0)
-    calls = []
-    real = collect_module.map_shards
-
-    def spy(fn, shared, shards, desc):
-        calls.append(len(shards))
-        return real(fn, shared, shards, desc)
-
-    monkeypatch.setattr(collect_module, "map_shards", spy)
-    return calls
 
 
 def quantize(tmp_path, name, calib, executor=None):
