@@ -23,6 +23,8 @@ from graphc.errors import ExecutorError  # noqa: E402
 from test_ray import BUDGET, _build, _pass_record, _stable  # noqa: E402  (same case, same comparison)
 
 START_SECONDS = 90
+#: what Ray's proxy answers when the per-client server it spawned exited at start-up
+SERVER_START_FAILED = "Starting Ray client server failed"
 
 
 def _free_port() -> int:
@@ -96,6 +98,12 @@ def test_quant_budget_through_a_ray_client_is_bit_identical_to_local(ray_head, t
     try:
         remote_bytes, remote = _build(tmp_path, monkeypatch, BUDGET, address, "client")
     except ExecutorError as exc:
+        if SERVER_START_FAILED in str(exc):
+            # Ray's own per-client server process died at start-up on every attempt (seen once in
+            # CI, never here): not a graphc result. Skipped with the head's logs in the reason, so
+            # the run shows it; any other failure, and any difference from local, fails.
+            pytest.skip(f"Ray could not start the client's server on this machine: {exc} | "
+                        f"{' '.join(_head_logs(temp).split())[-600:]}")
         pytest.fail(f"{exc}\n{_head_logs(temp)}")
     quant = _pass_record(remote, "quant")
     assert quant["stats"]["budget_evaluations_run"] > 2 and quant["stats"]["budget_float_layers"] > 0
