@@ -141,6 +141,12 @@ class Quantize(Pass):
             check_options(self)
             check_dynamic_options(self)
 
+        @property
+        def has_budget(self) -> bool:
+            """An error budget is set (min-sqnr, max-top1-drop, min-cosine or max-metric-drop)."""
+            return self.min_sqnr is not None or self.max_top1_drop is not None \
+                or self.min_cosine is not None or self.max_metric_drop is not None
+
     def preparation(self) -> tuple[str, ...]:
         # weights-only rewrites MatMul/Gemm weights alone: no kernel fusion depends on the form
         return self.prepares if self.options.prepare and not self.options.weights_only else ()
@@ -153,9 +159,7 @@ class Quantize(Pass):
         """Without --data, static quantization becomes dynamic (nothing to calibrate) unless an
         option needs the data (an error budget, bias correction)."""
         opts = self.options
-        if opts.min_sqnr is not None or opts.max_top1_drop is not None or opts.min_cosine is not None \
-                or opts.max_metric_drop is not None \
-                or opts.bias_correction:
+        if opts.has_budget or opts.bias_correction:
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
                     "(activation ranges computed at run time; quant{activations=dynamic})")
@@ -181,8 +185,7 @@ class Quantize(Pass):
             result = chosen.run(graph, ctx)
             result.stats["activations_auto"] = why
             return result
-        if self.options.min_sqnr is not None or self.options.max_top1_drop is not None \
-                or self.options.min_cosine is not None or self.options.max_metric_drop is not None:
+        if self.options.has_budget:
             return run_with_budget(Quantizer(self.options), graph, ctx)
         result = Quantizer(self.options).quantize(graph, ctx, result)
         # LSTMs have no static integer kernel: their weights go int8 the dynamic way here too

@@ -219,8 +219,7 @@ def check_dynamic_options(options) -> None:
         return
     if options.weights_only:
         raise ValueError("activations=dynamic quantizes activations; it cannot be combined with weights-only=true")
-    if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
-            or options.max_metric_drop is not None or options.bias_correction:
+    if options.has_budget or options.bias_correction:
         raise ValueError("activations=dynamic calibrates nothing; it cannot be combined with min-sqnr, "
                          "max-top1-drop, min-cosine, max-metric-drop or bias-correction")
     if options.bits != 8 or options.weights != "s8":

@@ -52,11 +52,6 @@ DYNAMIC_SHARE = 0.5
 MAX_FEEDS = 32
 
 
-def has_budget(options) -> bool:
-    return options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
-        or options.max_metric_drop is not None
-
-
 def without_budget(options, activations: str):
     """``options`` with ``activations`` and no error budget (the dynamic mode takes none)."""
     return dataclasses.replace(options, activations=activations, min_sqnr=None, max_top1_drop=None,
@@ -66,7 +61,7 @@ def without_budget(options, activations: str):
 def static_only(options) -> str | None:
     """The option that needs static quantization, or None (an error budget: see
     :func:`choose_activations`)."""
-    if has_budget(options):
+    if options.has_budget:
         return "an error budget"
     if options.bias_correction:
         return "bias-correction"
@@ -97,7 +92,7 @@ def choose_activations(quant_pass, graph: gs.Graph, ctx: Context) -> tuple[str, 
     """(``"dynamic"`` or ``"u8"``, why) for ``activations=auto`` with calibration data."""
     options = quant_pass.options
     forced = static_only(options)
-    budget = forced == "an error budget" and options.max_metric_drop is None
+    budget = options.has_budget and options.max_metric_drop is None
     if forced is not None and not budget:
         return "u8", f"static: {forced} needs it"
     share, total = dynamic_share(options, graph, ctx.cost_shapes())

@@ -298,7 +298,6 @@ def check_options(options) -> None:
     if options.bits not in (4, 8):
         raise ValueError(f"weights-only=true takes bits=8 (int8 DequantizeLinear) or bits=4 "
                          f"(int4 block-wise DequantizeLinear or MatMulNBits), not bits={options.bits}")
-    if options.min_sqnr is not None or options.max_top1_drop is not None or options.min_cosine is not None \
-            or options.max_metric_drop is not None or options.bias_correction:
+    if options.has_budget or options.bias_correction:
         raise ValueError("weights-only=true cannot be combined with min-sqnr, max-top1-drop, min-cosine, "
                          "max-metric-drop or bias-correction")
