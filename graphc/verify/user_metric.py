@@ -79,14 +79,32 @@ class UserMetric:
         metric has no counts); see :mod:`graphc.verify.metric_bound`."""
         if not self.has_counts:
             return None
+        ref, cand = self.counts(reference, reference, labels), self.counts(reference, candidate, labels)
+        return counts_drop_bound(cand, ref, confidence, labelled=labels is not None)
+
+    def counts(self, reference: list[dict[str, np.ndarray]], candidate: list[dict[str, np.ndarray]],
+               labels: Any = None) -> tuple[np.ndarray, np.ndarray]:
+        """``function.counts``: per-sample errors and opportunities of the candidate."""
         try:
-            ref = self.function.counts(reference, reference, labels, **dict(self.args))
-            cand = self.function.counts(reference, candidate, labels, **dict(self.args))
+            errors, totals = self.function.counts(reference, candidate, labels, **dict(self.args))
         except Exception as exc:  # the user's code: any exception becomes one line
             raise MetricError(f"metric {self.spec} counts raised {type(exc).__name__}: {_first_line(exc)}") from None
-        if labels is None:  # the reference is the truth: its rate is 0, the candidate's its disagreement
-            return rate_upper(*cand, confidence) - pooled_rate(ref)
-        return paired_bootstrap_upper(cand, ref, confidence)
+        return np.asarray(errors), np.asarray(totals)
+
+
+def counts_rate(counts: tuple[Any, Any]) -> float:
+    """The pooled rate ``sum e / sum t`` of per-sample counts, not clipped (a CER can pass 1): a
+    counts metric's score is this rate (``1 - rate`` when higher is better)."""
+    e, t = float(np.sum(counts[0])), float(np.sum(counts[1]))
+    return (0.0 if e == 0 else 1.0) if t == 0 else e / t
+
+
+def counts_drop_bound(candidate: tuple[Any, Any], reference: tuple[Any, Any], confidence: float,
+                      labelled: bool) -> float:
+    """Upper ``confidence`` bound of the drop from per-sample counts (:mod:`graphc.verify.metric_bound`)."""
+    if not labelled:  # the reference is the truth: its rate is 0, the candidate's its disagreement
+        return rate_upper(*candidate, confidence) - pooled_rate(reference)
+    return paired_bootstrap_upper(candidate, reference, confidence)
 
 
 def load_metric(spec: str, args: Iterable[str] = ()) -> UserMetric:

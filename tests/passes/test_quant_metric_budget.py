@@ -150,3 +150,32 @@ def test_a_margin_wider_than_the_budget_is_recorded_and_warned(caplog):
                           _feeds(), _eval_feeds())
     assert 0 < wide.stats["budget_metric_margin_all_quantized"] < 0.5
     assert not [r for r in caplog.records if "sampling noise" in r.getMessage()]
+
+
+@pytest.mark.parametrize("chunk", [5, 64])
+def test_counting_in_chunks_gives_the_counts_of_all_outputs_at_once(monkeypatch, chunk):
+    # 12 evaluation feeds counted 5 at a time (chunks of 5, 5, 2, labels cut with them) or at once:
+    # the drop and its paired-bootstrap bound are those of the whole outputs' counts
+    from graphc.passes.quant import evaluations
+    from graphc.verify.metric_bound import paired_bootstrap_upper
+    from graphc.verify.scores import reference_outputs
+    from user_metrics import _argmax_counts
+
+    monkeypatch.setattr(evaluations, "COUNTS_CHUNK", chunk)
+    evaluation = _eval_feeds()
+    model = _chain()
+    reference = model.copy()
+    float_out = [{"y": o[0]} for o in reference_outputs(reference, evaluation)]
+    rng = np.random.default_rng(3)
+    labels = np.stack([np.argmax(f["y"], axis=1) for f in float_out])
+    moved = rng.random(labels.shape) < np.linspace(0.0, 0.3, len(labels))[:, None, None, None]
+    labels[moved] = (labels[moved] + 1) % 16  # errors that differ from feed to feed
+    manager = graphc.PassManager("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.05}",
+                                 data=open_data(_feeds(), model), metric=load_metric("user_metrics:argmax_error"),
+                                 evaluation=open_data(evaluation, model), evaluation_labels=labels)
+    s = manager.run(model).records[-1].stats
+    got = [{"y": o[0]} for o in reference_outputs(model, evaluation)]
+    cand, ref = _argmax_counts(float_out, got, labels), _argmax_counts(float_out, float_out, labels)
+    assert s["budget_metric_drop"] == pytest.approx(cand[0].sum() / cand[1].sum() - ref[0].sum() / ref[1].sum(),
+                                                    abs=1e-6)
+    assert s["budget_metric_drop_bound"] == pytest.approx(paired_bootstrap_upper(cand, ref, 0.95), abs=1e-6)
