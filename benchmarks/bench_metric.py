@@ -55,17 +55,16 @@ evaluations), so this section does not use it; making the correction cheap insid
 left open.
 
 The first run on 1000 lines (session 7, 2 cores shared with other jobs, load 6-7, so no clean
-timing): the CER budget kept 3 of 30 layers float (the bisection reached 22, the leave-out
-quantized 19 of them again) plus 12 ops the speed model moved, its drop on the evaluation lines
--0.03 pt with 95% bound +0.20 pt; held out (seed 99, 2000 lines, measured by the same counting
-outside the section) +0.23 pt (s.e. 0.10) against the float model's 5.64%, within 0.3 - by one
-standard error, so a single run does not show it lands under 0.3 every time - and the SQNR
-budget's model +0.16 (0.06), as before; speed 2.74x the float model against the SQNR budget's
-1.65x (its model 1.66x faster, same alternation, loaded machine). On the evaluation lines one
-layer more or less quantized moves the drop by up to 0.5 pt in either direction (not additive),
-which is why the leave-out can quantize so many layers again. That run's build took about 34 min
-(the whole section did not finish before the session's deadline); 300 lines took 115 s on a quiet
-machine unbatched.
+timing; its BENCHMARKS.md section): the CER budget kept 3 of 30 layers float (the bisection reached 22,
+the leave-out quantized 19 of them again) plus 12 ops the speed model moved, its drop on the
+evaluation lines -0.03 pt with 95% bound +0.20 pt; held out (seed 99, 2000 lines) +0.23 pt (s.e.
+0.10) against the float model's 5.64%, within 0.3 - by about one standard error, so one run does
+not show that it lands under 0.3 every time - and the SQNR budget's model +0.16 (0.06), as
+before; the CER budget's model 1.52x faster than the SQNR budget's (same alternation; 1.66x in a
+separate timing). On the evaluation lines one layer more or less quantized moves the drop by up
+to 0.5 pt in either direction (not additive), which is why the leave-out can quantize so many
+layers again. That build took 2052 s under that load (the whole section 2809 s); 300 lines took
+115 s on a quiet machine, unbatched - not comparable, and no A/B on a quiet machine was made.
 
 Speed: the float model and both results timed in one alternation (2 threads, medians of per-round
 ratios, ``graphc.bench.compare_all``); the metric budget's result is paired with the SQNR budget's
