@@ -8,9 +8,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
+import onnx_graphsurgeon as gs
+
 import graphc
 from graphc.passmanager import PassManager
-from support import assert_same_outputs, assert_valid, make_model, op_count, random_feeds
+from support import assert_same_outputs, assert_valid, make_model, op_count, random_feeds, run
 
 RTOL, ATOL = 1e-5, 1e-6
 K = 16
@@ -162,3 +164,56 @@ def test_different_k_inputs_do_not_merge():
               for n, v in (("s0", [0]), ("s1", [8]), ("ax", [-1]))]
     model, record = _merge(_model(nodes, inits, ["y0", "y1"]))
     assert not record.modified and op_count(model, "MatMul") == 2
+
+
+# -- with quant{activations=dynamic}: the merged weight keeps each column's scale -------------------
+
+
+def _outlier_feeds(n, seed, outliers=(3, 11), factor=30.0):
+    rng = np.random.default_rng(seed)
+    feeds = []
+    for _ in range(n):
+        x = rng.standard_normal((2, 5, K)).astype(np.float32)
+        x[..., list(outliers)] *= factor
+        feeds.append({"x": x})
+    return feeds
+
+
+def _dynamic(model, pipeline, data):
+    from graphc.calib.data import open_data
+
+    model = model.copy()
+    report = PassManager(pipeline, data=open_data(data, model) if data is not None else None,
+                         prepare=False).run(model)
+    return model, report.records[-1]
+
+
+def _scales(model):
+    return {t.name: t.values for t in model.graph.tensors().values()
+            if isinstance(t, gs.Constant) and t.name.endswith("_weight_scale")}
+
+
+@pytest.mark.parametrize("factor", [1.0, 5.0, 30.0])  # no outliers, mild ones (moved into W), strong
+def test_merged_then_dynamic_equals_dynamic_per_sibling(tmp_path, factor):
+    """Per-column int8 scales of the merged weight are the siblings' scales side by side, the
+    outlier channels found on x are the same, and the quantized outputs agree with quantizing each
+    sibling alone (the same integer sums, rescaled the same way). Widening siblings (``N_i >= K``,
+    as attention's Q/K/V): strong outliers move into the weights either way (outliers.py splits
+    only for narrowing readers, and the merged reader is judged by its merged width)."""
+    proto = _siblings(n=(16, 24, 16))
+    base = graphc.load(proto)
+    data = _outlier_feeds(6, 0, factor=factor)
+    dyn = "quant{activations=dynamic placement=all}"
+    alone, rec_alone = _dynamic(base, dyn, data)
+    merged, rec_merged = _dynamic(base, f"merge-matmuls,{dyn}", data)
+    assert op_count(alone, "MatMulInteger") == 3 and op_count(merged, "MatMulInteger") == 1
+    assert op_count(merged, "Split") == 1
+    outlier_keys = ("outlier_channels_float", "outlier_channels_scaled")
+    assert {k: rec_alone.stats.get(k) for k in outlier_keys} == {k: rec_merged.stats.get(k) for k in outlier_keys}
+    per_sibling = [v for name, v in sorted(_scales(alone).items(), key=lambda kv: "qkv".index(kv[0][0]))]
+    (merged_scale,) = _scales(merged).values()
+    np.testing.assert_array_equal(merged_scale, np.concatenate(per_sibling))
+    path = assert_valid(merged, tmp_path)
+    for feed in _outlier_feeds(2, 9, factor=factor):
+        for a, b in zip(run(alone, feed), run(path, feed)):
+            np.testing.assert_allclose(b, a, rtol=1e-5, atol=1e-5 * np.abs(a).max())
