@@ -16,20 +16,16 @@ one; otherwise the Adds stay on the Split's outputs.
 
 Why. Each quantized sibling quantizes the same activation and runs its own integer kernel; the
 merged one quantizes once and runs one wider kernel (onnxruntime fuses the dynamic form into
-one ``DynamicQuantizeMatMul`` with its bias), which pays where per-kernel overhead dominates:
-short sequences. Per-column weight scales are unchanged by the merge (the merged weight's
+one ``DynamicQuantizeMatMul`` with its bias): fewer kernels, meant for short sequences where
+per-kernel overhead dominates. Per-column weight scales are unchanged by the merge (the merged weight's
 scale vector is the siblings' concatenated), and so are the outlier channels measured on ``x``;
 quant's outlier rule (``passes/quant/outliers.py``) judges the merged MatMul as one reader of
 width ``N_1 + ... + N_n``, so strong outliers of narrowing siblings (``K > N_i``) whose merged
 width is not narrowing move into the weights instead of being split (attention's Q/K/V,
 ``N_i = K``, are not narrowing either way).
 
-Measured on all-MiniLM-L6-v2 (``-p merge-matmuls,quant``, 2 threads, A/B interleaved on a loaded
-2-CPU machine, load 5-11): after onnxruntime's fusions each layer's DynamicQuantizeLinear and
-three MatMulIntegerToFloat become one DynamicQuantizeMatMul and a Split (203 -> 191 nodes, no
-data), but the speed at one sentence did not change measurably (median per-round ratio
-0.99-1.03x over four runs, within the noise); embedding cosine and neighbour agreement are the
-same to 5 digits. So ``quant`` does not run it by itself.
+On all-MiniLM-L6-v2 the merge did not measure faster at one sentence or at sixteen (figures in
+``benchmarks/design_notes.md``), so ``quant`` does not run it by itself.
 
 Left alone: fewer than two siblings; weights that are not constant 2-D float arrays (a weight
 computed at run time, e.g. through a Transpose), a weight another node reads too (merging would
