@@ -24,8 +24,9 @@ width ``N_1 + ... + N_n``, so strong outliers of narrowing siblings (``K > N_i``
 width is not narrowing move into the weights instead of being split (attention's Q/K/V,
 ``N_i = K``, are not narrowing either way).
 
-On all-MiniLM-L6-v2 the merge did not measure faster at one sentence or at sixteen (figures in
-``benchmarks/design_notes.md``), so ``quant`` does not run it by itself.
+On all-MiniLM-L6-v2 the merge measured from slightly slower to slightly faster at one sentence
+and not faster at sixteen, on a loaded machine (figures in ``benchmarks/design_notes.md``), so
+``quant`` does not run it by itself.
 
 Left alone: fewer than two siblings; weights that are not constant 2-D float arrays (a weight
 computed at run time, e.g. through a Transpose), a weight another node reads too (merging would
