@@ -99,19 +99,15 @@ def bias_of(graph: gs.Graph, node: gs.Node) -> tuple[gs.Node | None, np.ndarray 
 
 def sibling_groups(graph: gs.Graph) -> list[list[Sibling]]:
     """Groups (in graph order, two or more) of the scope's MatMuls that read one activation."""
-    by_input: dict[int, list[Sibling]] = {}
+    by_input: dict[tuple[int, str], list[Sibling]] = {}  # (x, weight dtype) -> its siblings
     for node in graph.nodes:
         if not is_standard_op(node, "MatMul") or weight_reason(node) is not None \
                 or isinstance(node.inputs[0], gs.Constant):
             continue
         add, bias = bias_of(graph, node)
-        by_input.setdefault(id(node.inputs[0]), []).append(Sibling(node, node.inputs[1].values, add, bias))
-    groups = []
-    for found in by_input.values():
-        dtypes = {s.weight.dtype for s in found}
-        if len(found) >= 2 and len(dtypes) == 1:
-            groups.append(found)
-    return groups
+        w = node.inputs[1].values
+        by_input.setdefault((id(node.inputs[0]), w.dtype.str), []).append(Sibling(node, w, add, bias))
+    return [found for found in by_input.values() if len(found) >= 2]
 
 
 def merge_group(graph: gs.Graph, group: list[Sibling], names: NameFactory, opset: int) -> gs.Node:
