@@ -116,19 +116,12 @@ def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_pat
         assert (tmp_path / "ray" / folder).read_bytes() == (tmp_path / "local" / folder).read_bytes()
 
 
-def test_sharded_calibration_through_ray_is_bit_identical_to_local(ray_runtime, tmp_path, monkeypatch):
-    import graphc.calib.collect as collect_module
-    import graphc.calib.shards as shards_module
+def test_sharded_calibration_through_ray_is_bit_identical_to_local(ray_runtime, tmp_path, shard_calls):
     from graphc.executor import LocalExecutor, using
     from test_calibration_shards import quantize
 
-    monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 0.0)  # send shards whatever they cost
-    calls = []
-    real = collect_module.map_shards
-    monkeypatch.setattr(collect_module, "map_shards",
-                        lambda fn, shared, shards, desc: calls.append(len(shards)) or real(fn, shared, shards, desc))
     with using(LocalExecutor(1)):
         local = quantize(tmp_path, "local", "kl")
     on_ray = quantize(tmp_path, "ray", "kl", executor="ray")
-    assert calls == [3]  # only the Ray build sent shards (one local worker: in this process)
+    assert shard_calls == [3]  # only the Ray build sent shards (one local worker: in this process)
     assert on_ray == local
