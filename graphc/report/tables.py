@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from graphc.report.units import change, human_bytes, human_count, metric
+from graphc.report.units import MISSING, change, human_bytes, human_count, metric
 
 SUMMARY_HEADER = ["", "before", "after", "change"]
 GATE_HEADER = ["gate", "threshold", "measured", "result"]
@@ -41,8 +41,8 @@ SUMMARY_MEASURES = tuple(m for m in MEASURES if m.key in ("params", "file_bytes"
 
 
 def before_after_row(label: str, fmt: Callable[[Any], str], before: Any, after: Any) -> list[str]:
-    """label, before, after and the relative change."""
-    return [label, fmt(before) if before is not None else "?", fmt(after) if after is not None else "-",
+    """label, before, after and the relative change; a null value is :data:`MISSING` on either side."""
+    return [label, fmt(before) if before is not None else MISSING, fmt(after) if after is not None else MISSING,
             change(before, after)]
 
 
@@ -96,7 +96,7 @@ def _metric_rows(result: dict[str, Any] | None) -> list[list[str]]:
 def _macs(value: Any, partial: bool) -> str:
     """MACs, saying so when dynamic shapes hid some nodes (``--input-shape`` counts them)."""
     if value is None:
-        return "-"
+        return MISSING
     if not partial:
         return human_count(value)
     return f"{human_count(value)} + unknown" if value else "unknown"
