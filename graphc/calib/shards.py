@@ -109,7 +109,7 @@ class ShardedJob(Generic[Part]):
 
     :meth:`run` computes the first shard here, timed; the others go to the executor when that
     pays (:func:`pays`) and the shared value can be built, else they run here too. Where shards
-    ran never changes the result: the parts merge in shard order, exactly as one pass would."""
+    ran never changes the result: the parts merge in shard order, the same on every executor."""
 
     #: what the executor shows and logs ("calibrating", "channel ranges", ...).
     desc: str
