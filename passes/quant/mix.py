@@ -125,6 +125,12 @@ def search(quantizer: Quantizer, graph, ctx: Context, result: PassResult):
     budget.units = candidate_units(quantizer, graph, ctx)
     budget.dynamic = dynamic_layers(graph, opts, ctx.cost_shapes())
     budget.dynamic_options = dynamic_options(opts)
+    return run_search(budget, target, graph, ctx, result)
+
+
+def run_search(budget: Budget, target: Target, graph, ctx: Context, result: PassResult):
+    """Steps 1-5 of the module doc on ``budget``'s layers (its static ``units`` and ``dynamic``
+    MatMul/Gemm); returns what :func:`search` does."""
     layers = list(dict.fromkeys([*budget.units, *budget.dynamic]))
     solo = sensitivity(budget, layers)
     s = Search(budget, target, {n: ladder(n, budget, solo) for n in layers}, solo)
