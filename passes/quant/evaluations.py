@@ -53,7 +53,7 @@ from graphc.passmanager import Context, PassResult
 log = logging.getLogger(__name__)
 
 MAX_FEEDS = 32
-CACHE_VERSION = 5
+CACHE_VERSION = 6  # 6: a MatMul's folded bias Add belongs to its unit
 #: at most this many evaluation samples (--eval-data) a metric budget scores on
 MAX_EVAL_FEEDS = 1000
 

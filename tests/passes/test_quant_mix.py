@@ -246,3 +246,25 @@ def test_static_is_on_the_ladder_only_where_it_measured_more_accurate(monkeypatc
     budget = _Budget({"a": {"dynamic": 0.1, "static": 0.5}}, static="a", dynamic="a")
     s, states, score, _ = _search(budget, 5.0, monkeypatch)
     assert s.ladders == {"a": ("dynamic", "float")} and states == {"a": "dynamic"}
+
+
+def test_a_matmul_s_bias_add_goes_float_or_dynamic_with_it():
+    """The speed model's placement holds a MatMul's bias Add, which the plan folds into the
+    MatMul: it is part of the MatMul's unit, so with the MatMul float or dynamic it is not
+    quantized alone (a Q/DQ pair on the MatMul's output: on all-MiniLM-L6-v2 that alone took the
+    embedding cosine to 0.987 with every layer float)."""
+    from graphc.passes.quant.error_budget import candidate_units
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array((rng.standard_normal((256, 256)) / 16).astype(np.float32), "w"),
+             numpy_helper.from_array(rng.standard_normal(256).astype(np.float32), "b")]
+    nodes = [helper.make_node("MatMul", ["x", "w"], ["h"], name="mm"),
+             helper.make_node("Add", ["h", "b"], ["y"], name="bias")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [64, 256])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [64, 256])], inits)
+    model = graphc.load(make_model(graph, opset=13))
+    feeds = [{"x": rng.standard_normal((64, 256)).astype(np.float32)} for _ in range(4)]
+    ctx = Context(model, data=open_data(feeds, model))
+    quantizer = Quantizer(Quantize.Options(activations="u8", min_sqnr=30, speed_model="builtin"))
+    assert quantizer.speed_positions(ctx.graph, ctx) == frozenset({0, 1})
+    assert candidate_units(quantizer, ctx.graph, ctx) == {"mm": ("mm", "bias")}
