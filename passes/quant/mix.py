@@ -181,14 +181,18 @@ def _trim(s: Search, states: dict[str, str], current: Score):
     """Static ops the speed model finds slower than float next to the float/dynamic layers go
     float when the budget still holds (or when it was not met anyway)."""
     mix = s.mix(states)
-    trimmed = s.budget.speed_trim(mix.float_ops) if mix.float_ops else []
+    trimmed = s.budget.speed_trim(mix.float_ops)
     if not trimmed:
         return states, current, []
     value = s.budget.score_mix([Mix(mix.float_ops + tuple(trimmed), mix.dynamic)])[0]
     log.info("quant budget (mix): %d ops the speed model moves to float too: %s", len(trimmed), describe(value))
-    if s.target.met(value) or not s.target.met(current):
-        return states, value, trimmed
-    return states, current, []
+    if not (s.target.met(value) or not s.target.met(current)):
+        return states, current, []
+    # a static layer whose every op was trimmed is a float layer (the ops left are partial units)
+    gone = set(trimmed)
+    states = {n: FLOAT if v == STATIC and set(s.budget.units[n]) <= gone else v for n, v in states.items()}
+    now_float = set(s.budget.expand(s.mix(states).float_ops))
+    return states, value, [op for op in trimmed if op not in now_float]
 
 
 def _stats(s: Search, states, current: Score, start: Score, trimmed, result: PassResult) -> None:

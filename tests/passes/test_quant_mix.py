@@ -211,6 +211,9 @@ class _Budget:
     def speed_trim(self, float_ops):
         return []
 
+    def expand(self, units):
+        return tuple(op for u in units for op in self.units.get(u, (u,)))
+
 
 def _search(budget, min_sqnr, monkeypatch, costs=None):
     from graphc.passes.quant.error_budget import Target
@@ -268,3 +271,13 @@ def test_a_matmul_s_bias_add_goes_float_or_dynamic_with_it():
     quantizer = Quantizer(Quantize.Options(activations="u8", min_sqnr=30, speed_model="builtin"))
     assert quantizer.speed_positions(ctx.graph, ctx) == frozenset({0, 1})
     assert candidate_units(quantizer, ctx.graph, ctx) == {"mm": ("mm", "bias")}
+
+
+def test_a_static_layer_the_speed_trim_moves_whole_is_reported_float(monkeypatch):
+    """The speed trim moves every op of static layer ``g`` to float (an int8 island between
+    dynamic layers): ``g`` is float in the states, the stats and the written float set."""
+    budget = _Budget({"a": {"dynamic": 0.1}, "g": {"static": 0.1}}, static="g", dynamic="a")
+    budget.speed_trim = lambda float_ops: ["g"] if "g" not in float_ops else []
+    s, states, score, trimmed = _search(budget, 5.0, monkeypatch)
+    assert states == {"a": "dynamic", "g": "float"} and trimmed == ()
+    assert score.sqnr == pytest.approx(10.0)
