@@ -18,7 +18,8 @@ bound (``metric-confidence``, :mod:`graphc.verify.metric_bound`), which the budg
 Mixed evaluations (the per-layer mix of :mod:`graphc.passes.quant.mix`): a :class:`Mix` names
 the static units kept out of the static placement (float or dynamic) and the MatMul/Gemm written
 dynamic on top of the static QDQ model (:func:`write_dynamic`: DynamicQuantizeLinear + MatMulInteger,
-their outlier channels measured once on the calibration data and held in the job). A dynamic
+their outlier channels measured once on the calibration data and held in the job), and with
+``tables`` the embedding tables as int8 rows (:mod:`graphc.passes.quant.embedding`). A dynamic
 MatMul reads float tensors only (a static neighbour's DequantizeLinear output is float), so the
 two forms compose in one graph.
 
@@ -46,6 +47,7 @@ from graphc.errors import PassError
 from graphc.executor import current as current_executor
 from graphc.ir import load, model_bytes
 from graphc.passes.quant.dynamic import DynamicWriter, dynamic_targets
+from graphc.passes.quant.embedding import quantize_embeddings
 from graphc.passes.quant.outliers import OutlierSplit, measure_outliers
 from graphc.passes.quant.quantizer import Quantizer, activation_names
 from graphc.passmanager import Context, PassResult
@@ -164,6 +166,10 @@ class Mix:
 
     float_ops: tuple[str, ...]
     dynamic: tuple[str, ...] = ()
+    tables: bool = False  #: embedding tables (Gather of a constant) as int8 rows
+
+    def key(self) -> str:
+        return EvaluationCache.key_of(self.float_ops, self.dynamic) + ("\0tables" if self.tables else "")
 
 
 def write_dynamic(graph, options, names, outliers: dict, result: PassResult) -> int:
@@ -195,6 +201,8 @@ def evaluate(job: Job, item: tuple[str, ...] | Mix) -> Score:
         positions=job.allowed(model.graph, mix.float_ops))
     if mix.dynamic:
         write_dynamic(model.graph, job.dynamic_options, mix.dynamic, job.outliers, PassResult(modified=False))
+    if mix.tables:
+        quantize_embeddings(model.graph, job.options.exclude, PassResult(modified=False))
     model.graph.cleanup().toposort()
     outputs: list | None = [] if job.metric is not None else None
     score = score_outputs(ctx.model, job.feeds, job.references, label="quantized model (budget)", keep=outputs)
@@ -324,13 +332,12 @@ class Budget:
 
     def score_mix(self, mixes: list[Mix], desc: str = "") -> list[Score]:
         """Scores of per-layer mixes (``float_ops`` as candidate names), cached by their names."""
-        key = lambda m: EvaluationCache.key_of(m.float_ops, m.dynamic)  # noqa: E731
-        todo = list({key(m): m for m in mixes if key(m) not in self.cache.values}.values())
-        self.cache.hits += len({key(m) for m in mixes}) - len(todo)
+        todo = list({m.key(): m for m in mixes if m.key() not in self.cache.values}.values())
+        self.cache.hits += len({m.key() for m in mixes}) - len(todo)
         if todo:
-            items = [Mix(self.expand(m.float_ops), m.dynamic) for m in todo]
+            items = [Mix(self.expand(m.float_ops), m.dynamic, m.tables) for m in todo]
             for m, score in zip(todo, current_executor().map(evaluate, self.job(), items, desc=desc, unit="layer")):
-                self.cache.values[key(m)] = score
+                self.cache.values[m.key()] = score
             self.runs += len(todo)
             self.cache.save()
-        return [self.cache.values[key(m)] for m in mixes]
+        return [self.cache.values[m.key()] for m in mixes]

@@ -38,10 +38,11 @@ executor in force (:mod:`graphc.passes.quant.evaluations`):
    slower than float: the static part by the speed model's cut, each dynamic MatMul by the
    measured break-even.
 
-At most ``2Q + ceil(log2 Q) + 2 <= 4L + log2(2L) + 2`` evaluations.
+6. Embedding tables (Gather of a constant) as int8 rows (:mod:`graphc.passes.quant.embedding`,
+   as the dynamic mode writes them: the file shrinks with the table) when the budget still holds
+   (1 evaluation; a mix with at least one int8 layer).
 
-Embedding tables stay float in a mix (the dynamic mode's int8 tables are a size option, not a
-speed or accuracy one; the budget is spent on the layers).
+At most ``2Q + ceil(log2 Q) + 3 <= 4L + log2(2L) + 3`` evaluations.
 """
 from __future__ import annotations
 
@@ -49,8 +50,12 @@ import dataclasses
 import logging
 from dataclasses import dataclass
 
+import onnx_graphsurgeon as gs
+
 from graphc.errors import PassError
+from graphc.ir import is_standard_op
 from graphc.passes.quant.dynamic import dynamic_targets
+from graphc.passes.quant.embedding import quantize_embeddings
 from graphc.passes.quant.error_budget import Target, candidate_units, describe, layer_costs
 from graphc.passes.quant.evaluations import Budget, Mix, Score, write_dynamic
 from graphc.passes.quant.quantizer import Quantizer
@@ -84,10 +89,11 @@ class Search:
     target: Target
     ladders: dict[str, tuple[str, ...]]
     solo: dict[tuple[str, str], Score]
+    tables: bool = False  #: embedding tables int8 (step 6)
 
     def mix(self, states: dict[str, str]) -> Mix:
         float_units = tuple(sorted(u for u in self.budget.units if states[u] != STATIC))
-        return Mix(float_units, tuple(sorted(n for n, s in states.items() if s == DYNAMIC)))
+        return Mix(float_units, tuple(sorted(n for n, s in states.items() if s == DYNAMIC)), self.tables)
 
     def score(self, states: dict[str, str]) -> Score:
         return self.budget.score_mix([self.mix(states)])[0]
@@ -141,6 +147,7 @@ def run_search(budget: Budget, target: Target, graph, ctx: Context, result: Pass
         states, current = _bisect(s, current)
         states, current = _promote(s, graph, ctx, states, current)
     states, current, trimmed = _trim(s, states, current)
+    current = _tables(s, graph, states, current, trimmed)
     _stats(s, states, current, all_quantized, trimmed, result)
     return s, states, current, tuple(trimmed)
 
@@ -195,6 +202,21 @@ def _trim(s: Search, states: dict[str, str], current: Score):
     return states, value, [op for op in trimmed if op not in now_float]
 
 
+def _tables(s: Search, graph, states: dict[str, str], current: Score, trimmed) -> Score:
+    """Embedding tables as int8 rows when the budget still holds (a mix with a quantized layer)."""
+    has_table = graph is not None and any(is_standard_op(n, "Gather") and isinstance(n.inputs[0], gs.Constant)
+                                          for n in graph.nodes)
+    if not has_table or all(v == FLOAT for v in states.values()) or not s.target.met(current):
+        return current
+    mix = s.mix(states)
+    value = s.budget.score_mix([Mix(mix.float_ops + tuple(trimmed), mix.dynamic, True)])[0]
+    log.info("quant budget (mix): embedding tables int8 too: %s", describe(value))
+    if s.target.met(value):
+        s.tables = True
+        return value
+    return current
+
+
 def _stats(s: Search, states, current: Score, start: Score, trimmed, result: PassResult) -> None:
     counts = {state: sum(1 for v in states.values() if v == state) for state in (STATIC, DYNAMIC, FLOAT)}
     result.stats.update({"budget": s.target.text(), "budget_mix": True, "budget_layers": len(states),
@@ -234,6 +256,7 @@ def run_mixed_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:
     mix = s.mix(states)
     float_ops = s.budget.expand(mix.float_ops) + trimmed
     job = s.budget.job()
+    tables = 0
     if all(v == FLOAT for v in states.values()):
         result = PassResult(modified=False)
         result.skip(f"{s.target.text()}: every layer stays float")
@@ -245,12 +268,16 @@ def run_mixed_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:
             ctx.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
             positions=job.allowed(ctx.graph, float_ops))
         write_dynamic(ctx.graph, job.dynamic_options, mix.dynamic, job.outliers, result)
+        tables = quantize_embeddings(ctx.graph, quantizer.options.exclude, result) if s.tables else 0
+        if tables:
+            result.count("quantized_Gather", tables)
         ctx.graph.cleanup().toposort()
         result.modified = True
         if upgraded:
             result.count("opset_upgraded_to", 13)
     result.stats.update(scratch.stats)
     result.stats["activations"] = "mix"
+    result.stats["budget_embedding_tables_int8"] = tables
     for reason, n in scratch.skipped.items():
         result.skipped[reason] = result.skipped.get(reason, 0) + n
     named = set(states)

@@ -25,7 +25,8 @@ from support import assert_valid, make_model, op_count, run, sqnr_over
 K, N, M, J = 1024, 128, 16, 64
 
 
-def _graph():
+def _graph(table=False):
+    """``table``: an embedding lookup ``e = Gather(T, ids)`` as a fourth output."""
     rng = np.random.default_rng(0)
     w1 = (rng.standard_normal((K, N)) / K ** 0.5).astype(np.float32)
     w2 = (rng.standard_normal((K, N)) / K ** 0.5).astype(np.float32)
@@ -40,6 +41,11 @@ def _graph():
                               [helper.make_tensor_value_info("a", TensorProto.FLOAT, [M, N]),
                                helper.make_tensor_value_info("b", TensorProto.FLOAT, [M, N]),
                                helper.make_tensor_value_info("c", TensorProto.FLOAT, [M, M])], inits)
+    if table:
+        graph.initializer.append(numpy_helper.from_array(rng.standard_normal((2048, J)).astype(np.float32), "T"))
+        graph.node.append(helper.make_node("Gather", ["T", "ids"], ["e"], name="embed", axis=0))
+        graph.input.append(helper.make_tensor_value_info("ids", TensorProto.INT64, [M]))
+        graph.output.append(helper.make_tensor_value_info("e", TensorProto.FLOAT, [M, J]))
     return graphc.load(make_model(graph, opset=13))
 
 
@@ -281,3 +287,16 @@ def test_a_static_layer_the_speed_trim_moves_whole_is_reported_float(monkeypatch
     s, states, score, trimmed = _search(budget, 5.0, monkeypatch)
     assert states == {"a": "dynamic", "g": "float"} and trimmed == ()
     assert score.sqnr == pytest.approx(10.0)
+
+
+def test_embedding_tables_go_int8_when_the_budget_still_holds(tmp_path):
+    """Step 6: the mix's tables as int8 rows (the file shrinks with them), measured within the budget."""
+    model = _graph(table=True)
+    feeds = [dict(f, ids=np.arange(M, dtype=np.int64) * 97 % 2048) for f in _feeds()]
+    out, record = _quant(model, "quant{placement=all min-sqnr=30}", feeds)
+    assert record.stats["budget_embedding_tables_int8"] == record.stats["quantized_Gather"] == 1
+    assert _states(record) == {"good": "dynamic", "bad": "float", "gram": "static"}
+    assert sqnr_over(model, out, feeds) >= 30
+    assert abs(sqnr_over(model, out, feeds) - record.stats["budget_sqnr"]) < 0.05
+    assert len(graphc.save(out, tmp_path / "q.onnx").read_bytes()) < \
+        len(graphc.save(model, tmp_path / "f.onnx").read_bytes()) - 2048 * J * 2
