@@ -38,11 +38,11 @@ executor in force (:mod:`graphc.passes.quant.evaluations`):
    slower than float: the static part by the speed model's cut, each dynamic MatMul by the
    measured break-even.
 
-6. Embedding tables (Gather of a constant) as int8 rows (:mod:`graphc.passes.quant.embedding`,
-   as the dynamic mode writes them: the file shrinks with the table) when the budget still holds
-   (1 evaluation; a mix with at least one int8 layer).
+The embedding tables (every Gather of a constant table) are one more layer, with the ladder
+int8 rows (:mod:`graphc.passes.quant.embedding`, as the dynamic mode writes them: the file
+shrinks with the table), then float.
 
-At most ``2Q + ceil(log2 Q) + 3 <= 4L + log2(2L) + 3`` evaluations.
+At most ``2Q + ceil(log2 Q) + 2 <= 4L + log2(2L) + 2`` evaluations (the tables counted in ``L``).
 """
 from __future__ import annotations
 
@@ -63,8 +63,10 @@ from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
 
-DYNAMIC, STATIC, FLOAT = "dynamic", "static", "float"
-PRECISION = {DYNAMIC: "int8 dynamic", STATIC: "int8 static", FLOAT: "float"}
+DYNAMIC, STATIC, FLOAT, ROWS = "dynamic", "static", "float", "int8 rows"
+PRECISION = {DYNAMIC: "int8 dynamic", STATIC: "int8 static", FLOAT: "float", ROWS: "int8 rows"}
+#: the embedding tables (every Gather of a constant table), one layer of the search
+TABLES = "(embedding tables)"
 
 
 def dynamic_options(options):
@@ -89,11 +91,11 @@ class Search:
     target: Target
     ladders: dict[str, tuple[str, ...]]
     solo: dict[tuple[str, str], Score]
-    tables: bool = False  #: embedding tables int8 (step 6)
 
     def mix(self, states: dict[str, str]) -> Mix:
         float_units = tuple(sorted(u for u in self.budget.units if states[u] != STATIC))
-        return Mix(float_units, tuple(sorted(n for n, s in states.items() if s == DYNAMIC)), self.tables)
+        return Mix(float_units, tuple(sorted(n for n, s in states.items() if s == DYNAMIC)),
+                   states.get(TABLES) == ROWS)
 
     def score(self, states: dict[str, str]) -> Score:
         return self.budget.score_mix([self.mix(states)])[0]
@@ -110,12 +112,16 @@ def sensitivity(budget: Budget, layers: list[str]) -> dict[tuple[str, str], Scor
     """Each layer alone in each of its quantized states (every other layer float)."""
     everything = tuple(sorted(budget.units))
     cases = [(n, STATIC) for n in layers if n in budget.units] + [(n, DYNAMIC) for n in layers if n in budget.dynamic]
-    mixes = [Mix(tuple(u for u in everything if u != n)) if s == STATIC else Mix(everything, (n,)) for n, s in cases]
+    cases += [(TABLES, ROWS)] if TABLES in layers else []
+    mixes = [Mix(tuple(u for u in everything if u != n)) if s == STATIC else
+             Mix(everything, (), True) if s == ROWS else Mix(everything, (n,)) for n, s in cases]
     return dict(zip(cases, budget.score_mix(mixes, desc="quant sensitivity (mix)")))
 
 
 def ladder(name: str, budget: Budget, solo) -> tuple[str, ...]:
     """The layer's states, fastest first, float last (module doc)."""
+    if name == TABLES:
+        return (ROWS, FLOAT)
     rungs = [DYNAMIC] if name in budget.dynamic else []
     if name in budget.units and (not rungs or solo[(name, STATIC)].sqnr > solo[(name, DYNAMIC)].sqnr):
         rungs.append(STATIC)
@@ -137,7 +143,7 @@ def search(quantizer: Quantizer, graph, ctx: Context, result: PassResult):
 def run_search(budget: Budget, target: Target, graph, ctx: Context, result: PassResult):
     """Steps 1-5 of the module doc on ``budget``'s layers (its static ``units`` and ``dynamic``
     MatMul/Gemm); returns what :func:`search` does."""
-    layers = list(dict.fromkeys([*budget.units, *budget.dynamic]))
+    layers = list(dict.fromkeys([*budget.units, *budget.dynamic])) + ([TABLES] if has_tables(graph) else [])
     solo = sensitivity(budget, layers)
     s = Search(budget, target, {n: ladder(n, budget, solo) for n in layers}, solo)
     start = {n: s.ladders[n][0] for n in layers}
@@ -147,7 +153,6 @@ def run_search(budget: Budget, target: Target, graph, ctx: Context, result: Pass
         states, current = _bisect(s, current)
         states, current = _promote(s, graph, ctx, states, current)
     states, current, trimmed = _trim(s, states, current)
-    current = _tables(s, graph, states, current, trimmed)
     _stats(s, states, current, all_quantized, trimmed, result)
     return s, states, current, tuple(trimmed)
 
@@ -202,24 +207,16 @@ def _trim(s: Search, states: dict[str, str], current: Score):
     return states, value, [op for op in trimmed if op not in now_float]
 
 
-def _tables(s: Search, graph, states: dict[str, str], current: Score, trimmed) -> Score:
-    """Embedding tables as int8 rows when the budget still holds (a mix with a quantized layer)."""
-    has_table = graph is not None and any(is_standard_op(n, "Gather") and isinstance(n.inputs[0], gs.Constant)
-                                          for n in graph.nodes)
-    if not has_table or all(v == FLOAT for v in states.values()) or not s.target.met(current):
-        return current
-    mix = s.mix(states)
-    value = s.budget.score_mix([Mix(mix.float_ops + tuple(trimmed), mix.dynamic, True)])[0]
-    log.info("quant budget (mix): embedding tables int8 too: %s", describe(value))
-    if s.target.met(value):
-        s.tables = True
-        return value
-    return current
+def has_tables(graph) -> bool:
+    """The graph has a Gather of a constant table (an embedding lookup; None: no graph)."""
+    return graph is not None and any(is_standard_op(n, "Gather") and isinstance(n.inputs[0], gs.Constant)
+                                     for n in graph.nodes)
 
 
 def _stats(s: Search, states, current: Score, start: Score, trimmed, result: PassResult) -> None:
-    counts = {state: sum(1 for v in states.values() if v == state) for state in (STATIC, DYNAMIC, FLOAT)}
-    result.stats.update({"budget": s.target.text(), "budget_mix": True, "budget_layers": len(states),
+    layers = {n: v for n, v in states.items() if n != TABLES}
+    counts = {state: sum(1 for v in layers.values() if v == state) for state in (STATIC, DYNAMIC, FLOAT)}
+    result.stats.update({"budget": s.target.text(), "budget_mix": True, "budget_layers": len(layers),
                          "budget_static_layers": counts[STATIC], "budget_dynamic_layers": counts[DYNAMIC],
                          "budget_float_layers": counts[FLOAT], "budget_speed_trimmed": len(trimmed),
                          "budget_sqnr_start": round(start.sqnr, 2), "budget_sqnr": round(current.sqnr, 2),
@@ -268,7 +265,7 @@ def run_mixed_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:
             ctx.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
             positions=job.allowed(ctx.graph, float_ops))
         write_dynamic(ctx.graph, job.dynamic_options, mix.dynamic, job.outliers, result)
-        tables = quantize_embeddings(ctx.graph, quantizer.options.exclude, result) if s.tables else 0
+        tables = quantize_embeddings(ctx.graph, quantizer.options.exclude, result) if mix.tables else 0
         if tables:
             result.count("quantized_Gather", tables)
         ctx.graph.cleanup().toposort()

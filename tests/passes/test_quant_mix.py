@@ -290,12 +290,13 @@ def test_a_static_layer_the_speed_trim_moves_whole_is_reported_float(monkeypatch
 
 
 def test_embedding_tables_go_int8_when_the_budget_still_holds(tmp_path):
-    """Step 6: the mix's tables as int8 rows (the file shrinks with them), measured within the budget."""
+    """The embedding tables are one more layer of the search (int8 rows, then float): int8 here,
+    the file shrinks with them, measured within the budget."""
     model = _graph(table=True)
     feeds = [dict(f, ids=np.arange(M, dtype=np.int64) * 97 % 2048) for f in _feeds()]
     out, record = _quant(model, "quant{placement=all min-sqnr=30}", feeds)
     assert record.stats["budget_embedding_tables_int8"] == record.stats["quantized_Gather"] == 1
-    assert _states(record) == {"good": "dynamic", "bad": "float", "gram": "static"}
+    assert _states(record) == {"good": "dynamic", "bad": "float", "gram": "static", "(embedding tables)": "int8 rows"}
     assert sqnr_over(model, out, feeds) >= 30
     assert abs(sqnr_over(model, out, feeds) - record.stats["budget_sqnr"]) < 0.05
     assert len(graphc.save(out, tmp_path / "q.onnx").read_bytes()) < \
