@@ -52,7 +52,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
-from graphc.errors import PassError
+from graphc.errors import DataError, PassError
 from graphc.ir import is_standard_op
 from graphc.passes.quant.dynamic import dynamic_targets
 from graphc.passes.quant.embedding import quantize_embeddings
@@ -148,6 +148,9 @@ def run_search(budget: Budget, target: Target, graph, ctx: Context, result: Pass
     s = Search(budget, target, {n: ladder(n, budget, solo) for n in layers}, solo)
     start = {n: s.ladders[n][0] for n in layers}
     states, current = start, s.score(start)
+    if target.max_top1_drop is not None and current.disagreement is None:
+        raise DataError("quant: max-top1-drop needs a model output with class scores ([N, C] or "
+                        "[N, T, C] floats); this model has none - use min-sqnr or min-cosine")
     all_quantized = current
     if not target.met(current):
         states, current = _bisect(s, current)
