@@ -16,8 +16,12 @@ from onnx import TensorProto, helper, numpy_helper
 import graphc
 from graphc.calib.data import open_data
 from graphc.executor import LocalExecutor, using
+from graphc.ir import node_macs
 from graphc.passes.quant import Quantize
 from graphc.passes.quant import mix as MX
+from graphc.passes.quant.dynamic import MIN_MACS
+from graphc.passes.quant.error_budget import Target, candidate_units
+from graphc.passes.quant.evaluations import Score
 from graphc.passes.quant.quantizer import Quantizer
 from graphc.passmanager import Context, PassResult
 from support import assert_valid, make_model, op_count, run, sqnr_over
@@ -173,9 +177,6 @@ def test_auto_placement_mix_is_not_slower_than_float_by_its_guards():
     """placement=auto: every dynamic layer reaches the dynamic break-even (MIN_MACS at the cost
     shapes) and the static part is the speed model's own cut with the other layers float (the
     speed trim finds nothing more to move)."""
-    from graphc.ir import node_macs
-    from graphc.passes.quant.dynamic import MIN_MACS
-
     model, feeds = _graph(), _feeds()
     ctx = Context(model.copy(), data=open_data(feeds, model))
     ctx.require_opset(13)
@@ -207,8 +208,6 @@ class _Budget:
         return "static" if name in self.units and name not in mix.float_ops else "float"
 
     def score_mix(self, mixes, desc=""):
-        from graphc.passes.quant.evaluations import Score
-
         self.runs += len(mixes)
         self.asked += [{n: self.state(m, n) for n in self.noise} for m in mixes]
         noise = [sum(self.noise[n].get(self.state(m, n), 0.0) for n in self.noise) for m in mixes]
@@ -222,8 +221,6 @@ class _Budget:
 
 
 def _search(budget, min_sqnr, monkeypatch, costs=None):
-    from graphc.passes.quant.error_budget import Target
-
     monkeypatch.setattr(MX, "layer_costs", lambda graph, ctx, names: costs or {})
     return MX.run_search(budget, Target(min_sqnr, None), None, None, PassResult(modified=False))
 
@@ -262,8 +259,6 @@ def test_a_matmul_s_bias_add_goes_float_or_dynamic_with_it():
     MatMul: it is part of the MatMul's unit, so with the MatMul float or dynamic it is not
     quantized alone (a Q/DQ pair on the MatMul's output: on all-MiniLM-L6-v2 that alone took the
     embedding cosine to 0.987 with every layer float)."""
-    from graphc.passes.quant.error_budget import candidate_units
-
     rng = np.random.default_rng(0)
     inits = [numpy_helper.from_array((rng.standard_normal((256, 256)) / 16).astype(np.float32), "w"),
              numpy_helper.from_array(rng.standard_normal(256).astype(np.float32), "b")]
