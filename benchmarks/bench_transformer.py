@@ -11,6 +11,9 @@ downloaded). Variants, each made from the float model:
   (default options; the CLI, as a user runs it);
 - ``graphc quant, no data``: ``graphc opt enc.onnx -p quant -o out.onnx`` (its one-line notice
   is quoted below the table);
+- ``graphc merge-matmuls,quant --data``: the same with attention's Q/K/V MatMuls merged into
+  one first (``-p merge-matmuls,quant``; not quant's default: the line below the verdicts says
+  whether it measured faster than ``-p quant --data`` in this run);
 - ``ort quantize_dynamic`` with its defaults and with ``per_channel=True`` (int8 weights);
 - ``ort quantize_static`` with its defaults (QDQ, per-tensor, MinMax) on the same 64 calibration
   sentences, fed one at a time.
@@ -55,6 +58,7 @@ THREADS = 2
 BATCH = 16
 ROUNDS = {"16 sentences": 40, "1 sentence": 150}
 GRAPHC, ORT_PC = "graphc quant --data", "ort quantize_dynamic per_channel"
+MERGED = "graphc merge-matmuls,quant --data"
 NEEDS = ("torch", "tokenizers", "safetensors", "all_minilm_l6_v2")
 #: float top-2 cosine gap below which a sentence's nearest neighbour counts as near-tied
 TIE = 0.01
@@ -73,9 +77,9 @@ def build_encoder() -> Path:
     return build_encoder.build(build_encoder.default_out())
 
 
-def graphc_cli(model: Path, out: Path, data: Path | None) -> tuple[bytes, str]:
-    """The model ``graphc opt model -p quant [--data data] -o out`` writes, and its stderr."""
-    cmd = [sys.executable, "-m", "graphc.cli", "opt", str(model), "-p", "quant", "-o", str(out)]
+def graphc_cli(model: Path, out: Path, data: Path | None, pipeline: str = "quant") -> tuple[bytes, str]:
+    """The model ``graphc opt model -p PIPELINE [--data data] -o out`` writes, and its stderr."""
+    cmd = [sys.executable, "-m", "graphc.cli", "opt", str(model), "-p", pipeline, "-o", str(out)]
     cmd += ["--data", str(data)] if data is not None else []
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
@@ -151,6 +155,7 @@ def variants(folder: Path, tmp: Path) -> tuple[dict[str, bytes], str]:
     out: dict[str, bytes] = {"float": model.read_bytes()}
     out[GRAPHC], _ = graphc_cli(model, tmp / "g_data.onnx", calib)
     out["graphc quant, no data"], notice = graphc_cli(model, tmp / "g_nodata.onnx", None)
+    out[MERGED], _ = graphc_cli(model, tmp / "g_merged.onnx", calib, pipeline="merge-matmuls,quant")
     out["ort quantize_dynamic"] = ort_dynamic(model, tmp / "ort_dyn.onnx", False)
     out[ORT_PC] = ort_dynamic(model, tmp / "ort_dyn_pc.onnx", True)
     out["ort quantize_static"] = ort_static(model, tmp / "ort_static.onnx", dict(np.load(calib)))
@@ -179,6 +184,9 @@ def measure(models: dict[str, bytes], held: dict) -> dict[str, dict]:
         direct = np.asarray(stats[ORT_PC].times_ms) / np.asarray(stats[GRAPHC].times_ms)
         rows[GRAPHC].setdefault("vs_ort", {})[feed_label] = (float(np.median(direct)),
                                                              *np.percentile(direct, [25, 75]))
+        merged = np.asarray(stats[GRAPHC].times_ms) / np.asarray(stats[MERGED].times_ms)
+        rows[MERGED].setdefault("vs_graphc", {})[feed_label] = (float(np.median(merged)),
+                                                                *np.percentile(merged, [25, 75]))
     return rows
 
 
@@ -211,6 +219,21 @@ def verdict(rows: dict[str, dict]) -> str:
     return "\n".join(f"- {'met' if ok else 'MISSED'}: {text}" for text, ok in checks)
 
 
+def merge_line(rows: dict[str, dict]) -> str:
+    """Whether merging Q/K/V first measured faster than ``-p quant --data`` in this run."""
+    m = rows[MERGED]
+    parts = []
+    for f in ROUNDS:
+        r, lo, hi = m["vs_graphc"][f]
+        parts.append(f"{'faster' if lo > 1.0 else 'slower' if hi < 1.0 else 'no clear difference'} on {f} "
+                     f"({r:.3f}x [{lo:.3f}-{hi:.3f}])")
+    same = abs(m["cosine"] - rows[GRAPHC]["cosine"]) < 1e-4 and m["nn"] == rows[GRAPHC]["nn"]
+    return (f"`-p merge-matmuls,quant --data` against `-p quant --data` (median of per-round ratios, "
+            f"[25th-75th percentile]; faster or slower only when the whole interquartile range is on one "
+            f"side of 1): {'; '.join(parts)}; accuracy {'the same' if same else 'differs'} "
+            f"(cosine {m['cosine']:.5f} vs {rows[GRAPHC]['cosine']:.5f}, NN {m['nn']:.3f} vs {rows[GRAPHC]['nn']:.3f}).")
+
+
 def tie_count(model: bytes, held: dict) -> int:
     e = embeddings(model, sentences(held))
     e = e / np.linalg.norm(e, axis=1, keepdims=True)
@@ -239,6 +262,7 @@ def run() -> str:
         f"{load_before:.1f} before and {load_after:.1f} after. {ties} of the {held['input_ids'].shape[0]} "
         f"held-out sentences have two nearest neighbours within {TIE} cosine of each other under float "
         f"(near-ties; the \"clear\" column leaves them out).\n\n" + table(rows) + "\n\n" + verdict(rows)
+        + "\n\n" + merge_line(rows)
         + f"\n\n`-p quant` without data says: `{notice.strip()}`\n"
     )
 

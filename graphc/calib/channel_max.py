@@ -11,14 +11,13 @@ end for them (a Loop stacks its iterations on a new leading axis). A tensor that
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from typing import Iterable, Mapping
 
 import numpy as np
 
-from graphc.errors import DataError, OutputError
-from graphc.calib.shards import map_shards, pays, shards_of
+from graphc.errors import DataError
+from graphc.calib.shards import ShardedJob, shards_of
 from graphc.ir.model import Model, load, model_bytes
 from graphc.ir.outputs import with_outputs
 from graphc.progress import progress
@@ -68,25 +67,16 @@ def merge_absmax(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
 
 
 def _sharded(model: Model, shards, tensors: dict[str, int]) -> dict[str, np.ndarray]:
-    """The first shard here, timed; the others on the executor when that pays, else here."""
-    start = time.perf_counter()
-    first, _ = _absmax(model, shards[0], tensors, None, True)
-    rest = shards[1:]
-    job = _job(model, tensors) if pays(time.perf_counter() - start, len(rest)) else None
-    if job is not None:
-        parts = map_shards(absmax_shard, job, rest, desc="channel ranges")
-    else:
-        parts = [_absmax(model, [feed for shard in rest for feed in shard], tensors, None, True)[0]]
+    """The shards' maxima (:class:`graphc.calib.shards.ShardedJob`), merged exactly."""
+    found = ShardedJob(
+        desc="channel ranges",
+        here=lambda feeds: _absmax(model, feeds, tensors, None, True)[0],
+        task=absmax_shard,
+        shared=lambda: AbsmaxJob(model_bytes(model), tensors),
+        merge=merge_absmax,
+    ).run(shards)
     log.info("channel ranges of %d tensor(s) over %d feed(s)", len(tensors), sum(map(len, shards)))
-    return merge_absmax([first] + parts)
-
-
-def _job(model: Model, tensors: dict[str, int]) -> AbsmaxJob | None:
-    """The executor's job, or None when the model cannot be serialized in memory (> 2 GiB)."""
-    try:
-        return AbsmaxJob(model_bytes(model), tensors)
-    except OutputError:
-        return None
+    return found
 
 
 def _absmax(model: Model, data, tensors: Mapping[str, int], max_samples: int | None,

@@ -27,7 +27,6 @@ import logging
 import math
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from typing import Any, Iterable, Sequence
@@ -35,8 +34,8 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 
 from graphc.calib.ranges import NUM_BINS, SignedHistogram
-from graphc.calib.shards import map_shards, pays, shards_of
-from graphc.errors import DataError, OutputError
+from graphc.calib.shards import ShardedJob, shards_of
+from graphc.errors import DataError
 from graphc.ir.model import Model, load, model_bytes
 from graphc.ir.outputs import with_outputs
 from graphc.ir.shapes import infer_shapes
@@ -233,25 +232,15 @@ class ShardJob:
 
 def _collect_sharded(model: Model, shards: list[list[dict[str, np.ndarray]]], job: ShardJob,
                      progress: bool | None) -> dict[str, RangeCollector]:
-    """The first shard in this process, timed; the others on the executor when that pays
-    (:func:`graphc.calib.shards.pays`), else here. The merge is exact: where shards ran never
-    changes the statistics."""
-    start = time.perf_counter()
-    collectors, _ = _collect(model, shards[0], job, None, progress)
-    rest = shards[1:]
-    shared = _with_model(job, model) if pays(time.perf_counter() - start, len(rest)) else None
-    if shared is not None:
-        return merge_collectors([collectors] + map_shards(collect_shard, shared, rest, desc="calibrating"))
-    feeds = [feed for shard in rest for feed in shard]
-    return merge_collectors([collectors, _collect(model, feeds, job, None, progress)[0]])
-
-
-def _with_model(job: ShardJob, model: Model) -> ShardJob | None:
-    """The job with the model's bytes, or None when it cannot be serialized in memory (> 2 GiB)."""
-    try:
-        return replace(job, model_bytes=model_bytes(model))
-    except OutputError:
-        return None
+    """The shards' collectors (:class:`graphc.calib.shards.ShardedJob`). The merge is exact: where
+    shards ran never changes the statistics."""
+    return ShardedJob(
+        desc="calibrating",
+        here=lambda feeds: _collect(model, feeds, job, None, progress)[0],
+        task=collect_shard,
+        shared=lambda: replace(job, model_bytes=model_bytes(model)),
+        merge=merge_collectors,
+    ).run(shards)
 
 
 def collect_shard(job: ShardJob, feeds: list[dict[str, np.ndarray]]) -> dict[str, RangeCollector]:

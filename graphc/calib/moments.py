@@ -34,15 +34,14 @@ samples only in the order of float64 additions (see :class:`ShardSums` for the b
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import dataclass
 from math import prod
 from typing import Hashable, Iterable, Iterator, Mapping
 
 import numpy as np
 
-from graphc.calib.shards import SHARD_SIZE, map_shards, pays, shards_of
-from graphc.errors import DataError, OutputError
+from graphc.calib.shards import SHARD_SIZE, ShardedJob, shards_of
+from graphc.errors import DataError
 from graphc.ir.model import Model, load, model_bytes
 from graphc.ir.outputs import with_outputs
 
@@ -290,37 +289,35 @@ def sum_shard(job: SumJob, feeds: list[dict[str, np.ndarray]]) -> ShardSums:
     return sums
 
 
+def merge_sums(parts: list[ShardSums]) -> ShardSums:
+    """The shards' (closed) sums added in shard order, into the first."""
+    for part in parts[1:]:
+        parts[0].merge(part)
+    return parts[0]
+
+
 def sum_in_shards(model: Model, data: Iterable[dict[str, np.ndarray]], kind: str, requests: tuple,
                   desc: str) -> ShardSums:
     """The ``kind`` sums of ``requests`` over ``data``, shard by shard: on the executor in force
-    when that pays (:mod:`graphc.calib.shards`), else streamed here - the same additions either
-    way. Raises DataError on empty data."""
+    when that pays (:class:`graphc.calib.shards.ShardedJob`), else streamed here - the same
+    additions either way. Raises DataError on empty data."""
     summer = _SUMMERS[kind]
     shards = shards_of(data)
     if shards is None:
         sums = summer(model, data, requests, ShardSums())
     else:
-        start = time.perf_counter()
-        sums = summer(model, shards[0], requests, ShardSums())  # closes at SHARD_SIZE samples
-        rest = shards[1:]
-        job = _sum_job(model, kind, requests) if pays(time.perf_counter() - start, len(rest)) else None
-        if job is not None:
-            for part in map_shards(sum_shard, job, rest, desc=desc):
-                sums.merge(part)
-        else:
-            sums = summer(model, (feed for shard in rest for feed in shard), requests, sums)
+        sums = ShardedJob(
+            desc=desc,
+            here=lambda feeds: summer(model, feeds, requests, ShardSums()),  # closes at SHARD_SIZE samples
+            task=sum_shard,
+            shared=lambda: SumJob(model_bytes(model), kind, requests),
+            merge=merge_sums,
+            resume=lambda before, feeds: summer(model, feeds, requests, before),
+        ).run(shards)
     sums.close_shard()
     if sums.samples == 0:
         raise DataError("no calibration samples: the data source is empty")
     return sums
-
-
-def _sum_job(model: Model, kind: str, requests: tuple) -> SumJob | None:
-    """The executor's job, or None when the model cannot be serialized in memory (> 2 GiB)."""
-    try:
-        return SumJob(model_bytes(model), kind, requests)
-    except OutputError:
-        return None
 
 
 def cross_moments(model_x: Model, model_y: Model, data: Iterable[dict[str, np.ndarray]],

@@ -20,6 +20,9 @@ When sharding is used (it only pays when spawning workers costs less than the wo
 - the first shard, run in this process and timed, says the others would take at least
   :data:`MIN_PARALLEL_SECONDS` here (:func:`pays`); else they run here too.
 
+:class:`ShardedJob` is that flow, written once for every statistic: the first shard here (timed),
+the others on the executor or here, the parts merged in shard order.
+
 Otherwise the statistics are collected in this process, as before. For ranges and channel maxima
 the two paths give identical results (the merges are exact: see
 :meth:`graphc.calib.collect.RangeCollector.merge`), so the choice never shows in the output.
@@ -28,16 +31,21 @@ from __future__ import annotations
 
 import logging
 import os
+import time
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 import numpy as np
 
+from graphc.errors import OutputError
 from graphc.executor import LocalExecutor, current
 
 log = logging.getLogger(__name__)
 
 Feed = dict[str, np.ndarray]
+#: what one shard's job returns (collectors, maxima, sums) and what the merged parts are.
+Part = TypeVar("Part")
 
 #: feeds per shard (fixed: every executor splits the data the same way).
 SHARD_SIZE = 32
@@ -93,6 +101,49 @@ def map_shards(fn: Callable[[Any, list[Feed]], Any], shared: Any, shards: list[l
     log.info("%s: %d samples in %d shards on the %s executor", desc, sum(map(len, shards)),
              len(shards), current().name)
     return current().map(fn, shared, shards, desc=desc, unit="shard")
+
+
+@dataclass(frozen=True)
+class ShardedJob(Generic[Part]):
+    """Run a per-shard job on the executor in force and merge the results in shard order.
+
+    :meth:`run` computes the first shard here, timed; the others go to the executor when that
+    pays (:func:`pays`) and the shared value can be built, else they run here too. Where shards
+    ran never changes the result: the parts merge in shard order, the same on every executor."""
+
+    #: what the executor shows and logs ("calibrating", "channel ranges", ...).
+    desc: str
+    #: the part of some feeds, computed in this process (one session).
+    here: Callable[[list[Feed]], Part]
+    #: the executor's task, ``task(shared, shard)``: a module-level function (workers import it).
+    task: Callable[[Any, list[Feed]], Part]
+    #: builds the task's shared value (the model's bytes and settings); called only when the
+    #: executor is used. OutputError (a model over 2 GiB cannot be serialized in memory): all here.
+    shared: Callable[[], Any]
+    #: the parts, in shard order, merged into one.
+    merge: Callable[[list[Part]], Part]
+    #: the part of the shards before, continued over more feeds here; by default
+    #: ``merge([before, here(feeds)])`` (moments fold into the same sums to keep their additions).
+    resume: Callable[[Part, list[Feed]], Part] | None = None
+
+    def run(self, shards: list[list[Feed]]) -> Part:
+        """The merged part of ``shards`` (at least one; see :func:`shards_of`)."""
+        start = time.perf_counter()
+        first = self.here(shards[0])
+        rest = shards[1:]
+        shared = self._shared() if pays(time.perf_counter() - start, len(rest)) else None
+        if shared is not None:
+            return self.merge([first] + map_shards(self.task, shared, rest, desc=self.desc))
+        feeds = [feed for shard in rest for feed in shard]
+        if self.resume is not None:
+            return self.resume(first, feeds)
+        return self.merge([first, self.here(feeds)])
+
+    def _shared(self) -> Any | None:
+        try:
+            return self.shared()
+        except OutputError:
+            return None
 
 
 def usable_cores() -> int:

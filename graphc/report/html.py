@@ -13,8 +13,8 @@ from typing import Any
 
 from graphc.report.markdown import latency_line
 from graphc.report.tables import (GATE_HEADER, LAYER_HEADER, SUMMARY_HEADER, gate_rows, layer_rows,
-                                  summary_rows, verdict)
-from graphc.report.text import comparison_rows, model_notes, verify_rows
+                                  model_rows, summary_rows, verdict)
+from graphc.report.text import model_notes, verify_rows
 
 STYLE = """
 body { font: 14px/1.45 system-ui, sans-serif; margin: 2em auto; max-width: 72em; color: #222; padding: 0 1em; }
@@ -98,9 +98,9 @@ def render_html(report: dict[str, Any], plots: list[Any]) -> str:
     body += _section("Passes", _passes(report))
     if report.get("layers"):
         body += _section("Layers", _table(LAYER_HEADER, layer_rows(report), "layers"))
-    header, *rows = comparison_rows(report["before"], report["after"])
+    rows = model_rows(report["before"], report["after"], short_labels=True)
     notes = [f"<p>{escape(n)}</p>" for n in model_notes(report["after"] or report["before"])]
-    body += _section("Model", _table(header, rows) + notes)
+    body += _section("Model", _table(SUMMARY_HEADER, rows) + notes)
     if report["verification"] is not None:
         body += _section("Verification", _verification(report["verification"]))
     if report.get("latency") is not None:

@@ -6,9 +6,9 @@ from typing import Any
 
 from graphc.report.passes import option_range
 from graphc.report.tables import (GATE_HEADER, LAYER_HEADER, SUMMARY_HEADER, gate_rows, layer_rows,
-                                  summary_rows, verdict)
+                                  model_rows, summary_rows, verdict)
 from graphc.report.text import model_notes
-from graphc.report.units import change, human_bytes, human_count, metric
+from graphc.report.units import metric
 
 
 def _table(header: list[str], rows: list[list[str]]) -> list[str]:
@@ -29,17 +29,6 @@ def _passes(passes: list[dict[str, Any]]) -> list[str]:
         rows.append([f"`{p['text']}`", f"{p['wall_s']:.3f} s", f"{p['nodes_before']} → {p['nodes_after']}",
                      stats, skipped, verify])
     return _table(["pass", "time", "nodes", "changes", "skipped", "verify"], rows)
-
-
-def _models(before: dict[str, Any], after: dict[str, Any] | None) -> list[str]:
-    after = after or {}
-    rows = []
-    for key, label, fmt in (("nodes", "nodes", str), ("params", "parameters", human_count),
-                            ("file_bytes", "file size", human_bytes), ("zlib_bytes", "zipped (zlib)", human_bytes),
-                            ("entropy_coded_bytes", "entropy-coded", human_bytes), ("macs", "MACs", human_count)):
-        a, b = before.get(key), after.get(key)
-        rows.append([label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "-", change(a, b)])
-    return _table(["", "before", "after", "change"], rows)
 
 
 def _verification(verify: dict[str, Any]) -> list[str]:
@@ -81,7 +70,7 @@ def render_markdown(report: dict[str, Any], plots: list[Any] | None = None,
     lines += ["", "## Passes", ""] + _passes(report["passes"])
     if report.get("layers"):
         lines += ["", "## Layers", ""] + _table(LAYER_HEADER, layer_rows(report))
-    lines += ["", "## Model", ""] + _models(report["before"], report["after"])
+    lines += ["", "## Model", ""] + _table(SUMMARY_HEADER, model_rows(report["before"], report["after"]))
     notes = model_notes(report["after"] or report["before"])
     lines += ([""] + [f"- {n}" for n in notes]) if notes else []
     if report["verification"] is not None:

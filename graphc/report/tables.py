@@ -1,28 +1,67 @@
 """Report data as rows of display strings, shared by the text, Markdown and HTML writers so that
-the three show the same numbers the same way."""
+the three show the same numbers the same way.
+
+The before/after numbers of a model (:data:`MEASURES`) are one table model: the Summary table's
+size rows and the Model table are both built by :func:`before_after_row` from it; the writers
+only lay the rows out."""
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable
 
-from graphc.report.units import change, human_bytes, human_count, metric
+from graphc.report.units import MISSING, change, human_bytes, human_count, metric
 
 SUMMARY_HEADER = ["", "before", "after", "change"]
 GATE_HEADER = ["gate", "threshold", "measured", "result"]
 LAYER_HEADER = ["layer", "op", "status", "out channels", "rank", "weights / inputs", "SQNR", "notes"]
 
 
+@dataclass(frozen=True)
+class Measure:
+    """A number of a model shown before and after: its key in model summaries (and in the
+    report's ``summary``), its labels and how it is written."""
+
+    key: str
+    label: str  # the Summary table and the Markdown report's Model table
+    short_label: str  # the HTML report's Model table
+    fmt: Callable[[Any], str]
+
+
+MEASURES = (
+    Measure("nodes", "nodes", "nodes", str),
+    Measure("params", "parameters", "params", human_count),
+    Measure("file_bytes", "file size", "size", human_bytes),
+    Measure("zlib_bytes", "zipped (zlib)", "zipped", human_bytes),
+    Measure("entropy_coded_bytes", "entropy-coded", "entropy-coded", human_bytes),
+    Measure("macs", "MACs", "MACs", human_count),
+)
+#: the measures with a plain before/after row in the Summary table (its MACs row says "unknown").
+SUMMARY_MEASURES = tuple(m for m in MEASURES if m.key in ("params", "file_bytes", "zlib_bytes",
+                                                          "entropy_coded_bytes"))
+
+
+def before_after_row(label: str, fmt: Callable[[Any], str], before: Any, after: Any) -> list[str]:
+    """label, before, after and the relative change; a null value is :data:`MISSING` on either side."""
+    return [label, fmt(before) if before is not None else MISSING, fmt(after) if after is not None else MISSING,
+            change(before, after)]
+
+
+def model_rows(before: dict[str, Any], after: dict[str, Any] | None, *, short_labels: bool = False
+               ) -> list[list[str]]:
+    """The Model table: every measure of the input's and the result's model summaries."""
+    after = after or {}
+    return [before_after_row(m.short_label if short_labels else m.label, m.fmt, before.get(m.key),
+                             after.get(m.key)) for m in MEASURES]
+
+
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
     """The five numbers: parameters, file size, MACs, error / task metric, latency."""
     s = report["summary"]
     rows = []
-    for key, label, fmt in (("params", "parameters", human_count), ("file_bytes", "file size", human_bytes),
-                            ("zlib_bytes", "zipped (zlib)", human_bytes),
-                            ("entropy_coded_bytes", "entropy-coded", human_bytes)):
-        pair = s.get(key)
-        if pair is None:
-            continue
-        rows.append([label, fmt(pair["before"]) if pair["before"] is not None else "?",
-                     fmt(pair["after"]) if pair["after"] is not None else "-", change(pair["before"], pair["after"])])
+    for m in SUMMARY_MEASURES:
+        pair = s.get(m.key)
+        if pair is not None:
+            rows.append(before_after_row(m.label, m.fmt, pair["before"], pair["after"]))
     macs = s["macs"]
     partial = bool(macs.get("partial"))
     rows.append(["MACs", _macs(macs["before"], partial), _macs(macs["after"], partial),
@@ -57,7 +96,7 @@ def _metric_rows(result: dict[str, Any] | None) -> list[list[str]]:
 def _macs(value: Any, partial: bool) -> str:
     """MACs, saying so when dynamic shapes hid some nodes (``--input-shape`` counts them)."""
     if value is None:
-        return "-"
+        return MISSING
     if not partial:
         return human_count(value)
     return f"{human_count(value)} + unknown" if value else "unknown"

@@ -10,7 +10,7 @@ from typing import Any
 
 from graphc.report.passes import option_range
 from graphc.report.tables import GATE_HEADER, SUMMARY_HEADER, gate_rows, summary_rows, verdict
-from graphc.report.units import change, human_bytes, human_count, metric
+from graphc.report.units import human_bytes, human_count, metric
 
 
 def _table(rows: list[list[str]], indent: str = "") -> list[str]:
@@ -37,18 +37,6 @@ def passes_table(passes: list[dict[str, Any]]) -> list[str]:
         out.append(line)
         out.extend(f"    {note}" for note in notes[i])
     return out
-
-
-def comparison_rows(before: dict[str, Any], after: dict[str, Any] | None) -> list[list[str]]:
-    """Header and rows of the before/after model table (nodes, params, size, MACs)."""
-    after = after or {}
-    rows = [["", "before", "after", "change"]]
-    for key, label, fmt in (("nodes", "nodes", str), ("params", "params", human_count),
-                            ("file_bytes", "size", human_bytes), ("zlib_bytes", "zipped", human_bytes),
-                            ("entropy_coded_bytes", "entropy-coded", human_bytes), ("macs", "MACs", human_count)):
-        a, b = before.get(key), after.get(key)
-        rows.append([label, fmt(a) if a is not None else "?", fmt(b) if b is not None else "-", change(a, b)])
-    return rows
 
 
 def macs_text(summary: dict[str, Any]) -> str:

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 from typing import Any
 
+#: how the text, Markdown and HTML reports show a number the data holds as null: a size that is not
+#: computed (zlib and xz above 64 MB), the file size of a result that was not written, a metric
+#: that was not measured. The same in every column and table (docs/report-schema.md).
+MISSING = "-"
+
 
 def human_bytes(n: Any) -> str:
     if not isinstance(n, (int, float)):
@@ -36,7 +41,7 @@ def change(before: Any, after: Any) -> str:
 def metric(value: Any, fmt: str = ".3g", suffix: str = "") -> str:
     """A metric that may be a float, a non-finite marker string ("inf") or None."""
     if value is None:
-        return "-"
+        return MISSING
     if isinstance(value, str):
         return value + suffix
     return f"{value:{fmt}}{suffix}"

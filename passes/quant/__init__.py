@@ -55,6 +55,7 @@ from graphc.errors import DataError
 from graphc.ir import is_standard_op, walk_graphs
 from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
+from graphc.passes.quant.mix import run_mixed_budget
 from graphc.passes.quant.mode import choose_activations, without_budget
 from graphc.passes.quant.placement import ALL_OPS, DEFAULT_OPS
 from graphc.passes.quant.quantizer import Quantizer, activation_names
@@ -179,6 +180,10 @@ class Quantize(Pass):
         if self.options.activations == "auto":
             mode, why = choose_activations(self, graph, ctx)
             log.info("quant: activations=auto -> %s", why)
+            if mode == "mix":  # the budget's per-layer mix of static, dynamic and float (mix.py)
+                result = run_mixed_budget(Quantizer(dataclasses.replace(self.options, activations="u8")), graph, ctx)
+                result.stats["activations_auto"] = why
+                return result
             # a budget the dynamic mode met is spent (mode.py measured it); dynamic takes none
             chosen = Quantize(without_budget(self.options, mode) if mode == "dynamic"
                               else dataclasses.replace(self.options, activations=mode))

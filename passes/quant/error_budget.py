@@ -174,6 +174,16 @@ def candidate_units(quant, graph, ctx: Context) -> dict[str, tuple[str, ...]]:
                     break
         unit_of[id(node)] = owner
         units.setdefault(owner, []).append(node.name)
+    # ops of the speed model's placement the plan folds into their anchor (a MatMul's bias Add):
+    # with the anchor float they would be quantized alone, so they go float with it
+    placed = {name for ops in units.values() for name in ops}
+    for i in sorted(Quantizer(quant.options).speed_positions(graph, ctx) or ()):
+        node = graph.nodes[i]
+        producers = [t.inputs[0] for t in node.inputs if t.inputs]
+        owner = next((unit_of[id(p)] for p in producers if id(p) in unit_of), None)
+        if node.name and node.name not in placed and owner is not None:
+            unit_of[id(node)] = owner
+            units[owner].append(node.name)
     return {name: tuple(ops) for name, ops in units.items()}
 
 

@@ -27,6 +27,14 @@ margin shrinks as ``1 / sqrt(n)``: on PP-OCRv4 rec about 0.3 CER points on 300 l
   a worker never holds every candidate output (PP-OCRv4 rec: 1 MB per line). The float model's
   counts are computed once, with its outputs.
 
+Mixed evaluations (the per-layer mix of :mod:`graphc.passes.quant.mix`): a :class:`Mix` names
+the static units kept out of the static placement (float or dynamic) and the MatMul/Gemm written
+dynamic on top of the static QDQ model (:func:`write_dynamic`: DynamicQuantizeLinear + MatMulInteger,
+their outlier channels measured once on the calibration data and held in the job), and with
+``tables`` the embedding tables as int8 rows (:mod:`graphc.passes.quant.embedding`). A dynamic
+MatMul reads float tensors only (a static neighbour's DequantizeLinear output is float), so the
+two forms compose in one graph.
+
 Cache. Every evaluation is stored in a JSON file keyed by the digest of the model bytes, the
 feeds and the quant options (other than the budget), under ``$GRAPHC_CACHE_DIR`` or
 ``~/.cache/graphc`` (``quant-budget/<digest>.json``): a second run with another budget re-uses
@@ -40,7 +48,7 @@ import json
 import logging
 import os
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -50,13 +58,16 @@ from graphc.calib.data import open_data
 from graphc.errors import PassError
 from graphc.executor import current as current_executor
 from graphc.ir import load, model_bytes
+from graphc.passes.quant.dynamic import DynamicWriter, dynamic_targets
+from graphc.passes.quant.embedding import quantize_embeddings
+from graphc.passes.quant.outliers import OutlierSplit, measure_outliers
 from graphc.passes.quant.quantizer import Quantizer, activation_names
 from graphc.passmanager import Context, PassResult
 
 log = logging.getLogger(__name__)
 
 MAX_FEEDS = 32
-CACHE_VERSION = 5
+CACHE_VERSION = 6  # 6: a MatMul's folded bias Add belongs to its unit
 #: at most this many evaluation samples (--eval-data) a metric budget scores on
 MAX_EVAL_FEEDS = 1000
 #: evaluation feeds of the same shape run this many at a time (a dynamic batch axis)
@@ -104,8 +115,10 @@ class EvaluationCache:
             self.values = {}
 
     @staticmethod
-    def key_of(float_layers) -> str:
-        return "\n".join(sorted(float_layers))
+    def key_of(float_layers, dynamic=()) -> str:
+        """The float set's names; with dynamic layers, ``"\\0dynamic\\0"`` and their names after."""
+        key = "\n".join(sorted(float_layers))
+        return key + "\0dynamic\0" + "\n".join(sorted(dynamic)) if dynamic else key
 
     def save(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +145,9 @@ class Job:
     confidence: float = 0.0  # of the metric drop's upper bound (0: the point estimate only)
     calibration_feeds: list[dict] | None = None  # when the budget scores on evaluation data
     labels: Any = None  # of the evaluation data: the metric's truth (None: the float outputs)
+    #: the per-layer mix: options of the dynamic rewrite and the outliers of its inputs (measured once)
+    dynamic_options: Any = None
+    outliers: dict = field(default_factory=dict)
     batch: int = 1  # feeds run at a time where the model allows (graphc.verify.scores.batched_outputs)
     reference_counts: Any = None  # the float model's per-sample counts, when the metric is counted in chunks
     chunk: int = COUNTS_CHUNK  # samples counted at a time
@@ -186,15 +202,50 @@ def allowed_positions(positions: frozenset[int] | None, graph, float_layers) -> 
     return frozenset(i for i in positions if graph.nodes[i].name not in names)
 
 
-def evaluate(job: Job, float_layers: tuple[str, ...]) -> Score:
-    """The score of the model quantized with ``job.options``, ``float_layers`` kept float."""
+@dataclass(frozen=True)
+class Mix:
+    """One assignment of the per-layer mix: op names kept out of the static placement (float, or
+    dynamic below) and the MatMul/Gemm names written dynamic."""
+
+    float_ops: tuple[str, ...]
+    dynamic: tuple[str, ...] = ()
+    tables: bool = False  #: embedding tables (Gather of a constant) as int8 rows
+
+    def key(self) -> str:
+        return EvaluationCache.key_of(self.float_ops, self.dynamic) + ("\0tables" if self.tables else "")
+
+
+def write_dynamic(graph, options, names, outliers: dict, result: PassResult) -> int:
+    """Writes the MatMul/Gemm named ``names`` in the dynamic form (:mod:`graphc.passes.quant.dynamic`,
+    ``options`` its options), with the ``outliers`` of their inputs; returns how many."""
+    wanted = set(names)
+    targets = [t for t in dynamic_targets(graph, options, {}, PassResult(modified=False))
+               if t.node.name in wanted]
+    writer = DynamicWriter(graph, options.per_channel)
+    split = OutlierSplit(graph, outliers)
+    for target in targets:
+        result.count(f"quantized_{target.node.op}")
+        split.apply(target, writer.rewrite)
+    if writer.quantized:
+        result.count("dynamic_quantize_linear", len(writer.quantized))
+    return len(targets)
+
+
+def evaluate(job: Job, item: tuple[str, ...] | Mix) -> Score:
+    """The score of the model quantized with ``job.options``: ``item`` the op names kept float,
+    or a :class:`Mix` (static, with its dynamic layers written dynamic after)."""
     from graphc.verify.scores import score_outputs  # lazy: loads onnxruntime
 
+    mix = item if isinstance(item, Mix) else Mix(tuple(item))
     model = load(job.model_bytes)
     ctx = Context(model, data=open_data(job.calibration_feeds or job.feeds, model))
-    Quantizer(job.options).keeping_float(float_layers).quantize(
+    Quantizer(job.options).keeping_float(mix.float_ops).quantize(
         model.graph, ctx, PassResult(modified=False), known_ranges=job.ranges,
-        positions=job.allowed(model.graph, float_layers))
+        positions=job.allowed(model.graph, mix.float_ops))
+    if mix.dynamic:
+        write_dynamic(model.graph, job.dynamic_options, mix.dynamic, job.outliers, PassResult(modified=False))
+    if mix.tables:
+        quantize_embeddings(model.graph, job.options.exclude, PassResult(modified=False))
     model.graph.cleanup().toposort()
     if job.counts_in_chunks:
         counter = ChunkCounter(job)
@@ -257,6 +308,9 @@ class Budget:
         self._ctx = ctx
         self._plan_ctx: Context | None = None
         self.units: dict[str, tuple[str, ...]] = {}  # candidate -> its ops; solo plans calibrated up front
+        #: the per-layer mix: the dynamic rewrite's options and the MatMul/Gemm it may take
+        self.dynamic_options = None
+        self.dynamic: tuple[str, ...] = ()
 
     def job(self) -> Job:
         """Float outputs and ranges, computed the first time an evaluation is not cached."""
@@ -281,7 +335,8 @@ class Budget:
             self._job = Job(self.model_bytes, self.feeds, references, ranges, self.options, positions,
                             *self._metric_fields(references), confidence=self._confidence(),
                             calibration_feeds=self.calibration_feeds if self.feeds is not self.calibration_feeds
-                            else None, labels=self.labels, batch=EVAL_BATCH, chunk=COUNTS_CHUNK)
+                            else None, labels=self.labels, dynamic_options=self.dynamic_options,
+                            outliers=self._outliers(plan_ctx), batch=EVAL_BATCH, chunk=COUNTS_CHUNK)
             if self._job.counts_in_chunks:
                 job = self._job
                 parts = [job.chunk_counts(i, references[i:i + job.chunk])
@@ -289,6 +344,16 @@ class Budget:
                 job.reference_counts = tuple(np.concatenate([p[i] for p in parts]) for i in range(2))
             self._plan_ctx = plan_ctx
         return self._job
+
+    def _outliers(self, plan_ctx: Context) -> dict:
+        """The outlier channels of the dynamic layers' inputs, measured once on the calibration data."""
+        if not self.dynamic:
+            return {}
+        wanted = set(self.dynamic)
+        targets = [t for t in dynamic_targets(plan_ctx.graph, self.dynamic_options, {}, PassResult(modified=False))
+                   if t.node.name in wanted]
+        return measure_outliers(plan_ctx, targets, self.options.samples, self.dynamic_options.outlier_channels,
+                                PassResult(modified=False))
 
     def speed_trim(self, float_units) -> list[str]:
         """Integer ops the speed model would rather run float once ``float_units`` are float (an
@@ -347,3 +412,15 @@ class Budget:
         if todo:
             self.cache.save()
         return [self.cache.values[EvaluationCache.key_of(s)] for s in float_sets]
+
+    def score_mix(self, mixes: list[Mix], desc: str = "") -> list[Score]:
+        """Scores of per-layer mixes (``float_ops`` as candidate names), cached by their names."""
+        todo = list({m.key(): m for m in mixes if m.key() not in self.cache.values}.values())
+        self.cache.hits += len({m.key() for m in mixes}) - len(todo)
+        if todo:
+            items = [Mix(self.expand(m.float_ops), m.dynamic, m.tables) for m in todo]
+            for m, score in zip(todo, current_executor().map(evaluate, self.job(), items, desc=desc, unit="layer")):
+                self.cache.values[m.key()] = score
+            self.runs += len(todo)
+            self.cache.save()
+        return [self.cache.values[m.key()] for m in mixes]

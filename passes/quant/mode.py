@@ -23,8 +23,11 @@ for the model at hand.
   applies (the share above): the dynamic mode is measured first on the same feeds (outputs
   against the float model's); when it meets the budget it is the result, since it is the fast
   mode there and keeps its own guard against being slower than float (only MatMuls of at least
-  ``MIN_MACS``). Otherwise the static budget search runs (:mod:`graphc.passes.quant.error_budget`:
-  the fewest layers float). Not yet: a per-layer mix of static, dynamic and float.
+  ``MIN_MACS``), with its int8 embedding tables. Otherwise (``"mix"``) each layer is chosen among
+  static int8, dynamic int8 and float by measured error (:mod:`graphc.passes.quant.mix`: never
+  slower than float, never all float when one layer alone meets the budget). A budget on the
+  user's metric (``max-metric-drop``), or with another static-only option, is the static budget
+  search (:mod:`graphc.passes.quant.error_budget`: the fewest layers float).
 
 Why not static on transformers (measured, all-MiniLM-L6-v2, 256 held-out sentences, mean
 embedding cosine vs fp32): static QDQ with the speed model's placement 0.864, ``placement=all``
@@ -89,10 +92,13 @@ def dynamic_share(options, graph: gs.Graph, shapes: dict) -> tuple[float, int]:
 
 
 def choose_activations(quant_pass, graph: gs.Graph, ctx: Context) -> tuple[str, str]:
-    """(``"dynamic"`` or ``"u8"``, why) for ``activations=auto`` with calibration data."""
+    """(``"dynamic"``, ``"u8"`` or ``"mix"`` (a budget's per-layer mix), why) for
+    ``activations=auto`` with calibration data."""
     options = quant_pass.options
     forced = static_only(options)
-    budget = options.has_budget and options.max_metric_drop is None
+    # a budget other than the user's metric, and no other static-only option
+    budget = options.has_budget and options.max_metric_drop is None \
+        and static_only(without_budget(options, "u8")) is None
     if forced is not None and not budget:
         return "u8", f"static: {forced} needs it"
     share, total = dynamic_share(options, graph, ctx.cost_shapes())
@@ -113,19 +119,19 @@ def choose_activations(quant_pass, graph: gs.Graph, ctx: Context) -> tuple[str, 
 
 def _budget_choice(quant_pass, ctx: Context, share: float) -> tuple[str, str]:
     """``("dynamic", why)`` when the dynamic mode meets the error budget on the calibration
-    feeds, else ``("u8", why)`` (the static budget search)."""
+    feeds, else ``("mix", why)`` (the per-layer search, :mod:`graphc.passes.quant.mix`)."""
     options = quant_pass.options
     target = Target(options.min_sqnr, options.max_top1_drop, options.min_cosine)
     measured = _measured_score(quant_pass, "dynamic", ctx)
     if measured is None:
-        return "u8", f"static: {target.text()}: the dynamic mode quantizes nothing here"
+        return "u8", f"static: {target.text()}: the dynamic mode quantizes nothing here"  # no layer to mix
     score = Score(measured.sqnr, measured.disagreement, measured.cosine)
     measured = describe(score)
     if target.met(score):
         return "dynamic", (f"dynamic: meets the error budget {target.text()} on the calibration data "
                            f"({measured}; MatMul/Gemm the dynamic mode rewrites hold {share:.0%} of the MACs)")
-    return "u8", (f"static: dynamic int8 misses the error budget {target.text()} on the calibration data "
-                  f"({measured}); the static budget search chooses the float layers")
+    return "mix", (f"mix: dynamic int8 misses the error budget {target.text()} on the calibration data "
+                   f"({measured}); each layer is chosen among static, dynamic and float by measured error")
 
 
 def _measured_sqnr(quant_pass, mode: str, ctx: Context) -> float | None:

@@ -158,3 +158,25 @@ def test_repair_margin_is_against_magnitude_only():
     sqnr = {label: value for (label, _), value in zip(bench_compression.TRANSFORMER, (2.9, 19.2, 18.9))}
     text = bench_compression._repair_margin(sqnr)
     assert "magnitude-only (2.9 dB)" in text and "repair, sequential (default): +16.0 dB" in text
+
+
+# -- bench_transformer: merge-matmuls against quant --data ------------------------------------------
+
+
+def _merge_rows(one, sixteen, cosine=0.99868, nn=0.973):
+    import bench_transformer
+
+    return {bench_transformer.GRAPHC: {"cosine": 0.99868, "nn": 0.973},
+            bench_transformer.MERGED: {"cosine": cosine, "nn": nn,
+                                       "vs_graphc": {"16 sentences": sixteen, "1 sentence": one}}}
+
+
+def test_merge_line_says_faster_only_when_the_quartiles_agree():
+    import bench_transformer
+
+    text = bench_transformer.merge_line(_merge_rows(one=(1.04, 1.01, 1.07), sixteen=(1.01, 0.98, 1.03)))
+    assert "faster on 1 sentence (1.040x [1.010-1.070])" in text
+    assert "no clear difference on 16 sentences (1.010x [0.980-1.030])" in text
+    assert "accuracy the same" in text
+    text = bench_transformer.merge_line(_merge_rows(one=(0.95, 0.93, 0.98), sixteen=(1.0, 0.99, 1.01), nn=0.96))
+    assert "slower on 1 sentence" in text and "accuracy differs" in text

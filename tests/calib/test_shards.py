@@ -2,6 +2,8 @@
 the statistics of one pass in this process, bit for bit - histogram counts and widths, min, max,
 counts, the ranges every method solves from them, and channel maxima. Shards have a fixed size
 whatever the executor; small data, one worker or a 2-core machine stay in process."""
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -11,6 +13,7 @@ from graphc.calib.channel_max import channel_absmax
 from graphc.calib.collect import RangeCollector, collect_stats, merge_collectors
 from graphc.calib.moments import Layout, channel_moments, second_moments
 from graphc.calib.shards import SHARD_SIZE, shards_of
+from graphc.errors import OutputError
 from graphc.executor import LocalExecutor, using
 from test_collect import _model
 
@@ -227,3 +230,73 @@ def test_moments_by_shards_are_within_the_float64_bound_of_one_running_sum():
     assert np.all(np.abs(got - running / rows) <= 2 * bound)
     np.testing.assert_allclose(got, running / rows, rtol=1e-12, atol=0)
     np.testing.assert_allclose(ch.mean_square, np.diag(got), rtol=1e-12, atol=0)
+
+
+def _tagged_task(shared, shard):
+    return (shared, tuple(shard))
+
+
+def _tagged_job(shared, built):
+    """A ShardedJob whose parts say where they ran; ``built`` counts the shared values built."""
+    def make_shared():
+        built.append(1)
+        return shared()
+
+    return shards_module.ShardedJob(desc="tagged", here=lambda feeds: ("here", tuple(feeds)),
+                                    task=_tagged_task, shared=make_shared, merge=list)
+
+
+SHARDS = [[1, 2], [3], [4, 5]]
+
+
+def test_sharded_job_runs_the_first_shard_here_and_the_rest_on_the_executor_in_shard_order(shard_calls):
+    built = []
+    with using(LocalExecutor(1)):  # map in this process, in order
+        parts = _tagged_job(lambda: "sent", built).run(SHARDS)
+    assert parts == [("here", (1, 2)), ("sent", (3,)), ("sent", (4, 5))]
+    assert shard_calls == [2] and built == [1]
+
+
+def test_sharded_job_runs_the_rest_here_when_it_does_not_pay_or_cannot_be_sent(shard_calls, monkeypatch):
+    def too_big():
+        raise OutputError("model over 2 GiB")
+
+    built = []
+    with using(LocalExecutor(1)):
+        unsendable = _tagged_job(too_big, built).run(SHARDS)
+        monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 1e9)
+        slow = _tagged_job(lambda: "sent", built).run(SHARDS)
+    assert unsendable == slow == [("here", (1, 2)), ("here", (3, 4, 5))]
+    assert shard_calls == [] and built == [1]  # not built when the executor does not pay
+    resumed = dataclasses.replace(_tagged_job(lambda: "sent", []), resume=lambda before, feeds: [before, feeds])
+    with using(LocalExecutor(1)):
+        assert resumed.run(SHARDS) == [("here", (1, 2)), [3, 4, 5]]
+
+
+@pytest.mark.parametrize("reason", ["slow", "unsendable"])
+def test_channel_maxima_and_moments_run_here_give_the_executors_bytes(shard_calls, monkeypatch, reason):
+    import graphc.calib.channel_max as channel_max_module
+    import graphc.calib.moments as moments_module
+
+    def statistics():
+        maxima = channel_absmax(_model(), _feeds(2 * SHARD_SIZE + 9, seed=3), {"x": 1, "y": 1, "n": -1})
+        moments = second_moments(_moment_model(), _moment_feeds(2 * SHARD_SIZE + 11), REQUESTS)
+        channels = channel_moments(_moment_model(), _moment_feeds(2 * SHARD_SIZE + 11), {"x": 1, "r": 1})
+        return ({k: v.tobytes() for k, v in maxima.items()}, {k: v.tobytes() for k, v in moments.items()},
+                {k: (v.mean_abs.tobytes(), v.mean.tobytes(), v.mean_square.tobytes(), v.count)
+                 for k, v in channels.items()})
+
+    with using(LocalExecutor(1)):
+        one = statistics()
+    if reason == "slow":
+        monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 1e9)
+    else:
+        def too_big(model):
+            raise OutputError("model over 2 GiB")
+
+        for module in (channel_max_module, moments_module):
+            monkeypatch.setattr(module, "model_bytes", too_big)
+    with using(LocalExecutor(2)):
+        here = statistics()
+    assert shard_calls == []
+    assert here == one

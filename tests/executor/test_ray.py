@@ -7,15 +7,20 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
+from onnx import TensorProto, helper, numpy_helper
 
 import executor_nets
+import graphc
 from executor_nets import failing, scaled, shared_id, write_case
 from graphc.build import build
+from graphc.calib.data import open_data
 from graphc.cli import main
 from graphc.errors import DataError
-from graphc.executor import RayExecutor
+from graphc.executor import LocalExecutor, RayExecutor, using
 from graphc.recipe import Recipe
+from support import make_model
 
 ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'graphc[ray]'; it is in the test extra)")
 
@@ -116,19 +121,50 @@ def test_sweep_through_ray_gives_the_local_rows_and_outputs(ray_runtime, tmp_pat
         assert (tmp_path / "ray" / folder).read_bytes() == (tmp_path / "local" / folder).read_bytes()
 
 
-def test_sharded_calibration_through_ray_is_bit_identical_to_local(ray_runtime, tmp_path, monkeypatch):
-    import graphc.calib.collect as collect_module
-    import graphc.calib.shards as shards_module
+def test_sharded_calibration_through_ray_is_bit_identical_to_local(ray_runtime, tmp_path, shard_calls):
     from graphc.executor import LocalExecutor, using
     from test_calibration_shards import quantize
 
-    monkeypatch.setattr(shards_module, "MIN_PARALLEL_SECONDS", 0.0)  # send shards whatever they cost
-    calls = []
-    real = collect_module.map_shards
-    monkeypatch.setattr(collect_module, "map_shards",
-                        lambda fn, shared, shards, desc: calls.append(len(shards)) or real(fn, shared, shards, desc))
     with using(LocalExecutor(1)):
         local = quantize(tmp_path, "local", "kl")
     on_ray = quantize(tmp_path, "ray", "kl", executor="ray")
-    assert calls == [3]  # only the Ray build sent shards (one local worker: in this process)
+    assert shard_calls == [3]  # only the Ray build sent shards (one local worker: in this process)
     assert on_ray == local
+
+
+def _mix_case():
+    """A MatMul model whose min-sqnr=30 budget the dynamic mode misses: the per-layer mix
+    (tests/passes/test_quant_mix.py has the same graph and explains it)."""
+    rng = np.random.default_rng(0)
+    w1 = (rng.standard_normal((1024, 128)) / 32).astype(np.float32)
+    w2 = (rng.standard_normal((1024, 128)) / 32).astype(np.float32)
+    w2[0, :] = 30.0
+    nodes = [helper.make_node("MatMul", ["x", "w1"], ["a"], name="good"),
+             helper.make_node("MatMul", ["x", "w2"], ["b"], name="bad"),
+             helper.make_node("Transpose", ["z"], ["zt"], name="zt", perm=[1, 0]),
+             helper.make_node("MatMul", ["z", "zt"], ["c"], name="gram")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [16, 1024]),
+                                           helper.make_tensor_value_info("z", TensorProto.FLOAT, [16, 64])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, None) for n in "abc"],
+                              [numpy_helper.from_array(w1, "w1"), numpy_helper.from_array(w2, "w2")])
+    feeds = []
+    for _ in range(4):
+        x = rng.standard_normal((16, 1024)).astype(np.float32) * np.float32(30.0 ** rng.uniform(-1, 1))
+        x[:, 0] *= 1e-3
+        feeds.append({"x": x, "z": (rng.standard_normal((16, 64)) / 64 ** 0.25).astype(np.float32)})
+    return graphc.load(make_model(graph, opset=13)), feeds
+
+
+def test_quant_mix_through_ray_is_bit_identical_to_local(ray_runtime, tmp_path, monkeypatch):
+    results = []
+    for name, executor in (("local", LocalExecutor()), ("ray", RayExecutor())):
+        monkeypatch.setenv("GRAPHC_CACHE_DIR", str(tmp_path / f"cache-{name}"))  # nothing re-used
+        model, feeds = _mix_case()
+        with using(executor):
+            record = graphc.PassManager("quant{placement=all min-sqnr=30}", data=open_data(feeds, model),
+                                        prepare=False).run(model).records[-1]
+        stats = {k: v for k, v in record.stats.items() if k != "budget_evaluations_cached"}
+        results.append((graphc.save(model, tmp_path / f"{name}.onnx").read_bytes(), stats, record.details))
+    assert results[0][1]["budget_mix"] and results[0][1]["budget_evaluations_run"] > 2
+    assert results[0][1]["budget_dynamic_layers"] == results[0][1]["budget_static_layers"] == 1
+    assert results[0] == results[1]

@@ -297,9 +297,13 @@ def test_static_only_options():
     assert static_only(Quantize.Options()) is None
     model = _graph()
     ctx = Context(model, data=open_data(_feeds(2, 0), model))
-    # a budget the dynamic mode cannot meet: the static budget search
+    # a budget the dynamic mode cannot meet: the per-layer mix (passes/quant/mix.py)
     mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=150.0)), model.graph, ctx)
-    assert mode == "u8" and "misses the error budget min-sqnr=150" in why
+    assert mode == "mix" and "misses the error budget min-sqnr=150" in why
+    # a budget with another static-only option: the static budget search, without measuring
+    mode, why = choose_activations(Quantize(Quantize.Options(min_sqnr=150.0, bias_correction=True)),
+                                   model.graph, ctx)
+    assert mode == "u8" and why == "static: an error budget needs it"
     # a budget on the user's metric stays static without measuring
     mode, why = choose_activations(Quantize(Quantize.Options(max_metric_drop=0.01)), model.graph, ctx)
     assert mode == "u8" and why == "static: an error budget needs it"
@@ -318,9 +322,9 @@ def test_budget_met_by_dynamic_gives_dynamic():
     cos = np.mean([np.sum(g * r, 1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1))
                    for gs_, rs in zip(got, ref) for g, r in zip(gs_, rs)])
     assert cos >= 0.999, cos
-    # the same budget out of reach of dynamic: static search (Q/DQ, or every layer float)
+    # the same budget out of reach of dynamic: the per-layer mix (here every layer float)
     out, record = _quant(model, "quant{min-sqnr=150}", data=feeds)
-    assert record.stats["activations_auto"].startswith("static: dynamic int8 misses")
+    assert record.stats["activations_auto"].startswith("mix: dynamic int8 misses")
     assert op_count(out, "MatMulInteger") == 0 and op_count(out, "DynamicQuantizeLinear") == 0
 
 

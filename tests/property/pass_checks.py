@@ -39,7 +39,8 @@ from graphc.passmanager import PassManager
 from support import run
 
 #: passes whose rewrite must not change the outputs (beyond float rounding).
-EXACT_PASSES = frozenset({"cleanup", "fold-constants", "fold-bn", "canonicalize", "equalize", "smooth"})
+EXACT_PASSES = frozenset({"cleanup", "fold-constants", "fold-bn", "canonicalize", "equalize", "smooth",
+                          "merge-matmuls"})
 #: passes expected to move the outputs (checked against LOSSY_FLOORS and their own oracles).
 LOSSY_PASSES = frozenset({"quant", "factorize", "prune", "fp16", "sparsify", "cluster"})
 #: pipeline text used for a pass when its defaults do not suit tiny random graphs.
@@ -88,6 +89,7 @@ LOSSY_FLOORS: dict[str, Floor] = {
 MIN_REWRITTEN: dict[str, float] = {
     "cleanup": 0.8, "fold-constants": 0.8, "fold-bn": 0.9, "canonicalize": 0.8, "equalize": 0.8,
     "smooth": 0.8, "quant": 0.9, "factorize": 0.9, "prune": 0.7, "fp16": 0.8, "sparsify": 0.8, "cluster": 0.9,
+    "merge-matmuls": 0.8,
 }
 
 

@@ -66,6 +66,8 @@ MENUS: dict[str, Menu] = {
     "cluster": Menu(("conv", "conv_relu", "conv_bn", "act"), ("gemm", "matmul", "act"), min_layers=2),
     "fp16": Menu(("conv", "conv_relu", "conv_bn", "act", "add_skip", "concat", "transpose", "shape_chain"),
                  ("gemm", "matmul", "act", "add_skip"), min_layers=2),
+    "merge-matmuls": Menu((), ("sibling_matmuls", "sibling_matmuls", "sibling_matmuls", "matmul", "act"),
+                          rank2_share=1.0, min_layers=2),
 }
 
 
@@ -345,6 +347,20 @@ class GraphBuilder:
         fo = 1 + v % 32
         weight = self._const("w", self._f32(f, fo, scale=1 / np.sqrt(f)))
         self._node("MatMul", [self.cur.name, weight], (n, fo))
+
+    def _layer_sibling_matmuls(self, v: int) -> None:
+        """2 or 3 MatMuls reading the current tensor (each with a bias Add or not, by ``v``'s bits),
+        concatenated on the feature axis: what merge-matmuls rewrites (attention's Q/K/V)."""
+        n, f = self.cur.shape
+        x, outs = self.cur, []
+        for i in range(2 + v % 2):
+            fo = 1 + (v // (2 + i)) % 12
+            y = self._node("MatMul", [x.name, self._const("w", self._f32(f, fo, scale=1 / np.sqrt(f)))], (n, fo))
+            if (v >> (4 + i)) % 2:
+                y = self._node("Add", [y.name, self._const("b", self._f32(fo, scale=0.5))], (n, fo))
+            outs.append(y)
+        width = sum(o.shape[1] for o in outs)
+        self._node("Concat", [o.name for o in outs], (n, width), axis=1)
 
     def _low_rank(self, rows: int, cols: int, v: int) -> np.ndarray:
         """A rank-r weight (r = 1..3, singular values within a factor 2 of each other) plus noise
