@@ -105,22 +105,12 @@ def test_a_bound_too_wide_for_the_data_says_to_give_more():
 
 def test_with_labels_the_budget_bounds_the_change_against_the_truth():
     from graphc.verify.metric_bound import paired_bootstrap_upper
-    from graphc.verify.scores import reference_outputs
     from user_metrics import _argmax_counts
 
-    evaluation = _eval_feeds()
-    model = _chain()
-    reference = model.copy()
-    float_out = [{"y": o[0]} for o in reference_outputs(reference, evaluation)]
-    # the truth: the float model's argmax with every 7th position moved, so the float model has errors
-    labels = np.stack([np.argmax(f["y"], axis=1) for f in float_out])
-    labels.reshape(-1)[::7] = (labels.reshape(-1)[::7] + 1) % 16
-    manager = graphc.PassManager("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.03}",
-                                 data=open_data(_feeds(), model), metric=load_metric("user_metrics:argmax_error"),
-                                 evaluation=open_data(evaluation, model), evaluation_labels=labels)
-    s = manager.run(model).records[-1].stats
-    got = [{"y": o[0]} for o in reference_outputs(model, evaluation)]
-    cand, ref = _argmax_counts(float_out, got, labels), _argmax_counts(float_out, float_out, labels)
+    def every_7th_moved(labels):  # the float model's argmax moved here and there: the float model has errors
+        labels.reshape(-1)[::7] = (labels.reshape(-1)[::7] + 1) % 16
+
+    s, float_out, got, cand, ref = _labelled_budget(every_7th_moved, 0.03)
     drop = cand[0].sum() / cand[1].sum() - ref[0].sum() / ref[1].sum()
     assert ref[0].sum() > 0  # the float model is not the truth here
     assert s["budget_metric_drop"] == pytest.approx(drop, abs=1e-6)
@@ -158,24 +148,35 @@ def test_counting_in_chunks_gives_the_counts_of_all_outputs_at_once(monkeypatch,
     # the drop and its paired-bootstrap bound are those of the whole outputs' counts
     from graphc.passes.quant import evaluations
     from graphc.verify.metric_bound import paired_bootstrap_upper
-    from graphc.verify.scores import reference_outputs
-    from user_metrics import _argmax_counts
 
     monkeypatch.setattr(evaluations, "COUNTS_CHUNK", chunk)
-    evaluation = _eval_feeds()
-    model = _chain()
-    reference = model.copy()
-    float_out = [{"y": o[0]} for o in reference_outputs(reference, evaluation)]
-    rng = np.random.default_rng(3)
-    labels = np.stack([np.argmax(f["y"], axis=1) for f in float_out])
-    moved = rng.random(labels.shape) < np.linspace(0.0, 0.3, len(labels))[:, None, None, None]
-    labels[moved] = (labels[moved] + 1) % 16  # errors that differ from feed to feed
-    manager = graphc.PassManager("quant{placement=all per-channel=false calib=minmax max-metric-drop=0.05}",
-                                 data=open_data(_feeds(), model), metric=load_metric("user_metrics:argmax_error"),
-                                 evaluation=open_data(evaluation, model), evaluation_labels=labels)
-    s = manager.run(model).records[-1].stats
-    got = [{"y": o[0]} for o in reference_outputs(model, evaluation)]
-    cand, ref = _argmax_counts(float_out, got, labels), _argmax_counts(float_out, float_out, labels)
+
+    def moved_per_feed(labels):  # errors that differ from feed to feed
+        moved = np.random.default_rng(3).random(labels.shape) < np.linspace(0.0, 0.3, len(labels))[:, None, None, None]
+        labels[moved] = (labels[moved] + 1) % 16
+
+    s, _, _, cand, ref = _labelled_budget(moved_per_feed, 0.05)
     assert s["budget_metric_drop"] == pytest.approx(cand[0].sum() / cand[1].sum() - ref[0].sum() / ref[1].sum(),
                                                     abs=1e-6)
     assert s["budget_metric_drop_bound"] == pytest.approx(paired_bootstrap_upper(cand, ref, 0.95), abs=1e-6)
+
+
+def _labelled_budget(move_labels, limit: float):
+    """Runs ``quant{... max-metric-drop=limit}`` on the chain with labels for the evaluation data
+    (the float model's argmax, changed in place by ``move_labels``): (stats, float outputs,
+    quantized outputs, the quantized and the float model's per-sample argmax-error counts)."""
+    from graphc.verify.scores import reference_outputs
+    from user_metrics import _argmax_counts
+
+    evaluation = _eval_feeds()
+    model = _chain()
+    float_out = [{"y": o[0]} for o in reference_outputs(model.copy(), evaluation)]
+    labels = np.stack([np.argmax(f["y"], axis=1) for f in float_out])
+    move_labels(labels)
+    manager = graphc.PassManager(f"quant{{placement=all per-channel=false calib=minmax max-metric-drop={limit}}}",
+                                 data=open_data(_feeds(), model), metric=load_metric("user_metrics:argmax_error"),
+                                 evaluation=open_data(evaluation, model), evaluation_labels=labels)
+    stats = manager.run(model).records[-1].stats
+    got = [{"y": o[0]} for o in reference_outputs(model, evaluation)]
+    return (stats, float_out, got, _argmax_counts(float_out, got, labels),
+            _argmax_counts(float_out, float_out, labels))
