@@ -215,16 +215,9 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
         # the shortest prefix of the most-sensitive-first order that meets the budget, by
         # bisection (all layers float is the float model itself, which meets any budget)
         order = sorted(layers, key=lambda n: solo[n].sqnr)
-        lo, hi, best = 0, len(order), Score(float("inf"), 0.0, 1.0)
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            score = budget.score([tuple(order[:mid])])[0]
-            log.info("quant budget: %d most sensitive float: %s", mid, describe(score))
-            if target.met(score):
-                hi, best = mid, score
-            else:
-                lo = mid
-        kept, current = order[:hi], best if hi < len(order) else budget.score([tuple(order)])[0]
+        hi, current = shortest_prefix(len(order), lambda k: budget.score([tuple(order[:k])])[0], target,
+                                      "quant budget: %d most sensitive float: %s")
+        kept = order[:hi]
     costs = layer_costs(graph, ctx, kept)
     for name in sorted(kept, key=lambda n: (-costs.get(n, 0), -solo[n].sqnr)):  # leave-out, dearest first
         trial = tuple(x for x in kept if x != name)
@@ -286,6 +279,22 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
         {"node": name, "precision": "float", "reason": f"{target.text()}: its neighbours are float, so the "
          f"speed model finds it slower on integers; measured with it float {describe(current)}"}
         for name in trimmed], budget
+
+
+def shortest_prefix(count: int, score_of, target: Target, step_log: str) -> tuple[int, Score]:
+    """The smallest ``k`` in ``1..count`` whose ``score_of(k)`` meets ``target``, by bisection, and
+    that score; ``score_of(count)`` is taken to meet it (everything float is the float model) and
+    is evaluated only when no shorter prefix does. ``step_log``: a log format with ``%d``, ``%s``."""
+    lo, hi, best = 0, count, None
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        score = score_of(mid)
+        log.info(step_log, mid, describe(score))
+        if target.met(score):
+            hi, best = mid, score
+        else:
+            lo = mid
+    return hi, best if best is not None else score_of(hi)
 
 
 def run_with_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:

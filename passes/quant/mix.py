@@ -56,7 +56,8 @@ from graphc.errors import DataError, PassError
 from graphc.ir import is_standard_op
 from graphc.passes.quant.dynamic import dynamic_targets
 from graphc.passes.quant.embedding import quantize_embeddings
-from graphc.passes.quant.error_budget import Target, candidate_units, describe, layer_costs
+from graphc.passes.quant.error_budget import (Target, candidate_units, describe, layer_costs,
+                                              shortest_prefix)
 from graphc.passes.quant.evaluations import Budget, Mix, Score, write_dynamic
 from graphc.passes.quant.quantizer import Quantizer
 from graphc.passmanager import Context, PassResult
@@ -164,17 +165,9 @@ def _bisect(s: Search, start_score: Score) -> tuple[dict[str, str], Score]:
     """The shortest prefix of the demotion steps (most damaging first) that meets the budget."""
     steps = [(n, r) for n in s.ladders for r in range(len(s.ladders[n]) - 1)]
     steps.sort(key=lambda step: (s.solo[(step[0], s.ladders[step[0]][step[1]])].sqnr, step[1]))
-    lo, hi, best = 0, len(steps), None
-    while hi - lo > 1:
-        mid = (lo + hi) // 2
-        score = s.score(s.states_at(steps, mid))
-        log.info("quant budget (mix): %d most damaging steps down: %s", mid, describe(score))
-        if s.target.met(score):
-            hi, best = mid, score
-        else:
-            lo = mid
-    states = s.states_at(steps, hi)
-    return states, best if best is not None else s.score(states)
+    hi, score = shortest_prefix(len(steps), lambda k: s.score(s.states_at(steps, k)), s.target,
+                                "quant budget (mix): %d most damaging steps down: %s")
+    return s.states_at(steps, hi), score
 
 
 def _promote(s: Search, graph, ctx: Context, states: dict[str, str], current: Score):
