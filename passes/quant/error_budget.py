@@ -219,12 +219,13 @@ def choose_float_layers(quantizer: Quantizer, graph, ctx: Context,
                                       "quant budget: %d most sensitive float: %s")
         kept = order[:hi]
     costs = layer_costs(graph, ctx, kept)
-    for name in sorted(kept, key=lambda n: (-costs.get(n, 0), -solo[n].sqnr)):  # leave-out, dearest first
-        trial = tuple(x for x in kept if x != name)
-        value = budget.score([trial])[0]
-        log.info("quant budget: %s quantized again: %s", name, describe(value))
-        if target.met(value):
-            kept, current = list(trial), value
+    dearest_first = sorted(kept, key=lambda n: (-costs.get(n, 0), -solo[n].sqnr))
+    # leave-out: each float layer, dearest first, quantized again where the budget still holds
+    float_set, current = promote_greedily(tuple(kept), current, [(n, ("quantized",)) for n in dearest_first],
+                                          lambda floats, name, _: tuple(x for x in floats if x != name),
+                                          lambda floats: budget.score([floats])[0], target,
+                                          "quant budget: %s %s again: %s")
+    kept = list(float_set)
     trimmed: list[str] = budget.speed_trim(kept) if kept else []
     if trimmed:
         value = budget.score([tuple(kept) + tuple(trimmed)])[0]
@@ -295,6 +296,23 @@ def shortest_prefix(count: int, score_of, target: Target, step_log: str) -> tupl
         else:
             lo = mid
     return hi, best if best is not None else score_of(hi)
+
+
+def promote_greedily(state, current: Score, moves, trial_of, score_of, target: Target, step_log: str):
+    """The greedy re-promotion after the bisection: each ``(name, rungs)`` of ``moves``, in order,
+    tries its rungs in order, each as ``trial_of(state, name, rung)`` against the state so far, and
+    keeps the first whose ``score_of`` meets ``target`` (its later rungs are not tried). Returns
+    the state and its score (``state, current`` when nothing was kept). ``step_log``: a log format
+    with ``%s`` for the name, the rung and the score."""
+    for name, rungs in moves:
+        for rung in rungs:
+            trial = trial_of(state, name, rung)
+            value = score_of(trial)
+            log.info(step_log, name, rung, describe(value))
+            if target.met(value):
+                state, current = trial, value
+                break
+    return state, current
 
 
 def run_with_budget(quantizer: Quantizer, graph, ctx: Context) -> PassResult:

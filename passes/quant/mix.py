@@ -57,7 +57,7 @@ from graphc.ir import is_standard_op
 from graphc.passes.quant.dynamic import dynamic_targets
 from graphc.passes.quant.embedding import quantize_embeddings
 from graphc.passes.quant.error_budget import (Target, candidate_units, describe, layer_costs,
-                                              shortest_prefix)
+                                              promote_greedily, shortest_prefix)
 from graphc.passes.quant.evaluations import Budget, Mix, Score, write_dynamic
 from graphc.passes.quant.quantizer import Quantizer
 from graphc.passmanager import Context, PassResult
@@ -174,15 +174,11 @@ def _promote(s: Search, graph, ctx: Context, states: dict[str, str], current: Sc
     """Each demoted layer, dearest first, back up to the fastest rung that still meets the budget."""
     demoted = [n for n in s.ladders if states[n] != s.ladders[n][0]]
     costs = layer_costs(graph, ctx, demoted)
-    for name in sorted(demoted, key=lambda n: -costs.get(n, 0)):
-        for state in s.ladders[name][:s.ladders[name].index(states[name])]:
-            trial = {**states, name: state}
-            value = s.score(trial)
-            log.info("quant budget (mix): %s %s again: %s", name, state, describe(value))
-            if s.target.met(value):
-                states, current = trial, value
-                break
-    return states, current
+    # a layer's rungs above its own: only its own state changes before its turn comes
+    moves = [(name, s.ladders[name][:s.ladders[name].index(states[name])])
+             for name in sorted(demoted, key=lambda n: -costs.get(n, 0))]
+    return promote_greedily(states, current, moves, lambda st, name, rung: {**st, name: rung}, s.score,
+                            s.target, "quant budget (mix): %s %s again: %s")
 
 
 def _trim(s: Search, states: dict[str, str], current: Score):
