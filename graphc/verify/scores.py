@@ -13,11 +13,14 @@ error budget measures for every set of float layers it tries):
 Batching (``batch > 1``): consecutive feeds whose inputs have the same shapes run as one, stacked
 along axis 0, when every model input's axis 0 is symbolic (a dynamic batch); each output is split
 back along axis 0 by the feeds' rows. Rows are independent in such models, but a model may not be
-(an output that mixes rows, or a batch axis the outputs do not keep), so the first group's
-outputs are checked against the same feeds run one at a time (the first two feeds; within rtol
-1e-5, atol 1e-6 of the output's scale); if they differ or the outputs do not split, the session
-runs one feed at a time. PP-OCRv4 rec (48x320 lines, 32 at a time): the outputs are bit-identical
-to one at a time and a line costs 0.66x the time (38 ms against 58, one thread, measured).
+(an output that mixes rows, a row's output that depends on its position in the batch or on the
+batch size, or a batch axis the outputs do not keep), so batched outputs are checked against the
+same feeds run one at a time (the rule: :func:`batched_outputs`); if they differ or the outputs
+do not split, the session runs one feed at a time. PP-OCRv4 rec (48x320 lines, 32 at a time): the
+outputs are bit-identical to one at a time and a line costs 0.66x the time (38 ms against 58, one
+thread, measured in session 7); not reproduced on 2026-12-07 (one thread, load ~2, alternated,
+medians of 5): float model 34 ms a line batched against 20 alone (1.7x), the graphc int8 model 9.7
+against 9.3 (1.04x) - worth an A/B on the quiet machine.
 """
 from __future__ import annotations
 
@@ -84,31 +87,60 @@ def _row_cosines(r: np.ndarray, c: np.ndarray) -> np.ndarray:
     return np.where(norms > 0, dot / np.where(norms > 0, norms, 1.0), np.where(dot == 0, 1.0, 0.0))
 
 
+#: input shapes whose first batched group is checked against one at a time (see batched_outputs)
+CHECKED_SHAPES = 4
+
+
 def batched_outputs(session, feeds: list[dict], batch: int = 1, label: str = "model") -> Iterator[list[np.ndarray]]:
     """Each feed's outputs, in order; feeds run ``batch`` at a time where the model allows (see
-    the module docstring)."""
+    the module docstring).
+
+    The check: the first group of each input shape (the first ``CHECKED_SHAPES`` shapes met; a
+    group is at most ``batch`` consecutive feeds of one shape) has its first, middle and last
+    feed run again one at a time, and their outputs must equal the batched ones (rtol 1e-5, atol
+    1e-6 of the output's scale). First, middle and last, not the first two: a model that mixes
+    rows or reads a row's position or the batch size shows it on any row but the first only in
+    some models (a running sum along the batch axis leaves the first rows alone), so the sample
+    spreads over the group; each shape, because such a dependence can come with one shape only
+    (feeds of another length). Not the whole group: on PP-OCRv4 rec (48x320, 1000 evaluation
+    lines, 32 at a time; one thread, measured 2026-12-07 under load 1.8: 21 ms a line alone,
+    1.13 s a group of 32) the whole group adds 32 single runs to every evaluation (0.68 s, 1.9%;
+    ~27 s over the ~40 evaluations of a 30-layer budget), three add 0.06 s (0.18%). Any
+    difference: this group and every later feed run one at a time."""
     names = [i.name for i in session.get_inputs()]
     dynamic = batch > 1 and bool(names) and all(i.shape and not isinstance(i.shape[0], int) for i in session.get_inputs())
-    checked = False
+    checked: set[tuple] = set()
     start = 0
     while start < len(feeds):
         group = _same_shapes(feeds, start, batch if dynamic else 1, names)
         start += len(group)
         if len(group) == 1:
-            yield [np.asarray(x) for x in run_session(session, group[0], label=label)]
+            yield _alone(session, group[0], label)
             continue
         rows = [int(np.shape(f[names[0]])[0]) for f in group]
         stacked = {n: np.concatenate([f[n] for f in group], axis=0) for n in names}
         split = _split(run_session(session, stacked, label=label), rows)
-        if split is not None and not checked:
-            checked = True
-            alone = [[np.asarray(x) for x in run_session(session, f, label=label)] for f in group[:2]]
-            if not all(_close(a, b) for one, many in zip(alone, split) for a, b in zip(one, many)):
+        shape = tuple(np.shape(group[0][n]) for n in names)
+        if split is not None and shape not in checked and len(checked) < CHECKED_SHAPES:
+            checked.add(shape)
+            if not _matches_alone(session, group, split, label):
                 split = None
         if split is None:  # rows are not independent here: one feed at a time from now on
             dynamic = False
-            split = [[np.asarray(x) for x in run_session(session, f, label=label)] for f in group]
+            split = [_alone(session, f, label) for f in group]
         yield from split
+
+
+def _alone(session, feed: dict, label: str) -> list[np.ndarray]:
+    return [np.asarray(x) for x in run_session(session, feed, label=label)]
+
+
+def _matches_alone(session, group: list[dict], split: list[list[np.ndarray]], label: str) -> bool:
+    """The first, middle and last feed of ``group`` run one at a time give ``split``'s outputs."""
+    for i in sorted({0, len(group) // 2, len(group) - 1}):
+        if not all(_close(a, b) for a, b in zip(_alone(session, group[i], label), split[i])):
+            return False
+    return True
 
 
 def _same_shapes(feeds: list[dict], start: int, batch: int, names: list[str]) -> list[dict]:

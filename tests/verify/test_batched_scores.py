@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 import graphc
-from graphc.runtime import create_session
+from graphc.runtime import create_session, run_session
 from graphc.verify.scores import batched_outputs, reference_outputs, score_outputs
 from support import make_model
 
@@ -30,6 +30,36 @@ def _mixing():
              helper.make_node("Sub", ["x", "m"], ["y"])]
     graph = helper.make_graph(nodes, "mix", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 5])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 5])])
+    return graphc.load(make_model(graph))
+
+
+def _by_position():
+    """y = x * max(p, 2) for the row at 1-based position p along the batch axis (a running sum of
+    ones): alone every row is at position 1, so y = 2x; batched, the first two rows agree with
+    that and every later row does not."""
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "one"], ["ones"]),
+             helper.make_node("CumSum", ["ones", "axis"], ["p"]), helper.make_node("Max", ["p", "two"], ["f"]),
+             helper.make_node("Mul", ["x", "f"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0), ("one", 1), ("two", 2))]
+    inits.append(numpy_helper.from_array(np.array(0, np.int64), "axis"))
+    graph = helper.make_graph(nodes, "position", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "W"])], inits)
+    return graphc.load(make_model(graph))
+
+
+def _by_position_at_width_6():
+    """y = x * (1 + (p - 1) * (W - 5)), p the row's 1-based position in the batch, W the width:
+    rows independent at width 5 (y = x), not at width 6 (y = p x)."""
+    nodes = [helper.make_node("Mul", ["x", "zero"], ["z"]), helper.make_node("Add", ["z", "one"], ["ones"]),
+             helper.make_node("CumSum", ["ones", "axis"], ["p"]), helper.make_node("Sub", ["p", "one"], ["p0"]),
+             helper.make_node("Shape", ["x"], ["shape"]), helper.make_node("Gather", ["shape", "one_i"], ["w"]),
+             helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT), helper.make_node("Sub", ["wf", "five"], ["d"]),
+             helper.make_node("Mul", ["p0", "d"], ["e"]), helper.make_node("Add", ["e", "one"], ["f"]),
+             helper.make_node("Mul", ["x", "f"], ["y"])]
+    inits = [numpy_helper.from_array(np.array(v, np.float32), n) for n, v in (("zero", 0), ("one", 1), ("five", 5))]
+    inits += [numpy_helper.from_array(np.array(0, np.int64), "axis"), numpy_helper.from_array(np.array(1, np.int64), "one_i")]
+    graph = helper.make_graph(nodes, "width", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "W"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", "W"])], inits)
     return graphc.load(make_model(graph))
 
 
@@ -61,8 +91,8 @@ def test_the_batch_really_runs_stacked(monkeypatch):
     real = session.run
     monkeypatch.setattr(session, "run", lambda names, feeds: sizes.append(feeds["x"].shape[0]) or real(names, feeds))
     list(batched_outputs(session, _feeds(10), batch=4))
-    # 4 stacked, its first two checked one at a time, then 4 and 2 stacked
-    assert sizes == [4, 1, 1, 4, 2]
+    # 4 stacked, its first, middle and last checked one at a time, then 4 and 2 stacked
+    assert sizes == [4, 1, 1, 1, 4, 2]
 
 
 def test_a_fixed_batch_axis_runs_one_at_a_time(monkeypatch):
@@ -98,3 +128,36 @@ def test_scores_batched_equal_scores_one_at_a_time():
     assert len(kept_many) == 13
     for a, b in zip(kept_one, kept_many):
         np.testing.assert_allclose(b[0], a[0], rtol=1e-5, atol=1e-6)
+
+
+def test_a_row_that_differs_only_after_the_first_two_falls_back_to_one_at_a_time():
+    model = _by_position()
+    feeds = _feeds(9, (1, 5))
+    alone = _one_at_a_time(model, feeds)
+    stacked = run_session(create_session(model, spin=False),
+                          {"x": np.concatenate([f["x"] for f in feeds[:4]])})[0]
+    np.testing.assert_array_equal(stacked[:2], np.concatenate([a[0] for a in alone[:2]]))  # first two agree
+    assert not np.allclose(stacked[2:], np.concatenate([a[0] for a in alone[2:4]]))  # the rest do not
+    batched = reference_outputs(model, feeds, batch=4)
+    for one, many in zip(alone, batched):
+        np.testing.assert_array_equal(many[0], one[0])
+
+
+def test_the_first_group_of_each_shape_is_checked(monkeypatch):
+    session = create_session(_conv(), spin=False)
+    sizes = []
+    real = session.run
+    monkeypatch.setattr(session, "run", lambda names, feeds: sizes.append(feeds["x"].shape[0]) or real(names, feeds))
+    list(batched_outputs(session, _feeds(4) + _feeds(4, (1, 4, 6, 7)) + _feeds(4), batch=4))
+    # a group of each width checked (first, middle, last); the width seen before is not checked again
+    assert sizes == [4, 1, 1, 1, 4, 1, 1, 1, 4]
+
+
+def test_rows_that_mix_at_one_shape_only_fall_back_at_that_shape():
+    model = _by_position_at_width_6()
+    feeds = _feeds(4, (1, 5)) + _feeds(4, (1, 6), seed=2)
+    alone = _one_at_a_time(model, feeds)
+    np.testing.assert_allclose(alone[5][0], feeds[5]["x"], rtol=1e-6)  # alone, every row is at position 1
+    batched = reference_outputs(model, feeds, batch=4)
+    for one, many in zip(alone, batched):
+        np.testing.assert_allclose(many[0], one[0], rtol=1e-6)
