@@ -98,7 +98,7 @@ def render_html(report: dict[str, Any], plots: list[Any]) -> str:
     body += _section("Passes", _passes(report))
     if report.get("layers"):
         body += _section("Layers", _table(LAYER_HEADER, layer_rows(report), "layers"))
-    rows = model_rows(report["before"], report["after"], short_labels=True)
+    rows = model_rows(report["before"], report["after"])
     notes = [f"<p>{escape(n)}</p>" for n in model_notes(report["after"] or report["before"])]
     body += _section("Model", _table(SUMMARY_HEADER, rows) + notes)
     if report["verification"] is not None:

@@ -22,18 +22,17 @@ class Measure:
     report's ``summary``), its labels and how it is written."""
 
     key: str
-    label: str  # the Summary table and the Markdown report's Model table
-    short_label: str  # the HTML report's Model table
+    label: str  # the row label in the Summary and Model tables of every writer
     fmt: Callable[[Any], str]
 
 
 MEASURES = (
-    Measure("nodes", "nodes", "nodes", str),
-    Measure("params", "parameters", "params", human_count),
-    Measure("file_bytes", "file size", "size", human_bytes),
-    Measure("zlib_bytes", "zipped (zlib)", "zipped", human_bytes),
-    Measure("entropy_coded_bytes", "entropy-coded", "entropy-coded", human_bytes),
-    Measure("macs", "MACs", "MACs", human_count),
+    Measure("nodes", "nodes", str),
+    Measure("params", "parameters", human_count),
+    Measure("file_bytes", "file size", human_bytes),
+    Measure("zlib_bytes", "zipped (zlib)", human_bytes),
+    Measure("entropy_coded_bytes", "entropy-coded", human_bytes),
+    Measure("macs", "MACs", human_count),
 )
 #: the measures with a plain before/after row in the Summary table (its MACs row says "unknown").
 SUMMARY_MEASURES = tuple(m for m in MEASURES if m.key in ("params", "file_bytes", "zlib_bytes",
@@ -46,12 +45,11 @@ def before_after_row(label: str, fmt: Callable[[Any], str], before: Any, after: 
             change(before, after)]
 
 
-def model_rows(before: dict[str, Any], after: dict[str, Any] | None, *, short_labels: bool = False
-               ) -> list[list[str]]:
-    """The Model table: every measure of the input's and the result's model summaries."""
+def model_rows(before: dict[str, Any], after: dict[str, Any] | None) -> list[list[str]]:
+    """The Model table: every measure of the input's and the result's model summaries, labelled
+    as in the Summary table (the same labels in every writer)."""
     after = after or {}
-    return [before_after_row(m.short_label if short_labels else m.label, m.fmt, before.get(m.key),
-                             after.get(m.key)) for m in MEASURES]
+    return [before_after_row(m.label, m.fmt, before.get(m.key), after.get(m.key)) for m in MEASURES]
 
 
 def summary_rows(report: dict[str, Any]) -> list[list[str]]:
