@@ -3,8 +3,9 @@ and value projections) become one MatMul over the concatenated weight, with thei
 followed by a Split (:mod:`graphc.rewrite.sibling_matmuls` states the maths: exact up to float
 rounding of the wider product, rtol 1e-5).
 
-``quant{activations=dynamic}`` runs the same rewrite before quantizing (one activation
-quantization and one integer kernel instead of one per sibling); this pass offers it alone.
+``quant{activations=dynamic}`` runs the same rewrite on the siblings it quantizes, before
+quantizing them (``merge-siblings``, default true: one activation quantization and one integer
+kernel instead of one per sibling); this pass offers it alone, in float.
 """
 from __future__ import annotations
 
@@ -23,5 +24,5 @@ class MergeMatMuls(Pass):
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)
         merged = merge_sibling_matmuls(graph, ctx.opset, result)
-        result.modified = merged > 0
+        result.modified = bool(merged)
         return result

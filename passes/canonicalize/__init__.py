@@ -11,7 +11,9 @@ Rules, in the order each round applies them (maths and exactness conditions in t
 - affine folding (``affine``): fold_into_producer (fold-bn's Conv/Gemm/MatMul +
   per-channel Mul/Add), fold_into_consumer (affine before a Conv/Gemm/MatMul, exact only without
   zero padding; otherwise only the scale is folded and one Add is left).
-- layout (``arithmetic``): transpose_pair, transpose_to_reshape, reshape_chain.
+- layout (``arithmetic``, ``shapes``): transpose_pair, transpose_to_reshape, reshape_own_shape
+  (a Reshape target computed from ``Shape`` of the Reshape's own input -> a constant whose ``0``
+  entries copy the input's dimensions), reshape_chain.
 - then fold-constants (constant subgraphs, static Shape arithmetic), and the next round.
 
 After canonicalize, an affine map that could not be folded anywhere is exactly one ``Mul`` (by a
@@ -55,6 +57,7 @@ from graphc.passmanager import Context, Pass, PassResult, option, register_pass
 from graphc.passes.canonicalize import activations as act
 from graphc.passes.canonicalize import affine
 from graphc.passes.canonicalize import arithmetic as arith
+from graphc.passes.canonicalize import shapes
 from graphc.passes.canonicalize.match import Fired, NeedsOpset, Rewriter, Rule, Skip
 
 log = logging.getLogger(__name__)
@@ -80,6 +83,8 @@ RULES: tuple[Rule, ...] = (
     Rule("transpose_pair", ("Transpose",), arith.transpose_pair, "Transpose of Transpose -> one or none"),
     Rule("transpose_to_reshape", ("Transpose",), arith.transpose_to_reshape,
          "Transpose moving only size-1 axes -> Reshape"),
+    Rule("reshape_own_shape", ("Reshape",), shapes.reshape_own_shape,
+         "Reshape target computed from the input's own Shape -> a constant (0 copies a dimension)"),
     Rule("reshape_chain", ("Reshape",), arith.reshape_chain, "Reshape of a reshape -> one Reshape"),
 )
 RULE_NAMES = tuple(r.name for r in RULES)

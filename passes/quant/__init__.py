@@ -93,6 +93,10 @@ class Quantize(Pass):
                                        "channel's stay float (a thin float MatMul beside the int8 one; when "
                                        "none exceeds 6x, they are moved into the weights instead); 0: none",
                                        min=0, max=64)
+        merge_siblings: bool = option(True, "activations=dynamic: MatMuls that read one activation with constant "
+                                      "weights (attention's Q/K/V) are merged into one MatMul and a Split "
+                                      "before quantizing (one integer kernel instead of one per sibling; "
+                                      "the merge-matmuls pass)")
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
         symmetric_activations: bool = option(False, "zero point 0 (s8) / 128 (u8) for activations")

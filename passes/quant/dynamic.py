@@ -28,6 +28,12 @@ about ``MIN_MACS`` = 2^17 multiply-adds to pay. So ``placement=auto`` quantizes 
 whose MACs at the cost shapes (``ctx.cost_shapes()``: ``--input-shape``, else batch 1) reach
 ``MIN_MACS`` (MACs unknown: ``K N``, i.e. one row), and ``placement=all`` every eligible one.
 
+Siblings merged first (``merge-siblings``, default true): MatMuls that read one activation with
+constant weights and are each quantized (attention's Q/K/V) become one MatMul over the
+concatenated weight and a Split (:mod:`graphc.rewrite.sibling_matmuls`): one integer kernel
+instead of three, the same per-column scales, so the same integer sums. A merge of siblings that
+each reached ``MIN_MACS`` is quantized even when the cost shapes do not know its new output.
+
 Left float, with a reason: MatMuls of two activations (attention), non-2-D or non-float32
 weights, Gemm with ``transA``, Gemm whose ``C`` is computed at run time and scaled by ``beta``.
 Embedding tables (Gather of a constant float table) are stored as int8 rows
@@ -52,6 +58,7 @@ from graphc.passes.quant.outliers import OutlierSplit, measure_outliers
 from graphc.passes.quant.recurrent import quantize_lstms
 from graphc.passes.quant.weights_only import weight_kn, weight_of
 from graphc.passmanager import Context, PassResult
+from graphc.rewrite.sibling_matmuls import merge_sibling_matmuls
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +98,7 @@ def _selected(node: gs.Node, opts) -> str | None:
     return None
 
 
-def _check(node: gs.Node, opts, shapes) -> tuple[np.ndarray | None, str]:
+def _check(node: gs.Node, opts, shapes, paid: frozenset[int]) -> tuple[np.ndarray | None, str]:
     """The node's ``[K, N]`` weight, or None and the reason it stays float."""
     reason = _selected(node, opts)
     if reason is not None:
@@ -103,7 +110,7 @@ def _check(node: gs.Node, opts, shapes) -> tuple[np.ndarray | None, str]:
     if isinstance(bias, gs.Variable) and bias.name and float(node.attrs.get("beta", 1.0)) != 1.0:
         return None, "dynamic: Gemm with a run-time C scaled by beta"
     w_kn = weight_kn(node, w)
-    if opts.placement == "auto":
+    if opts.placement == "auto" and id(node) not in paid:
         macs = node_macs(node, shapes)
         macs = macs if macs is not None else w_kn.size
         if macs < MIN_MACS:
@@ -111,11 +118,14 @@ def _check(node: gs.Node, opts, shapes) -> tuple[np.ndarray | None, str]:
     return w_kn, ""
 
 
-def dynamic_targets(graph: gs.Graph, opts, shapes, result: PassResult) -> list[DynamicTarget]:
-    """The MatMul/Gemm nodes to rewrite; the others are counted in ``result`` with their reason."""
+def dynamic_targets(graph: gs.Graph, opts, shapes, result: PassResult,
+                    paid: frozenset[int] = frozenset()) -> list[DynamicTarget]:
+    """The MatMul/Gemm nodes to rewrite; the others are counted in ``result`` with their reason.
+    ``paid``: ids of nodes known to reach ``MIN_MACS`` (a merge of siblings that each did; the
+    cost shapes do not know its new output)."""
     targets = []
     for node in [n for n in graph.nodes if is_standard_op(n, "MatMul", "Gemm")]:
-        w_kn, reason = _check(node, opts, shapes)
+        w_kn, reason = _check(node, opts, shapes, paid)
         if w_kn is None:
             result.skip(reason)
             result.details.append({"node": node.name or node_label(node), "op": node.op,
@@ -188,7 +198,12 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
             and ctx.require_opset(DYNAMIC_OPSET):
         result.count("opset_upgraded_to", DYNAMIC_OPSET)
         graph = ctx.graph  # new node objects
-    targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result)
+    merged: frozenset[int] = frozenset()
+    if opts.merge_siblings:  # Q/K/V: one quantization and one integer kernel instead of three
+        eligible = {id(t.node) for t in dynamic_targets(graph, opts, ctx.cost_shapes(), PassResult(modified=False))}
+        merged = frozenset(id(n) for n in merge_sibling_matmuls(graph, ctx.opset, result,
+                                                                 accept=lambda node: id(node) in eligible))
+    targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result, paid=merged)
     writer = DynamicWriter(graph, opts.per_channel)
     # with --data: the few outlier input channels of each MatMul stay float (passes/quant/outliers.py)
     split = OutlierSplit(graph, measure_outliers(ctx, targets, opts.samples, opts.outlier_channels, result))

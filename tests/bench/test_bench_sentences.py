@@ -160,15 +160,15 @@ def test_repair_margin_is_against_magnitude_only():
     assert "magnitude-only (2.9 dB)" in text and "repair, sequential (default): +16.0 dB" in text
 
 
-# -- bench_transformer: merge-matmuls against quant --data ------------------------------------------
+# -- bench_transformer: quant's sibling merge against quant{merge-siblings=false} ---------------------
 
 
 def _merge_rows(one, sixteen, cosine=0.99868, nn=0.973):
     import bench_transformer
 
     return {bench_transformer.GRAPHC: {"cosine": 0.99868, "nn": 0.973},
-            bench_transformer.MERGED: {"cosine": cosine, "nn": nn,
-                                       "vs_graphc": {"16 sentences": sixteen, "1 sentence": one}}}
+            bench_transformer.UNMERGED: {"cosine": cosine, "nn": nn,
+                                         "merge_gain": {"16 sentences": sixteen, "1 sentence": one}}}
 
 
 def test_merge_line_says_faster_only_when_the_quartiles_agree():

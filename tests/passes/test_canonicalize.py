@@ -658,6 +658,71 @@ def test_transpose_moving_real_axes_is_kept(tmp_path):
     assert _ops(model) == ["Transpose"] and not record.modified
 
 
+def _same_for_shapes(proto, model, tmp_path, shapes):
+    """Same outputs as the original for each input shape in ``shapes`` (dynamic dims), and a
+    second run changes nothing."""
+    for i, shape in enumerate(shapes):
+        _check(proto, model, tmp_path, feeds=random_feeds(proto, {"x": shape}, seed=i))
+
+
+TORCH_VIEW = ("s0 = Shape(x)\n d0 = Gather <axis = 0> (s0, zero)\n u0 = Unsqueeze(d0, axes)\n"
+              " s1 = Shape(x)\n d1 = Gather <axis = 0> (s1, one)\n u1 = Unsqueeze(d1, axes)\n"
+              " t = Concat <axis = 0> (u0, u1, heads)\n r = Reshape(x, t)\n y = Relu(r)")
+SHAPE_CONSTS = dict(zero=np.array(0, np.int64), one=np.array(1, np.int64), axes=np.array([0], np.int64),
+                    heads=np.array([2, 4], np.int64), start=np.array([0], np.int64), end=np.array([2], np.int64),
+                    minus1=np.array([-1], np.int64))
+
+
+def test_reshape_target_from_the_inputs_own_shape_becomes_a_constant(tmp_path):
+    """torch's x.view(x.size(0), x.size(1), 2, 4): Gather/Unsqueeze/Concat of Shape(x) -> [0, 0, 2, 4]."""
+    proto = _model(TORCH_VIEW, opset=13, inputs="float[N,T,8] x", outputs="float[N,T,2,4] y", **SHAPE_CONSTS)
+    model, record = _run(proto)
+    assert _ops(model) == ["Relu", "Reshape"] and record.stats == {"reshape_own_shape": 1}
+    assert list(_node(model, "Reshape").inputs[1].values) == [0, 0, 2, 4]
+    _same_for_shapes(proto, model, tmp_path, [(3, 5, 8), (1, 1, 8), (2, 0, 8)])
+
+
+@pytest.mark.parametrize("shape_op, opset", [("s = Shape(x)\n n = Slice(s, start, end)", 13),
+                                              ("n = Shape <start = 0, end = 2> (x)", 15),
+                                              ("s = Shape(x)\n n = Slice(s, start, end)\n c = Cast <to = 7> (n)", 13)])
+def test_reshape_target_from_a_slice_of_the_shape_keeps_minus_one(shape_op, opset, tmp_path):
+    """Merging heads back, x.reshape(*x.shape[:2], -1): [0, 0, -1]."""
+    tail = "c" if "Cast" in shape_op else "n"
+    body = f"{shape_op}\n t = Concat <axis = 0> ({tail}, minus1)\n r = Reshape(x, t)\n y = Relu(r)"
+    proto = _model(body, opset=opset, inputs="float[N,T,2,4] x", outputs="float[N,T,8] y", **SHAPE_CONSTS)
+    model, record = _run(proto)
+    assert _ops(model) == ["Relu", "Reshape"] and record.stats["reshape_own_shape"] == 1  # (+ the no-op Cast)
+    assert list(_node(model, "Reshape").inputs[1].values) == [0, 0, -1]
+    _same_for_shapes(proto, model, tmp_path, [(3, 5, 2, 4), (1, 7, 2, 4)])
+
+
+@pytest.mark.parametrize("body, reason", [
+    # x.view(x.size(1), x.size(0), 2, 4): a dimension at another position
+    (TORCH_VIEW.replace("(u0, u1, heads)", "(u1, u0, heads)"), "entry 0 is input dimension 1"),
+    # the target comes from the shape of another tensor
+    (TORCH_VIEW.replace("s1 = Shape(x)", "s1 = Shape(z)"), "entry 1 is another tensor"),
+    # allowzero=1: 0 would be an empty dimension, not a copy
+    (TORCH_VIEW.replace("Reshape(x, t)", "Reshape <allowzero = 1> (x, t)"), "allowzero=1"),
+])
+def test_reshape_target_that_is_not_the_inputs_own_dims_is_left_alone(body, reason, tmp_path):
+    proto = _model(body, opset=14, inputs="float[N,T,8] x, float[N,T,8] z", outputs="float[N,T,2,4] y",
+                   **SHAPE_CONSTS)
+    model, record = _run(proto)
+    assert "reshape_own_shape" not in record.stats and op_count(model, "Shape") == 2
+    assert any(reason in r for r in record.skipped), record.skipped
+
+
+def test_reshape_target_from_arithmetic_on_dims_is_not_matched():
+    """x.view(x.size(0) * x.size(1), 8): a product of dims is not a copy of one."""
+    body = ("s = Shape(x)\n d0 = Gather <axis = 0> (s, zero)\n d1 = Gather <axis = 0> (s, one)\n"
+            " p = Mul(d0, d1)\n u = Unsqueeze(p, axes)\n e = Constant <value = int64[1] {8}> ()\n"
+            " t = Concat <axis = 0> (u, e)\n r = Reshape(x, t)\n y = Relu(r)")
+    proto = _model(body, opset=13, inputs="float[N,T,8] x", outputs="float[M,8] y", **SHAPE_CONSTS)
+    model, record = _run(proto)
+    assert "reshape_own_shape" not in record.stats and op_count(model, "Shape") == 1
+    assert not any("Reshape target" in r for r in record.skipped)
+
+
 def test_static_shape_arithmetic_is_folded(tmp_path):
     body = ("s = Shape(x)\n n = Slice(s, start, end)\n t = Concat <axis = 0> (n, minus1)\n a = Reshape(x, t)\n"
             " b = Reshape(a, t)\n y = Relu(b)")

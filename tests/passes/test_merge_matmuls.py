@@ -204,7 +204,7 @@ def test_merged_then_dynamic_equals_dynamic_per_sibling(tmp_path, factor):
     base = graphc.load(proto)
     data = _outlier_feeds(6, 0, factor=factor)
     dyn = "quant{activations=dynamic placement=all}"
-    alone, rec_alone = _dynamic(base, dyn, data)
+    alone, rec_alone = _dynamic(base, dyn.replace("}", " merge-siblings=false}"), data)
     merged, rec_merged = _dynamic(base, f"merge-matmuls,{dyn}", data)
     assert op_count(alone, "MatMulInteger") == 3 and op_count(merged, "MatMulInteger") == 1
     assert op_count(merged, "Split") == 1

@@ -28,6 +28,7 @@ from support import MODELS, assert_valid, make_model, op_count, run
 
 RNG = np.random.default_rng(7)
 DYN = "quant{activations=dynamic placement=all}"
+MERGE_OFF = "quant{activations=dynamic placement=all merge-siblings=false}"
 
 
 def _graph(k=64, n=96, m=8, shared=False, trans_b=True, opset=13):
@@ -131,7 +132,7 @@ def test_per_tensor_option_gives_one_scale():
 
 
 def test_shared_input_is_quantized_once(tmp_path):
-    out, record = _quant(_graph(shared=True))
+    out, record = _quant(_graph(shared=True), MERGE_OFF)
     assert op_count(out, "MatMulInteger") == 3
     assert op_count(out, "DynamicQuantizeLinear") == 2  # x (fc1, fc2) and relu's output (head)
     assert record.stats["dynamic_quantize_linear"] == 2
@@ -148,7 +149,41 @@ def test_onnxruntime_fuses_the_standard_form_into_its_dynamic_kernels(tmp_path):
     ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
     ops = [n.op_type for n in onnx.load(tmp_path / "opt.onnx").graph.node]
     assert "MatMulInteger" not in ops
-    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == 3
+    assert ops.count("DynamicQuantizeMatMul") + ops.count("MatMulIntegerToFloat") == 2  # fc1+fc2 merged, head
+
+
+def test_siblings_of_one_activation_are_merged_before_quantizing(tmp_path):
+    """fc1 and fc2 read x with constant weights: one MatMul over [W1 W3], one integer kernel, a
+    Split. Per-column scales and x's quantization are the siblings' own, so the outputs equal
+    quantizing them apart (float rounding of the rescale only)."""
+    model = _graph(shared=True)
+    out, record = _quant(model)
+    assert record.stats["merged_matmuls"] == 2 and record.stats["merged_groups"] == 1
+    assert op_count(out, "MatMulInteger") == 2 and op_count(out, "Split") == 1
+    assert record.stats["quantized_MatMul"] == 1 and record.stats["dynamic_quantize_linear"] == 2
+    apart, _ = _quant(model, MERGE_OFF)
+    assert op_count(apart, "MatMulInteger") == 3 and op_count(apart, "Split") == 0
+    x = RNG.standard_normal((8, 64)).astype(np.float32)
+    for got, want in zip(run(to_proto(out), {"x": x}), run(to_proto(apart), {"x": x}), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert_valid(out, tmp_path)
+
+
+def test_siblings_that_stay_float_are_not_merged():
+    out, record = _quant(_graph(shared=True), DYN.replace("}", " exclude=fc2}"))
+    assert "merged_matmuls" not in record.stats and op_count(out, "Split") == 0
+    assert op_count(out, "MatMulInteger") == 2 and op_count(out, "MatMul") == 2  # fc2 and scores float
+    out, record = _quant(_graph(k=16, n=16, m=2, shared=True), "quant{activations=dynamic}")
+    assert record.modified is False and op_count(out, "Split") == 0 and op_count(out, "MatMul") == 3
+
+
+def test_merged_siblings_that_each_pay_are_quantized():
+    """Each sibling is 128x64x96 multiply-adds (pays); the merged weight alone is 64x192, below
+    MIN_MACS, and the cost shapes do not know the merged output: it must still be quantized."""
+    assert 128 * 64 * 96 >= MIN_MACS > 64 * 192
+    out, record = _quant(_graph(k=64, n=96, m=128, shared=True), "quant{activations=dynamic}")
+    assert record.stats["merged_matmuls"] == 2 and record.stats["quantized_MatMul"] == 1
+    assert op_count(out, "MatMulInteger") == 1 and op_count(out, "MatMul") == 1  # scores
 
 
 def test_second_run_changes_nothing():
@@ -225,7 +260,9 @@ def test_cli_quant_without_data(tmp_path, capsys):
 def test_transformer_digits_accuracy_and_size(tmp_path):
     model = graphc.load(MODELS / "transformer_digits.onnx")
     out, record = _quant(model)
-    assert record.stats["quantized_MatMul"] == 13 and record.stats["quantized_Gemm"] == 1
+    # 13 MatMuls with constant weights; each of the 2 layers' Q/K/V are merged into one first
+    assert record.stats["merged_matmuls"] == 6 and record.stats["merged_groups"] == 2
+    assert record.stats["quantized_MatMul"] == 13 - 6 + 2 and record.stats["quantized_Gemm"] == 1
     path = assert_valid(out, tmp_path)
     assert path.stat().st_size < 0.4 * (MODELS / "transformer_digits.onnx").stat().st_size
     x = np.load(MODELS / "digits_test.npz")["input"][:450].astype(np.float32)

@@ -55,10 +55,29 @@ def _feeds(n, seed, spread=1.0):
 
 
 def _quant(model, pipeline, data=None):
+    """``pipeline`` run on a copy; q and k stay two readers of x (``merge-siblings=false``)
+    unless the pipeline says otherwise (the merged reader: test_merged_narrowing_readers_keep_the_split)."""
+    if "activations=dynamic" in pipeline and "merge-siblings" not in pipeline:
+        pipeline = pipeline.replace("activations=dynamic", "activations=dynamic merge-siblings=false")
     model = model.copy()
     report = graphc.PassManager(pipeline, data=open_data(data, model) if data is not None else None,
                                 prepare=False).run(model)
     return model, report.records[-1]
+
+
+def test_merged_narrowing_readers_keep_the_split(tmp_path):
+    """quant's default merges q and k into one [1024, 256] reader, still narrowing: the same
+    outlier channels stay float in one thin MatMul, and the outputs equal the two readers'."""
+    model = _graph()
+    merged, record = _quant(model, "quant{activations=dynamic merge-siblings=true}", data=_feeds(8, 0))
+    apart, record_apart = _quant(model, "quant{activations=dynamic}", data=_feeds(8, 0))
+    assert record.stats["merged_matmuls"] == 2 and op_count(merged, "Split") == 1
+    assert op_count(merged, "MatMulInteger") == 1 and op_count(merged, "MatMul") == 1  # the thin float part
+    assert record.stats["outlier_channels_float"] == record_apart.stats["outlier_channels_float"] == len(OUTLIERS)
+    path = assert_valid(merged, tmp_path)
+    for feed in _feeds(2, 9):
+        for got, want in zip(run(path, feed), run(apart, feed), strict=True):
+            np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5 * np.abs(want).max())
 
 
 def test_classify_split_mild_or_none():
@@ -268,7 +287,7 @@ def test_auto_picks_the_mode_that_measures_better(case):
         feeds = tf2onnx_feeds(8)
     out, record = _quant(model, "quant", data=feeds)
     static, static_db = _sqnr_of(model, "activations=u8", feeds, feeds)
-    dynamic, dynamic_db = _sqnr_of(model, "activations=dynamic", feeds, feeds)
+    dynamic, dynamic_db = _sqnr_of(model, "activations=dynamic merge-siblings=true", feeds, feeds)  # auto's defaults
     winner = dynamic if static_db is None or dynamic_db > static_db else static
     assert [n.op for n in out.graph.nodes] == [n.op for n in winner.graph.nodes]
     why = record.stats["activations_auto"]
@@ -316,7 +335,7 @@ def test_budget_met_by_dynamic_gives_dynamic():
     out, record = _quant(model, "quant{min-cosine=0.999}", data=feeds)
     why = record.stats["activations_auto"]
     assert why.startswith("dynamic: meets the error budget min-cosine=0.999"), why
-    assert op_count(out, "MatMulInteger") == 2 and op_count(out, "QuantizeLinear") == 0
+    assert op_count(out, "MatMulInteger") == 1 and op_count(out, "QuantizeLinear") == 0  # q, k merged
     got = [run(out, f) for f in feeds]
     ref = [run(model, f) for f in feeds]
     cos = np.mean([np.sum(g * r, 1) / (np.linalg.norm(g, axis=1) * np.linalg.norm(r, axis=1))
