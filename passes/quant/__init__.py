@@ -53,7 +53,7 @@ import onnx_graphsurgeon as gs
 
 from graphc.errors import DataError
 from graphc.ir import is_standard_op, walk_graphs
-from graphc.passes.quant.dynamic import check_dynamic_options, run_dynamic
+from graphc.passes.quant.dynamic import NO_DATA_TENSOR_SCALE_SQNR, check_dynamic_options, run_dynamic
 from graphc.passes.quant.error_budget import run_with_budget
 from graphc.passes.quant.mix import run_mixed_budget
 from graphc.passes.quant.mode import choose_activations, without_budget
@@ -99,6 +99,11 @@ class Quantize(Pass):
                                       "the merge-matmuls pass)")
         weights: str = option("s8", "weight integer type", choices=("s8", "u8"))
         per_channel: bool = option(True, "one weight scale per output channel")
+        tensor_scale_sqnr: float | None = option(None, "activations=dynamic: a MatMul/Gemm weight whose int8 codes keep "
+                                                 "at least this SQNR (dB) with one scale for the whole matrix gets "
+                                                 "one (onnxruntime's dynamic kernel runs those faster on short "
+                                                 "inputs); unset: 30 when -p quant runs without --data, else every "
+                                                 "weight per output channel", min=0.0, max=200.0)
         symmetric_activations: bool = option(False, "zero point 0 (s8) / 128 (u8) for activations")
         ops: tuple[str, ...] = option(DEFAULT_OPS, "op types to quantize", choices=ALL_OPS)
         exclude: tuple[str, ...] = option((), "node name patterns left in float (fnmatch)")
@@ -168,7 +173,8 @@ class Quantize(Pass):
             return None
         log.warning("quant: no calibration data (--data): dynamic int8 quantization of MatMul/Gemm "
                     "(activation ranges computed at run time; quant{activations=dynamic})")
-        return Quantize(dataclasses.replace(opts, activations="dynamic"))
+        sqnr = NO_DATA_TENSOR_SCALE_SQNR if opts.tensor_scale_sqnr is None else opts.tensor_scale_sqnr
+        return Quantize(dataclasses.replace(opts, activations="dynamic", tensor_scale_sqnr=sqnr))
 
     def run(self, graph: gs.Graph, ctx: Context) -> PassResult:
         result = PassResult(modified=False)

@@ -131,6 +131,60 @@ def test_per_tensor_option_gives_one_scale():
     assert len(scales) == 2 and all(s.shape == () for s in scales)
 
 
+def _two_readers(k=256, n=256, m=8):
+    """x -> MatMul(alike) and MatMul(spread): alike's columns are alike (one scale keeps ~36 dB);
+    spread's column 0 is 50x the others (one scale leaves the rest a few codes: ~13 dB)."""
+    rng = np.random.default_rng(11)
+    alike = (rng.standard_normal((k, n)) / k ** 0.5).astype(np.float32)
+    spread = alike[:, ::-1].copy()
+    spread[:, 0] *= 50
+    inits = [numpy_helper.from_array(alike, "alike"), numpy_helper.from_array(spread, "spread")]
+    nodes = [helper.make_node("MatMul", ["x", "alike"], ["a"], name="fa"),
+             helper.make_node("MatMul", ["x", "spread"], ["b"], name="fb")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                              [helper.make_tensor_value_info(t, TensorProto.FLOAT, [m, n]) for t in "ab"], inits)
+    return graphc.load(make_model(graph, opset=13)), alike.astype(np.float64), spread.astype(np.float64)
+
+
+def test_weights_that_keep_the_sqnr_with_one_scale_get_one(tmp_path):
+    """At tensor-scale-sqnr=30 the alike weight gets one scale, the spread one keeps one per
+    column; the output equals an independent numpy evaluation with those codes."""
+    from graphc.passes.quant.dynamic import dynamic_weights, weight_sqnr
+
+    model, alike, spread = _two_readers()
+    assert weight_sqnr(spread, *dynamic_weights(spread, False)) < 30 <= weight_sqnr(alike, *dynamic_weights(alike, False))
+    out, record = _quant(model, "quant{activations=dynamic placement=all merge-siblings=false tensor-scale-sqnr=30}")
+    assert record.stats["weights_one_scale"] == 1
+    muls = {n.name: np.asarray(n.inputs[1].values) for n in out.graph.nodes if n.name.endswith("_scale_Mul")}
+    assert muls["fa_scale_Mul"].shape == () and muls["fb_scale_Mul"].shape == (256,)
+    np.testing.assert_allclose(muls["fa_scale_Mul"], np.abs(alike).max() / 127, rtol=1e-6)
+    x = RNG.standard_normal((8, 256)).astype(np.float32)
+    a, b = run(assert_valid(out, tmp_path), {"x": x})
+    lo, hi = min(float(x.min()), 0.0), max(float(x.max()), 0.0)   # fa with one weight scale, by hand
+    sx = np.float32((hi - lo) / 255)
+    zx = np.clip(np.rint(-lo / sx), 0, 255)
+    xq = np.clip(np.rint(x / sx) + zx, 0, 255)
+    sw = np.abs(alike).max() / 127
+    a_np = ((xq - zx) @ np.clip(np.rint(alike / sw), -127, 127)) * (np.float64(sx) * sw)
+    np.testing.assert_allclose(a, a_np, rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(b, _dynamic_reference(x.astype(np.float64), spread), rtol=1e-4, atol=1e-4)
+
+
+def test_one_scale_rule_is_on_only_for_quant_without_data():
+    """(fa and fb kept apart: merged, their one weight has the spread column and keeps per-column scales.)"""
+    model, _, _ = _two_readers()
+    _, record = _quant(model, "quant{placement=all merge-siblings=false}")  # no data: tensor-scale-sqnr=30
+    assert record.stats["activations"] == "dynamic" and record.stats["weights_one_scale"] == 1
+    _, record = _quant(model, "quant{placement=all}")
+    assert record.stats["merged_matmuls"] == 2 and "weights_one_scale" not in record.stats
+    _, record = _quant(model, "quant{activations=dynamic placement=all merge-siblings=false}")
+    assert "weights_one_scale" not in record.stats
+    _, record = _quant(model, "quant{placement=all merge-siblings=false tensor-scale-sqnr=200}")
+    assert "weights_one_scale" not in record.stats
+    _, record = _quant(model, "quant{placement=all merge-siblings=false per-channel=false}")
+    assert "weights_one_scale" not in record.stats  # every weight has one scale anyway
+
+
 def test_shared_input_is_quantized_once(tmp_path):
     out, record = _quant(_graph(shared=True), MERGE_OFF)
     assert op_count(out, "MatMulInteger") == 3
