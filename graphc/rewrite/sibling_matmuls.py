@@ -26,10 +26,8 @@ width is not narrowing move into the weights instead of being split (attention's
 
 ``quant{activations=dynamic}`` merges the siblings it quantizes before quantizing them
 (``merge-siblings``, default true; only siblings that are each quantized, so nothing is merged
-that stays float). On all-MiniLM-L6-v2 on the quiet machine (2 threads, alternated, median of
-per-round ratios; BENCHMARKS.md transformer section) the merge measured 1.04x-1.10x faster at one
-sentence and 0.98x-0.99x at sixteen, with the same embeddings to 5 digits: short inputs, where
-per-kernel overhead dominates, are the common deployment case for an encoder.
+that stays float): faster at one sentence, where per-kernel overhead dominates, and about even at
+sixteen, with the same embeddings (measurements: ``benchmarks/design_notes.md``).
 
 Left alone: fewer than two siblings; weights that are not constant 2-D float arrays (a weight
 computed at run time, e.g. through a Transpose), a weight another node reads too (merging would

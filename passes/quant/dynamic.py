@@ -30,20 +30,14 @@ whose MACs at the cost shapes (``ctx.cost_shapes()``: ``--input-shape``, else ba
 
 One weight scale where it costs little (``tensor-scale-sqnr``). onnxruntime's
 DynamicQuantizeMatMul runs a weight with one scale faster than one with a scale per column on
-short inputs (all-MiniLM-L6-v2, one sentence, 2 threads, alternated, median of per-round ratios,
-loaded 2-CPU machine: every weight with one scale 1.08-1.12x faster than every weight per column;
-no clear difference at 16 sentences), but one scale for a weight whose columns differ in range
-costs accuracy (every weight with one scale: mean embedding cosine 0.9666 against 0.9935). So a
+short inputs, but one scale for a weight whose columns differ in range costs accuracy. So a
 weight gets one scale only when its int8 codes keep at least ``tensor-scale-sqnr`` dB with it
-(``weight_sqnr``): its rounding is then well below the run-time activation rounding, which for
-an 8-bit per-tensor range over activations with 15-28x outlier channels keeps about 20-25 dB.
-On all-MiniLM-L6-v2 at 30 dB, 16 of 24 weights get one scale (the FFN-down weights, whose column
-maxima span 5-43x, keep theirs per column): cosine 0.99265 against 0.99354, nearest-neighbour
-agreement 0.906 against 0.859 (near-ties), 1.04x faster at one sentence in the same loaded run.
-The rule is on at ``NO_DATA_TENSOR_SCALE_SQNR`` when ``-p quant`` falls back to this mode without
---data, and off otherwise unless set: with --data the mode is chosen for accuracy, and 30 dB
-there cost nearest-neighbour agreement 0.973 -> 0.941 (cosine 0.99868 -> 0.99816). The rule
-judges merged siblings (below) by their merged weight.
+(``weight_sqnr``): its rounding is then well below the run-time activation rounding (an 8-bit
+per-tensor range over activations whose outlier channels are 15-28x the median keeps about
+20-25 dB). On by default (``NO_DATA_TENSOR_SCALE_SQNR``) only when ``-p quant`` falls back to
+this mode without --data; with --data the mode is chosen for accuracy and the rule is off unless
+set. The rule judges merged siblings (below) by their merged weight. Measurements:
+``benchmarks/design_notes.md``.
 
 Siblings merged first (``merge-siblings``, default true): MatMuls that read one activation with
 constant weights and are each quantized (attention's Q/K/V) become one MatMul over the
