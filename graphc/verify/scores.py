@@ -17,10 +17,12 @@ back along axis 0 by the feeds' rows. Rows are independent in such models, but a
 batch size, or a batch axis the outputs do not keep), so batched outputs are checked against the
 same feeds run one at a time (the rule: :func:`batched_outputs`); if they differ or the outputs
 do not split, the session runs one feed at a time. PP-OCRv4 rec (48x320 lines, 32 at a time): the
-outputs are bit-identical to one at a time and a line costs 0.66x the time (38 ms against 58, one
-thread, measured in session 7); not reproduced on 2026-12-07 (one thread, load ~2, alternated,
-medians of 5): float model 34 ms a line batched against 20 alone (1.7x), the graphc int8 model 9.7
-against 9.3 (1.04x) - worth an A/B on the quiet machine.
+outputs are bit-identical to one at a time. What batching buys depends on the threads: float
+model, random 48x320 lines, alternated, medians of 5 (2026-12-07, load ~1.6): with onnxruntime's
+default 2 threads (what budget evaluations use here) a batch of 32 costs 0.72x the 32 lines alone
+(0.63 s against 0.88 s), with one thread 1.75x (1.22 s against 0.67 s: one thread runs a single
+line faster than two, the batch slower). So batching pays where evaluations have more than one
+thread each; an executor that gives each worker one thread would want ``batch=1``.
 """
 from __future__ import annotations
 
