@@ -296,13 +296,52 @@ def test_auto_picks_the_mode_that_measures_better(case):
     assert (case == "outliers") == (winner is dynamic), (static_db, dynamic_db)
 
 
+@pytest.mark.parametrize("static, dynamic, chosen", [
+    ((70.6, 1000), (59.5, 100), "dynamic"),  # both accurate: the fewer float MACs, though less SQNR
+    ((70.6, 100), (59.5, 1000), "u8"),
+    ((35.0, 1000), (30.0, 100), "u8"),       # not both accurate: the higher SQNR
+    ((30.0, 100), (45.0, 1000), "dynamic"),
+])
+def test_auto_compares_float_macs_when_both_modes_are_accurate(monkeypatch, static, dynamic, chosen):
+    import types
+
+    import graphc.passes.quant.mode as mode_module
+
+    measured = {"u8": static, "dynamic": dynamic}
+    monkeypatch.setattr(mode_module, "_measured_candidate",
+                        lambda quant_pass, mode, ctx: (types.SimpleNamespace(sqnr=measured[mode][0]), measured[mode][1]))
+    model = _graph()
+    ctx = Context(model, data=open_data(_feeds(2, 0), model))
+    mode, why = choose_activations(Quantize(Quantize.Options()), model.graph, ctx)
+    assert mode == chosen, why
+    assert ("the fewer float multiply-adds" in why) == (min(static[0], dynamic[0]) >= mode_module.ENOUGH_SQNR)
+
+
+def test_float_macs_counts_only_linear_ops_left_in_float(tmp_path):
+    """Static QDQ on q only (k excluded): k's MatMul is float, q's weight comes from a
+    DequantizeLinear; the dynamic form's MatMulInteger is not counted either."""
+    from graphc.passes.quant.mode import float_macs
+
+    model = _graph()
+    shapes = Context(model).cost_shapes()
+    per_matmul = M * K * 128
+    assert float_macs(model.graph, shapes) == 2 * per_matmul
+    feeds = _feeds(4, 0)
+    static, _ = _quant(model, "quant{activations=u8 placement=all exclude=k}", data=feeds)
+    assert float_macs(static.graph, Context(static).cost_shapes()) == per_matmul
+    dynamic, _ = _quant(model, "quant{activations=dynamic placement=all}")  # no data: no float outlier part
+    assert float_macs(dynamic.graph, Context(dynamic).cost_shapes()) == 0
+    split, record = _quant(model, "quant{activations=dynamic placement=all}", data=feeds)
+    assert float_macs(split.graph, Context(split).cost_shapes()) == M * record.stats["outlier_channels_float"] * 2 * N
+
+
 def test_auto_is_static_without_measuring_on_conv_nets(monkeypatch):
     import graphc.passes.quant.mode as mode_module
 
     def no_measurement(*args):
         raise AssertionError("a conv net must not be measured both ways")
 
-    monkeypatch.setattr(mode_module, "_measured_sqnr", no_measurement)
+    monkeypatch.setattr(mode_module, "_measured_candidate", no_measurement)
     model = graphc.load(MODELS / "resnet_digits.onnx")
     ctx = Context(model, data=open_data(MODELS / "digits_calib.npz", model))
     mode, why = choose_activations(Quantize(Quantize.Options()), model.graph, ctx)
