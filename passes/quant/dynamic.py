@@ -42,8 +42,8 @@ set. The rule judges merged siblings (below) by their merged weight. Measurement
 Siblings merged first (``merge-siblings``, default true): MatMuls that read one activation with
 constant weights and are each quantized (attention's Q/K/V) become one MatMul over the
 concatenated weight and a Split (:mod:`graphc.rewrite.sibling_matmuls`): one integer kernel
-instead of three, the same per-column scales, so the same integer sums. A merge of siblings that
-each reached ``MIN_MACS`` is quantized even when the cost shapes do not know its new output.
+instead of three, the same per-column scales, so the same integer sums. The merged MatMul is
+quantized because its siblings each were (it runs their multiply-adds together).
 
 Left float, with a reason: MatMuls of two activations (attention), non-2-D or non-float32
 weights, Gemm with ``transA``, Gemm whose ``C`` is computed at run time and scaled by ``beta``.
@@ -129,7 +129,7 @@ def _selected(node: gs.Node, opts) -> str | None:
     return None
 
 
-def _check(node: gs.Node, opts, shapes, paid: frozenset[int]) -> tuple[np.ndarray | None, str]:
+def _check(node: gs.Node, opts, shapes) -> tuple[np.ndarray | None, str]:
     """The node's ``[K, N]`` weight, or None and the reason it stays float."""
     reason = _selected(node, opts)
     if reason is not None:
@@ -141,7 +141,7 @@ def _check(node: gs.Node, opts, shapes, paid: frozenset[int]) -> tuple[np.ndarra
     if isinstance(bias, gs.Variable) and bias.name and float(node.attrs.get("beta", 1.0)) != 1.0:
         return None, "dynamic: Gemm with a run-time C scaled by beta"
     w_kn = weight_kn(node, w)
-    if opts.placement == "auto" and id(node) not in paid:
+    if opts.placement == "auto":
         macs = node_macs(node, shapes)
         macs = macs if macs is not None else w_kn.size
         if macs < MIN_MACS:
@@ -149,14 +149,11 @@ def _check(node: gs.Node, opts, shapes, paid: frozenset[int]) -> tuple[np.ndarra
     return w_kn, ""
 
 
-def dynamic_targets(graph: gs.Graph, opts, shapes, result: PassResult,
-                    paid: frozenset[int] = frozenset()) -> list[DynamicTarget]:
-    """The MatMul/Gemm nodes to rewrite; the others are counted in ``result`` with their reason.
-    ``paid``: ids of nodes known to reach ``MIN_MACS`` (a merge of siblings that each did; the
-    cost shapes do not know its new output)."""
+def dynamic_targets(graph: gs.Graph, opts, shapes, result: PassResult) -> list[DynamicTarget]:
+    """The MatMul/Gemm nodes to rewrite; the others are counted in ``result`` with their reason."""
     targets = []
     for node in [n for n in graph.nodes if is_standard_op(n, "MatMul", "Gemm")]:
-        w_kn, reason = _check(node, opts, shapes, paid)
+        w_kn, reason = _check(node, opts, shapes)
         if w_kn is None:
             result.skip(reason)
             result.details.append({"node": node.name or node_label(node), "op": node.op,
@@ -223,6 +220,16 @@ class DynamicWriter:
         return gs.Constant(self.names(f"{bias.name}_beta"), (np.asarray(bias.values) * beta).astype(FLOAT))
 
 
+def merge_targets(graph: gs.Graph, opset: int, targets: list[DynamicTarget], result: PassResult) -> list[DynamicTarget]:
+    """``targets`` with each group of sibling MatMuls among them merged into one MatMul
+    (:mod:`graphc.rewrite.sibling_matmuls`); a merged MatMul is a target because its siblings each
+    were (its MACs are their sum: it pays where each of them did)."""
+    chosen = {id(t.node) for t in targets}
+    merged = merge_sibling_matmuls(graph, opset, result, accept=lambda node: id(node) in chosen)
+    kept = [t for t in targets if t.node.outputs]  # merged siblings are detached
+    return kept + [DynamicTarget(node, np.asarray(node.inputs[1].values)) for node in merged]
+
+
 def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
     """The quant pass with ``activations=dynamic``: int8 MatMul/Gemm weights with activations
     quantized at run time, and int8 embedding tables (:mod:`graphc.passes.quant.embedding`)."""
@@ -232,12 +239,9 @@ def run_dynamic(quant_pass, graph: gs.Graph, ctx: Context) -> PassResult:
             and ctx.require_opset(DYNAMIC_OPSET):
         result.count("opset_upgraded_to", DYNAMIC_OPSET)
         graph = ctx.graph  # new node objects
-    merged: frozenset[int] = frozenset()
+    targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result)
     if opts.merge_siblings:  # Q/K/V: one quantization and one integer kernel instead of three
-        eligible = {id(t.node) for t in dynamic_targets(graph, opts, ctx.cost_shapes(), PassResult(modified=False))}
-        merged = frozenset(id(n) for n in merge_sibling_matmuls(graph, ctx.opset, result,
-                                                                 accept=lambda node: id(node) in eligible))
-    targets = dynamic_targets(graph, opts, ctx.cost_shapes(), result, paid=merged)
+        targets = merge_targets(graph, ctx.opset, targets, result)
     writer = DynamicWriter(graph, opts.per_channel, opts.tensor_scale_sqnr)
     # with --data: the few outlier input channels of each MatMul stay float (passes/quant/outliers.py)
     split = OutlierSplit(graph, measure_outliers(ctx, targets, opts.samples, opts.outlier_channels, result))
